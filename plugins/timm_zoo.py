@@ -1,0 +1,68 @@
+"""Any timm model as `timm/<name>`: head, layer groups and normalization come from
+timm's own metadata (pretrained_cfg, get_classifier, group_matcher), so one plugin
+serves every timm architecture. Static facts for `zoo-adapt list` come from the
+registry entry (head, in_features, num_groups, mean, std, ...)."""
+from __future__ import annotations
+
+import os
+
+from zoo_adapt import hookimpl
+from zoo_adapt.backbone import Head, LayerGroup
+
+from . import _timm
+
+PLUGIN = "timm"
+
+
+def _classifier(model) -> str:
+    name = model.pretrained_cfg.get("classifier") or "head"
+    return name[0] if isinstance(name, (tuple, list)) else name
+
+
+@hookimpl
+def build_backbone(entry, pretrained):
+    if entry.plugin == PLUGIN:
+        return _timm.build(entry, pretrained, entry.weights)
+
+
+@hookimpl
+def backbone_head(entry, model):
+    if entry.plugin == PLUGIN and model is not None:
+        attr = _classifier(model)
+        return Head(attr, getattr(model.get_submodule(attr), "in_features", None))
+
+
+@hookimpl
+def backbone_groups(entry, model):
+    if entry.plugin != PLUGIN or model is None:
+        return None
+    from timm.models import group_parameters
+
+    head = _classifier(model)
+    in_head = lambda n: n.startswith(head + ".")  # noqa: E731
+    grouped = group_parameters(model, model.group_matcher(coarse=True))
+    groups = []
+    for names in grouped.values():
+        body = tuple(n for n in names if not in_head(n))
+        if body:
+            groups.append(LayerGroup(_common_prefix(body) or f"group{len(groups)}", body))
+    groups.append(LayerGroup("head", (head,)))
+    return groups
+
+
+def _common_prefix(names: tuple[str, ...]) -> str:
+    """`stages.1` for stages.1.downsample.0.weight, stages.1.blocks.0.gamma, ..."""
+    parts = os.path.commonprefix([n.split(".") for n in names])
+    return ".".join(parts[:2])
+
+
+@hookimpl
+def backbone_normalization(entry, model):
+    if entry.plugin == PLUGIN and model is not None:
+        return _timm.normalization(model)
+
+
+@hookimpl
+def backbone_source(entry):
+    if entry.plugin == PLUGIN:
+        return _timm.source(entry)

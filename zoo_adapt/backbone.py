@@ -1,0 +1,161 @@
+"""What a backbone is, as plain data: no torch here, so `zoo-adapt list` stays fast.
+
+A plugin answers questions about a registry entry (its head, layer groups,
+normalization, where its weights come from); :func:`zoo_adapt.describe`
+collects the answers into a :class:`Backbone`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ZooAdaptError
+from .plugins import ask, plugin_names
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A name users type, mapped to the plugin that serves it (one table of registry.toml)."""
+
+    name: str
+    plugin: str
+    upstream: str
+    weights: str | None = None
+    description: str = ""
+    # Everything else the table holds: static facts (head, in_features, num_groups,
+    # input_size, mean, std, interpolation, crop_pct) or options a plugin reads.
+    extra: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # the registry file or plugin that named it
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "plugin": self.plugin, "upstream": self.upstream,
+             "weights": self.weights, "description": self.description}
+        d.update(self.extra)
+        return d
+
+
+@dataclass(frozen=True)
+class Head:
+    """The classifier to replace: its attribute path in the model and its input width."""
+
+    attr: str
+    in_features: int | None = None
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A slice of the model, stem to head. A parameter belongs to the group with a prefix
+    equal to its name or to a dotted ancestor of it (`layer1` holds `layer1.0.conv1.weight`)."""
+
+    name: str
+    prefixes: tuple[str, ...]
+
+    def owns(self, param_name: str) -> bool:
+        return any(param_name == p or param_name.startswith(p + ".") for p in self.prefixes)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How images must be prepared for the backbone (timm's pretrained_cfg fields)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    @property
+    def image_size(self) -> int:
+        return self.input_size[-1]
+
+    def resize_size(self, image_size: int | None = None) -> int:
+        """Shorter side before the centre crop, as timm computes it."""
+        return math.floor((image_size or self.image_size) / self.crop_pct + 1e-6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "input_size": list(self.input_size),
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Normalization":
+        return cls(mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   input_size=tuple(d.get("input_size", (3, 224, 224))),
+                   interpolation=d.get("interpolation", "bilinear"),
+                   crop_pct=float(d.get("crop_pct", 0.875)))
+
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the architecture and its default weights come from, and whether those
+    weights can be had offline right now: 'bundled', 'cached', 'download' or 'missing'."""
+
+    library: str
+    weights: str | None = None
+    status: str = "download"
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Everything the engine knows about one backbone. `groups` is None when the
+    description was made without building the model and the plugin needs one to say."""
+
+    entry: Entry
+    head: Head | None
+    normalization: Normalization | None
+    source: Source
+    groups: tuple[LayerGroup, ...] | None
+    num_groups: int | None
+    answered_by: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+def describe(backbone: "str | Entry", model: Any = None) -> Backbone:
+    """Ask the plugins about a backbone. Without `model`, only what they know statically
+    (plus static facts the registry entry declares); with it, the full answer."""
+    from .registry import resolve
+
+    entry = resolve(backbone) if isinstance(backbone, str) else backbone
+    if entry.plugin not in plugin_names():
+        raise ZooAdaptError(f"backbone {entry.name!r} needs plugin {entry.plugin!r}, which is not "
+                            "installed (see `zoo-adapt plugins`)")
+    answered: dict[str, str] = {}
+
+    def get(hook: str, kind: type, **kwargs: Any) -> Any:
+        plugin, value = ask(hook, entry=entry, **kwargs)
+        if value is None:
+            return None
+        if isinstance(value, list) and kind is tuple:
+            value = tuple(value)
+        if not isinstance(value, kind) or (kind is tuple and not all(
+                isinstance(g, LayerGroup) for g in value)):
+            raise ZooAdaptError(f"plugin {plugin!r} answered {hook} for {entry.name!r} with "
+                                f"{type(value).__name__}, not {kind.__name__}")
+        answered[hook] = plugin
+        return value
+
+    x = entry.extra
+    head = get("backbone_head", Head, model=model)
+    if head is None and "head" in x:
+        head, answered["backbone_head"] = Head(x["head"], x.get("in_features")), entry.origin
+    groups = get("backbone_groups", tuple, model=model)
+    norm = get("backbone_normalization", Normalization, model=model)
+    if norm is None and "mean" in x and "std" in x:
+        norm, answered["backbone_normalization"] = Normalization.from_dict(x), entry.origin
+    source = get("backbone_source", Source) or Source(library="unknown", status="unknown")
+    if model is not None:
+        for hook, value in (("backbone_head", head), ("backbone_groups", groups),
+                            ("backbone_normalization", norm)):
+            if value is None:
+                raise ZooAdaptError(f"no plugin answered {hook} for backbone {entry.name!r} "
+                                    f"(plugin {entry.plugin!r})")
+    num_groups = len(groups) if groups else x.get("num_groups")
+    return Backbone(entry, head, norm, source, groups, num_groups, answered)
