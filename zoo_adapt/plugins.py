@@ -67,7 +67,8 @@ def register_plugin(obj: Any, name: str | None = None, *, _dist=None) -> str:
     try:
         pm.register(obj, name=name)
     except pluggy.PluginValidationError as e:
-        raise ZooAdaptError(f"plugin {name!r}: {e}") from e
+        detail = "; ".join(line.strip() for line in str(e).splitlines())
+        raise ZooAdaptError(f"plugin {name!r}: {detail.replace(f'Plugin {name!r} ', '')}") from e
     except ValueError as e:  # name already taken
         raise ZooAdaptError(f"plugin {name!r}: {e}") from e
     unknown = [c.name for c in pm.get_hookcallers(obj) or [] if not c.has_spec()]
