@@ -146,8 +146,194 @@ def plugins(as_json: bool) -> None:
     click.echo(_table(["PLUGIN", "DISTRIBUTION", "BACKBONES"], rows))
 
 
+# (option declarations, FinetuneConfig field, help); defaults come from FinetuneConfig.
+FINETUNE_OPTIONS = [
+    (("--backbone", "-b"), "backbone", "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny."),
+    (("--data",), "data", "ImageFolder root with train/ and val/ (or test/), or one folder to split. "
+     "Leave out --data and --dataset for the embedded demo."),
+    (("--dataset",), "dataset", "A torchvision dataset: cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, "
+     "flowers102, food101, oxford-pets, dtd."),
+    (("--data-dir",), "data_dir", "Where --dataset is downloaded to."),
+    (("--val-split",), "val_split", "Fraction held out (stratified, seeded) when --data has no val/ folder."),
+    (("--out", "-o"), "out", "Output folder."),
+    (("--strategy",), "strategy", "linear-probe | finetune | two-stage | gradual."),
+    (("--epochs",), "epochs", "Epochs in all (head-only epochs included)."),
+    (("--head-epochs",), "head_epochs", "two-stage: epochs training the head alone first."),
+    (("--unfreeze-every",), "unfreeze_every", "gradual: epochs between unfreezing one more group, top down."),
+    (("--lr",), "lr", "Head learning rate [default: 2e-3 adamw, 2e-2 sgd]."),
+    (("--lr-body",), "lr_body", "Stem learning rate; groups in between spread geometrically [default: lr/100]."),
+    (("--lr-decay",), "lr_decay", "Instead of --lr-body: layer-wise decay, each group gets this times the one above."),
+    (("--weight-decay",), "weight_decay", "Weight decay (not applied to biases and norm parameters)."),
+    (("--batch-size",), "batch_size", "Batch size."),
+    (("--optimizer",), "optimizer", "adamw | sgd."),
+    (("--schedule",), "schedule", "onecycle | cosine | constant; restarts with warm-up whenever more layers unfreeze."),
+    (("--warmup",), "warmup", "Warm-up, as a fraction of each stage's steps."),
+    (("--label-smoothing",), "label_smoothing", "Label smoothing of the cross-entropy."),
+    (("--image-size",), "image_size", "Training and evaluation size [default: the backbone's; 160 for the demo]."),
+    (("--bn",), "bn", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen."),
+    (("--seed",), "seed", "Random seed (data split, order, augmentation, head initialisation)."),
+    (("--device",), "device", "auto | cpu | cuda | cuda:N."),
+    (("--precision",), "precision", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32."),
+    (("--pretrained/--no-pretrained",), "pretrained", "Start from the zoo's pretrained weights."),
+    (("--weights",), "weights", "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file."),
+    (("--workers",), "workers", "Data-loading processes [default: 0 on small CPUs]."),
+    (("--keep",), "keep", "Exported epoch: best (validation accuracy) | last."),
+    (("--tta/--no-tta",), "tta", "Also report validation accuracy with test-time augmentation."),
+    (("--resume",), "resume", "Continue the run in --out from its checkpoint (its config.toml supplies the options)."),
+]
+
+
+def _config_options(options):
+    """Decorate a command with one click option per FinetuneConfig field."""
+    import dataclasses
+
+    from .train import FinetuneConfig
+
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    types = {"float": float, "int": int, "str": str, "float | None": float, "int | None": int,
+             "str | None": str}
+
+    def decorate(fn):
+        for decls, name, help_ in reversed(options):
+            field = fields[name]
+            if field.type == "bool":
+                kw = {"is_flag": True} if "/" not in decls[0] else {}
+                fn = click.option(*decls, name, default=field.default, show_default=True, help=help_, **kw)(fn)
+            else:
+                fn = click.option(*decls, name, type=types[field.type], default=field.default,
+                                  show_default=field.default is not None, help=help_)(fn)
+        return fn
+
+    return decorate
+
+
+def _load_toml(path) -> dict:
+    from .registry import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ZooAdaptError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ZooAdaptError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def build_config(ctx: click.Context, config_file: str | None, options: dict, cls=None):
+    """Options from the config file (or, with --resume, the run's own config.toml), with
+    flags given on the command line winning."""
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    from .train import FinetuneConfig
+
+    cls = cls or FinetuneConfig
+    values: dict = {}
+    origin = "config"
+    if config_file:
+        values, origin = _load_toml(config_file), config_file
+    elif options.get("resume") and (Path(options["out"]) / "config.toml").is_file():
+        origin = str(Path(options["out"]) / "config.toml")
+        values = _load_toml(origin)
+    for name, value in options.items():
+        if name not in values or ctx.get_parameter_source(name) != ParameterSource.DEFAULT:
+            values[name] = value
+    return cls.from_dict(values, origin=origin)
+
+
+@cli.command()
+@_config_options(FINETUNE_OPTIONS)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
+              help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4); flags win.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
+@click.pass_context
+def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **options) -> None:
+    """Fine-tune a pretrained backbone on labelled images.
+
+    With no --data and no --dataset it runs the embedded demo (photographs from
+    scikit-image and scikit-learn) on efficientnet_lite0, offline."""
+    from .finetune import finetune as run
+
+    config = build_config(ctx, config_file, options)
+    try:
+        result = run(config, log=click.echo, overwrite=overwrite)
+    except KeyboardInterrupt:
+        ctx.exit(130)
+    _print_result(result.metrics, result.out)
+
+
+def _print_result(m: dict, out) -> None:
+    if m.get("val_accuracy") is None:
+        click.echo(f"done: no validation set; model in {out}/model.safetensors")
+        return
+    tta = f", with TTA {m['val_accuracy_tta']:.1%}" if m.get("val_accuracy_tta") is not None else ""
+    click.echo(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}) on {m['num_val']} "
+               f"images, epoch {m['kept_epoch']} of {m['epochs']}; results in {out}/")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="A model.safetensors written by zoo-adapt finetune.")
+@click.option("--data", required=True, type=click.Path(), help="Labelled ImageFolder (class subfolders).")
+@click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(model_path: str, data: str, tta: bool, as_json: bool, batch_size: int, device: str) -> None:
+    """Accuracy, top-5, per-class accuracy and confusion matrix on a labelled folder."""
+    from .inference import evaluate_folder
+
+    result = evaluate_folder(model_path, data, tta=tta, batch_size=batch_size, device=device)
+    if as_json:
+        return _echo_json({**result.to_dict(), "tta": tta})
+    click.echo(f"accuracy {result.accuracy:.1%}  top-5 {result.top5:.1%}  loss {result.loss:.3f}  "
+               f"({result.num_images} images{', TTA' if tta else ''})")
+    width = max(len(c) for c in result.classes)
+    for name, acc in result.per_class.items():
+        if acc is not None:
+            click.echo(f"  {name:<{width}}  {acc:.1%}")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="A model.safetensors written by zoo-adapt finetune.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
+@click.option("--top-k", default=3, show_default=True, help="Classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--device", default="auto", show_default=True)
+def predict(model_path: str, paths: tuple[str, ...], tta: bool, top_k: int, as_json: bool, device: str) -> None:
+    """Class probabilities for images (files or folders)."""
+    from .inference import predict_paths
+
+    results = predict_paths(model_path, paths, tta=tta, top_k=top_k, device=device)
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+    for r in results:
+        if r.error:
+            click.echo(f"Error: {r.error}", err=True)
+        elif not as_json:
+            click.echo(f"{r.path}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+    if any(r.error for r in results):
+        sys.exit(1)
+
+
 def main() -> None:
-    cli(prog_name="zoo-adapt")
+    """Entry point: every error is one line on stderr (usage errors exit 2, others 1)."""
+    try:
+        code = cli.main(prog_name="zoo-adapt", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        click.echo(f"Error: {e.format_message()}{hint}", err=True)
+        code = e.exit_code
+    except click.ClickException as e:
+        click.echo(f"Error: {e.format_message()}", err=True)
+        code = e.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("Aborted.", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,7 @@
 """Per-group learning rates (discriminative fine-tuning) as optimizer parameter groups."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from torch import nn
@@ -68,3 +69,40 @@ def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
                             "weight_decay": weight_decay if decayed else 0.0,
                             "name": name, "group_index": i})
     return out
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def make_optimizer(groups: list[dict], name: str = "adamw", momentum: float = 0.9):
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(groups)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0)
+    raise ZooAdaptError(f"unknown optimizer {name!r}; choices: {', '.join(OPTIMIZERS)}")
+
+
+def schedule_factor(schedule: str, step: int, steps: int, warmup: float, progress: float) -> float:
+    """Multiplier of each group's base rate at `step` of a stage of `steps` steps.
+
+    Every schedule warms up linearly over the first `warmup` fraction of the stage:
+    `onecycle` then anneals (cosine) to 1/25 000 of the rate, `cosine` to zero,
+    `constant` stays. `progress` is the fraction of the whole run done, for schedules
+    defined over the run rather than the stage."""
+    warm = max(1, round(warmup * steps)) if warmup > 0 else 0
+    if step < warm:
+        start = 1 / 25 if schedule == "onecycle" else 0.0
+        t = (step + 1) / warm
+        return start + (1 - start) * (0.5 - 0.5 * math.cos(math.pi * t) if schedule == "onecycle" else t)
+    t = (step - warm) / max(1, steps - warm)
+    if schedule == "onecycle":
+        low = 1 / 25 / 1e3
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "constant":
+        return 1.0
+    raise ZooAdaptError(f"unknown schedule {schedule!r}; choices: {', '.join(SCHEDULES)}")

@@ -1,0 +1,74 @@
+"""Plots of a run: training curves and the confusion matrix (matplotlib, no display)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
+                extra: tuple[str, ...] = ()) -> Path:
+    """Loss and accuracy per epoch, train and validation; dotted lines where the freeze
+    boundary moved. `extra`: more per-epoch figures from the history, one panel each."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history]
+    panels = 2 + len(extra)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "top-1 accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        if any(r.get(f"val_{key}") is not None for r in history):
+            ax.plot(epochs, [r.get(f"val_{key}") for r in history], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    for ax, key in zip(axes[2:], extra):
+        ax.plot(epochs, [r.get(key) for r in history], "o-")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key.replace("_", " "))
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for prev, cur in zip(history, history[1:]):
+        if prev["frozen_to"] != cur["frozen_to"]:
+            for ax in axes:
+                ax.axvline(cur["epoch"] - 0.5, color="grey", linestyle=":")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    """Rows: true class; columns: predicted; each row normalised to its class size."""
+    import numpy as np
+
+    plt = _pyplot()
+    m = np.asarray(confusion, dtype=float)
+    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    if len(classes) <= 40:
+        ax.set_xticks(range(len(classes)), classes, rotation=90)
+        ax.set_yticks(range(len(classes)), classes)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
