@@ -1,0 +1,134 @@
+"""Bad input, as a user meets it on the command line: one line on stderr, a non-zero exit,
+no traceback."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from zoo_adapt.demo import build_demo
+
+ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("data"), train_per_class=4, val_per_class=2,
+                      classes=("brick", "grass", "moon"))
+
+
+@pytest.fixture(scope="module")
+def model_file(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    done = zoo("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", data, "--out", out,
+               "--overwrite", "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--no-tta")
+    assert done.returncode == 0, done.stderr
+    return out / "model.safetensors"
+
+
+def zoo(*args, env=None):
+    return subprocess.run(ZOO + [str(a) for a in args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(result, *needles):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def finetune(*args, **kw):
+    return zoo("finetune", "--backbone", "resnet18", "--no-pretrained", "--image-size", "32",
+               "--epochs", "1", *args, **kw)
+
+
+def test_missing_data_folder(tmp_path):
+    one_line_error(finetune("--data", tmp_path / "nope", "--out", tmp_path / "o"), "data folder not found")
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(finetune("--data", tmp_path / "empty", "--out", tmp_path / "o"), "no class subfolders")
+    (tmp_path / "empty" / "cat").mkdir()
+    one_line_error(finetune("--data", tmp_path / "empty", "--out", tmp_path / "o"), "holds no images")
+
+
+def test_corrupt_image_in_training_data(tmp_path, data):
+    copy = shutil.copytree(data, tmp_path / "data")
+    victim = next((copy / "train" / "moon").glob("*.png"))
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated PNG
+    line = one_line_error(finetune("--data", copy, "--out", tmp_path / "o"), "cannot read image")
+    assert victim.name in line
+
+
+def test_not_an_image_with_an_image_name(tmp_path, data):
+    copy = shutil.copytree(data, tmp_path / "data")
+    (copy / "train" / "grass" / "notes.jpg").write_text("not a picture")
+    one_line_error(finetune("--data", copy, "--out", tmp_path / "o"), "notes.jpg")
+
+
+def test_truncated_model_file(tmp_path, model_file, data):
+    broken = tmp_path / "model.safetensors"
+    broken.write_bytes(model_file.read_bytes()[:1000])
+    one_line_error(zoo("evaluate", "--model", broken, "--data", data / "val"), "cannot read")
+    one_line_error(zoo("predict", "--model", broken, data / "val"), "cannot read")
+
+
+def test_missing_model_file(tmp_path, data):
+    one_line_error(zoo("evaluate", "--model", tmp_path / "none.safetensors", "--data", data), "not found")
+
+
+def test_class_mismatch_between_folder_and_model(tmp_path, model_file, data):
+    other = tmp_path / "other"
+    shutil.copytree(data / "val" / "moon", other / "sky")
+    shutil.copytree(data / "val" / "brick", other / "brick")
+    one_line_error(zoo("evaluate", "--model", model_file, "--data", other),
+                   "classes the model does not know: sky")
+
+
+def test_corrupt_image_in_predict_is_reported_and_others_still_predicted(tmp_path, model_file, data):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    good = next((data / "val" / "moon").glob("*.png"))
+    result = zoo("predict", "--model", model_file, good, bad)
+    line = one_line_error(result, "cannot read image", "bad.png")
+    assert good.name in result.stdout and line
+
+
+def test_unknown_backbone_and_bad_option(tmp_path, data):
+    one_line_error(zoo("finetune", "--backbone", "resnt50", "--data", data, "--out", tmp_path / "o"),
+                   "unknown backbone 'resnt50'", "resnet50")
+    one_line_error(finetune("--data", data, "--strategy", "linear", "--out", tmp_path / "o"), "--strategy")
+    one_line_error(zoo("evaluate", "--data", data), "Missing option '--model'")
+
+
+def test_existing_run_is_not_overwritten(model_file, data):
+    one_line_error(finetune("--data", data, "--out", model_file.parent), "already holds a run")
+
+
+def test_pretrained_download_offline(tmp_path, data):
+    offline = {"TORCH_HOME": str(tmp_path / "th"), "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    for backbone in ("resnet18", "vit_t16"):
+        result = zoo("finetune", "--backbone", backbone, "--data", data, "--out", tmp_path / backbone, env=offline)
+        one_line_error(result, "cannot download pretrained weights", "--no-pretrained", "--weights")
+
+
+def test_unreadable_weights_file(tmp_path, data):
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"junk")
+    one_line_error(finetune("--data", data, "--out", tmp_path / "o", "--weights", bad), "cannot read weights file")
+
+
+def test_torchvision_dataset_offline(tmp_path):
+    env = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    one_line_error(finetune("--dataset", "cifar10", "--data-dir", tmp_path / "c", "--out", tmp_path / "o",
+                            env=env), "cannot get dataset cifar10", "--data")
+    one_line_error(finetune("--dataset", "imagenet", "--out", tmp_path / "o"), "unknown dataset 'imagenet'")

@@ -1,0 +1,219 @@
+"""Fine-tuning mechanics on small real images: strategies, rates, export, resume, TTA,
+and one real transfer test with the pretrained EfficientNet-Lite0."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import load_file
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import zoo_adapt
+from zoo_adapt.demo import build_demo
+from zoo_adapt.evaluation import predict_proba, tta_views
+from zoo_adapt.export import load_model, read_card
+from zoo_adapt.finetune import finetune
+from zoo_adapt.train import FinetuneConfig, freeze_plan
+
+CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """5 classes, 6 training and 4 validation patches each."""
+    return build_demo(tmp_path_factory.mktemp("tiny"), train_per_class=6, val_per_class=4, classes=CLASSES)
+
+
+def small(tmp_path, data, **kw) -> FinetuneConfig:
+    """resnet18 from scratch at 32 px: seconds per run."""
+    base = dict(backbone="resnet18", data=str(data), out=str(tmp_path / "run"), pretrained=False,
+                image_size=32, batch_size=8, epochs=3, workers=0, tta=False)
+    return FinetuneConfig(**{**base, **kw})
+
+
+class Snapshots:
+    """Which parameters each epoch changed."""
+
+    def __init__(self):
+        self.changed: list[set[str]] = []
+        self.before: dict[str, torch.Tensor] = {}
+
+    def __call__(self, trainer, event, **info):
+        params = dict(trainer.model.named_parameters())
+        if event == "epoch_start":
+            self.before = {n: p.detach().clone() for n, p in params.items()}
+        elif event == "epoch_end":
+            self.changed.append({n for n, p in params.items() if not torch.equal(p, self.before[n])})
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("linear-probe", {}), ("finetune", {}), ("two-stage", {"head_epochs": 1}),
+    ("gradual", {"epochs": 4, "unfreeze_every": 1})])
+def test_each_strategy_trains_exactly_its_parameters(tmp_path, tiny_data, strategy, extra):
+    snaps = Snapshots()
+    result = finetune(small(tmp_path, tiny_data, strategy=strategy, **extra), callbacks=[snaps], log=None)
+    groups = zoo_adapt.group_parameters(result.model)
+    bn = {f"{m}.{p}" for m, mod in result.model.named_modules() if isinstance(mod, _BatchNorm)
+          for p, _ in mod.named_parameters(recurse=False)}
+    plan = freeze_plan(strategy, len(snaps.changed), len(groups), extra.get("head_epochs", 1))
+    for epoch, (changed, first) in enumerate(zip(snaps.changed, plan)):
+        trainable = {n for i, (_, ps) in enumerate(groups) if i >= first for n, _ in ps}
+        # BatchNorm in frozen groups trains too (fastai's train_bn), except in a linear probe
+        allowed = trainable if strategy == "linear-probe" else trainable | bn
+        assert changed <= allowed, f"epoch {epoch}: frozen parameters changed"
+        assert trainable - bn <= changed, f"epoch {epoch}: trainable parameters did not change"
+        assert result.history[epoch]["frozen_to"] == first
+    if strategy == "gradual":
+        assert [r["frozen_to"] for r in result.history] == [5, 4, 3, 2]
+
+
+def test_discriminative_rates_reach_the_optimizer(tmp_path, tiny_data):
+    seen = {}
+
+    def grab(trainer, event, **info):
+        if event == "epoch_start" and not seen:
+            seen.update({g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups})
+
+    finetune(small(tmp_path, tiny_data, strategy="finetune", lr=1e-2, lr_body=1e-4, epochs=1),
+             callbacks=[grab], log=None)
+    names = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    expected = [1e-4 * 100 ** (i / 5) for i in range(6)]
+    assert [seen[n] for n in names] == pytest.approx(expected)
+
+
+def test_layerwise_decay_reaches_the_optimizer(tmp_path, tiny_data):
+    rates = {}
+
+    def grab(trainer, event, **info):
+        if event == "epoch_start":
+            rates.update({g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups})
+
+    finetune(small(tmp_path, tiny_data, strategy="finetune", lr=1e-2, lr_decay=0.5, epochs=1),
+             callbacks=[grab], log=None)
+    assert rates["head"] == pytest.approx(1e-2) and rates["layer4"] == pytest.approx(5e-3)
+    assert rates["stem"] == pytest.approx(1e-2 * 0.5 ** 5)
+
+
+@pytest.mark.parametrize("backbone, library", [("resnet18", "torchvision"), ("efficientnet_lite0", "timm")])
+def test_export_loads_into_the_plain_upstream_model_with_identical_logits(tmp_path, tiny_data, backbone, library):
+    result = finetune(small(tmp_path, tiny_data, backbone=backbone, epochs=1), log=None)
+    path = result.out / "model.safetensors"
+    card, meta = read_card(path)
+    assert card.classes == list(CLASSES) and meta["library"] == library
+    assert json.loads(meta["input_size"]) == [3, 32, 32]
+    assert json.loads(meta["mean"]) == list(result.model.zoo_adapt.normalization.mean)
+    plain = (torchvision.models.get_model(backbone, num_classes=5) if library == "torchvision"
+             else timm.create_model(backbone, num_classes=5))
+    plain.load_state_dict(load_file(path), strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    reloaded, _ = load_model(path)
+    with torch.no_grad():
+        expected = result.model.cpu().eval()(x)
+        assert torch.allclose(plain.eval()(x), expected, atol=1e-5)
+        assert torch.allclose(reloaded(x), expected, atol=1e-5)
+
+
+def test_resume_after_interruption_ends_where_the_uninterrupted_run_ends(tmp_path, tiny_data):
+    straight = finetune(small(tmp_path, tiny_data, out=str(tmp_path / "a"), keep="last"), log=None)
+
+    def interrupt(trainer, event, epoch=None, step=None, **info):
+        if event == "step" and epoch == 2 and step == 1:
+            raise KeyboardInterrupt
+
+    config = small(tmp_path, tiny_data, out=str(tmp_path / "b"), keep="last")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[interrupt], log=None)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert (tmp_path / "b" / "model.safetensors").is_file()  # the work so far is kept
+    config.resume = True
+    resumed = finetune(config, log=None)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_tta_changes_predictions_only_through_its_averaging():
+    torch.manual_seed(0)
+    model = zoo_adapt.create_model("resnet18", num_classes=4, pretrained=False).eval()
+    x = torch.randn(2, 3, 40, 40)
+    views = tta_views(x)
+    assert len(views) == 4 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[1], x.flip(-1))
+    with torch.no_grad():
+        by_hand = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+        plain = model(x).softmax(-1)
+    assert torch.allclose(predict_proba(model, x, tta=True), by_hand, atol=1e-6)
+    assert torch.allclose(predict_proba(model, x, tta=False), plain, atol=1e-6)
+
+    class Constant(torch.nn.Module):  # a model that ignores its input: TTA changes nothing
+        def forward(self, x):
+            return torch.tensor([[2.0, 1.0, 0.0]]).expand(len(x), 3)
+
+    assert torch.allclose(predict_proba(Constant(), x, tta=True), predict_proba(Constant(), x))
+
+
+def test_config_file_supplies_options_and_flags_win(tmp_path, tiny_data, run_cli):
+    config = tmp_path / "job.toml"
+    config.write_text(f'backbone = "resnet18"\ndata = "{tiny_data}"\nepochs = 2\nimage-size = 32\n'
+                      f'pretrained = false\nbatch-size = 8\ntta = false\nstrategy = "finetune"\n')
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--config", config, "--epochs", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["strategy"] == "finetune"  # flag won, file supplied
+    written = (out / "config.toml").read_text()
+    assert "epochs = 1" in written and 'strategy = "finetune"' in written
+    rerun = run_cli("finetune", "--config", out / "config.toml", "--out", tmp_path / "again")
+    assert rerun.exit_code == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["val_accuracy"] == metrics["val_accuracy"]  # same seed, same job
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epoch = 3\n")
+    result = run_cli("finetune", "--config", bad)
+    assert result.exit_code == 1 and "unknown option 'epoch'" in result.output
+
+
+def test_finetune_command_writes_every_output(tmp_path, tiny_data, run_cli):
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--backbone", "resnet18", "--data", tiny_data, "--out", out,
+                     "--no-pretrained", "--image-size", 32, "--epochs", 2, "--batch-size", 8)
+    assert result.exit_code == 0, result.output
+    assert "val_accuracy" in result.output.splitlines()[-1]
+    for name in ("model.safetensors", "metrics.json", "curves.png", "confusion_matrix.png",
+                 "config.toml", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["val_accuracy"] <= 1 and metrics["num_val"] == 20 and metrics["finished"]
+    assert len(metrics["history"]) == 2 and metrics["history"][0]["val_top5"] is not None
+    assert set(metrics["per_class_accuracy"]) == set(CLASSES)
+    assert "val_accuracy_tta" in metrics
+    evaluated = json.loads(run_cli("evaluate", "--model", out / "model.safetensors", "--data",
+                                   tiny_data / "val", "--json").output)
+    assert evaluated["num_images"] == 20
+    assert evaluated["accuracy"] == pytest.approx(metrics["val_accuracy"])
+    predicted = json.loads(run_cli("predict", "--model", out / "model.safetensors",
+                                   tiny_data / "val" / "moon", "--json", "--top-k", 2).output)
+    assert len(predicted) == 4 and all(len(p["top"]) == 2 for p in predicted)
+    assert all(p["prediction"] in CLASSES for p in predicted)
+
+
+def test_single_folder_is_split_stratified_and_seeded(tmp_path, tiny_data):
+    result = finetune(small(tmp_path, tiny_data / "train", val_split=0.5, epochs=1), log=None)
+    assert result.metrics["num_val"] == 15 and result.metrics["num_train"] == 15
+
+
+def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp_path_factory):
+    """Real transfer: 8 classes, 5 photographs' patches each to learn from."""
+    data = build_demo(tmp_path_factory.mktemp("fewshot"), train_per_class=5, val_per_class=10,
+                      classes=("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "moon", "rocket"))
+    scores = {}
+    for pretrained in (True, False):
+        config = FinetuneConfig(backbone="efficientnet_lite0", data=str(data), pretrained=pretrained,
+                                strategy="linear-probe", epochs=6, image_size=96, batch_size=8,
+                                lr=5e-3, workers=0, tta=False, out=str(tmp_path_factory.mktemp("probe")))
+        scores[pretrained] = finetune(config, log=None, overwrite=True).metrics["val_accuracy"]
+    assert scores[True] >= 0.7, scores
+    assert scores[True] - scores[False] >= 0.3, scores
