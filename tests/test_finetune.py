@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import zoo_adapt
+from zoo_adapt.config import FinetuneConfig
 from zoo_adapt.demo import build_demo
 from zoo_adapt.evaluation import predict_proba, tta_views
 from zoo_adapt.export import load_model, read_card
 from zoo_adapt.finetune import finetune
-from zoo_adapt.train import FinetuneConfig, freeze_plan
+from zoo_adapt.train import freeze_plan
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 

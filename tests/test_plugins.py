@@ -15,7 +15,14 @@ from torch import nn
 
 import zoo_adapt
 from zoo_adapt import ZooAdaptError, hookimpl
-from zoo_adapt.backbone import IMAGENET, Head, LayerGroup, Normalization, Source, describe
+from zoo_adapt.backbone import (
+    IMAGENET,
+    Head,
+    LayerGroup,
+    Normalization,
+    Source,
+    describe,
+)
 from zoo_adapt.plugins import installed_plugins
 from zoo_adapt.registry import tomllib
 

@@ -130,20 +130,24 @@ def info(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def plugins(as_json: bool) -> None:
     """Installed plugins, their distribution and the backbones each serves."""
+    from .methods import adaptation_methods
     from .plugins import installed_plugins
     from .registry import entries
 
     served: dict[str, list[str]] = {}
     for e in entries().values():
         served.setdefault(e.plugin, []).append(e.name)
+    methods_: dict[str, list[str]] = {}
+    for m in adaptation_methods().values():
+        methods_.setdefault(m.plugin, []).append(m.name)
     infos = [{"name": p.name, "module": p.module, "distribution": p.distribution,
-              "version": p.version, "hooks": list(p.hooks), "backbones": served.get(p.name, [])}
-             for p in installed_plugins()]
+              "version": p.version, "hooks": list(p.hooks), "backbones": served.get(p.name, []),
+              "methods": methods_.get(p.name, [])} for p in installed_plugins()]
     if as_json:
         return _echo_json(infos)
     rows = [[p["name"], f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
-             ", ".join(p["backbones"]) or "-"] for p in infos]
-    click.echo(_table(["PLUGIN", "DISTRIBUTION", "BACKBONES"], rows))
+             ", ".join(p["backbones"] + [f"{m} (adaptation)" for m in p["methods"]]) or "-"] for p in infos]
+    click.echo(_table(["PLUGIN", "DISTRIBUTION", "SERVES"], rows))
 
 
 # (option declarations, FinetuneConfig field, help); defaults come from FinetuneConfig.
@@ -156,7 +160,8 @@ FINETUNE_OPTIONS = [
     (("--data-dir",), "data_dir", "Where --dataset is downloaded to."),
     (("--val-split",), "val_split", "Fraction held out (stratified, seeded) when --data has no val/ folder."),
     (("--out", "-o"), "out", "Output folder."),
-    (("--strategy",), "strategy", "linear-probe | finetune | two-stage | gradual."),
+    (("--strategy",), "strategy", "linear-probe | finetune | two-stage | gradual [default: two-stage; "
+     "finetune with --target-data]."),
     (("--epochs",), "epochs", "Epochs in all (head-only epochs included)."),
     (("--head-epochs",), "head_epochs", "two-stage: epochs training the head alone first."),
     (("--unfreeze-every",), "unfreeze_every", "gradual: epochs between unfreezing one more group, top down."),
@@ -166,10 +171,13 @@ FINETUNE_OPTIONS = [
     (("--weight-decay",), "weight_decay", "Weight decay (not applied to biases and norm parameters)."),
     (("--batch-size",), "batch_size", "Batch size."),
     (("--optimizer",), "optimizer", "adamw | sgd."),
-    (("--schedule",), "schedule", "onecycle | cosine | constant; restarts with warm-up whenever more layers unfreeze."),
+    (("--schedule",), "schedule", "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
+     "layers unfreeze [default: onecycle; dann with --target-data]."),
     (("--warmup",), "warmup", "Warm-up, as a fraction of each stage's steps."),
     (("--label-smoothing",), "label_smoothing", "Label smoothing of the cross-entropy."),
     (("--image-size",), "image_size", "Training and evaluation size [default: the backbone's; 160 for the demo]."),
+    (("--hflip/--no-hflip",), "hflip", "Random horizontal flips in training and TTA (off for digits, text)."),
+    (("--crop-scale",), "crop_scale", "Smallest area fraction kept by the random resized crop."),
     (("--bn",), "bn", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen."),
     (("--seed",), "seed", "Random seed (data split, order, augmentation, head initialisation)."),
     (("--device",), "device", "auto | cpu | cuda | cuda:N."),
@@ -177,9 +185,21 @@ FINETUNE_OPTIONS = [
     (("--pretrained/--no-pretrained",), "pretrained", "Start from the zoo's pretrained weights."),
     (("--weights",), "weights", "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file."),
     (("--workers",), "workers", "Data-loading processes [default: 0 on small CPUs]."),
-    (("--keep",), "keep", "Exported epoch: best (validation accuracy) | last."),
+    (("--keep",), "keep", "Exported epoch: best (source validation accuracy) | last [default: best; last "
+     "with --target-data]."),
     (("--tta/--no-tta",), "tta", "Also report validation accuracy with test-time augmentation."),
     (("--resume",), "resume", "Continue the run in --out from its checkpoint (its config.toml supplies the options)."),
+    (("--target-data",), "target_data", "Unlabelled images of the target domain (any depth; labels never read): "
+     "turns on domain adaptation."),
+    (("--target-val",), "target_val", "Labelled target ImageFolder, only to report an oracle accuracy."),
+    (("--adapt",), "adapt", "Adaptation method (zoo-adapt methods): dann | mcc | a plugin's."),
+    (("--adapt-weight",), "adapt_weight", "Final weight of the adaptation loss (DANN: the lambda it rises to)."),
+    (("--adapt-gamma",), "adapt_gamma", "DANN: how fast lambda rises, 2/(1+exp(-gamma p)) - 1."),
+    (("--domain-hidden",), "domain_hidden", "DANN: hidden sizes of the domain classifier, comma-separated."),
+    (("--domain-dropout",), "domain_dropout", "DANN: dropout in the domain classifier."),
+    (("--steps-per-epoch",), "steps_per_epoch", "With --target-data: steps per epoch [default: the longer loader]."),
+    (("--select-with-target-labels",), "select_with_target_labels",
+     "Keep the epoch best on --target-val. This USES TARGET LABELS: an oracle, not a deployable setting."),
 ]
 
 
@@ -187,7 +207,7 @@ def _config_options(options):
     """Decorate a command with one click option per FinetuneConfig field."""
     import dataclasses
 
-    from .train import FinetuneConfig
+    from .config import FinetuneConfig
 
     fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
     types = {"float": float, "int": int, "str": str, "float | None": float, "int | None": int,
@@ -226,7 +246,7 @@ def build_config(ctx: click.Context, config_file: str | None, options: dict, cls
 
     from click.core import ParameterSource
 
-    from .train import FinetuneConfig
+    from .config import FinetuneConfig
 
     cls = cls or FinetuneConfig
     values: dict = {}
@@ -246,15 +266,19 @@ def build_config(ctx: click.Context, config_file: str | None, options: dict, cls
 @_config_options(FINETUNE_OPTIONS)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
               help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4); flags win.")
+@click.option("--adapt-option", "adapt_options", multiple=True, metavar="KEY=VALUE",
+              help="A further option of the adaptation method, e.g. temperature=2.5 for mcc (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
 @click.pass_context
 def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **options) -> None:
     """Fine-tune a pretrained backbone on labelled images.
 
     With no --data and no --dataset it runs the embedded demo (photographs from
-    scikit-image and scikit-learn) on efficientnet_lite0, offline."""
+    scikit-image and scikit-learn) on efficientnet_lite0, offline. With --target-data it
+    also adapts to unlabelled images of another domain (DANN by default)."""
     from .finetune import finetune as run
 
+    options["adapt_options"] = _key_values(options["adapt_options"])
     config = build_config(ctx, config_file, options)
     try:
         result = run(config, log=click.echo, overwrite=overwrite)
@@ -263,13 +287,49 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **opt
     _print_result(result.metrics, result.out)
 
 
+def _key_values(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs, values read as TOML scalars where they parse (2.5, true, "x")."""
+    from .registry import tomllib
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ZooAdaptError(f"--adapt-option takes KEY=VALUE, not {pair!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def _print_result(m: dict, out) -> None:
+    if "proxy_a_distance" in m:
+        gap = m["proxy_a_distance"]
+        oracle = (f"; target accuracy {m['target_accuracy_oracle']:.1%} (ORACLE: measured with target labels)"
+                  if m.get("target_accuracy_oracle") is not None else "")
+        click.echo(f"domain gap (proxy A-distance) {gap['before']:.2f} -> {gap['after']:.2f}{oracle}")
     if m.get("val_accuracy") is None:
         click.echo(f"done: no validation set; model in {out}/model.safetensors")
         return
     tta = f", with TTA {m['val_accuracy_tta']:.1%}" if m.get("val_accuracy_tta") is not None else ""
+    what = "source validation" if "proxy_a_distance" in m else "validation"
     click.echo(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}) on {m['num_val']} "
-               f"images, epoch {m['kept_epoch']} of {m['epochs']}; results in {out}/")
+               f"{what} images, epoch {m['kept_epoch']} of {m['epochs']}; results in {out}/")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def methods(as_json: bool) -> None:
+    """Installed domain-adaptation methods (for finetune --adapt)."""
+    from .methods import adaptation_methods
+
+    found = [{"name": m.name, "plugin": m.plugin, "description": m.description}
+             for m in adaptation_methods().values()]
+    if as_json:
+        return _echo_json(found)
+    click.echo(_table(["METHOD", "PLUGIN", "DESCRIPTION"], [[m["name"], m["plugin"], m["description"]]
+                                                           for m in found]))
 
 
 @cli.command()

@@ -96,3 +96,70 @@ def build_demo(root: str | Path, train_per_class: int = 20, val_per_class: int =
                 Image.fromarray(patch).save(folder / f"{name}_{i:03d}.png")
     stamp.write_text(json.dumps(recipe))
     return root
+
+
+# Colour photographs whose textures the target digits are blended onto (after MNIST-M).
+TEXTURE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+                  "retina", "rocket", "china", "flower")
+
+
+def _digit_masks(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1 797 handwritten digits (8x8, 0..16) as size x size masks in [0, 1]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ZooAdaptError("the digit datasets need scikit-learn: pip install 'zoo-adapt[demo]'") from e
+    from PIL import Image
+
+    digits = load_digits()
+    masks = np.stack([np.asarray(Image.fromarray((d / 16 * 255).astype(np.uint8)).resize(
+        (size, size), Image.BILINEAR), dtype=np.float32) / 255 for d in digits.images])
+    return masks, digits.target
+
+
+def digit_on_photo(mask: np.ndarray, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """MNIST-M's recipe: |texture - digit|, the texture a random crop of a colour photograph."""
+    from PIL import Image
+
+    size = mask.shape[0]
+    side = int(rng.integers(size, max(size + 1, min(photo.shape[:2]) // 3)))
+    y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
+    patch = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR),
+                       dtype=np.float32)
+    return np.abs(patch - mask[..., None] * 255).astype(np.uint8)
+
+
+def build_digit_shift(root: str | Path, size: int = 32, seed: int = 0, limit: int | None = None) -> Path:
+    """A domain-shift task: digits on black (source) to digits on photo textures (target).
+
+    Writes root/source/{train,val}/<digit>/, root/target/train/<digit>/ (for adaptation its
+    labels are never read; the train-on-target oracle uses them) and root/target/test/<digit>/.
+    Source and target use disjoint halves of the digits. `limit`: at most this many digits
+    (for fast tests)."""
+    from PIL import Image
+
+    root = Path(root)
+    recipe = {"version": VERSION, "size": size, "seed": seed, "limit": limit, "kind": "digit-shift"}
+    stamp = root / "digit_shift.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
+        return root
+    masks, labels = _digit_masks(size)
+    photos = photographs()
+    textures = [photos[name] for name in TEXTURE_PHOTOS]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))[:limit]
+    half = len(order) // 2
+    source, target = order[:half], order[half:]
+    splits = {("source", "train"): source[:int(0.8 * len(source))], ("source", "val"): source[int(0.8 * len(source)):],
+              ("target", "train"): target[:int(0.6 * len(target))], ("target", "test"): target[int(0.6 * len(target)):]}
+    for (domain, split), indices in splits.items():
+        for i in indices:
+            folder = root / domain / split / str(labels[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            if domain == "source":
+                image = np.repeat((masks[i] * 255).astype(np.uint8)[..., None], 3, axis=-1)
+            else:
+                image = digit_on_photo(masks[i], textures[int(rng.integers(len(textures)))], rng)
+            Image.fromarray(image).save(folder / f"{domain}_{i:04d}.png")
+    stamp.write_text(json.dumps(recipe))
+    return root

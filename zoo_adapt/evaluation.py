@@ -13,19 +13,20 @@ from torch import nn
 TTA_ZOOM = 1.15
 
 
-def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM) -> list[torch.Tensor]:
-    """The batch, its horizontal flip, and both zoomed in by `zoom` (centre crop)."""
+def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True) -> list[torch.Tensor]:
+    """The batch, zoomed in by `zoom` (centre crop), and the horizontal flips of both
+    (unless the model was trained without flips: mirrored digits are other digits)."""
     h, w = x.shape[-2:]
     big = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False, antialias=False)
     top, left = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
     zoomed = big[..., top:top + h, left:left + w]
-    return [x, x.flip(-1), zoomed, zoomed.flip(-1)]
+    return [x, x.flip(-1), zoomed, zoomed.flip(-1)] if flip else [x, zoomed]
 
 
 def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool = False,
-                  autocast: bool = False) -> torch.Tensor:
+                  autocast: bool = False, flip: bool = True) -> torch.Tensor:
     """Class probabilities: softmax of the logits, averaged over the TTA views if asked."""
-    views = tta_views(x) if tta else [x]
+    views = tta_views(x, flip=flip) if tta else [x]
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         probs = [model(v).float().softmax(-1) for v in views]
     return torch.stack(probs).mean(0)
@@ -49,7 +50,7 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, batches: Iterable, classes: list[str], device: torch.device,
-             tta: bool = False, autocast: bool = False) -> Evaluation:
+             tta: bool = False, autocast: bool = False, flip: bool = True) -> Evaluation:
     """Score `model` over (images, labels) batches."""
     model.eval()
     n = len(classes)
@@ -58,7 +59,7 @@ def evaluate(model: nn.Module, batches: Iterable, classes: list[str], device: to
     k = min(5, n)
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-        probs = predict_proba(model, x, tta=tta, autocast=autocast)
+        probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip)
         pred = probs.argmax(-1)
         predictions += pred.tolist()
         confusion += torch.bincount((y * n + pred).cpu(), minlength=n * n).view(n, n)

@@ -30,6 +30,7 @@ class ModelCard:
     classes: list[str]
     normalization: Normalization  # input_size is the size the model was fine-tuned at
     head: str
+    hflip: bool = True  # trained with horizontal flips, so TTA may flip too
 
     @property
     def image_size(self) -> int:
@@ -87,7 +88,7 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
                              input_size=tuple(json.loads(meta["input_size"])),
                              interpolation=meta["interpolation"], crop_pct=float(meta["crop_pct"]))
         card = ModelCard(meta["backbone"], entry, meta["library"], json.loads(meta["classes"]), norm,
-                         meta["head"])
+                         meta["head"], hflip=json.loads(meta.get("hflip", "true")))
     except (KeyError, ValueError) as e:
         raise ZooAdaptError(f"{path}: damaged zoo-adapt metadata ({e})") from None
     return card, meta

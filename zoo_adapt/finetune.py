@@ -12,14 +12,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import data as data_
+from .config import FinetuneConfig
 from .demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from .errors import ZooAdaptError
 from .export import export_model
 from .models import create_model, num_classes_of, swap_head
-from .train import CHECKPOINT, FinetuneConfig, Trainer, resolve_device, save_atomic, seed_everything, write_json
+from .train import (
+    CHECKPOINT,
+    Trainer,
+    resolve_device,
+    save_atomic,
+    seed_everything,
+    write_json,
+)
 from .transforms import eval_transform, train_transform
 
 MODEL_FILE = "model.safetensors"
+ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
 RUN_FILES = (MODEL_FILE, CHECKPOINT, "metrics.json")
 
 
@@ -41,9 +50,8 @@ def demo_root() -> Path:
     return cache / "zoo-adapt" / "demo"
 
 
-def load_datasets(config: FinetuneConfig, norm, image_size: int) -> tuple[Dataset, Dataset | None, list[str], str]:
+def load_datasets(config: FinetuneConfig, train_tf, val_tf) -> tuple[Dataset, Dataset | None, list[str], str]:
     """(train, val or None, classes, description of where they came from)."""
-    train_tf, val_tf = train_transform(norm, image_size), eval_transform(norm, image_size)
     if config.dataset:
         train, val, classes = data_.torchvision_dataset(config.dataset, config.data_dir, train_tf, val_tf)
         return train, val, classes, f"torchvision {config.dataset} in {config.data_dir}"
@@ -77,12 +85,16 @@ def _split(samples, config):
     return data_.stratified_split(samples, config.val_split, config.seed)
 
 
+def loader_kwargs(config: FinetuneConfig, device: torch.device) -> dict[str, Any]:
+    workers = data_.default_workers(device) if config.workers is None else config.workers
+    return dict(num_workers=workers, pin_memory=device.type == "cuda")
+
+
 def make_loaders(train: Dataset, val: Dataset | None, config: FinetuneConfig,
                  device: torch.device) -> tuple[DataLoader, DataLoader | None]:
     if len(train) < 2:
         raise ZooAdaptError("training needs at least two images")
-    workers = data_.default_workers(device) if config.workers is None else config.workers
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    common = loader_kwargs(config, device)
     train_loader = DataLoader(train, batch_size=config.batch_size, shuffle=True,
                               generator=torch.Generator(), drop_last=len(train) >= config.batch_size,
                               **common)
@@ -128,7 +140,9 @@ def finetune(config: FinetuneConfig, callbacks: list[Callable] = (), log: Callab
     model = create_model(config.backbone, pretrained=config.pretrained, weights=config.weights)
     norm = model.zoo_adapt.normalization
     image_size = config.image_size or (DEMO_IMAGE_SIZE if is_demo(config) else norm.image_size)
-    train, val, classes, where = load_datasets(config, norm, image_size)
+    train_tf = train_transform(norm, image_size, min_scale=config.crop_scale, hflip=config.hflip)
+    eval_tf = eval_transform(norm, image_size)
+    train, val, classes, where = load_datasets(config, train_tf, eval_tf)
     if num_classes_of(model) != len(classes):
         seed_everything(config.seed)
         swap_head(model, len(classes))
@@ -139,19 +153,31 @@ def finetune(config: FinetuneConfig, callbacks: list[Callable] = (), log: Callab
     log(f"{config.backbone}: {len(classes)} classes, {len(train)} training and "
         f"{len(val) if val else 0} validation images ({where}), {image_size}px, {device}, "
         f"strategy {config.strategy}")
+    adaptation, trainer_kwargs = None, dict(trainer_kwargs)
+    if config.target_data:
+        from .adaptation import AdaptationRun, AdaptTrainer
+
+        adaptation = AdaptationRun(config, model, classes, train_tf, eval_tf, loader_kwargs(config, device), device)
+        trainer_cls = trainer_cls or AdaptTrainer
+        trainer_kwargs.update(adaptation.trainer_kwargs())
+        gap_before = adaptation.domain_gap(val_loader or train_loader)
+        log(f"adapting to {len(adaptation.target)} unlabelled target images ({config.target_data}) with "
+            f"{config.adapt}; domain gap before (proxy A-distance): {gap_before:.2f}")
 
     def save(trainer: Trainer, event: str, **info) -> None:
         if event != "epoch_end":
             return
         save_atomic(trainer.checkpoint_state(), out / CHECKPOINT)
+        if adaptation is not None:
+            adaptation.save_method(out / ADAPTATION_FILE)
         if info["improved"] or config.keep == "last" or trainer.best is None:
             export_model(model, out / MODEL_FILE, classes, image_size,
-                         {"epoch": info["record"].epoch})
+                         {"epoch": info["record"].epoch, "hflip": config.hflip})
         write_json(_metrics(trainer, config, classes, len(train), val, where, finished=False),
                    out / "metrics.json")
 
     cls = trainer_cls or Trainer
-    trainer = cls(model, train_loader, val_loader, classes, config, out=out,
+    trainer = cls(model, train_loader, val_loader, classes, config,
                   callbacks=[*callbacks, save], log=log, **trainer_kwargs)
     if config.resume:
         trainer.load_checkpoint_state(torch.load(out / CHECKPOINT, map_location=device, weights_only=True))
@@ -180,12 +206,24 @@ def finetune(config: FinetuneConfig, callbacks: list[Callable] = (), log: Callab
         if config.tta:
             tta = trainer.validate(tta=True)
             metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
-    export_model(model, out / MODEL_FILE, classes, image_size,
-                 {"epoch": kept, "val_accuracy": metrics.get("val_accuracy")})
-    write_json(metrics, out / "metrics.json")
-    from .report import plot_confusion, plot_curves
+    from .report import plot_confusion, plot_curves, plot_domain_gap
 
-    plot_curves(metrics["history"], out / "curves.png", title=f"{config.backbone} ({config.strategy})")
+    if adaptation is not None:
+        metrics.update(adaptation.summary(metrics))
+        metrics["proxy_a_distance"] = {"before": gap_before,
+                                       "after": adaptation.domain_gap(val_loader or train_loader)}
+        if adaptation.target_val_loader is not None:
+            metrics["target_accuracy_oracle"] = trainer.epoch_figures()["target_accuracy_oracle"]
+            metrics["target_accuracy_oracle_note"] = ("measured with target labels (--target-val): a figure "
+                                                      "for reporting, not used for selection" if not
+                                                      config.select_with_target_labels else
+                                                      "measured with target labels and USED to select the epoch")
+        plot_domain_gap(metrics["proxy_a_distance"], metrics["history"], out / "domain_gap.png")
+    export_model(model, out / MODEL_FILE, classes, image_size,
+                 {"epoch": kept, "val_accuracy": metrics.get("val_accuracy"), "hflip": config.hflip})
+    write_json(metrics, out / "metrics.json")
+    extra = ("domain_accuracy",) if adaptation is not None else ()
+    plot_curves(metrics["history"], out / "curves.png", title=f"{config.backbone} ({config.strategy})", extra=extra)
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
     return FinetuneResult(model, metrics["history"], metrics, out)

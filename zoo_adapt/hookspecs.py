@@ -64,3 +64,14 @@ def convert_state_dict(entry, state_dict, model):
 
     Called when a weights file's keys do not match `model` (for example weights
     published for another implementation of the same architecture)."""
+
+
+@hookspec
+def register_adaptation_methods(register):
+    """Offer domain-adaptation methods for ``zoo-adapt finetune --target-data``.
+
+    Call ``register(name, factory, description="")``. ``factory(in_features,
+    num_classes, config)`` returns a :class:`zoo_adapt.adaptation.AdaptationMethod`: an
+    ``nn.Module`` holding the method's extra modules, whose ``loss(...)`` gives the
+    per-step loss from source and target features and logits, and the figures to log.
+    Must not import torch at import time."""

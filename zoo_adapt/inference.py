@@ -8,7 +8,15 @@ from typing import Iterable
 import torch
 from torch.utils.data import DataLoader
 
-from .data import IMAGE_SUFFIXES, ImageDataset, image_files, open_image, scan_folder, split_dirs, worker_error
+from .data import (
+    IMAGE_SUFFIXES,
+    ImageDataset,
+    image_files,
+    open_image,
+    scan_folder,
+    split_dirs,
+    worker_error,
+)
 from .errors import ZooAdaptError
 from .evaluation import Evaluation, evaluate, predict_proba
 from .export import load_model
@@ -36,7 +44,7 @@ def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False,
     loader = DataLoader(ImageDataset(samples, eval_transform(card.normalization)), batch_size=batch_size,
                         num_workers=workers)
     try:
-        return evaluate(model, loader, card.classes, dev, tta=tta, autocast=dev.type == "cuda")
+        return evaluate(model, loader, card.classes, dev, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
     except ZooAdaptError as e:
         raise worker_error(e) from None
 
@@ -89,7 +97,8 @@ def predict_paths(model_path: str | Path, paths: Iterable[str | Path], tta: bool
             except ZooAdaptError as e:
                 results.append(Prediction(str(f), error=str(e)))
         if batch:
-            probs = predict_proba(model, torch.stack(batch).to(dev), tta=tta, autocast=dev.type == "cuda")
+            probs = predict_proba(model, torch.stack(batch).to(dev), tta=tta, autocast=dev.type == "cuda",
+                                  flip=card.hflip)
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
                 pred.top = [(card.classes[c], p) for c, p in zip(i, v)]

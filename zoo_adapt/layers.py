@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .config import BN_POLICIES
 from .errors import ZooAdaptError
-
-BN_POLICIES = ("train", "frozen")
 
 
 def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:

@@ -6,6 +6,7 @@ from typing import Sequence
 
 from torch import nn
 
+from .config import OPTIMIZERS, SCHEDULES
 from .errors import ZooAdaptError
 from .layers import group_parameters
 
@@ -71,8 +72,6 @@ def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
     return out
 
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 def make_optimizer(groups: list[dict], name: str = "adamw", momentum: float = 0.9):
@@ -90,8 +89,8 @@ def schedule_factor(schedule: str, step: int, steps: int, warmup: float, progres
 
     Every schedule warms up linearly over the first `warmup` fraction of the stage:
     `onecycle` then anneals (cosine) to 1/25 000 of the rate, `cosine` to zero,
-    `constant` stays. `progress` is the fraction of the whole run done, for schedules
-    defined over the run rather than the stage."""
+    `constant` stays, and `dann` follows Ganin et al.'s annealing 1 / (1 + 10 p) ** 0.75,
+    with `progress` p the fraction of the whole run done."""
     warm = max(1, round(warmup * steps)) if warmup > 0 else 0
     if step < warm:
         start = 1 / 25 if schedule == "onecycle" else 0.0
@@ -105,4 +104,6 @@ def schedule_factor(schedule: str, step: int, steps: int, warmup: float, progres
         return 0.5 * (1 + math.cos(math.pi * t))
     if schedule == "constant":
         return 1.0
+    if schedule == "dann":
+        return 1 / (1 + 10 * progress) ** 0.75
     raise ZooAdaptError(f"unknown schedule {schedule!r}; choices: {', '.join(SCHEDULES)}")

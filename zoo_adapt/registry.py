@@ -16,9 +16,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from . import plugins
 from .backbone import Entry
 from .errors import ZooAdaptError
-from . import plugins
 from .plugins import call_each, plugin_names
 
 ENV_VAR = "ZOO_ADAPT_REGISTRY"

@@ -72,3 +72,27 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_domain_gap(gap: dict[str, float], history: list[dict[str, Any]], path: Path) -> Path:
+    """Proxy A-distance before and after adaptation, and the domain classifier's accuracy
+    per epoch (0.5 means it can no longer tell the domains apart)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.bar(["before", "after"], [gap["before"], gap["after"]], color=["grey", "tab:blue"])
+    left.set_ylim(0, 2)
+    left.set_ylabel("proxy A-distance (0 = same, 2 = separable)")
+    epochs = [r["epoch"] for r in history]
+    for key in ("domain_accuracy", "lambda", "target_accuracy_oracle"):
+        if any(key in r for r in history):
+            label = "target accuracy (oracle, target labels)" if key == "target_accuracy_oracle" else key.replace("_", " ")
+            right.plot(epochs, [r.get(key) for r in history], "o-", label=label)
+    right.axhline(0.5, color="grey", linestyle=":")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1.05)
+    if right.get_legend_handles_labels()[0]:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -24,85 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .config import STRATEGIES, FinetuneConfig
 from .errors import ZooAdaptError
 from .evaluation import Evaluation, evaluate
-from .export import export_model
-from .layers import BN_POLICIES, freeze_to, trainable_groups
-from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, param_groups, schedule_factor
+from .layers import freeze_to, trainable_groups
+from .optim import make_optimizer, param_groups, schedule_factor
 
-STRATEGIES = ("linear-probe", "finetune", "two-stage", "gradual")
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class FinetuneConfig:
-    """Every option of a fine-tuning run (the CLI's flags, a config.toml's keys)."""
-
-    backbone: str = "efficientnet_lite0"
-    data: str | None = None  # ImageFolder root (train/ and val/ or test/), or one folder to split
-    dataset: str | None = None  # a torchvision dataset by name (cifar10, cifar100, ...)
-    data_dir: str = "data"  # where --dataset downloads to
-    val_split: float = 0.2  # used when --data has no val/ folder
-    out: str = "runs/finetune"
-    strategy: str = "two-stage"
-    epochs: int = 5  # in all, head-only epochs included
-    head_epochs: int = 1  # two-stage: epochs that train the head alone
-    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more group
-    lr: float | None = None  # head rate; default 2e-3 (adamw) or 2e-2 (sgd)
-    lr_body: float | None = None  # stem rate, geometric spread up to lr; default lr/100
-    lr_decay: float | None = None  # instead of lr_body: layer-wise decay per group
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    momentum: float = 0.9  # sgd
-    schedule: str = "onecycle"
-    warmup: float = 0.1  # fraction of each stage's steps
-    label_smoothing: float = 0.1
-    image_size: int | None = None  # default: the backbone's input size
-    bn: str = "train"  # BatchNorm in frozen groups: train (fastai's train_bn) or frozen
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    pretrained: bool = True
-    weights: str | None = None  # a weights tag or a local weights file
-    workers: int | None = None  # default: 0 on small CPUs, several on CUDA
-    keep: str = "best"  # the exported epoch: best (source validation accuracy) or last
-    tta: bool = True  # also report validation accuracy with test-time augmentation
-    resume: bool = False
-
-    def validate(self) -> "FinetuneConfig":
-        choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                   "bn": BN_POLICIES, "keep": ("best", "last"), "precision": ("auto", "bf16", "fp32")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ZooAdaptError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                    f"not {getattr(self, key)!r}")
-        for key in ("epochs", "batch_size", "unfreeze_every"):
-            if getattr(self, key) < 1:
-                raise ZooAdaptError(f"--{key.replace('_', '-')} must be at least 1")
-        if self.head_epochs < 0:
-            raise ZooAdaptError("--head-epochs must not be negative")
-        if self.lr_body is not None and self.lr_decay is not None:
-            raise ZooAdaptError("give --lr-body or --lr-decay, not both")
-        if self.data and self.dataset:
-            raise ZooAdaptError("give --data or --dataset, not both")
-        return self
-
-    @property
-    def head_lr(self) -> float:
-        return self.lr if self.lr is not None else (2e-2 if self.optimizer == "sgd" else 2e-3)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> "FinetuneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        normalised = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(normalised) - known)
-        if unknown:
-            raise ZooAdaptError(f"{origin}: unknown option {unknown[0]!r}")
-        return cls(**normalised)
 
 
 @dataclass
@@ -181,10 +109,10 @@ class Trainer:
     (trainer, event, **info) for events 'epoch_start', 'step', 'epoch_end'."""
 
     def __init__(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None,
-                 classes: list[str], config: FinetuneConfig, out: Path | None = None,
+                 classes: list[str], config: FinetuneConfig,
                  callbacks: list[Callable] = (), log: Callable[[str], None] | None = print):
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
-        self.classes, self.config, self.out = classes, config, out
+        self.classes, self.config = classes, config
         self.callbacks, self.log = list(callbacks), log or (lambda s: None)
         self.device = next(model.parameters()).device
         self.autocast = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
@@ -272,10 +200,7 @@ class Trainer:
 
         while self.epoch < len(self.plan):
             epoch = self.epoch
-            seed_everything(self.config.seed * 1000 + epoch)  # resumable: epochs replay exactly
-            generator = getattr(self.train_loader, "generator", None)
-            if generator is not None:
-                generator.manual_seed(self.config.seed * 1000 + epoch)
+            self.reseed(self.config.seed * 1000 + epoch)  # resumable: epochs replay exactly
             freeze_to(self.model, self.plan[epoch], bn="frozen" if self.config.strategy ==
                       "linear-probe" else self.config.bn)
             self._emit("epoch_start", epoch=epoch)
@@ -315,6 +240,13 @@ class Trainer:
             self.log(self._summary(record))
         return self.history
 
+    def reseed(self, seed: int) -> None:
+        """Seed every random stream of an epoch (augmentation, dropout, data order)."""
+        seed_everything(seed)
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+
     def _batches(self):
         try:
             yield from self.train_loader
@@ -328,7 +260,7 @@ class Trainer:
 
         try:
             return evaluate(self.model, self.val_loader, self.classes, self.device, tta=tta,
-                            autocast=self.autocast)
+                            autocast=self.autocast, flip=self.config.hflip)
         except ZooAdaptError as e:
             raise worker_error(e) from None
 

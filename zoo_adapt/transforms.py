@@ -27,11 +27,12 @@ def eval_transform(norm: Normalization, image_size: int | None = None) -> v2.Com
 
 
 def train_transform(norm: Normalization, image_size: int | None = None,
-                    min_scale: float = 0.35) -> v2.Compose:
+                    min_scale: float = 0.35, hflip: bool = True) -> v2.Compose:
     """Random resized crop (fastai's min_scale 0.35: gentler than ImageNet's 0.08, which
-    suits small datasets and few epochs) and horizontal flip."""
+    suits small datasets and few epochs) and, unless the data forbids it, horizontal flip."""
     size = image_size or norm.image_size
+    flip = [v2.RandomHorizontalFlip()] if hflip else []
     return v2.Compose([v2.ToImage(), v2.RGB(),
                        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=_mode(norm),
                                             antialias=True),
-                       v2.RandomHorizontalFlip(), *_normalize(norm)])
+                       *flip, *_normalize(norm)])
