@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from zoo_adapt.config import FinetuneConfig
 from zoo_adapt.demo import build_digit_shift
 from zoo_adapt.finetune import finetune
 from zoo_adapt.inference import evaluate_folder
-from zoo_adapt.train import FinetuneConfig
 
 METHODS = ("source-only", "dann", "mcc", "oracle")
 
