@@ -87,6 +87,9 @@ def plot_domain_gap(gap: dict[str, float], history: list[dict[str, Any]], path: 
         if any(key in r for r in history):
             label = "target accuracy (oracle, target labels)" if key == "target_accuracy_oracle" else key.replace("_", " ")
             right.plot(epochs, [r.get(key) for r in history], "o-", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.axhline(0.5, color="grey", linestyle=":")
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.05)
