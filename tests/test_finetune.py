@@ -218,3 +218,14 @@ def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp
         scores[pretrained] = finetune(config, log=None, overwrite=True).metrics["val_accuracy"]
     assert scores[True] >= 0.7, scores
     assert scores[True] - scores[False] >= 0.3, scores
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_run_exports_a_model_that_reloads_on_cpu(tmp_path, tiny_data):
+    result = finetune(small(tmp_path, tiny_data, device="cuda", epochs=1), log=None)
+    assert result.metrics["precision"] == "bf16" and result.metrics["device"].startswith("cuda")
+    model, card = load_model(result.out / "model.safetensors", "cpu")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = result.model.float().eval()(x.cuda()).cpu()
+        assert torch.allclose(model(x), expected, atol=1e-3)

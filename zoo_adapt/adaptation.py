@@ -153,6 +153,9 @@ class AdaptTrainer(Trainer):
             raise worker_error(e) from None
         return {"target_accuracy_oracle": ev.accuracy}
 
+    def close(self) -> None:
+        self.features.remove()
+
     def _track_best(self, record) -> bool:
         if not self.config.select_with_target_labels:
             return super()._track_best(record)

@@ -45,15 +45,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _stats(norm) -> str:
+def _stats(mean, std) -> str:
+    """'imagenet' or 'inception' for the usual statistics, else the numbers."""
     from .backbone import IMAGENET, INCEPTION
 
-    if norm is None:
+    if mean is None:
         return "?"
     for label, stats in (("imagenet", IMAGENET), ("inception", INCEPTION)):
-        if tuple(norm.mean) == stats["mean"] and tuple(norm.std) == stats["std"]:
+        if tuple(mean) == stats["mean"] and tuple(std) == stats["std"]:
             return label
-    return f"mean={list(norm.mean)} std={list(norm.std)}"
+    return f"mean={list(mean)} std={list(std)}"
 
 
 def _card(backbone) -> dict:
@@ -83,17 +84,11 @@ def list_(as_json: bool) -> None:
         return _echo_json(cards)
     rows = [[c["name"], c["plugin"], c["source"], c["upstream"], c["head"] or "?",
              c["num_groups"] or "?", "x".join(map(str, c["input_size"][1:])) if c["input_size"] else "?",
-             _stats(describe_norm(c)), c["weights_status"]] for c in cards]
+             _stats(c["mean"], c["std"]), c["weights_status"]] for c in cards]
     click.echo(_table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "INPUT",
                        "STATS", "WEIGHTS"], rows))
     click.echo("\nWEIGHTS: bundled = shipped in an installed package, cached = downloaded "
                "before, download = needs the network (use --no-pretrained or --weights offline).")
-
-
-def describe_norm(card: dict):
-    from .backbone import Normalization
-
-    return Normalization(tuple(card["mean"]), tuple(card["std"])) if card["mean"] else None
 
 
 @cli.command()

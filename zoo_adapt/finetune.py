@@ -219,6 +219,7 @@ def finetune(config: FinetuneConfig, callbacks: list[Callable] = (), log: Callab
                                                       config.select_with_target_labels else
                                                       "measured with target labels and USED to select the epoch")
         plot_domain_gap(metrics["proxy_a_distance"], metrics["history"], out / "domain_gap.png")
+    trainer.close()
     export_model(model, out / MODEL_FILE, classes, image_size,
                  {"epoch": kept, "val_accuracy": metrics.get("val_accuracy"), "hflip": config.hflip})
     write_json(metrics, out / "metrics.json")

@@ -156,6 +156,9 @@ class Trainer:
         """Extra per-epoch figures for the history (validation-time measurements)."""
         return {}
 
+    def close(self) -> None:
+        """Undo what training attached to the model (hooks)."""
+
     # -- the loop -----------------------------------------------------------------
     def _to_device(self, batch):
         x, y = batch
