@@ -132,3 +132,14 @@ def test_torchvision_dataset_offline(tmp_path):
     one_line_error(finetune("--dataset", "cifar10", "--data-dir", tmp_path / "c", "--out", tmp_path / "o",
                             env=env), "cannot get dataset cifar10", "--data")
     one_line_error(finetune("--dataset", "imagenet", "--out", tmp_path / "o"), "unknown dataset 'imagenet'")
+
+
+def test_class_count_of_datasets_without_class_names():
+    import numpy as np
+
+    from zoo_adapt.data import _num_labels
+
+    class SVHNLike:  # torchvision's SVHN keeps labels as a numpy array and has no `classes`
+        labels = np.array([0, 3, 9, 1])
+
+    assert _num_labels(SVHNLike()) == 10

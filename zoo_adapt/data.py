@@ -179,8 +179,12 @@ def torchvision_dataset(name: str, root: str | Path, train_tf: Callable, val_tf:
 
 
 def _num_labels(ds: Any) -> int:
-    labels = getattr(ds, "labels", None) or getattr(ds, "_labels", None) or getattr(ds, "targets")
-    return int(max(labels)) + 1
+    """Datasets without `classes` (SVHN) keep labels as a list or numpy array under one of these."""
+    for name in ("labels", "_labels", "targets"):
+        labels = getattr(ds, name, None)
+        if labels is not None:
+            return int(max(labels)) + 1
+    raise ZooAdaptError(f"cannot tell the classes of {type(ds).__name__}")
 
 
 def worker_error(e: ZooAdaptError) -> ZooAdaptError:
