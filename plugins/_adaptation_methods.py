@@ -51,8 +51,8 @@ class DANN(AdaptationMethod):
         logits = self.domain_classifier(grad_reverse(features, lambda_)).float()
         domains = torch.cat([torch.ones(len(source_features)), torch.zeros(len(target_features))]).to(logits.device)
         loss = F.binary_cross_entropy_with_logits(logits, domains)  # in fp32: safe under bf16 autocast
-        accuracy = ((logits > 0).float() == domains).float().mean().item()
-        return loss, {"domain_loss": loss.item(), "domain_accuracy": accuracy, "lambda": lambda_}
+        accuracy = ((logits.detach() > 0).float() == domains).float().mean()
+        return loss, {"domain_loss": loss.detach(), "domain_accuracy": accuracy, "lambda": lambda_}
 
 
 class MCC(AdaptationMethod):
@@ -73,4 +73,4 @@ class MCC(AdaptationMethod):
         confusion = (probs * weights).t() @ probs
         confusion = confusion / confusion.sum(dim=1, keepdim=True)  # category normalisation (rows)
         mcc = (confusion.sum() - confusion.trace()) / self.num_classes
-        return self.weight * mcc, {"mcc_loss": mcc.item()}
+        return self.weight * mcc, {"mcc_loss": mcc.detach()}

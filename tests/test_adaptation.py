@@ -21,6 +21,7 @@ from zoo_adapt.adaptation import (
 )
 from zoo_adapt.config import FinetuneConfig
 from zoo_adapt.demo import build_digit_shift
+from zoo_adapt.engine import Callback
 from zoo_adapt.finetune import finetune
 from zoo_adapt.methods import adaptation_methods, make_method
 
@@ -77,13 +78,11 @@ def test_backbone_gets_the_reversed_domain_gradient_and_the_classifier_the_norma
 def test_lambda_schedule_at_the_first_and_last_step(tmp_path, task):
     seen = []
 
-    class Recorder(zoo_adapt.adaptation.AdaptTrainer):
-        def train_step(self, batch):
-            figures = super().train_step(batch)
-            seen.append(figures["lambda"])
-            return figures
+    class Recorder(Callback):
+        def step_end(self, loop, step):
+            seen.append(step.figures["lambda"])
 
-    finetune(config(tmp_path, task, adapt_weight=0.5, adapt_gamma=10.0), log=None, trainer_cls=Recorder)
+    finetune(config(tmp_path, task, adapt_weight=0.5, adapt_gamma=10.0), log=None, callbacks=[Recorder()])
     total = 2 * 3
     assert len(seen) == total
     assert seen[0] == 0.0  # p = 0 at the first step
@@ -96,9 +95,9 @@ def test_adapt_weight_zero_leaves_the_backbone_gradient_free_of_any_domain_term(
     torch.manual_seed(0)
     model = zoo_adapt.create_model("resnet18", num_classes=3, pretrained=False).eval()
     dann = _dann(in_features=512, weight=0.0, dropout=0.5)
-    from zoo_adapt.train import HeadFeatures
+    from zoo_adapt.models import HeadFeatures
 
-    features = HeadFeatures(model.fc)
+    features = HeadFeatures(model)
     x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0])
 
     def backbone_grads(with_domain: bool):

@@ -17,7 +17,7 @@ from zoo_adapt.demo import build_demo
 from zoo_adapt.evaluation import predict_proba, tta_views
 from zoo_adapt.export import load_model, read_card
 from zoo_adapt.finetune import finetune
-from zoo_adapt.train import freeze_plan
+from zoo_adapt.engine import Callback, freeze_plan
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -35,19 +35,29 @@ def small(tmp_path, data, **kw) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **kw})
 
 
-class Snapshots:
+class Snapshots(Callback):
     """Which parameters each epoch changed."""
 
     def __init__(self):
         self.changed: list[set[str]] = []
         self.before: dict[str, torch.Tensor] = {}
 
-    def __call__(self, trainer, event, **info):
-        params = dict(trainer.model.named_parameters())
-        if event == "epoch_start":
-            self.before = {n: p.detach().clone() for n, p in params.items()}
-        elif event == "epoch_end":
-            self.changed.append({n for n, p in params.items() if not torch.equal(p, self.before[n])})
+    def epoch_start(self, loop, epoch):
+        self.before = {n: p.detach().clone() for n, p in loop.model.named_parameters()}
+
+    def epoch_end(self, loop, record, improved):
+        self.changed.append({n for n, p in loop.model.named_parameters() if not torch.equal(p, self.before[n])})
+
+
+class FirstRates(Callback):
+    """Each optimizer group's base rate, by layer-group name, at the first epoch."""
+
+    def __init__(self):
+        self.rates = {}
+
+    def epoch_start(self, loop, epoch):
+        if not self.rates:
+            self.rates = {g["name"]: g["initial_lr"] for g in loop.optimizer.param_groups}
 
 
 @pytest.mark.parametrize("strategy, extra", [
@@ -72,28 +82,20 @@ def test_each_strategy_trains_exactly_its_parameters(tmp_path, tiny_data, strate
 
 
 def test_discriminative_rates_reach_the_optimizer(tmp_path, tiny_data):
-    seen = {}
-
-    def grab(trainer, event, **info):
-        if event == "epoch_start" and not seen:
-            seen.update({g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups})
-
+    grab = FirstRates()
     finetune(small(tmp_path, tiny_data, strategy="finetune", lr=1e-2, lr_body=1e-4, epochs=1),
              callbacks=[grab], log=None)
+    seen = grab.rates
     names = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     expected = [1e-4 * 100 ** (i / 5) for i in range(6)]
     assert [seen[n] for n in names] == pytest.approx(expected)
 
 
 def test_layerwise_decay_reaches_the_optimizer(tmp_path, tiny_data):
-    rates = {}
-
-    def grab(trainer, event, **info):
-        if event == "epoch_start":
-            rates.update({g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups})
-
+    grab = FirstRates()
     finetune(small(tmp_path, tiny_data, strategy="finetune", lr=1e-2, lr_decay=0.5, epochs=1),
              callbacks=[grab], log=None)
+    rates = grab.rates
     assert rates["head"] == pytest.approx(1e-2) and rates["layer4"] == pytest.approx(5e-3)
     assert rates["stem"] == pytest.approx(1e-2 * 0.5 ** 5)
 
@@ -120,13 +122,14 @@ def test_export_loads_into_the_plain_upstream_model_with_identical_logits(tmp_pa
 def test_resume_after_interruption_ends_where_the_uninterrupted_run_ends(tmp_path, tiny_data):
     straight = finetune(small(tmp_path, tiny_data, out=str(tmp_path / "a"), keep="last"), log=None)
 
-    def interrupt(trainer, event, epoch=None, step=None, **info):
-        if event == "step" and epoch == 2 and step == 1:
-            raise KeyboardInterrupt
+    class Interrupt(Callback):
+        def step_end(self, loop, step):
+            if loop.epoch == 2 and loop.seen > 8:
+                raise KeyboardInterrupt
 
     config = small(tmp_path, tiny_data, out=str(tmp_path / "b"), keep="last")
     with pytest.raises(KeyboardInterrupt):
-        finetune(config, callbacks=[interrupt], log=None)
+        finetune(config, callbacks=[Interrupt()], log=None)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert (tmp_path / "b" / "model.safetensors").is_file()  # the work so far is kept
     config.resume = True

@@ -8,23 +8,23 @@ include them (tllib's DANN does the same; two passes would keep source-only stat
 
 Methods (DANN, MCC, third parties') come from the `register_adaptation_methods` hook.
 They see the features the head receives (captured at the head the plugin names) and the
-logits; target labels are never read.
+logits; target labels are never read. `Adaptation` is the loop callback that does it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from .config import FinetuneConfig
-from .data import ImageDataset, image_files, open_image, scan_folder, worker_error
+from .data import Samples, check_image, image_files
+from .engine.callbacks import Callback
 from .errors import ZooAdaptError
-from .methods import make_method
-from .train import HeadFeatures, Trainer
+from .models import HeadFeatures
+from .pipeline import Batches, cycle
 
 
 class GradientReversal(torch.autograd.Function):
@@ -56,9 +56,10 @@ class AdaptationMethod(nn.Module):
 
     def loss(self, source_features: torch.Tensor, target_features: torch.Tensor,
              source_logits: torch.Tensor, target_logits: torch.Tensor,
-             progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+             progress: float) -> tuple[torch.Tensor, dict[str, Any]]:
         """The method's loss term for one step (added to the source cross-entropy) and the
-        figures to log. `progress` is the fraction of all optimizer steps done."""
+        figures to log (tensors or numbers; averaged over the epoch). `progress` is the
+        fraction of all optimizer steps done."""
         raise NotImplementedError
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
@@ -68,129 +69,91 @@ class AdaptationMethod(nn.Module):
                  "group_index": -1}] if params else []
 
 
-class TargetImages(Dataset):
+def target_samples(root: str | Path) -> Samples:
     """Unlabelled images at any depth below a folder. Ordered by file name (then size),
     never by folder, so folder names, which may encode labels, change nothing."""
-
-    def __init__(self, root: str | Path, transform: Callable):
-        root = Path(root)
-        if not root.is_dir():
-            raise ZooAdaptError(f"target folder not found: {root}")
-        files = image_files(root)
-        if not files:
-            raise ZooAdaptError(f"target folder {root} holds no images")
-        from .data import check_image
-
-        for f in files:
-            check_image(f)
-        self.files = sorted(files, key=lambda p: (p.name, p.stat().st_size, str(p)))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(open_image(self.files[i]))
+    root = Path(root)
+    if not root.is_dir():
+        raise ZooAdaptError(f"target folder not found: {root}")
+    files = image_files(root)
+    if not files:
+        raise ZooAdaptError(f"target folder {root} holds no images")
+    for f in files:
+        check_image(f)
+    files = sorted(files, key=lambda p: (p.name, p.stat().st_size, str(p)))
+    return Samples([(f, -1) for f in files], [])
 
 
-def _endless(loader: DataLoader):
-    while True:
-        yield from loader
+class Adaptation(Callback):
+    """Adds a target batch to every step's forward pass and the method's loss to the
+    step's loss; measures the oracle accuracy on labelled target images when given
+    (`target_val`), which selects the kept epoch only with `select_with_target_labels`."""
 
+    def __init__(self, method: AdaptationMethod, target: Batches, target_val: Batches | None = None,
+                 select_with_target_labels: bool = False):
+        self.method, self.target, self.target_val = method, target, target_val
+        self.select_with_target_labels = select_with_target_labels
 
-class AdaptTrainer(Trainer):
-    """The fine-tuning Trainer with a target stream and an adaptation method."""
+    def setup(self, loop) -> None:
+        self.features = HeadFeatures(loop.model)
+        if self.select_with_target_labels:
+            loop.select = "target_accuracy_oracle"
 
-    def __init__(self, model, train_loader, val_loader, classes, config, *, target_loader: DataLoader,
-                 method: AdaptationMethod, target_val_loader: DataLoader | None = None, **kwargs):
-        self.target_loader, self.method, self.target_val_loader = target_loader, method, target_val_loader
-        self.features = HeadFeatures(model.get_submodule(model.zoo_adapt.head.attr))
-        super().__init__(model, train_loader, val_loader, classes, config, **kwargs)
-
-    def extra_param_groups(self) -> list[dict]:
-        return self.method.param_groups(self.config.head_lr, self.config.weight_decay)
-
-    def _steps_per_epoch(self) -> int:
-        return self.config.steps_per_epoch or max(len(self.train_loader), len(self.target_loader))
-
-    def reseed(self, seed: int) -> None:
-        super().reseed(seed)
-        if self.target_loader.generator is not None:
-            self.target_loader.generator.manual_seed(seed + 1)
-
-    def _batches(self):
-        source, target = _endless(self.train_loader), _endless(self.target_loader)
-        try:
-            for _ in range(self.steps_per_epoch):
-                yield next(source), next(target)
-        except ZooAdaptError as e:
-            raise worker_error(e) from None
-
-    def train_step(self, batch) -> dict[str, float]:
-        (xs, ys), xt = batch
-        xs, ys = self._to_device((xs, ys))
-        xt, _ = self._to_device((xt, ys[:0]))
+    def epoch_start(self, loop, epoch: int) -> None:
+        self.target.set_epoch(epoch)
+        self.batches = cycle(self.target, loop.steps_per_epoch)
         self.method.train()
-        n = len(xs)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(torch.cat([xs, xt]))
-            features = self.features.value
-            cls_loss = F.cross_entropy(logits[:n].float(), ys, label_smoothing=self.config.label_smoothing)
-            extra, figures = self.method.loss(features[:n], features[n:], logits[:n], logits[n:],
-                                              self.progress())
-        self._step(cls_loss + extra)
-        return {"loss": cls_loss.item(), "accuracy": (logits[:n].argmax(-1) == ys).float().mean().item(),
-                "n": n, **figures}
 
-    def epoch_figures(self) -> dict[str, float]:
-        if self.target_val_loader is None:
-            return {}
-        from .evaluation import evaluate
+    def before_forward(self, loop, step) -> None:
+        xt, _ = next(self.batches)
+        step.x = torch.cat([step.x, xt])
 
-        try:
-            ev = evaluate(self.model, self.target_val_loader, self.classes, self.device, autocast=self.autocast)
-        except ZooAdaptError as e:
-            raise worker_error(e) from None
-        return {"target_accuracy_oracle": ev.accuracy}
+    def after_loss(self, loop, step) -> None:
+        n, features = step.n, self.features.value
+        extra, figures = self.method.loss(features[:n], features[n:], step.logits[:n], step.logits[n:],
+                                          loop.progress)
+        step.loss = step.loss + extra
+        step.figures.update(figures)
 
-    def close(self) -> None:
+    def after_validate(self, loop, record) -> None:
+        if self.target_val is not None:
+            record.extra["target_accuracy_oracle"] = loop.validate(batches=self.target_val).accuracy
+
+    def close(self, loop) -> None:
         self.features.remove()
 
-    def _track_best(self, record) -> bool:
-        if not self.config.select_with_target_labels:
-            return super()._track_best(record)
-        score = record.extra["target_accuracy_oracle"]
-        if self.best is None or score >= self.best[0]:
-            self.best = (score, record.epoch)
-            return True
-        return False
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method.state_dict()}
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {**super().checkpoint_state(), "method": self.method.state_dict()}
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
-        super().load_checkpoint_state(state)
+
+    def save_method(self, path: Path, name: str) -> None:
+        """The method's own modules (a domain classifier), beside the model."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
+        if state:
+            save_file(state, str(path), metadata={"method": name})
 
 
-def pooled_features(model: nn.Module, batches, device: torch.device, limit: int) -> torch.Tensor:
+def pooled_features(model: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
     """The features the head receives, for up to `limit` images, in eval mode."""
-    hook = HeadFeatures(model.get_submodule(model.zoo_adapt.head.attr))
+    from contextlib import nullcontext
+
     out, count = [], 0
+    was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (list, tuple)) else batch
-                model(x.to(device))
+        with torch.no_grad(), HeadFeatures(model) as hook, (autocast or nullcontext)():
+            for x, _ in batches:
+                model(x)
                 out.append(hook.value.float().flatten(1).cpu())
                 count += len(x)
                 if count >= limit:
                     break
-    except ZooAdaptError as e:
-        raise worker_error(e) from None
     finally:
-        hook.remove()
+        model.train(was_training)
     return torch.cat(out)[:limit]
 
 
@@ -224,49 +187,59 @@ def proxy_a_distance(source: torch.Tensor, target: torch.Tensor, seed: int = 0, 
     return 2 * (1 - 2 * min(err, 0.5))
 
 
-class AdaptationRun:
-    """What a fine-tuning job adds when given --target-data: the target data, the method,
-    the domain gap before and after, and the method's weights beside the model."""
+def domain_gap(model: nn.Module, source: Batches, target: Batches, seed: int, autocast=None, limit: int = 512) -> float:
+    """Proxy A-distance between the features of (up to `limit`) source and target images."""
+    fs = pooled_features(model, source, limit, autocast)
+    ft = pooled_features(model, target, limit, autocast)
+    return proxy_a_distance(fs, ft, seed=seed)
 
-    def __init__(self, config: FinetuneConfig, model: nn.Module, classes: list[str], train_tf, eval_tf,
-                 loader_kwargs: dict, device: torch.device):
-        self.config, self.model, self.device = config, model, device
-        self.target = TargetImages(config.target_data, train_tf)
-        self.target_eval = DataLoader(TargetImages(config.target_data, eval_tf),
-                                      batch_size=config.batch_size * 2, **loader_kwargs)
-        self.target_loader = DataLoader(self.target, batch_size=config.batch_size, shuffle=True,
-                                        generator=torch.Generator(),
-                                        drop_last=len(self.target) >= config.batch_size, **loader_kwargs)
-        self.target_val_loader = None
-        if config.target_val:
-            samples = scan_folder(config.target_val, classes=classes)
-            self.target_val_loader = DataLoader(ImageDataset(samples, eval_tf), batch_size=config.batch_size * 2,
-                                                **loader_kwargs)
-        elif config.select_with_target_labels:
-            raise ZooAdaptError("--select-with-target-labels needs --target-val")
-        head = model.zoo_adapt.head
-        self.method = make_method(config.adapt, head.in_features, len(classes), config).to(device)
 
-    def trainer_kwargs(self) -> dict[str, Any]:
-        return {"target_loader": self.target_loader, "method": self.method,
-                "target_val_loader": self.target_val_loader}
+def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str], maker, feeds, autocast,
+                     log) -> tuple[Adaptation, float]:
+    """What a fine-tuning job adds when given --target-data: the target batches, the
+    method, the oracle's labelled target images; and the domain gap before training."""
+    from .data import ImageDataset, scan_folder
+    from .methods import make_method
 
-    def domain_gap(self, source_eval: DataLoader) -> float:
-        limit = 512
-        fs = pooled_features(self.model, source_eval, self.device, limit)
-        ft = pooled_features(self.model, self.target_eval, self.device, limit)
-        return proxy_a_distance(fs, ft, seed=self.config.seed)
+    if config.select_with_target_labels and not config.target_val:
+        raise ZooAdaptError("--select-with-target-labels needs --target-val")
+    target = ImageDataset(target_samples(config.target_data))
+    held = maker.on_device(len(target), 0)
+    target_train = maker.training(target, held, seed_offset=1)
+    target_eval = maker.evaluation(target, held)
+    target_val = None
+    if config.target_val:
+        target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)
+    method = make_method(config.adapt, model.zoo_adapt.head.in_features, len(classes), config).to(model_device(model))
+    adaptation = Adaptation(method, target_train, target_val, config.select_with_target_labels)
+    adaptation.target_eval = target_eval
+    gap = domain_gap(model, feeds.val_images or feeds.train, target_eval, config.seed, autocast)
+    log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}; "
+        f"domain gap before (proxy A-distance): {gap:.2f}")
+    return adaptation, gap
 
-    def save_method(self, path: Path) -> None:
-        from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
-        if state:
-            save_file(state, str(path), metadata={"method": self.config.adapt})
+def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feeds, gap_before: float,
+                      metrics: dict[str, Any], method_file: Path) -> None:
+    """The adaptation's summary, the gap after training (of the kept model), its plot and
+    the method's file."""
+    from .report import plot_domain_gap
 
-    def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        keys = ("domain_accuracy", "lambda", "target_accuracy_oracle")
-        last = metrics["history"][-1] if metrics["history"] else {}
-        return {"adaptation": {"method": self.config.adapt, "target_data": str(self.config.target_data),
-                               "num_target": len(self.target), **{k: last[k] for k in keys if k in last}}}
+    model, autocast = loop.model, loop.autocast
+    keys = ("domain_accuracy", "lambda", "target_accuracy_oracle")
+    last = metrics["history"][-1] if metrics["history"] else {}
+    metrics["adaptation"] = {"method": config.adapt, "target_data": str(config.target_data),
+                             "num_target": adaptation.target.num_samples, **{k: last[k] for k in keys if k in last}}
+    after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
+    metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
+    if adaptation.target_val is not None:
+        metrics["target_accuracy_oracle"] = loop.validate(batches=adaptation.target_val, network=model).accuracy
+        metrics["target_accuracy_oracle_note"] = (
+            "measured with target labels and USED to select the epoch" if config.select_with_target_labels
+            else "measured with target labels (--target-val): a figure for reporting, not used for selection")
+    plot_domain_gap(metrics["proxy_a_distance"], metrics["history"], method_file.with_name("domain_gap.png"))
+    adaptation.save_method(method_file, config.adapt)
 
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -179,7 +179,14 @@ FINETUNE_OPTIONS = [
     (("--precision",), "precision", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32."),
     (("--pretrained/--no-pretrained",), "pretrained", "Start from the zoo's pretrained weights."),
     (("--weights",), "weights", "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file."),
-    (("--workers",), "workers", "Data-loading processes [default: 0 on small CPUs]."),
+    (("--workers",), "workers", "Data-loading processes [default: 0 on small CPUs, all cores but one on CUDA]."),
+    (("--data-on-device",), "data_on_device", "Hold the decoded images on the device (no decoding after the first "
+     "pass; crops and flips drawn there): auto (when they take at most a quarter of its free memory) | on | off."),
+    (("--compile/--no-compile",), "compile", "torch.compile the model (compile time is reported apart)."),
+    (("--feature-cache/--no-feature-cache",), "feature_cache", "linear-probe: compute the frozen body's "
+     "features once and train the head on them."),
+    (("--cache-views",), "cache_views", "Feature cache: 1 = each image's eval view (exact, no augmentation); "
+     "N > 1 = N augmented views, one drawn per image each epoch."),
     (("--keep",), "keep", "Exported epoch: best (source validation accuracy) | last [default: best; last "
      "with --target-data]."),
     (("--tta/--no-tta",), "tta", "Also report validation accuracy with test-time augmentation."),

@@ -12,6 +12,7 @@ STRATEGIES = ("linear-probe", "finetune", "two-stage", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant", "dann")
 BN_POLICIES = ("train", "frozen")
+ON_OFF = ("auto", "on", "off")
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
 PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best"}
@@ -51,7 +52,11 @@ class FinetuneConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     pretrained: bool = True
     weights: str | None = None  # a weights tag or a local weights file
-    workers: int | None = None  # default: 0 on small CPUs, several on CUDA
+    workers: int | None = None  # default: 0 on small CPUs, all cores but one on CUDA
+    data_on_device: str = "auto"  # hold the decoded images on the device: auto | on | off
+    compile: bool = False  # torch.compile the model (its compile time is reported apart)
+    feature_cache: bool = True  # linear-probe: compute the frozen body's features once
+    cache_views: int = 1  # feature cache: 1 = each image's eval view; N > 1: N augmented views
     keep: str | None = None  # exported epoch: best (source validation accuracy) or last; default
     # best, last with --target-data (source accuracy is a poor guide to target accuracy)
     tta: bool = True  # also report validation accuracy with test-time augmentation
@@ -79,12 +84,13 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                   "bn": BN_POLICIES, "keep": ("best", "last"), "precision": ("auto", "bf16", "fp32")}
+                   "bn": BN_POLICIES, "keep": ("best", "last"), "precision": ("auto", "bf16", "fp32"),
+                   "data_on_device": ON_OFF}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ZooAdaptError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                     f"not {getattr(self, key)!r}")
-        for key in ("epochs", "batch_size", "unfreeze_every"):
+        for key in ("epochs", "batch_size", "unfreeze_every", "cache_views"):
             if getattr(self, key) < 1:
                 raise ZooAdaptError(f"--{key.replace('_', '-')} must be at least 1")
         if not 0 < self.crop_scale <= 1:

@@ -3,7 +3,6 @@ torchvision datasets by name, and the embedded demo. Problems with the data are
 ZooAdaptErrors that name the folder or file."""
 from __future__ import annotations
 
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -122,9 +121,16 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples.items)
 
-    def __getitem__(self, i: int):
+    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+        return ImageDataset(self.samples, transform)
+
+    def raw(self, i: int):
+        """(the decoded PIL image, label), before the transform."""
         path, label = self.samples.items[i]
-        image = open_image(path)
+        return open_image(path), label
+
+    def __getitem__(self, i: int):
+        image, label = self.raw(i)
         return (self.transform(image) if self.transform else image), label
 
 
@@ -137,9 +143,16 @@ class Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int):
+    def with_transform(self, transform: Callable) -> "Transformed":
+        return Transformed(self.base, transform, self.classes)
+
+    def raw(self, i: int):
         image, label = self.base[i]
-        return self.transform(image), int(label)
+        return image.convert("RGB"), int(label)
+
+    def __getitem__(self, i: int):
+        image, label = self.raw(i)
+        return self.transform(image), label
 
 
 # torchvision dataset name -> (class name, keyword arguments for train, for val)
@@ -192,10 +205,3 @@ def worker_error(e: ZooAdaptError) -> ZooAdaptError:
     traceback; keep just its message."""
     found = re.findall(r"ZooAdaptError: (.*)", str(e))
     return ZooAdaptError(found[-1]) if found else e
-
-
-def default_workers(device: torch.device) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return min(8, max(1, cores - 1))
-    return 0 if cores <= 4 else min(4, cores // 4)  # on CPU the model needs the cores

@@ -1,10 +1,12 @@
 """Accuracy, top-5, per-class accuracy and the confusion matrix, with optional
 test-time augmentation: the softmax averaged over the image, its mirror image and
-zoomed-in centre crops."""
+zoomed-in centre crops. Counts stay on the device until the end (one read per
+evaluation, not per batch)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +26,19 @@ def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True) -> lis
 
 
 def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool = False,
-                  autocast: bool = False, flip: bool = True) -> torch.Tensor:
-    """Class probabilities: softmax of the logits, averaged over the TTA views if asked."""
+                  autocast: bool | Callable = False, flip: bool = True) -> torch.Tensor:
+    """Class probabilities: softmax of the logits, averaged over the TTA views if asked.
+    `autocast`: a context factory (the loop's), or True for bf16 autocast."""
     views = tta_views(x, flip=flip) if tta else [x]
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), _autocast(autocast, x.device):
         probs = [model(v).float().softmax(-1) for v in views]
     return torch.stack(probs).mean(0)
+
+
+def _autocast(autocast, device: torch.device):
+    if callable(autocast):
+        return autocast()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
 
 
 @dataclass
@@ -49,26 +58,56 @@ class Evaluation:
                 "confusion_matrix": self.confusion, "classes": self.classes}
 
 
-def evaluate(model: nn.Module, batches: Iterable, classes: list[str], device: torch.device,
-             tta: bool = False, autocast: bool = False, flip: bool = True) -> Evaluation:
-    """Score `model` over (images, labels) batches."""
-    model.eval()
-    n = len(classes)
-    confusion = torch.zeros(n, n, dtype=torch.long)
-    top5_hits, nll, count, predictions = 0, 0.0, 0, []
-    k = min(5, n)
-    for x, y in batches:
-        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-        probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip)
+class Tally:
+    """Sums of an evaluation, kept on the device: confusion counts, top-5 hits, summed
+    negative log-likelihood. Under data parallelism each process tallies its shard and
+    `all_reduce` adds them up, so the result is the whole set's."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.n = num_classes
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # top-5 hits, nll
+        self.predictions: list[torch.Tensor] = []
+
+    def add(self, probs: torch.Tensor, y: torch.Tensor) -> None:
         pred = probs.argmax(-1)
-        predictions += pred.tolist()
-        confusion += torch.bincount((y * n + pred).cpu(), minlength=n * n).view(n, n)
-        top5_hits += (probs.topk(k, -1).indices == y[:, None]).any(-1).sum().item()
-        nll += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
-        count += len(y)
-    correct = confusion.diag()
-    totals = confusion.sum(1)
-    per_class = {c: (correct[i].item() / totals[i].item() if totals[i] else None)
-                 for i, c in enumerate(classes)}
-    return Evaluation(count, correct.sum().item() / max(count, 1), top5_hits / max(count, 1),
-                      nll / max(count, 1), per_class, confusion.tolist(), list(classes), predictions)
+        self.predictions.append(pred)
+        self.confusion += torch.bincount(y * self.n + pred, minlength=self.n * self.n)
+        k = min(5, self.n)
+        hits = (probs.topk(k, -1).indices == y[:, None]).any(-1).sum()
+        nll = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
+        self.sums += torch.stack([hits.double(), nll.double()])
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.confusion)
+            dist.all_reduce(self.sums)
+
+    def result(self, classes: list[str]) -> Evaluation:
+        confusion = self.confusion.view(self.n, self.n).cpu()
+        hits, nll = self.sums.tolist()
+        count = int(confusion.sum())
+        correct, totals = confusion.diag(), confusion.sum(1)
+        per_class = {c: (correct[i].item() / totals[i].item() if totals[i] else None)
+                     for i, c in enumerate(classes)}
+        predictions = torch.cat(self.predictions).tolist() if self.predictions else []
+        return Evaluation(count, correct.sum().item() / max(count, 1), hits / max(count, 1),
+                          nll / max(count, 1), per_class, confusion.tolist(), list(classes), predictions)
+
+
+def evaluate(model: nn.Module, batches: Iterable, classes: list[str], tta: bool = False,
+             autocast: bool | Callable = False, flip: bool = True) -> Evaluation:
+    """Score `model` over (images, labels) batches already on the model's device."""
+    model.eval()
+    tally = None
+    for x, y in batches:
+        probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip)
+        if tally is None:
+            tally = Tally(len(classes), probs.device)
+        tally.add(probs, y.to(probs.device))
+    if tally is None:
+        tally = Tally(len(classes), next(model.parameters()).device)
+    tally.all_reduce()
+    return tally.result(classes)

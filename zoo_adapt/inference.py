@@ -6,22 +6,14 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from torch.utils.data import DataLoader
 
-from .data import (
-    IMAGE_SUFFIXES,
-    ImageDataset,
-    image_files,
-    open_image,
-    scan_folder,
-    split_dirs,
-    worker_error,
-)
+from .data import IMAGE_SUFFIXES, ImageDataset, image_files, open_image, scan_folder, split_dirs
+from .device import prepare, resolve_device
 from .errors import ZooAdaptError
 from .evaluation import Evaluation, evaluate, predict_proba
 from .export import load_model
-from .train import resolve_device
-from .transforms import eval_transform
+from .pipeline import EpochOrder, LoaderBatches, default_workers
+from .transforms import EvalTransform, normalize
 
 
 def labelled_folder(path: str | Path) -> Path:
@@ -35,18 +27,18 @@ def labelled_folder(path: str | Path) -> Path:
 
 
 def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
-                    device: str = "auto", workers: int = 0) -> Evaluation:
+                    device: str = "auto", workers: int | None = None) -> Evaluation:
     """Accuracy, top-5, per-class accuracy and confusion matrix of an exported model on a
     labelled ImageFolder whose classes are (a subset of) the model's."""
     dev = resolve_device(device)
+    prepare(dev)
     model, card = load_model(model_path, dev)
     samples = scan_folder(labelled_folder(data), classes=card.classes)
-    loader = DataLoader(ImageDataset(samples, eval_transform(card.normalization)), batch_size=batch_size,
-                        num_workers=workers)
-    try:
-        return evaluate(model, loader, card.classes, dev, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
-    except ZooAdaptError as e:
-        raise worker_error(e) from None
+    dataset = ImageDataset(samples, EvalTransform(card.normalization))
+    batches = LoaderBatches(dataset, batch_size=batch_size, norm=card.normalization, device=dev,
+                            order=EpochOrder(len(dataset), shuffle=False),
+                            workers=default_workers(dev) if workers is None else workers)
+    return evaluate(model, batches, card.classes, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
 
 
 @dataclass
@@ -84,7 +76,7 @@ def predict_paths(model_path: str | Path, paths: Iterable[str | Path], tta: bool
     entry instead of stopping the others."""
     dev = resolve_device(device)
     model, card = load_model(model_path, dev)
-    transform = eval_transform(card.normalization)
+    transform = EvalTransform(card.normalization)
     files = expand_paths(paths)
     k = max(1, min(top_k, len(card.classes)))
     results: list[Prediction] = []
@@ -97,8 +89,8 @@ def predict_paths(model_path: str | Path, paths: Iterable[str | Path], tta: bool
             except ZooAdaptError as e:
                 results.append(Prediction(str(f), error=str(e)))
         if batch:
-            probs = predict_proba(model, torch.stack(batch).to(dev), tta=tta, autocast=dev.type == "cuda",
-                                  flip=card.hflip)
+            x = normalize(torch.stack(batch).to(dev), card.normalization)
+            probs = predict_proba(model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
                 pred.top = [(card.classes[c], p) for c, p in zip(i, v)]

@@ -44,6 +44,28 @@ def backbone_of(model: nn.Module) -> Backbone:
     return card
 
 
+class HeadFeatures:
+    """The features the head receives (the backbone's pooled output), captured by a
+    forward pre-hook on the head the plugin names: no architecture special cases. Use
+    as a context manager, or call `remove()`."""
+
+    def __init__(self, model: nn.Module):
+        self.value: torch.Tensor | None = None
+        self._handle = head_of(model).register_forward_pre_hook(self._keep)
+
+    def _keep(self, module, args) -> None:
+        self.value = args[0]
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> "HeadFeatures":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
 def num_classes_of(model: nn.Module) -> int:
     return head_of(model).out_features
 

@@ -72,16 +72,35 @@ def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
     return out
 
 
-
-
-def make_optimizer(groups: list[dict], name: str = "adamw", momentum: float = 0.9):
+def make_optimizer(groups: list[dict], name: str = "adamw", momentum: float = 0.9, fused: bool = False):
+    """AdamW or SGD over `groups`; `fused` (CUDA only) runs each step as one kernel."""
     import torch
 
+    kw = {"fused": True} if fused else {}
     if name == "adamw":
-        return torch.optim.AdamW(groups)
+        return torch.optim.AdamW(groups, **kw)
     if name == "sgd":
-        return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0)
+        return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0, **kw)
     raise ZooAdaptError(f"unknown optimizer {name!r}; choices: {', '.join(OPTIMIZERS)}")
+
+
+def stage_schedule(plan: Sequence[int], steps_per_epoch: int, schedule: str, warmup: float):
+    """The LR multiplier as a function of the global step: `schedule` within each stage
+    (a run of epochs with the same freeze boundary), restarting with warm-up whenever the
+    boundary moves, so newly unfrozen layers start gently."""
+    total = len(plan) * steps_per_epoch
+
+    def factor(step: int) -> float:
+        epoch = min(step // steps_per_epoch, len(plan) - 1)
+        start = end = epoch
+        while start > 0 and plan[start - 1] == plan[epoch]:
+            start -= 1
+        while end + 1 < len(plan) and plan[end + 1] == plan[epoch]:
+            end += 1
+        return schedule_factor(schedule, step - start * steps_per_epoch, (end - start + 1) * steps_per_epoch,
+                               warmup, step / total)
+
+    return factor
 
 
 def schedule_factor(schedule: str, step: int, steps: int, warmup: float, progress: float) -> float:

@@ -1,0 +1,198 @@
+"""Callbacks: each behaviour of a run beyond the bare step (mixed precision, compile,
+progress, domain adaptation, the run folder, distributed training) is one object that
+hooks into the loop's named events and may carry state that is checkpointed with the
+run."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Any
+
+import torch
+
+
+class Callback:
+    """Override the events you need; each receives the loop first. `order` sorts the
+    callbacks (lower first); `state_dict`/`load_state_dict` put state in checkpoints
+    under `name`."""
+
+    order = 0
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+
+    def setup(self, loop) -> None:
+        """Once, when the loop is made: wrap `loop.network`, set `loop.amp_dtype`, attach hooks."""
+
+    def epoch_start(self, loop, epoch: int) -> None:
+        """The freeze boundary of the epoch is applied, the model is in train mode."""
+
+    def before_forward(self, loop, step) -> None:
+        """May replace `step.x` (adding unlabelled rows after the labelled ones)."""
+
+    def after_loss(self, loop, step) -> None:
+        """Inside autocast, `step.logits` and the task's `step.loss` are there: add terms
+        to `step.loss`, figures to `step.figures`."""
+
+    def after_backward(self, loop, step) -> None:
+        """Gradients are there; the optimizer has not stepped yet."""
+
+    def step_end(self, loop, step) -> None:
+        """The optimizer and the schedule have stepped."""
+
+    def after_validate(self, loop, record) -> None:
+        """After validation, before the best epoch is chosen: add validation-time figures
+        to `record.extra` (they land in the history and may be `loop.select`)."""
+
+    def epoch_end(self, loop, record, improved: bool) -> None:
+        """`record` is in `loop.history`; `improved` says whether it is the new best by
+        `loop.select`."""
+
+    def fit_end(self, loop) -> None:
+        """Every epoch ran."""
+
+    def close(self, loop) -> None:
+        """Always, last, even after an error or an interrupt: undo what setup attached."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class MixedPrecision(Callback):
+    """bf16 autocast in training and evaluation (no loss scaling needed, unlike fp16)."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16):
+        self.dtype = dtype
+
+    def setup(self, loop) -> None:
+        loop.amp_dtype = self.dtype
+
+
+class Compile(Callback):
+    """Runs `torch.compile` of the model in training and evaluation; the described model
+    stays the plain module (parameters are shared), so groups, freezing and export are
+    untouched. Compiling happens on the first step of each stage (unfreezing changes the
+    graph) and the first evaluation; `seconds` estimates the time it took, as those
+    steps' excess over a typical step, so training speed can be reported without it."""
+
+    order = -10  # wrap before anything else wraps (distributed training)
+
+    def __init__(self, mode: str | None = None):
+        self.mode, self.seconds = mode, 0.0
+        self._first: float | None = None
+        self._stage: int | None = None
+
+    def setup(self, loop) -> None:
+        loop.network = loop.eval_network = torch.compile(loop.network, mode=self.mode)
+
+    def epoch_start(self, loop, epoch: int) -> None:
+        self._timing = loop.plan[epoch] != self._stage
+        self._stage, self._steps, self._first = loop.plan[epoch], 0, None
+
+    def before_forward(self, loop, step) -> None:
+        if self._timing and self._steps == 0:
+            _sync(loop.device)
+            self._t0 = time.perf_counter()
+
+    def step_end(self, loop, step) -> None:
+        self._steps += 1
+        if self._timing and self._steps == 1:
+            _sync(loop.device)
+            self._first = time.perf_counter() - self._t0
+
+    def epoch_end(self, loop, record, improved: bool) -> None:
+        if self._first is not None and self._steps > 1:
+            _sync(loop.device)
+            train_seconds = loop.seen / record.images_per_second
+            typical = (train_seconds - self._first) / (self._steps - 1)
+            self.seconds += max(0.0, self._first - typical)
+        record.extra["compile_seconds"] = self.seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds = state["seconds"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress(Callback):
+    """What a person watching sees: in a terminal, a progress bar per epoch; elsewhere
+    (a log file, a notebook, CI), a line every `every` seconds with images/s and the
+    time left. And the summary line of each epoch, always."""
+
+    order = 100
+
+    def __init__(self, log=print, every: float = 10.0, stream=None):
+        self.log, self.every = log or (lambda s: None), every
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def epoch_start(self, loop, epoch: int) -> None:
+        self._start = self._last = time.perf_counter()
+        self._steps = 0
+        if _is_terminal(self.stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=loop.steps_per_epoch, desc=f"epoch {epoch + 1}/{len(loop.plan)} "
+                            f"[{loop.stage_name(epoch)}]", leave=False, file=self.stream, dynamic_ncols=True)
+
+    def step_end(self, loop, step) -> None:
+        self._steps += 1
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update()
+            if now - self._last >= 1.0:
+                self._last = now
+                means = loop.running_means()
+                self.bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.1%}")
+        elif now - self._last >= self.every and self._steps < loop.steps_per_epoch:
+            self._last = now
+            means = loop.running_means()
+            rate = loop.seen / (now - self._start)
+            left = (loop.steps_per_epoch - self._steps) * (now - self._start) / self._steps
+            self.log(f"  epoch {loop.epoch + 1}/{len(loop.plan)} step {self._steps}/{loop.steps_per_epoch} "
+                     f"loss {means['loss']:.3f} acc {means['accuracy']:.1%} | {rate:.0f} img/s, "
+                     f"epoch ends in {format_seconds(left)}")
+
+    def epoch_end(self, loop, record, improved: bool) -> None:
+        self._close_bar()
+        r = record
+        val = (f" | val loss {r.val_loss:.3f} top1 {r.val_accuracy:.1%} top5 {r.val_top5:.1%}"
+               if r.val_accuracy is not None else "")
+        extra = "".join(f" {k} {v:.3g}" for k, v in r.extra.items() if isinstance(v, (int, float)))
+        self.log(f"epoch {r.epoch}/{len(loop.plan)} [{r.stage}] train loss {r.train_loss:.3f} "
+                 f"acc {r.train_accuracy:.1%}{val}{extra} | {r.images_per_second:.0f} img/s {r.seconds:.0f}s")
+
+    def close(self, loop) -> None:
+        self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

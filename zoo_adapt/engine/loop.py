@@ -1,0 +1,302 @@
+"""The training loop: epochs of steps over batches already on the device, with named
+events that callback objects hook into.
+
+The loop keeps two things apart. `model` is the described model, the plain upstream
+module carrying `model.zoo_adapt` (head, layer groups, normalization): freezing,
+per-group rates, checkpoints and export always use it. `network` is what runs forward
+in training and `eval_network` in evaluation: the model itself, or a compiled or
+distributed wrapper a callback puts around it in `setup`.
+
+A step never waits for the GPU: losses and accuracies are summed on the device and
+read once per epoch (and when a progress display asks, at most about once a second);
+a non-finite loss is caught at the next check, every `check_every` steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import STRATEGIES
+from ..errors import ZooAdaptError
+from ..layers import freeze_to, group_parameters, trainable_groups
+from ..pipeline import Batches, cycle
+from .callbacks import Callback
+
+
+@dataclass
+class Step:
+    """One optimizer step as the callbacks see it: they may replace `x` before the
+    forward pass (adding target images, mixing), add to `loss` after it, and put
+    per-step figures (tensors or numbers, averaged over the epoch) in `figures`. The
+    first `len(y)` rows of `x` are the labelled ones."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    stage: str
+    frozen_to: int
+    trainable_groups: list[int]
+    lrs: dict[str, float]
+    train_loss: float
+    train_accuracy: float
+    images_per_second: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    val_top5: float | None = None
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EpochRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names},
+                   extra={k: v for k, v in d.items() if k not in names})
+
+    def get(self, key: str):
+        return self.to_dict().get(key)
+
+
+class SingleLabel:
+    """Cross-entropy (with label smoothing) on class indices; accuracy counts top-1 hits."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+
+    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (logits.argmax(-1) == y).float().mean()
+
+
+def freeze_plan(strategy: str, epochs: int, n_groups: int, head_epochs: int = 1,
+                unfreeze_every: int = 1) -> list[int]:
+    """The freeze boundary (first trainable group) of each epoch."""
+    head = n_groups - 1
+    if strategy == "linear-probe":
+        return [head] * epochs
+    if strategy == "finetune":
+        return [0] * epochs
+    if strategy == "two-stage":
+        return [head if e < head_epochs else 0 for e in range(epochs)]
+    if strategy == "gradual":
+        return [max(0, head - e // unfreeze_every) for e in range(epochs)]
+    raise ZooAdaptError(f"unknown strategy {strategy!r}; choices: {', '.join(STRATEGIES)}")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Loop:
+    """Runs the epochs of a freeze plan. Events, in order, each called on every callback
+    (see `Callback`): setup (once), epoch_start, then per step before_forward,
+    after_loss, after_backward, step_end; after_validate, epoch_end, fit_end; and
+    close, always, even after an error."""
+
+    def __init__(self, model: nn.Module, *, train: Batches, val: Batches | None, classes: list[str],
+                 plan: Sequence[int], optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
+                 callbacks: Sequence[Callback] = (), task=None, seed: int = 0, bn: str = "train",
+                 eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
+                 device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None):
+        self.model = model
+        self.network = self.eval_network = network or model
+        self.train, self.val, self.classes, self.plan = train, val, list(classes), list(plan)
+        self.optimizer, self.task = optimizer, task or SingleLabel()
+        self.seed, self.bn, self.eval_body, self.select = seed, bn, eval_body, select
+        self.device = device or next(model.parameters()).device
+        self.steps_per_epoch = steps_per_epoch or len(train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.callbacks = sorted(callbacks, key=lambda c: c.order)
+        self.groups = [name for name, _ in group_parameters(model)]
+        self.amp_dtype: torch.dtype | None = None  # set by the MixedPrecision callback
+        self.check_every = check_every
+        self.history: list[EpochRecord] = []
+        self.best: tuple[float, int] | None = None  # (selection score, epoch)
+        self.epoch = 0
+        self.running: dict[str, torch.Tensor] = {}
+        self.seen = 0
+        self.stopped: str | None = None  # a callback's reason to end the run early
+        self._emit("setup")
+
+    # -- what callbacks and the job read -------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return len(self.plan) * self.steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of all optimizer steps done."""
+        return self.scheduler.last_epoch / max(1, self.total_steps)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def stage_name(self, epoch: int) -> str:
+        k = self.plan[epoch]
+        if k == len(self.groups) - 1:
+            return "head"
+        return "all" if k == 0 else f"from {self.groups[k]}"
+
+    def running_means(self) -> dict[str, float]:
+        """The epoch's figures so far (reads the device: call sparingly)."""
+        if not self.running:
+            return {}
+        keys = list(self.running)
+        values = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float32)
+                              for k in keys]).tolist()
+        return {k: v / max(self.seen, 1) for k, v in zip(keys, values)}
+
+    # -- the loop ------------------------------------------------------------------
+    def fit(self) -> list[EpochRecord]:
+        try:
+            while self.epoch < len(self.plan) and not self.stopped:
+                self._epoch()
+            self._emit("fit_end")
+        finally:
+            self._emit("close")
+        return self.history
+
+    def _epoch(self) -> None:
+        epoch = self.epoch
+        seed_everything(self.seed * 1000 + epoch)  # resumable: each epoch replays exactly
+        self.train.set_epoch(epoch)
+        freeze_to(self.model, self.plan[epoch], bn=self.bn)
+        self.model.train(not self.eval_body)
+        self.running, self.seen = {}, 0
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._emit("epoch_start", epoch)
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(cycle(self.train, self.steps_per_epoch)):
+            step = Step(x, y)
+            self._step(step)
+            nonfinite |= ~torch.isfinite(step.loss.detach())
+            self.seen += step.n
+            for key, value in step.figures.items():
+                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                self.running[key] = self.running.get(key, 0.0) + value * step.n
+            self._emit("step_end", step)
+            if (i + 1) % self.check_every == 0:
+                self._check_finite(nonfinite)
+        self._check_finite(nonfinite)
+        means = self.running_means()
+        train_seconds = time.perf_counter() - start
+        record = EpochRecord(
+            epoch=epoch + 1, stage=self.stage_name(epoch), frozen_to=self.plan[epoch],
+            trainable_groups=[i for i, t in enumerate(trainable_groups(self.model)) if t],
+            lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
+            images_per_second=self.seen / train_seconds, extra=means)
+        if self.val is not None:
+            ev = self.validate()
+            record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
+        self._emit("after_validate", record)
+        record.seconds = time.perf_counter() - start
+        self.history.append(record)
+        self.epoch += 1
+        improved = self._track_best(record)
+        self._emit("epoch_end", record, improved)
+
+    def _step(self, step: Step) -> None:
+        self._emit("before_forward", step)
+        with self.autocast():
+            step.logits = self.network(step.x)
+            labelled = step.logits[:step.n]
+            step.loss = self.task.loss(labelled, step.y)
+            step.figures["loss"] = step.loss.detach()
+            step.figures["accuracy"] = self.task.accuracy(labelled.detach(), step.y)
+            self._emit("after_loss", step)
+        self.optimizer.zero_grad(set_to_none=True)
+        step.loss.backward()
+        self._emit("after_backward", step)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        if bool(nonfinite):
+            raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: "
+                                "lower --lr")
+
+    def validate(self, tta: bool = False, flip: bool = True, batches: Batches | None = None,
+                 network: nn.Module | None = None):
+        """Evaluate `network` (default: the eval network) on `batches` (default: the
+        validation batches)."""
+        from ..evaluation import evaluate
+
+        was_training = self.model.training
+        try:
+            return evaluate(network or self.eval_network, batches or self.val, self.classes, tta=tta, flip=flip,
+                            autocast=self.autocast)
+        finally:
+            self.model.train(was_training)
+
+    def _track_best(self, record: EpochRecord) -> bool:
+        score = record.get(self.select)
+        if score is None:
+            return False
+        if self.best is None or score >= self.best[0]:  # ties: the later epoch
+            self.best = (score, record.epoch)
+            return True
+        return False
+
+    def _current_lrs(self) -> dict[str, float]:
+        """The head's and the stem's rate at the end of the epoch."""
+        lrs = {}
+        for g in self.optimizer.param_groups:
+            lrs.setdefault(g.get("name", "extra"), g["lr"])
+        return {name: lrs[name] for name in (self.groups[0], self.groups[-1]) if name in lrs}
+
+    def _emit(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    # -- checkpoints ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: the described model's weights (never a
+        wrapper's), optimizer, schedule, history, best, and each callback's state."""
+        return {"epoch": self.epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "history": [r.to_dict() for r in self.history], "best": self.best,
+                "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = [EpochRecord.from_dict(d) for d in state["history"]]
+        self.best = tuple(state["best"]) if state["best"] else None
+        self.epoch = state["epoch"]
+        saved = state.get("callbacks", {})
+        for callback in self.callbacks:
+            if callback.name in saved:
+                callback.load_state_dict(saved[callback.name])

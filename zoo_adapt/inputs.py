@@ -1,0 +1,167 @@
+"""A job's inputs: the labelled images a configuration names (an ImageFolder, a
+torchvision dataset or the embedded demo), and the batch sources that feed the loop:
+loader workers, images held on the device, or a linear probe's cached features."""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import data as data_
+from .backbone import Normalization
+from .config import FinetuneConfig
+from .errors import ZooAdaptError
+from .pipeline import Batches, EpochOrder, LoaderBatches, default_workers
+from .transforms import EvalTransform, TrainTransform
+
+
+@dataclass
+class Datasets:
+    """Decoded images with labels (transforms come later, once the image size is known)."""
+
+    train: Dataset
+    val: Dataset | None
+    classes: list[str]
+    where: str
+
+
+def is_demo(config: FinetuneConfig) -> bool:
+    """No data given: the embedded demo."""
+    return not config.data and not config.dataset
+
+
+def demo_root() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "zoo-adapt" / "demo"
+
+
+def load_datasets(config: FinetuneConfig) -> Datasets:
+    if config.dataset:
+        train, val, classes = data_.torchvision_dataset(config.dataset, config.data_dir, None, None)
+        return Datasets(train, val, classes, f"torchvision {config.dataset} in {config.data_dir}")
+    if is_demo(config):
+        from .demo import build_demo
+
+        root = build_demo(demo_root())
+    else:
+        root = Path(config.data)
+    if not root.exists():
+        raise ZooAdaptError(f"data folder not found: {root}")
+    train_dir, val_dir = data_.split_dirs(root)
+    if train_dir is not None:
+        train = data_.scan_folder(train_dir)
+        if val_dir is not None:
+            val = data_.scan_folder(val_dir, classes=train.classes)
+            where = f"{train_dir} / {val_dir}"
+        else:
+            train, val = _split(train, config)
+            where = f"{train_dir}, {config.val_split:.0%} held out"
+    else:
+        train, val = _split(data_.scan_folder(root), config)
+        where = f"{root}, {config.val_split:.0%} held out" if val else str(root)
+    if len(train.items) < 2:
+        raise ZooAdaptError("training needs at least two images")
+    return Datasets(data_.ImageDataset(train), data_.ImageDataset(val) if val else None, train.classes, where)
+
+
+def _split(samples, config):
+    if config.val_split == 0:
+        return samples, None
+    return data_.stratified_split(samples, config.val_split, config.seed)
+
+
+@dataclass
+class Feeds:
+    """What the loop consumes. `val_images` are the validation images themselves (for
+    test-time augmentation), also when `val` is cached features; `network` is what
+    runs on `train` (the head alone on cached features, else the whole model)."""
+
+    train: Batches
+    val: Batches | None
+    val_images: Batches | None
+    network: nn.Module | None
+    how: str
+
+
+class FeedMaker:
+    """Builds batch sources for one job: same device, normalization, image size,
+    workers, and process shard for all of them."""
+
+    def __init__(self, config: FinetuneConfig, norm: Normalization, image_size: int, device: torch.device,
+                 rank: int = 0, world: int = 1):
+        self.config, self.norm, self.size, self.device = config, norm, image_size, device
+        self.rank, self.world = rank, world
+        self.workers = default_workers(device) if config.workers is None else config.workers
+        self.channels_last = device.type == "cuda"
+
+    def order(self, n: int, shuffle: bool, seed_offset: int = 0) -> EpochOrder:
+        return EpochOrder(n, shuffle=shuffle, seed=self.config.seed + seed_offset, rank=self.rank,
+                          world=self.world, pad=shuffle)
+
+    def on_device(self, num_train: int, num_eval: int) -> bool:
+        from .device_images import fits
+
+        choice = self.config.data_on_device
+        return choice == "on" or (choice == "auto" and fits(num_train, num_eval, self.size, self.norm, self.device))
+
+    def training(self, dataset: Dataset, held: bool, seed_offset: int = 0, shuffle: bool = True) -> Batches:
+        c = self.config
+        order = self.order(len(dataset), shuffle, seed_offset)
+        if held:
+            from .device_images import DeviceImages
+
+            return DeviceImages(dataset, image_size=self.size, norm=self.norm, device=self.device,
+                                batch_size=c.batch_size, order=order, min_scale=c.crop_scale, hflip=c.hflip,
+                                workers=self.workers, channels_last=self.channels_last, seed=c.seed + seed_offset)
+        tf = TrainTransform(self.norm, self.size, min_scale=c.crop_scale, hflip=c.hflip)
+        return LoaderBatches(dataset.with_transform(tf), batch_size=c.batch_size, norm=self.norm,
+                             device=self.device, order=order, workers=self.workers,
+                             channels_last=self.channels_last)
+
+    def evaluation(self, dataset: Dataset, held: bool) -> Batches:
+        batch = self.config.batch_size * 2
+        order = self.order(len(dataset), shuffle=False)
+        if held:
+            from .device_images import DeviceEvalImages
+
+            return DeviceEvalImages(dataset, image_size=self.size, norm=self.norm, device=self.device,
+                                    batch_size=batch, order=order, workers=self.workers,
+                                    channels_last=self.channels_last)
+        return LoaderBatches(dataset.with_transform(EvalTransform(self.norm, self.size)), batch_size=batch,
+                             norm=self.norm, device=self.device, order=order, workers=self.workers,
+                             channels_last=self.channels_last)
+
+    def feeds(self, data: Datasets, model: nn.Module, autocast=nullcontext) -> Feeds:
+        c = self.config
+        num_val = len(data.val) if data.val is not None else 0
+        held = self.on_device(len(data.train), num_val)
+        where = "held on the device" if held else f"decoded by {self.workers} loader worker(s)"
+        val = self.evaluation(data.val, held) if data.val is not None else None
+        if c.strategy == "linear-probe" and c.feature_cache and not c.target_data:
+            return self._cached(data, model, held, val, autocast, where)
+        return Feeds(self.training(data.train, held), val, val, None, f"images {where}")
+
+    def _cached(self, data: Datasets, model: nn.Module, held: bool, val: Batches | None, autocast,
+                where: str) -> Feeds:
+        from .feature_cache import FeatureBatches, cached_views, extract_features, head_network
+
+        c = self.config
+        # every process extracts its own shard; the cache is then ordered like the shard
+        plain = self.evaluation(data.train, held) if c.cache_views == 1 else None
+        augmented = self.training(data.train, held, shuffle=False) if c.cache_views > 1 else None
+        features, labels = cached_views(model, plain, augmented, c.cache_views, autocast)
+        n = features.shape[1]
+        train = FeatureBatches(features, labels, batch_size=c.batch_size,
+                               order=EpochOrder(n, shuffle=True, seed=c.seed), seed=c.seed)
+        val_features = None
+        if val is not None:
+            vf, vl = extract_features(model, val, autocast)
+            val_features = FeatureBatches(vf, vl, batch_size=c.batch_size * 2, order=EpochOrder(len(vl), shuffle=False))
+        views = "its eval view" if c.cache_views == 1 else f"{c.cache_views} augmented views"
+        return Feeds(train, val_features, val, head_network(model),
+                     f"cached features ({views} of each image, {where})")
