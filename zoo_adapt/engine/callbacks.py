@@ -78,17 +78,20 @@ class Compile(Callback):
     stays the plain module (parameters are shared), so groups, freezing and export are
     untouched. Compiling happens on the first step of each stage (unfreezing changes the
     graph) and the first evaluation; `seconds` estimates the time it took, as those
-    steps' excess over a typical step, so training speed can be reported without it."""
+    steps' excess over a typical step, so training speed can be reported without it.
+    Shapes are static: the last, smaller batch of an epoch gets its own graph rather than
+    turning every batch's graph into a slower dynamic-shape one."""
 
     order = -10  # wrap before anything else wraps (distributed training)
 
-    def __init__(self, mode: str | None = None):
-        self.mode, self.seconds = mode, 0.0
+    def __init__(self, mode: str | None = None, backend: str = "inductor"):
+        self.mode, self.backend, self.seconds = mode, backend, 0.0
         self._first: float | None = None
         self._stage: int | None = None
 
     def setup(self, loop) -> None:
-        loop.network = loop.eval_network = torch.compile(loop.network, mode=self.mode)
+        loop.network = loop.eval_network = torch.compile(loop.network, mode=self.mode, backend=self.backend,
+                                                             dynamic=False)
 
     def epoch_start(self, loop, epoch: int) -> None:
         self._timing = loop.plan[epoch] != self._stage
