@@ -18,7 +18,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ZooAdaptError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(str(e)) from e
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,132 +145,35 @@ def plugins(as_json: bool) -> None:
     click.echo(_table(["PLUGIN", "DISTRIBUTION", "SERVES"], rows))
 
 
-# (option declarations, FinetuneConfig field, help); defaults come from FinetuneConfig.
-FINETUNE_OPTIONS = [
-    (("--backbone", "-b"), "backbone", "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny."),
-    (("--data",), "data", "ImageFolder root with train/ and val/ (or test/), or one folder to split. "
-     "Leave out --data and --dataset for the embedded demo."),
-    (("--dataset",), "dataset", "A torchvision dataset: cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, "
-     "flowers102, food101, oxford-pets, dtd."),
-    (("--data-dir",), "data_dir", "Where --dataset is downloaded to."),
-    (("--val-split",), "val_split", "Fraction held out (stratified, seeded) when --data has no val/ folder."),
-    (("--out", "-o"), "out", "Output folder."),
-    (("--strategy",), "strategy", "linear-probe | finetune | two-stage | gradual [default: two-stage; "
-     "finetune with --target-data]."),
-    (("--epochs",), "epochs", "Epochs in all (head-only epochs included)."),
-    (("--head-epochs",), "head_epochs", "two-stage: epochs training the head alone first."),
-    (("--unfreeze-every",), "unfreeze_every", "gradual: epochs between unfreezing one more group, top down."),
-    (("--lr",), "lr", "Head learning rate [default: 2e-3 adamw, 2e-2 sgd]."),
-    (("--lr-body",), "lr_body", "Stem learning rate; groups in between spread geometrically [default: lr/100]."),
-    (("--lr-decay",), "lr_decay", "Instead of --lr-body: layer-wise decay, each group gets this times the one above."),
-    (("--weight-decay",), "weight_decay", "Weight decay (not applied to biases and norm parameters)."),
-    (("--batch-size",), "batch_size", "Batch size."),
-    (("--optimizer",), "optimizer", "adamw | sgd."),
-    (("--schedule",), "schedule", "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
-     "layers unfreeze [default: onecycle; dann with --target-data]."),
-    (("--warmup",), "warmup", "Warm-up, as a fraction of each stage's steps."),
-    (("--label-smoothing",), "label_smoothing", "Label smoothing of the cross-entropy."),
-    (("--image-size",), "image_size", "Training and evaluation size [default: the backbone's; 160 for the demo]."),
-    (("--hflip/--no-hflip",), "hflip", "Random horizontal flips in training and TTA (off for digits, text)."),
-    (("--crop-scale",), "crop_scale", "Smallest area fraction kept by the random resized crop."),
-    (("--bn",), "bn", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen."),
-    (("--seed",), "seed", "Random seed (data split, order, augmentation, head initialisation)."),
-    (("--device",), "device", "auto | cpu | cuda | cuda:N."),
-    (("--precision",), "precision", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32."),
-    (("--pretrained/--no-pretrained",), "pretrained", "Start from the zoo's pretrained weights."),
-    (("--weights",), "weights", "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file."),
-    (("--workers",), "workers", "Data-loading processes [default: 0 on small CPUs, all cores but one on CUDA]."),
-    (("--data-on-device",), "data_on_device", "Hold the decoded images on the device (no decoding after the first "
-     "pass; crops and flips drawn there): auto (when they take at most a quarter of its free memory) | on | off."),
-    (("--compile/--no-compile",), "compile", "torch.compile the model (compile time is reported apart)."),
-    (("--feature-cache/--no-feature-cache",), "feature_cache", "linear-probe: compute the frozen body's "
-     "features once and train the head on them."),
-    (("--cache-views",), "cache_views", "Feature cache: 1 = each image's eval view (exact, no augmentation); "
-     "N > 1 = N augmented views, one drawn per image each epoch."),
-    (("--keep",), "keep", "Exported epoch: best (source validation accuracy) | last [default: best; last "
-     "with --target-data]."),
-    (("--tta/--no-tta",), "tta", "Also report validation accuracy with test-time augmentation."),
-    (("--resume",), "resume", "Continue the run in --out from its checkpoint (its config.toml supplies the options)."),
-    (("--target-data",), "target_data", "Unlabelled images of the target domain (any depth; labels never read): "
-     "turns on domain adaptation."),
-    (("--target-val",), "target_val", "Labelled target ImageFolder, only to report an oracle accuracy."),
-    (("--adapt",), "adapt", "Adaptation method (zoo-adapt methods): dann | mcc | a plugin's."),
-    (("--adapt-weight",), "adapt_weight", "Final weight of the adaptation loss (DANN: the lambda it rises to)."),
-    (("--adapt-gamma",), "adapt_gamma", "DANN: how fast lambda rises, 2/(1+exp(-gamma p)) - 1."),
-    (("--domain-hidden",), "domain_hidden", "DANN: hidden sizes of the domain classifier, comma-separated."),
-    (("--domain-dropout",), "domain_dropout", "DANN: dropout in the domain classifier."),
-    (("--steps-per-epoch",), "steps_per_epoch", "With --target-data: steps per epoch [default: the longer loader]."),
-    (("--select-with-target-labels",), "select_with_target_labels",
-     "Keep the epoch best on --target-val. This USES TARGET LABELS: an oracle, not a deployable setting."),
-]
+def _config_options(fn):
+    """One click option per FinetuneConfig field, from its declaration (type, help,
+    default shown); values are checked by the config reader, the same way as a file's."""
+    from .config import declarations, value_type
 
-
-def _config_options(options):
-    """Decorate a command with one click option per FinetuneConfig field."""
-    import dataclasses
-
-    from .config import FinetuneConfig
-
-    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
-    types = {"float": float, "int": int, "str": str, "float | None": float, "int | None": int,
-             "str | None": str}
-
-    def decorate(fn):
-        for decls, name, help_ in reversed(options):
-            field = fields[name]
-            if field.type == "bool":
-                kw = {"is_flag": True} if "/" not in decls[0] else {}
-                fn = click.option(*decls, name, default=field.default, show_default=True, help=help_, **kw)(fn)
-            else:
-                fn = click.option(*decls, name, type=types[field.type], default=field.default,
-                                  show_default=field.default is not None, help=help_)(fn)
-        return fn
-
-    return decorate
-
-
-def _load_toml(path) -> dict:
-    from .registry import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ZooAdaptError(f"cannot read config file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ZooAdaptError(f"config file {path} is not valid TOML: {e}") from None
-
-
-def build_config(ctx: click.Context, config_file: str | None, options: dict, cls=None):
-    """Options from the config file (or, with --resume, the run's own config.toml), with
-    flags given on the command line winning."""
-    from pathlib import Path
-
-    from click.core import ParameterSource
-
-    from .config import FinetuneConfig
-
-    cls = cls or FinetuneConfig
-    values: dict = {}
-    origin = "config"
-    if config_file:
-        values, origin = _load_toml(config_file), config_file
-    elif options.get("resume") and (Path(options["out"]) / "config.toml").is_file():
-        origin = str(Path(options["out"]) / "config.toml")
-        values = _load_toml(origin)
-    for name, value in options.items():
-        if name not in values or ctx.get_parameter_source(name) != ParameterSource.DEFAULT:
-            values[name] = value
-    return cls.from_dict(values, origin=origin)
+    for name, field in reversed(list(declarations().items())):
+        if name == "adapt_options":
+            continue  # --adapt-option KEY=VALUE, below
+        meta, (kind, _) = field.metadata, value_type(name)
+        flag = "--" + name.replace("_", "-")
+        default, show = field.default, field.default is not None
+        if kind is bool:
+            single = name in ("resume", "select_with_target_labels")
+            decl = flag if single else f"{flag}/--no-{flag[2:]}"
+            fn = click.option(decl, *meta["flags"], name, is_flag=single or None, default=default,
+                              show_default=show and not single, help=meta["help"])(fn)
+        else:
+            fn = click.option(flag, *meta["flags"], name, type=kind, default=default, show_default=show,
+                              help=meta["help"])(fn)
+    return fn
 
 
 @cli.command()
-@_config_options(FINETUNE_OPTIONS)
+@_config_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
-              help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4); flags win.")
+              help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4, or lr_body); flags win.")
 @click.option("--adapt-option", "adapt_options", multiple=True, metavar="KEY=VALUE",
               help="A further option of the adaptation method, e.g. temperature=2.5 for mcc (repeatable).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (never one that is running).")
 @click.pass_context
 def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **options) -> None:
     """Fine-tune a pretrained backbone on labelled images.
@@ -278,15 +181,45 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **opt
     With no --data and no --dataset it runs the embedded demo (photographs from
     scikit-image and scikit-learn) on efficientnet_lite0, offline. With --target-data it
     also adapts to unlabelled images of another domain (DANN by default)."""
+    from click.core import ParameterSource
+
+    from .config import build_config
     from .finetune import finetune as run
 
-    options["adapt_options"] = _key_values(options["adapt_options"])
-    config = build_config(ctx, config_file, options)
-    try:
+    given = {k: v for k, v in options.items()
+             if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    if "adapt_options" in given:
+        given["adapt_options"] = _key_values(given["adapt_options"])
+    config = build_config(given, config_file)
+    with _stop_on_sigterm():
         result = run(config, log=click.echo, overwrite=overwrite)
-    except KeyboardInterrupt:
-        ctx.exit(130)
     _print_result(result.metrics, result.out)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so the run stops as on Ctrl-C."""
+
+    signal_name = "SIGTERM"
+
+
+class _stop_on_sigterm:
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, frame):
+                raise Terminated()
+
+            self.previous = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _key_values(pairs: tuple[str, ...]) -> dict:
@@ -382,7 +315,11 @@ def predict(model_path: str, paths: tuple[str, ...], tta: bool, top_k: int, as_j
 
 
 def main() -> None:
-    """Entry point: every error is one line on stderr (usage errors exit 2, others 1)."""
+    """Entry point: every error is one line on stderr (usage errors exit 2, others 1;
+    Ctrl-C 130, SIGTERM 143). ZOO_ADAPT_DEBUG=1 adds the traceback."""
+    import os
+
+    debug = os.environ.get("ZOO_ADAPT_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         code = cli.main(prog_name="zoo-adapt", standalone_mode=False)
     except click.UsageError as e:
@@ -390,12 +327,42 @@ def main() -> None:
         click.echo(f"Error: {e.format_message()}{hint}", err=True)
         code = e.exit_code
     except click.ClickException as e:
+        _traceback(debug)
         click.echo(f"Error: {e.format_message()}", err=True)
         code = e.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("Aborted.", err=True)
-        code = 130
+    except (click.Abort, KeyboardInterrupt) as e:
+        # click turns KeyboardInterrupt and EOFError into Abort; look at what it was
+        cause = e.__cause__ or e.__context__ if isinstance(e, click.Abort) else e
+        if isinstance(cause, EOFError):
+            _traceback(debug)
+            click.echo(f"Error: unexpected end of a file ({cause or 'EOF'})", err=True)
+            code = 1
+        else:
+            message = getattr(cause, "message", None) or "interrupted"
+            click.echo(message, err=True)
+            code = 143 if getattr(cause, "signal_name", "SIGINT") == "SIGTERM" else 130
+    except Exception as e:  # a bug, or a failure we did not foresee: still one line
+        _traceback(debug)
+        click.echo(f"Error: {_unexpected(e)}", err=True)
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _unexpected(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "out of memory" in text.lower():
+        return f"the device ran out of memory ({text[:120]}); lower --batch-size or --image-size"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename or ''}".rstrip(": ")
+    return (f"{type(e).__name__}: {text[:200]} (this is a bug in zoo-adapt or a plugin; rerun with "
+            "ZOO_ADAPT_DEBUG=1 for the traceback)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,13 @@
-"""Every option of a fine-tuning job, as plain data (no torch: the CLI builds its flags
-from this without importing torch)."""
+"""Every option of a fine-tuning job, declared once: its type, default, range, help
+text and what `--resume` may change. The CLI's flags, config files (`--config`,
+a run's config.toml) and the Python API all go through `read_options` and
+`FinetuneConfig.validate`, so a value is checked the same way wherever it comes from.
+No torch here: the CLI builds its flags from this without importing torch."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,59 +24,104 @@ PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best
 ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2}
 
 
+def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
+        high: float | None = None, low_open: bool = False, high_open: bool = False,
+        choices: tuple[str, ...] | None = None, resume: str = "fixed", adapting: bool = False) -> Any:
+    """Declare an option. `low`/`high` bound numbers (`*_open`: the bound itself is not
+    allowed); `resume`: 'fixed' (a resumed run must keep it), 'free' (how the run is
+    executed, not what it computes) or 'extend' (epochs: more may be added); `adapting`:
+    only meaningful with --target-data (left out of config.toml otherwise)."""
+    meta = dict(help=help, flags=flags, low=low, high=high, low_open=low_open, high_open=high_open,
+                choices=choices, resume=resume, adapting=adapting)
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class FinetuneConfig:
     """Every option of a fine-tuning run (the CLI's flags, a config.toml's keys)."""
 
-    backbone: str = "efficientnet_lite0"
-    data: str | None = None  # ImageFolder root (train/ and val/ or test/), or one folder to split
-    dataset: str | None = None  # a torchvision dataset by name (cifar10, cifar100, ...)
-    data_dir: str = "data"  # where --dataset downloads to
-    val_split: float = 0.2  # used when --data has no val/ folder
-    out: str = "runs/finetune"
-    strategy: str | None = None  # default: two-stage; finetune with --target-data
-    epochs: int = 5  # in all, head-only epochs included
-    head_epochs: int = 1  # two-stage: epochs that train the head alone
-    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more group
-    lr: float | None = None  # head rate; default 2e-3 (adamw) or 2e-2 (sgd)
-    lr_body: float | None = None  # stem rate, geometric spread up to lr; default lr/100
-    lr_decay: float | None = None  # instead of lr_body: layer-wise decay per group
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    momentum: float = 0.9  # sgd
-    schedule: str | None = None  # default: onecycle; dann with --target-data
-    warmup: float = 0.1  # fraction of each stage's steps
-    label_smoothing: float = 0.1
-    image_size: int | None = None  # default: the backbone's input size
-    hflip: bool = True  # random horizontal flips in training (and in TTA); off for digits, text
-    crop_scale: float = 0.35  # smallest area fraction of the random resized crop
-    bn: str = "train"  # BatchNorm in frozen groups: train (fastai's train_bn) or frozen
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    pretrained: bool = True
-    weights: str | None = None  # a weights tag or a local weights file
-    workers: int | None = None  # default: 0 on small CPUs, all cores but one on CUDA
-    data_on_device: str = "auto"  # hold the decoded images on the device: auto | on | off
-    compile: bool = False  # torch.compile the model (its compile time is reported apart)
-    feature_cache: bool = True  # linear-probe: compute the frozen body's features once
-    cache_views: int = 1  # feature cache: 1 = each image's eval view; N > 1: N augmented views
-    keep: str | None = None  # exported epoch: best (source validation accuracy) or last; default
-    # best, last with --target-data (source accuracy is a poor guide to target accuracy)
-    tta: bool = True  # also report validation accuracy with test-time augmentation
-    resume: bool = False
+    # what to train on
+    backbone: str = opt("efficientnet_lite0", "Backbone name (zoo-adapt list) or plugin/upstream, e.g. "
+                        "timm/convnext_tiny.", flags=("-b",))
+    data: str | None = opt(None, "ImageFolder root with train/ and val/ (or test/), or one folder to split. Leave "
+                           "out --data and --dataset for the embedded demo.")
+    dataset: str | None = opt(None, "A torchvision dataset: cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, "
+                              "flowers102, food101, oxford-pets, dtd.")
+    data_dir: str = opt("data", "Where --dataset is downloaded to.")
+    val_split: float = opt(0.2, "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none.",
+                           low=0, high=1, high_open=True)
+    out: str = opt("runs/finetune", "Output folder.", flags=("-o",), resume="free")
+    # what trains, and how fast
+    strategy: str | None = opt(None, "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune "
+                               "with --target-data].", choices=STRATEGIES)
+    epochs: int = opt(5, "Epochs in all (head-only epochs included).", low=1, resume="extend")
+    head_epochs: int = opt(1, "two-stage: epochs training the head alone first.", low=0)
+    unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
+    lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 1e-2 with --target-data].",
+                           low=0, low_open=True)
+    lr_body: float | None = opt(None, "Stem learning rate; groups in between spread geometrically [default: "
+                                "lr/100; lr/10 with --target-data].", low=0, low_open=True)
+    lr_decay: float | None = opt(None, "Instead of --lr-body: layer-wise decay, each group gets this times the one "
+                                 "above.", low=0, high=1, low_open=True)
+    weight_decay: float = opt(0.01, "Weight decay (not applied to biases and norm parameters).", low=0)
+    batch_size: int = opt(32, "Batch size (per process under torchrun).", low=1)
+    optimizer: str = opt("adamw", "adamw | sgd.", choices=OPTIMIZERS)
+    momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
+    schedule: str | None = opt(None, "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
+                               "layers unfreeze [default: onecycle; dann with --target-data].", choices=SCHEDULES)
+    warmup: float = opt(0.1, "Warm-up, as a fraction of each stage's steps.", low=0, high=1)
+    label_smoothing: float = opt(0.1, "Label smoothing of the cross-entropy.", low=0, high=1, high_open=True)
+    image_size: int | None = opt(None, "Training and evaluation size [default: the backbone's; 160 for the demo].",
+                                 low=8)
+    hflip: bool = opt(True, "Random horizontal flips in training and TTA (off for digits, text).")
+    crop_scale: float = opt(0.35, "Smallest area fraction kept by the random resized crop.", low=0, high=1,
+                            low_open=True)
+    bn: str = opt("train", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
+                  choices=BN_POLICIES)
+    seed: int = opt(0, "Random seed (data split, order, augmentation, head initialisation).", low=0)
+    # where it runs (a resumed run may change these)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N.", resume="free")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32.",
+                         choices=("auto", "bf16", "fp32"), resume="free")
+    workers: int | None = opt(None, "Data-loading processes [default: 0 on small CPUs, all cores but one on CUDA].",
+                              low=0, resume="free")
+    data_on_device: str = opt("auto", "Hold the decoded images on the device (no decoding after the first pass; "
+                              "crops and flips drawn there): auto (when they take at most a quarter of its free "
+                              "memory) | on | off.", choices=ON_OFF, resume="free")
+    compile: bool = opt(False, "torch.compile the model (compile time is reported apart).", resume="free")
+    # starting point
+    pretrained: bool = opt(True, "Start from the zoo's pretrained weights.")
+    weights: str | None = opt(None, "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file.")
+    # what is kept and reported
+    keep: str | None = opt(None, "Exported epoch: best (source validation accuracy) | last [default: best; last "
+                           "with --target-data].", choices=("best", "last"))
+    tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
+    feature_cache: bool = opt(True, "linear-probe: compute the frozen body's features once and train the head "
+                              "on them.")
+    cache_views: int = opt(1, "Feature cache: 1 = each image's eval view (exact, no augmentation); N > 1 = N "
+                           "augmented views, one drawn per image each epoch.", low=1)
+    resume: bool = opt(False, "Continue the run in --out from its checkpoint (its config.toml supplies the "
+                       "options; only --epochs, to add epochs, and how it runs may change).", resume="free")
     # domain adaptation (any of these needs target_data)
-    target_data: str | None = None  # unlabelled target images, any depth; labels never read
-    target_val: str | None = None  # labelled target ImageFolder, for reporting (an oracle figure)
-    adapt: str = "dann"  # adaptation method (zoo-adapt methods)
-    adapt_weight: float = 1.0  # final weight of the method's loss (DANN: the lambda it rises to)
-    adapt_gamma: float = 10.0  # DANN: how fast lambda rises, 2/(1+exp(-gamma p)) - 1
-    domain_hidden: str = "1024,1024"  # DANN: hidden sizes of the domain classifier
-    domain_dropout: float = 0.5  # DANN: dropout in the domain classifier
-    adapt_options: dict[str, Any] = field(default_factory=dict)  # further method options
-    steps_per_epoch: int | None = None  # with --target-data; default: max of the two loaders
-    select_with_target_labels: bool = False  # keep the epoch best on --target-val (uses target labels!)
+    target_data: str | None = opt(None, "Unlabelled images of the target domain (any depth; labels never read): "
+                                  "turns on domain adaptation.", adapting=True)
+    target_val: str | None = opt(None, "Labelled target ImageFolder, only to report an oracle accuracy.",
+                                 adapting=True)
+    adapt: str = opt("dann", "Adaptation method (zoo-adapt methods): dann | mcc | a plugin's.", adapting=True)
+    adapt_weight: float = opt(1.0, "Final weight of the adaptation loss (DANN: the lambda it rises to).", low=0,
+                              adapting=True)
+    adapt_gamma: float = opt(10.0, "DANN: how fast lambda rises, 2/(1+exp(-gamma p)) - 1.", low=0, adapting=True)
+    domain_hidden: str = opt("1024,1024", "DANN: hidden sizes of the domain classifier, comma-separated.",
+                             adapting=True)
+    domain_dropout: float = opt(0.5, "DANN: dropout in the domain classifier.", low=0, high=1, high_open=True,
+                                adapting=True)
+    adapt_options: dict[str, Any] = opt({}, "Further options of the adaptation method (KEY=VALUE).", adapting=True)
+    steps_per_epoch: int | None = opt(None, "With --target-data: steps per epoch [default: the longer loader].",
+                                      low=1, adapting=True)
+    select_with_target_labels: bool = opt(False, "Keep the epoch best on --target-val. This USES TARGET LABELS: "
+                                          "an oracle, not a deployable setting.", adapting=True)
 
     def __post_init__(self) -> None:
         adapting = bool(self.target_data)
@@ -79,24 +129,13 @@ class FinetuneConfig:
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if adapting and self.lr_body is None and self.lr_decay is None:
+        if adapting and self.lr_body is None and self.lr_decay is None and isinstance(self.head_lr, (int, float)):
             self.lr_body = self.head_lr / 10  # docs/adaptation.md: lr/100 leaves DANN no room
 
     def validate(self) -> "FinetuneConfig":
-        choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                   "bn": BN_POLICIES, "keep": ("best", "last"), "precision": ("auto", "bf16", "fp32"),
-                   "data_on_device": ON_OFF}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ZooAdaptError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                    f"not {getattr(self, key)!r}")
-        for key in ("epochs", "batch_size", "unfreeze_every", "cache_views"):
-            if getattr(self, key) < 1:
-                raise ZooAdaptError(f"--{key.replace('_', '-')} must be at least 1")
-        if not 0 < self.crop_scale <= 1:
-            raise ZooAdaptError(f"--crop-scale must be in (0, 1], not {self.crop_scale}")
-        if self.head_epochs < 0:
-            raise ZooAdaptError("--head-epochs must not be negative")
+        """Every value against its declaration, then the rules between options."""
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name), "--" + f.name.replace("_", "-"))
         if self.lr_body is not None and self.lr_decay is not None:
             raise ZooAdaptError("give --lr-body or --lr-decay, not both")
         if self.data and self.dataset:
@@ -123,14 +162,160 @@ class FinetuneConfig:
     def head_lr(self) -> float:
         return self.lr if self.lr is not None else (2e-2 if self.optimizer == "sgd" else 2e-3)
 
+    @property
+    def adapting(self) -> bool:
+        return bool(self.target_data)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], origin: str = "config") -> "FinetuneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        normalised = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(normalised) - known)
-        if unknown:
-            raise ZooAdaptError(f"{origin}: unknown option {unknown[0]!r}")
-        return cls(**normalised)
+        return cls(**read_options(values, origin))
+
+
+def declarations() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def value_type(name: str) -> tuple[type, bool]:
+    """(the option's type, whether it may be None)."""
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(FinetuneConfig))
+    hint = _HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is dict:
+        return dict, False
+    if args:
+        return args[0], type(None) in typing.get_args(hint)
+    return hint, False
+
+
+def check_value(name: str, value: Any, label: str) -> Any:
+    """`value` of option `name`, checked against its declaration; errors name `label`
+    (the flag, or the key of a config file)."""
+    meta = declarations()[name].metadata
+    kind, optional = value_type(name)
+    if value is None:
+        if optional:
+            return None
+        raise ZooAdaptError(f"{label} needs a value")
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        words = {bool: "true or false", int: "a whole number", float: "a number", str: "a text",
+                 dict: "a table of KEY = VALUE"}
+        raise ZooAdaptError(f"{label} must be {words.get(kind, kind.__name__)}, not {value!r}")
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ZooAdaptError(f"{label}: {value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
+                                "rename it (zoo-adapt writes every option to config.toml)") from None
+    if meta["choices"] and value not in meta["choices"]:
+        raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {value!r}")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        bound = f"greater than {low}" if meta["low_open"] else f"at least {low}"
+        raise ZooAdaptError(f"{label} must be {bound}, not {value}")
+    if high is not None and (value > high or (meta["high_open"] and value == high)):
+        bound = f"less than {high}" if meta["high_open"] else f"at most {high}"
+        raise ZooAdaptError(f"{label} must be {bound}, not {value}")
+    return value
+
+
+def read_options(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Keys as the flags (lr-body) or as the Python names (lr_body), each checked;
+    unknown keys are an error that suggests the closest name."""
+    known = declarations()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        label = "--" + name.replace("_", "-") if origin == "command line" else f"{origin}: {key}"
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0].replace('_', '-')!r}?)" if close else ""
+            raise ZooAdaptError(f"{origin}: unknown option {key!r}{hint}")
+        if name in out:
+            raise ZooAdaptError(f"{origin}: {key!r} is given twice (as {name.replace('_', '-')!r} and {name!r})")
+        out[name] = check_value(name, value, label)
+    return out
+
+
+def resolved_values(config: FinetuneConfig) -> dict[str, Any]:
+    """What config.toml records: every option with its resolved value, defaults
+    included; adaptation options only when adapting; None (not given, chosen per
+    machine) left out; `resume` never."""
+    values = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "resume" or value is None or (f.metadata["adapting"] and not config.adapting):
+            continue
+        values[f.name] = value
+    return values
+
+
+def resume_conflicts(stored: FinetuneConfig, given: dict[str, Any]) -> list[str]:
+    """Options given with --resume that would change what the run computes."""
+    conflicts = []
+    for name, value in given.items():
+        policy = declarations()[name].metadata["resume"]
+        old = getattr(stored, name)
+        if policy == "free" or old == value:
+            continue
+        if policy == "extend" and value >= old:
+            continue
+        flag = "--" + name.replace("_", "-")
+        conflicts.append(f"{flag} {value!r} (the run was started with {old!r})")
+    return conflicts
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A TOML file of options (keys as the flags or as the Python names)."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ZooAdaptError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ZooAdaptError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def build_config(given: dict[str, Any], config_file: str | None = None) -> FinetuneConfig:
+    """Options given on the command line over a config file's; with --resume, over the
+    run's own config.toml, where only what `resume` policies allow may change."""
+    from pathlib import Path
+
+    values: dict[str, Any] = {}
+    if given.get("resume"):
+        if config_file:
+            raise ZooAdaptError("--resume continues a run with its own config.toml; leave out --config")
+        out = Path(given.get("out", declarations()["out"].default))
+        stored_file = out / "config.toml"
+        if not stored_file.is_file():
+            raise ZooAdaptError(f"nothing to resume: {stored_file} does not exist")
+        values = read_options(load_config_file(str(stored_file)), str(stored_file))
+        conflicts = resume_conflicts(FinetuneConfig(**values),
+                                     {k: v for k, v in given.items() if k not in ("resume", "out")})
+        if conflicts:
+            raise ZooAdaptError(f"--resume keeps the options the run was started with; not {conflicts[0]} "
+                                "(start a new run with another --out to change it)")
+    elif config_file:
+        values = read_options(load_config_file(config_file), config_file)
+    values.update(read_options(given, "command line"))
+    return FinetuneConfig(**values).validate()

@@ -38,11 +38,15 @@ class ModelCard:
 
 
 def export_model(model: nn.Module, path: str | Path, classes: list[str], image_size: int | None = None,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write `model` (made by create_model) with its metadata; atomically, so an
-    interrupted write never leaves a broken file behind."""
-    from safetensors.torch import save_file
+                 extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> str:
+    """Write `model` (made by create_model) with its metadata, atomically; `state`:
+    weights to write instead of the model's own (a kept earlier epoch). Returns the
+    file's SHA-256, which metrics.json records."""
+    import hashlib
 
+    from safetensors.torch import save
+
+    from .files import write_bytes
     from .models import backbone_of, num_classes_of
 
     backbone = backbone_of(model)
@@ -63,12 +67,10 @@ def export_model(model: nn.Module, path: str | Path, classes: list[str], image_s
         "crop_pct": str(norm.crop_pct),
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    state = model.state_dict() if state is None else state
+    data = save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, metadata=meta)
+    write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:

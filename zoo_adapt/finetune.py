@@ -1,14 +1,16 @@
 """A fine-tuning job: data in, a run folder out (model.safetensors, metrics.json, plots,
 config.toml, checkpoint.pt). `zoo-adapt finetune` is a thin layer over `finetune()`.
 
-The job builds the pieces (model, batch sources, optimizer, schedule, callbacks), hands
-them to the loop (`zoo_adapt.engine.Loop`), and writes the results. A run is a list of
-epochs, each with a freeze boundary from the strategy; one optimizer holds every
-parameter with its layer group's rate, and the schedule restarts (warm-up included)
-whenever the boundary moves.
+The job checks everything (options, data, model, checkpoint) before it writes anything,
+builds the pieces (batch sources, optimizer, schedule, callbacks), hands them to the
+loop (`zoo_adapt.engine.Loop`), and writes the results. A run is a list of epochs, each
+with a freeze boundary from the strategy; one optimizer holds every parameter with its
+layer group's rate, and the schedule restarts (warm-up included) whenever the boundary
+moves.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,17 +19,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, declarations, resolved_values
 from .demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from .device import prepare, resolve_device
 from .engine import Callback, Compile, Loop, MixedPrecision, Progress, freeze_plan, seed_everything
 from .engine.loop import SingleLabel
+from .errors import ZooAdaptError
 from .export import export_model
 from .inputs import FeedMaker, is_demo, load_datasets
 from .models import create_model, num_classes_of, swap_head
 from .optim import make_optimizer, param_groups, stage_schedule
-from .run_folder import ADAPTATION_FILE, CHECKPOINT, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunFolder, \
-    prepare_out, write_config, write_json
+from .run_folder import ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, EpochRecorder, RunFolder, config_text
 
 
 @dataclass
@@ -38,22 +40,21 @@ class FinetuneResult:
     out: Path
 
 
-class KeepBest(Callback):
-    """A copy of the weights of the best epoch so far (on the CPU), checkpointed with the
-    run, so the kept model never has to be read back from an exported file."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run, after the folder was left resumable (or clean)."""
 
-    def __init__(self):
-        self.state: dict[str, torch.Tensor] | None = None
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.message, self.signal_name = message, signal_name
 
-    def epoch_end(self, loop, record, improved: bool) -> None:
-        if improved:
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"state": self.state} if self.state is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = state.get("state")
+def resolve(config: FinetuneConfig, image_size: int) -> FinetuneConfig:
+    """The options with every default that depends on the backbone or on others filled
+    in, as config.toml records them."""
+    lr_body = config.lr_body
+    if lr_body is None and config.lr_decay is None:
+        lr_body = config.head_lr / 100
+    return dataclasses.replace(config, image_size=image_size, lr=config.head_lr, lr_body=lr_body)
 
 
 def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = print,
@@ -61,19 +62,28 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
     """Run a fine-tuning job as configured; returns the model, per-epoch history and final metrics.
 
     The exported model is the best epoch by validation accuracy (or the last, with
-    keep='last'). Interrupting (Ctrl-C) leaves checkpoint.pt after the last finished epoch
-    and the best model so far; `resume=True` continues exactly where it stopped.
+    keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
+    checkpoint, a clean one); `resume=True` continues exactly where it stopped.
     `callbacks`: more `zoo_adapt.engine.Callback` objects for the loop."""
     config.validate()
     log = log or (lambda s: None)
-    out = prepare_out(config, overwrite)
+    folder = RunFolder(config.out)
+    folder.precheck(config.resume, overwrite)
+    with folder.locked():
+        return _run(config, folder, list(callbacks), log)
+
+
+def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], log) -> FinetuneResult:
     device = resolve_device(config.device)
     prepare(device)
+    stored = folder.read_checkpoint(device) if config.resume else None
     seed_everything(config.seed)
-    model = create_model(config.backbone, pretrained=config.pretrained, weights=config.weights)
+    model = create_model(config.backbone, pretrained=config.pretrained and stored is None, weights=config.weights)
     norm = model.zoo_adapt.normalization
-    image_size = config.image_size or (DEMO_IMAGE_SIZE if is_demo(config) else norm.image_size)
+    config = resolve(config, config.image_size or (DEMO_IMAGE_SIZE if is_demo(config) else norm.image_size))
     data = load_datasets(config)
+    if stored is not None:
+        _check_resumable(stored, config, data.classes, folder)
     if num_classes_of(model) != len(data.classes):
         seed_everything(config.seed)
         swap_head(model, len(data.classes))
@@ -82,11 +92,12 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
         model.to(memory_format=torch.channels_last)
     amp = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
-    maker = FeedMaker(config, norm, image_size, device)
+    maker = FeedMaker(config, norm, config.image_size, device)
     feeds = maker.feeds(data, model, autocast)
     num_val = feeds.val.num_samples if feeds.val is not None else 0
     log(f"{config.backbone}: {len(data.classes)} classes, {feeds.train.num_samples} training and {num_val} "
-        f"validation images ({data.where}), {image_size}px, {device}, strategy {config.strategy}; {feeds.how}")
+        f"validation images ({data.where}), {config.image_size}px, {device}, strategy {config.strategy}; "
+        f"{feeds.how}")
 
     pieces: list[Callback] = [MixedPrecision()] if amp else []
     if config.compile:
@@ -102,42 +113,53 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
         steps = config.steps_per_epoch or max(steps, len(adaptation.target))
     plan = freeze_plan(config.strategy, config.epochs, len(model.zoo_adapt.groups), config.head_epochs,
                        config.unfreeze_every)
-    lr_body = config.lr_body if config.lr_body is not None or config.lr_decay is not None else config.head_lr / 100
     extra = adaptation.method.param_groups(config.head_lr, config.weight_decay) if adaptation else []
-    optimizer = make_optimizer(extra + param_groups(model, config.head_lr, lr_body=lr_body,
+    optimizer = make_optimizer(extra + param_groups(model, config.head_lr, lr_body=config.lr_body,
                                                     lr_decay=config.lr_decay, weight_decay=config.weight_decay),
                                config.optimizer, config.momentum, fused=device.type == "cuda")
-    keep_best = KeepBest()
-    metrics_of = lambda finished: _metrics(loop, config, data, feeds, finished)  # noqa: E731
 
-    def export(epoch: int) -> None:
-        export_model(model, out / MODEL_FILE, data.classes, image_size, {"epoch": epoch, "hflip": config.hflip})
+    def write_model(path: Path, state: dict | None, epoch: int, **extra_meta) -> str:
+        return export_model(model, path, data.classes, config.image_size,
+                            {"epoch": epoch, "hflip": config.hflip, **extra_meta}, state=state)
 
+    values = resolved_values(config)
+    recorder = EpochRecorder(folder, config.keep, {"format": CHECKPOINT_FORMAT, "config": values,
+                                                   "backbone": config.backbone, "classes": data.classes},
+                             write_model, lambda finished: _metrics(loop, config, data, feeds, finished))
     loop = Loop(model, train=feeds.train, val=feeds.val, classes=data.classes, plan=plan, optimizer=optimizer,
                 schedule=stage_schedule(plan, steps, config.schedule, config.warmup),
-                callbacks=[*pieces, keep_best, RunFolder(out, config.keep, export, metrics_of), Progress(log),
-                           *callbacks],
+                callbacks=[*pieces, recorder, Progress(log), *callbacks],
                 task=SingleLabel(config.label_smoothing), seed=config.seed,
                 bn="frozen" if config.strategy == "linear-probe" else config.bn,
                 eval_body=config.strategy == "linear-probe", steps_per_epoch=steps, device=device,
                 network=feeds.network)
-    if config.resume:
-        loop.load_state_dict(torch.load(out / CHECKPOINT, map_location=device, weights_only=True))
+    if stored is not None:
+        loop.load_state_dict(stored)
         log(f"resuming after epoch {loop.epoch} of {len(loop.plan)}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(config, out / CONFIG_FILE)
+    folder.begin(config_text(values, _machine_notes(config)), fresh=stored is None)
+    if stored is not None:
+        recorder.commit_outputs()  # model and metrics as the checkpoint says (a kill may have left them behind)
     start = time.perf_counter()
     try:
         loop.fit()
-    except KeyboardInterrupt:
-        log(f"\ninterrupted: {out / CHECKPOINT} holds epoch {loop.epoch}; continue with "
-            f"`zoo-adapt finetune --out {out} --resume`")
-        raise
-    metrics = metrics_of(True)
+        metrics = _finish(loop, config, data, feeds, recorder, adaptation, gap_before, folder, write_model)
+    except KeyboardInterrupt as e:
+        raise _interrupted(e, loop, folder) from None
     metrics["train_seconds"] = time.perf_counter() - start
-    kept = loop.best[1] if config.keep == "best" and loop.best else len(loop.history)
-    if kept != len(loop.history) and keep_best.state is not None:
-        model.load_state_dict(keep_best.state)
+    return FinetuneResult(model, metrics["history"], metrics, folder.out)
+
+
+def _finish(loop: Loop, config: FinetuneConfig, data, feeds, recorder: EpochRecorder, adaptation, gap_before,
+            folder: RunFolder, write_model) -> dict[str, Any]:
+    """After the last epoch: the kept model's final validation (and TTA), the export, the
+    metrics and the plots."""
+    from .report import plot_confusion, plot_curves
+
+    model = loop.model
+    metrics = _metrics(loop, config, data, feeds, finished=True)
+    kept = recorder.kept_epoch or len(loop.history)
+    if recorder.kept_state is not None:
+        model.load_state_dict(recorder.kept_state)
     metrics["kept_epoch"] = kept
     if feeds.val is not None:
         final = loop.validate()
@@ -147,21 +169,63 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
             network = loop.eval_network if feeds.network is None else model
             tta = loop.validate(tta=True, flip=config.hflip, batches=feeds.val_images, network=network)
             metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
-    from .report import plot_confusion, plot_curves
-
     if adaptation is not None:
         from .adaptation import finish_adaptation
 
-        finish_adaptation(adaptation, config, loop, feeds, gap_before, metrics, out / ADAPTATION_FILE)
-    export_model(model, out / MODEL_FILE, data.classes, image_size,
-                 {"epoch": kept, "val_accuracy": metrics.get("val_accuracy"), "hflip": config.hflip})
-    write_json(metrics, out / METRICS_FILE)
+        finish_adaptation(adaptation, config, loop, feeds, gap_before, metrics, folder.path(ADAPTATION_FILE))
+    folder.write_outputs(True, lambda path: write_model(path, None, kept, val_accuracy=metrics.get("val_accuracy")),
+                         metrics)
     extra_panels = ("domain_accuracy",) if adaptation is not None else ()
-    plot_curves(metrics["history"], out / "curves.png", title=f"{config.backbone} ({config.strategy})",
+    plot_curves(metrics["history"], folder.path("curves.png"), title=f"{config.backbone} ({config.strategy})",
                 extra=extra_panels)
     if "confusion_matrix" in metrics:
-        plot_confusion(metrics["confusion_matrix"], data.classes, out / "confusion_matrix.png")
-    return FinetuneResult(model, metrics["history"], metrics, out)
+        plot_confusion(metrics["confusion_matrix"], data.classes, folder.path("confusion_matrix.png"))
+    return metrics
+
+
+def _interrupted(e: KeyboardInterrupt, loop: Loop, folder: RunFolder) -> Interrupted:
+    """What an interrupt leaves, said truthfully."""
+    signal_name = getattr(e, "signal_name", "SIGINT")
+    how = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
+    resume = f"`zoo-adapt finetune --out {folder.out} --resume`"
+    if not folder.has_checkpoint():
+        folder.discard()
+        return Interrupted(f"{how} in epoch 1, before the first checkpoint: nothing can be resumed yet, and "
+                           f"{folder.out} was cleaned up; start the run again", signal_name)
+    if loop.epoch >= len(loop.plan):
+        return Interrupted(f"{how} while writing the results; {folder.path(CHECKPOINT)} holds all "
+                           f"{len(loop.plan)} epochs: {resume} writes them", signal_name)
+    return Interrupted(f"{how} in epoch {loop.epoch + 1}; {folder.path(CHECKPOINT)} holds epoch {loop.epoch} of "
+                       f"{len(loop.plan)}: continue with {resume}", signal_name)
+
+
+def _check_resumable(stored: dict[str, Any], config: FinetuneConfig, classes: list[str], folder: RunFolder) -> None:
+    """A checkpoint is only continued with the options it was made with."""
+    if stored.get("backbone") != config.backbone or stored.get("classes") != classes:
+        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} is of another run (backbone {stored.get('backbone')!r}, "
+                            f"{len(stored.get('classes') or [])} classes); resume with the options it was started "
+                            "with, or start again with --overwrite")
+    made_with, now = stored.get("config", {}), resolved_values(config)
+    meta = declarations()
+    changed = [name for name in set(made_with) | set(now) if meta[name].metadata["resume"] == "fixed"
+               and made_with.get(name) != now.get(name)]
+    if config.epochs < len(stored.get("history", [])):
+        raise ZooAdaptError(f"--epochs {config.epochs}: the run already has {len(stored['history'])} epochs")
+    if changed:
+        name = sorted(changed)[0]
+        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} was made with --{name.replace('_', '-')} "
+                            f"{made_with.get(name)!r}, not {now.get(name)!r}; a resumed run keeps the options it "
+                            "was started with (start a new run with another --out to change them)")
+
+
+def _machine_notes(config: FinetuneConfig) -> list[str]:
+    notes = [f"zoo-adapt finetune options, every value resolved; rerun with "
+             f"`zoo-adapt finetune --config {Path(config.out) / 'config.toml'} --out NEW_FOLDER`"]
+    if config.workers is None:
+        notes.append("workers: not set, chosen per machine")
+    if config.weights is None:
+        notes.append("weights: not set, the backbone's default pretrained weights")
+    return notes
 
 
 def _metrics(loop: Loop, config: FinetuneConfig, data, feeds, finished: bool) -> dict[str, Any]:
@@ -171,7 +235,7 @@ def _metrics(loop: Loop, config: FinetuneConfig, data, feeds, finished: bool) ->
         "classes": data.classes, "num_train": feeds.train.num_samples,
         "num_val": feeds.val.num_samples if feeds.val is not None else 0,
         "device": str(loop.device), "precision": "bf16" if loop.amp_dtype is not None else "fp32",
-        "epochs_done": len(history), "epochs": len(loop.plan),
+        "epochs_done": len(history), "epochs": len(loop.plan), "checkpoint_epoch": loop.epoch,
         "best_epoch": loop.best[1] if loop.best else None,
         "best_val_accuracy": loop.best[0] if loop.best else None,
         "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,

@@ -1,60 +1,198 @@
 """The run folder a job writes: model.safetensors, metrics.json, config.toml,
-checkpoint.pt and the plots. Files are written to a temporary name and renamed, so a
-reader never sees half a file."""
+checkpoint.pt and the plots, consistent whenever the process is killed.
+
+checkpoint.pt is the run's record: it holds everything to continue (weights, optimizer,
+schedule, history, the kept epoch's weights, the options it was made with), and after
+each epoch it is replaced first. model.safetensors and metrics.json are derived from it:
+when the kept model changes, metrics.json is removed, the model written, then metrics.json
+(which names the model's SHA-256 and the checkpoint's epoch) written again. So after a
+kill at any point the two user-facing files agree with each other or metrics.json is
+absent, never describing another model; the checkpoint may be one epoch ahead, and
+`--resume` rewrites both from it. The folder is locked while a run uses it.
+"""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .config import FinetuneConfig
 from .engine.callbacks import Callback
 from .errors import ZooAdaptError
+from .files import clean_temporaries, remove, write_bytes, write_text
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.toml"
 ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
+LOCK_FILE = ".zoo-adapt.lock"
+PLOTS = ("curves.png", "confusion_matrix.png", "domain_gap.png")
 RUN_FILES = (MODEL_FILE, CHECKPOINT, METRICS_FILE)
+OUTPUTS = (*RUN_FILES, CONFIG_FILE, ADAPTATION_FILE, *PLOTS)
+CHECKPOINT_FORMAT = "zoo-adapt-checkpoint/1"
 
 
-def prepare_out(config: FinetuneConfig, overwrite: bool) -> Path:
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ZooAdaptError(f"--out {out} is a file, not a folder")
-    checkpoint = out / CHECKPOINT
-    if config.resume:
-        if not checkpoint.is_file():
-            raise ZooAdaptError(f"nothing to resume: {checkpoint} does not exist")
-    elif not overwrite and any((out / f).exists() for f in RUN_FILES):
-        raise ZooAdaptError(f"{out} already holds a run; continue it with --resume, or pass "
-                            "--overwrite, or choose another --out")
-    return out
+class RunFolder:
+    """One run's folder: checks before anything is written, the lock, and every write."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.model_sha: str | None = None
+        self._created = False
+        self._began = False
+        self._lock_fd: int | None = None
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def precheck(self, resume: bool, overwrite: bool) -> None:
+        """Read-only: is --out usable for this kind of start?"""
+        if self.out.exists() and not self.out.is_dir():
+            raise ZooAdaptError(f"--out {self.out} is a file, not a folder")
+        if resume:
+            if not self.path(CHECKPOINT).is_file():
+                raise ZooAdaptError(f"nothing to resume: {self.path(CHECKPOINT)} does not exist (a run "
+                                    "interrupted in its first epoch leaves no checkpoint: start it again)")
+        elif not overwrite and any(self.path(f).exists() for f in RUN_FILES):
+            raise ZooAdaptError(f"{self.out} already holds a run; continue it with --resume, rerun it from "
+                                "scratch with --overwrite, or choose another --out")
+
+    @contextmanager
+    def locked(self):
+        """Hold the folder's lock (an OS file lock: released when the process ends, however
+        it ends). A folder this run created and never began writing is removed again."""
+        import fcntl
+
+        try:
+            if not self.out.exists():
+                self.out.mkdir(parents=True)
+                self._created = True
+            fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ZooAdaptError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise ZooAdaptError(f"{self.out} is in use by another zoo-adapt run ({holder}); wait for it to end "
+                                "or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        self._lock_fd = fd
+        try:
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+            self._lock_fd = None
+            if self._created and not self._began:
+                self.discard()
+
+    def read_checkpoint(self, device: torch.device | str = "cpu") -> dict[str, Any]:
+        """The checkpoint, loaded without unpickling code, checked to be a zoo-adapt one."""
+        path = self.path(CHECKPOINT)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            if "weights_only" in reason or "Unsupported" in reason or "global" in reason.lower():
+                reason = "it holds objects other than tensors and plain data (zoo-adapt never unpickles code)"
+            raise ZooAdaptError(f"cannot read {path}: {reason} (truncated, damaged or not a zoo-adapt "
+                                "checkpoint); start the run again with --overwrite") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ZooAdaptError(f"{path} is not a zoo-adapt checkpoint (or one of an older version); start the "
+                                "run again with --overwrite")
+        return state
+
+    def begin(self, config_text: str, fresh: bool) -> None:
+        """The run really starts: leftovers of a killed run are removed, a fresh run
+        removes the outputs of an earlier one (so its checkpoint can never be resumed
+        with new options), and config.toml is written."""
+        clean_temporaries(self.out)
+        if fresh:
+            for name in OUTPUTS:
+                remove(self.path(name))
+        write_text(self.path(CONFIG_FILE), config_text)
+        self._began = True
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(self.path(CHECKPOINT), buffer.getvalue())
+
+    def write_outputs(self, model_changed: bool, write_model: Callable[[Path], str],
+                      metrics: dict[str, Any]) -> None:
+        """model.safetensors (when the kept model changed) and metrics.json, in the order
+        that never lets metrics.json describe another model."""
+        if model_changed or self.model_sha is None:
+            remove(self.path(METRICS_FILE))
+            self.model_sha = write_model(self.path(MODEL_FILE))
+        write_json({**metrics, "model_sha256": self.model_sha}, self.path(METRICS_FILE))
+
+    def has_checkpoint(self) -> bool:
+        return self.path(CHECKPOINT).is_file()
+
+    def discard(self) -> None:
+        """Remove what this run wrote (it never got to a checkpoint), and the folder if
+        this run created it."""
+        for name in (*OUTPUTS, LOCK_FILE):
+            try:
+                self.path(name).unlink()
+            except OSError:
+                pass
+        clean_temporaries(self.out)
+        if self._created:
+            try:
+                self.out.rmdir()
+            except OSError:
+                pass
 
 
-def write_config(config: FinetuneConfig, path: Path) -> None:
-    import tomli_w
+class EpochRecorder(Callback):
+    """After each epoch: the checkpoint (with the kept epoch's weights: the best so far,
+    or the last with keep='last'), then the model and metrics derived from it."""
 
-    values = {k: v for k, v in config.to_dict().items() if v is not None and k != "resume"}
-    path.write_text(tomli_w.dumps(values))
+    order = 90
 
+    def __init__(self, folder: RunFolder, keep: str, checkpoint_extra: dict[str, Any],
+                 write_model: Callable[[Path, dict | None, int], str], metrics: Callable[[bool], dict]):
+        self.folder, self.keep, self.extra = folder, keep, checkpoint_extra
+        self.write_model, self.metrics = write_model, metrics
+        self.kept_state: dict[str, torch.Tensor] | None = None
+        self.kept_epoch = 0
 
-def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    def epoch_end(self, loop, record, improved: bool) -> None:
+        changed = improved or self.keep == "last" or loop.best is None
+        if changed:
+            self.kept_epoch = record.epoch
+            self.kept_state = None if self.keep == "last" else {
+                k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
+        self.folder.write_checkpoint({**loop.state_dict(), **self.extra})
+        self.commit_outputs(changed)
+
+    def commit_outputs(self, changed: bool = True) -> None:
+        self.folder.write_outputs(changed, lambda path: self.write_model(path, self.kept_state, self.kept_epoch),
+                                  {**self.metrics(False), "kept_epoch": self.kept_epoch})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kept_epoch": self.kept_epoch, "kept_state": self.kept_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kept_epoch, self.kept_state = state["kept_epoch"], state["kept_state"]
 
 
 def write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(x: Any):
@@ -65,18 +203,9 @@ def _json_default(x: Any):
     raise TypeError(type(x).__name__)
 
 
-class RunFolder(Callback):
-    """After each epoch: the checkpoint, the model when it is the one to keep (the best so
-    far, or every epoch with keep='last'), and metrics.json so far."""
+def config_text(values: dict[str, Any], notes: list[str]) -> str:
+    """config.toml: the resolved options, with notes on what was left to the machine."""
+    import tomli_w
 
-    order = 90
-
-    def __init__(self, out: Path, keep: str, export: Callable[[int], None],
-                 metrics: Callable[[bool], dict[str, Any]]):
-        self.out, self.keep, self.export, self.metrics = out, keep, export, metrics
-
-    def epoch_end(self, loop, record, improved: bool) -> None:
-        save_atomic(loop.state_dict(), self.out / CHECKPOINT)
-        if improved or self.keep == "last" or loop.best is None:
-            self.export(record.epoch)
-        write_json(self.metrics(False), self.out / METRICS_FILE)
+    header = "".join(f"# {line}\n" for line in notes)
+    return header + tomli_w.dumps(values)

@@ -1,0 +1,366 @@
+"""Never a wrong model, never lost work: runs killed at every write boundary, signals,
+the folder lock, damaged checkpoints, failed starts, and every option's range through
+the CLI and through config files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zoo_adapt.config import FinetuneConfig
+from zoo_adapt.demo import build_demo
+from zoo_adapt.finetune import finetune
+from zoo_adapt.run_folder import RunFolder
+
+ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
+TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "32", "--batch-size", "8", "--no-tta",
+        "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("rel"), train_per_class=4, val_per_class=3,
+                      classes=("brick", "grass", "moon", "rocket"))
+
+
+def zoo(*args, env=None, **kw):
+    return subprocess.run(ZOO + [str(a) for a in args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def one_line_error(result, *needles, code=1):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def tensors(path):
+    return load_file(path)
+
+
+def same_model(a, b):
+    ta, tb = tensors(a), tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def consistent(out):
+    """model.safetensors and metrics.json never disagree: metrics names the model's hash
+    and kept epoch, or is absent; the model says which epoch it holds."""
+    import hashlib
+
+    metrics_file, model_file = out / "metrics.json", out / "model.safetensors"
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        assert model_file.exists()
+        assert metrics["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+        from zoo_adapt.export import read_card
+
+        _, meta = read_card(model_file)
+        assert int(meta["epoch"]) == metrics["kept_epoch"]
+    if (out / "checkpoint.pt").exists() and metrics_file.exists():
+        saved = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert saved["epoch"] >= json.loads(metrics_file.read_text())["checkpoint_epoch"]
+
+
+# Imports zoo-adapt and torch once, runs no tensor operation, then forks one child per
+# kill point: each child is a fresh `zoo-adapt finetune` that SIGKILLs itself at its
+# boundary (no clean-up at all). Forking before any operation keeps the children safe.
+ZYGOTE = """
+import json, os, sys
+import torch, zoo_adapt.cli, zoo_adapt.finetune, zoo_adapt_plugins.efficientnet_lite0
+args, points = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+status = {}
+for n, out in points:
+    pid = os.fork()
+    if pid == 0:
+        os.environ["ZOO_ADAPT_CRASH_AT"] = str(n)
+        sys.argv = ["zoo-adapt", *args, "--out", out]
+        try:
+            zoo_adapt.cli.main()
+        finally:
+            os._exit(3)
+    status[n] = os.waitpid(pid, 0)[1]
+print(json.dumps(status))
+"""
+
+
+def test_a_run_killed_at_every_write_boundary_resumes_to_the_uninterrupted_result(tmp_path, data):
+    """SIGKILL at each boundary in turn, then --resume: the result is the uninterrupted one."""
+    from zoo_adapt.config import build_config
+
+    args = ["finetune", "--backbone", "efficientnet_lite0", "--no-pretrained", "--image-size", "32", "--batch-size",
+            "8", "--no-tta", "--workers", "0", "--data", str(data), "--epochs", "3", "--keep", "best", "--lr", "0.02"]
+    straight = tmp_path / "straight"
+    log = tmp_path / "boundaries.txt"
+    done = zoo(*args, "--out", straight, env={"ZOO_ADAPT_CRASH_LOG": str(log)})
+    assert done.returncode == 0, done.stderr
+    boundaries = log.read_text().splitlines()
+    assert len(boundaries) >= 10, boundaries
+    expected = json.loads((straight / "metrics.json").read_text())
+    points = [(n, str(tmp_path / f"killed{n}")) for n in range(1, len(boundaries) + 1)]
+    forked = subprocess.run([sys.executable, "-c", ZYGOTE, json.dumps(args), json.dumps(points)], capture_output=True,
+                            text=True, timeout=1200)
+    assert forked.returncode == 0, forked.stderr
+    status = json.loads(forked.stdout.splitlines()[-1])
+    for n, out in points:
+        out = tmp_path / f"killed{n}"
+        assert os.WIFSIGNALED(status[str(n)]) and os.WTERMSIG(status[str(n)]) == signal.SIGKILL, (n, status)
+        consistent(out)
+        if not (out / "checkpoint.pt").exists():  # killed before the first checkpoint: start again
+            assert n <= 2, boundaries[n - 1]
+            shutil.rmtree(out)
+            assert zoo(*args, "--out", out).returncode == 0
+        else:
+            finetune(build_config({"out": str(out), "resume": True}), log=None)
+        assert not list(out.glob(".*zoo-tmp")), "temporaries left behind"
+        consistent(out)
+        assert same_model(out / "model.safetensors", straight / "model.safetensors"), boundaries[n - 1]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["kept_epoch"] == expected["kept_epoch"] and metrics["finished"]
+        assert metrics["val_accuracy"] == expected["val_accuracy"]
+        assert [r["train_loss"] for r in metrics["history"]] == [r["train_loss"] for r in expected["history"]]
+
+
+def _wait_for(predicate, timeout=300):
+    start = time.time()
+    while not predicate():
+        if time.time() - start > timeout:
+            raise TimeoutError
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_after_a_checkpoint_leaves_a_resumable_run_and_says_so(tmp_path, data, sig, code, word):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(ZOO + ["finetune", *TINY, "--data", str(data), "--epochs", "3", "--keep", "best",
+                                   "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "metrics.json").exists())
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == code, stderr
+    assert word in stderr and "--resume" in stderr and "Traceback" not in stderr
+    consistent(out)
+    assert zoo("finetune", "--out", out, "--resume").returncode == 0
+    straight = finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, batch_size=8, tta=False,
+                                       workers=0, data=str(data), epochs=3, keep="best", out=str(tmp_path / "s")),
+                        log=None)
+    assert same_model(out / "model.safetensors", straight.out / "model.safetensors")
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so_and_leaves_nothing(tmp_path, data):
+    from zoo_adapt.engine import Callback
+
+    class CtrlC(Callback):
+        def step_end(self, loop, step):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "new"
+    with pytest.raises(KeyboardInterrupt, match="before the first checkpoint: nothing can be resumed"):
+        finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, data=str(data), out=str(out),
+                                workers=0), callbacks=[CtrlC()], log=None)
+    assert not out.exists()
+
+
+def test_ctrl_c_while_writing_the_results_is_finished_by_resume(tmp_path, data):
+    from zoo_adapt import files
+    from zoo_adapt.engine import Callback
+
+    finished = []
+
+    class MarkFinished(Callback):
+        def fit_end(self, loop):
+            finished.append(True)
+
+    def interrupt_after_training(what):
+        if finished:
+            raise KeyboardInterrupt
+
+    cfg = FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, data=str(data), out=str(tmp_path / "r"),
+                         workers=0, epochs=2, tta=False)
+    files.on_boundary = interrupt_after_training
+    try:
+        with pytest.raises(KeyboardInterrupt, match="while writing the results.*--resume` writes them"):
+            finetune(cfg, callbacks=[MarkFinished()], log=None)
+    finally:
+        files.on_boundary = None
+    consistent(tmp_path / "r")
+    cfg.resume = True
+    result = finetune(cfg, log=None)
+    assert result.metrics["finished"] and (tmp_path / "r" / "curves.png").exists()
+
+
+def test_two_runs_into_one_folder(tmp_path, data):
+    out = tmp_path / "busy"
+    with RunFolder(out).locked():
+        line = one_line_error(zoo("finetune", *TINY, "--data", data, "--out", out), "is in use by another "
+                              "zoo-adapt run", f"pid {os.getpid()}")
+        one_line_error(zoo("finetune", *TINY, "--data", data, "--out", out, "--overwrite"), "in use")
+        assert line
+    assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0  # released
+
+
+def test_a_failed_resume_does_not_touch_the_run(tmp_path, data):
+    out = tmp_path / "run"
+    assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    one_line_error(zoo("finetune", "--out", out, "--resume", "--data", tmp_path / "typo"), "--data")
+    one_line_error(zoo("finetune", "--out", out, "--resume", "--lr", "0.5"), "--lr 0.5", "started with")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert before == after
+
+
+@pytest.mark.parametrize("when", ["setup", "step_end"])
+def test_an_overwrite_interrupted_at_start_never_mixes_old_checkpoint_and_new_options(tmp_path, data, when):
+    """Interrupted before it begins, an --overwrite has touched nothing (the old run is
+    intact, its config.toml still its own); interrupted once it began, the old run is
+    gone and nothing can be resumed."""
+    from zoo_adapt.engine import Callback
+
+    out = tmp_path / "run"
+    assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0
+    before = (out / "config.toml").read_text()
+
+    class CtrlC(Callback):
+        pass
+
+    setattr(CtrlC, when, lambda self, loop, *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, data=str(data), out=str(out),
+                                lr=0.05, workers=0), callbacks=[CtrlC()], log=None, overwrite=True)
+    if when == "setup":
+        assert (out / "config.toml").read_text() == before and "lr = 0.05" not in before
+        assert zoo("finetune", "--out", out, "--resume", "--epochs", 2).returncode == 0
+    else:
+        one_line_error(zoo("finetune", "--out", out, "--resume"), "nothing to resume")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02junk" * 10, "truncated", "foreign"])
+def test_damaged_checkpoints_are_one_line_errors(tmp_path, data, content):
+    out = tmp_path / "run"
+    assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0
+    checkpoint = out / "checkpoint.pt"
+    if content == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    elif content == "foreign":
+        torch.save({"weights": torch.ones(2)}, checkpoint)
+    else:
+        checkpoint.write_bytes(content)
+    one_line_error(zoo("finetune", "--out", out, "--resume", "--epochs", 2), "checkpoint")
+
+
+def test_file_system_errors_are_one_line(tmp_path, data):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        one_line_error(zoo("finetune", *TINY, "--data", data, "--out", locked / "run"), "cannot write")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from zoo_adapt import files
+    from zoo_adapt.errors import ZooAdaptError
+
+    def full(path):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ZooAdaptError, match="cannot write .*x.bin: No space left on device"):
+        files.write_bytes(tmp_path / "x.bin", full)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftover_temporaries_are_removed_by_the_next_run(tmp_path, data):
+    out = tmp_path / "run"
+    assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0
+    (out / ".checkpoint.pt.123.zoo-tmp").write_bytes(b"half")
+    assert zoo("finetune", "--out", out, "--resume", "--epochs", 2).returncode == 0
+    assert not list(out.glob(".*zoo-tmp"))
+    mode = (out / "model.safetensors").stat().st_mode & 0o777
+    assert mode == (out / "metrics.json").stat().st_mode & 0o777  # the export follows the umask like the rest
+
+
+def test_config_keys_as_the_help_says_and_wrong_types(tmp_path, data):
+    config = tmp_path / "job.toml"
+    config.write_text(f'backbone = "resnet18"\ndata = "{data}"\npretrained = false\nimage-size = 32\n'
+                      'batch-size = 4\nlr-body = 1e-5\nlabel-smoothing = 0.0\ntta = false\nepochs = 1\n'
+                      f'val-split = 0.5\nworkers = 0\nout = "{tmp_path / "run"}"\n')
+    assert zoo("finetune", "--config", config).returncode == 0
+    written = (tmp_path / "run" / "config.toml").read_text()
+    for line in ("image_size = 32", "batch_size = 4", "lr_body = 1e-05", "label_smoothing = 0.0"):
+        assert line in written
+    for bad, needle in [('epochs = "five"', "epochs must be a whole number"),
+                        ('lr = "fast"', "lr must be a number"), ("data = 5", "data must be a text"),
+                        ('pretrained = "no"', "pretrained must be true or false"),
+                        ("epoch = 3", "unknown option 'epoch' (did you mean 'epochs'?)"),
+                        ("lr-body = 1e-4\nlr_body = 1e-4", "given twice"),
+                        ("image-size = 0", "image-size must be at least 8")]:
+        bad_file = tmp_path / "bad.toml"
+        bad_file.write_text(bad + "\n")
+        one_line_error(zoo("finetune", "--config", bad_file, "--out", tmp_path / "x"), needle)
+
+
+# (flag, bad value, what the message says)
+RANGES = [("--image-size", "-32", "at least 8"), ("--image-size", "0", "at least 8"),
+          ("--workers", "-1", "at least 0"), ("--label-smoothing", "2", "less than 1"),
+          ("--weight-decay", "-1", "at least 0"), ("--warmup", "-1", "at least 0"),
+          ("--val-split", "1.5", "less than 1"), ("--epochs", "0", "at least 1"),
+          ("--batch-size", "0", "at least 1"), ("--lr", "0", "greater than 0"), ("--lr-body", "-1", "greater than 0"),
+          ("--lr-decay", "1.5", "at most 1"), ("--crop-scale", "0", "greater than 0"), ("--momentum", "1", "less than 1"),
+          ("--head-epochs", "-1", "at least 0"), ("--unfreeze-every", "0", "at least 1"),
+          ("--cache-views", "0", "at least 1"), ("--seed", "-1", "at least 0"),
+          ("--domain-dropout", "2", "less than 1"), ("--adapt-weight", "-1", "at least 0"),
+          ("--steps-per-epoch", "-2", "at least 1")]
+
+
+@pytest.mark.parametrize("flag, value, needle", RANGES)
+def test_every_option_has_its_range_on_the_command_line_and_in_files(tmp_path, flag, value, needle):
+    one_line_error(zoo("finetune", flag, value, "--out", tmp_path / "o"), flag, needle)
+    key = flag[2:]
+    for spelling in (key, key.replace("-", "_")):
+        config = tmp_path / "c.toml"
+        config.write_text(f"{spelling} = {value}\n")
+        one_line_error(zoo("finetune", "--config", config, "--out", tmp_path / "o"), spelling, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_utf8_paths_are_one_line_and_write_nothing(tmp_path):
+    bad = os.fsdecode(b"caf\xe9")
+    result = subprocess.run(ZOO + ["finetune", "--data", bad, "--out", str(tmp_path / "o")], capture_output=True,
+                            cwd=tmp_path)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_debug_switch_shows_the_traceback(tmp_path):
+    result = zoo("finetune", "--data", tmp_path / "nope", "--out", tmp_path / "o",
+                 env={"ZOO_ADAPT_DEBUG": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr and "data folder not found" in result.stderr
+
+
+def test_a_finished_run_copied_elsewhere_can_be_resumed_there(tmp_path, data):
+    out = tmp_path / "run"
+    assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0
+    moved = shutil.copytree(out, tmp_path / "moved")
+    result = zoo("finetune", "--out", moved, "--resume", "--epochs", 2)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((moved / "metrics.json").read_text())["epochs_done"] == 2
