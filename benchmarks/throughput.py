@@ -1,35 +1,29 @@
-"""Training throughput (images/s) of zoo-adapt against a plain PyTorch loop, timm's
-train.py and the model alone, on the same device and the same JPEG ImageFolder, in one run.
+"""Training throughput (images/s) on one device, in one run: zoo-adapt, a plain PyTorch
+loop, timm's train.py and the model alone, all on the same JPEG ImageFolder.
 
-The data: a synthetic ImageFolder of about 500x375 px JPEGs (quality 90, default 12,800
-images in 100 classes), made from photographs that ship with scikit-image and
-scikit-learn (random crops, rescales and colour changes), cached under --data-dir in a
-folder named by its parameters (DIR/images/<class>/ is the ImageFolder; DIR/holdout/ is
-a small validation split for timm only). What is measured:
+Data: ~500x375 px JPEGs (quality 90; default 12,800 images, 100 classes) made from the
+photographs that ship with scikit-image and scikit-learn (random crops, rescales, colour
+mixes), cached under --data-dir by parameters: DIR/images/<class>/ is the ImageFolder,
+DIR/holdout/ a 1% validation split that only timm reads.
 
-  zoo-adapt    `python -m zoo_adapt finetune --strategy finetune --no-pretrained ...`
-               (bf16 on CUDA); images/s of each epoch from OUT/metrics.json. Rows: images
-               decoded by loader workers (--data-on-device off), held decoded on the
-               device (--data-on-device on; --skip-device-held leaves it out) and, with
-               --compile, --compile (loader workers).
-  plain loop   a tutorial's loop: torchvision ImageFolder, RandomResizedCrop + flip +
-               ToTensor + Normalize, DataLoader(batch 64, shuffle, num_workers=0), fp32,
-               SGD; the same architecture from zoo_adapt.create_model.
-  timm         its train.py (--timm-train PATH) on the same folder, with the same
-               augmentation (--scale 0.35 1 --color-jitter 0, as zoo-adapt), AdamW,
-               bf16 AMP and channels_last on CUDA. Its epoch rate is the average step time
-               of the epoch's last log line ("(0.123s, 2081.30/s)"); the "excluding data
-               wait" row takes the logged data time ("Data: 0.001 (0.004)") off that step
-               time: the rate when the next batch is always ready.
-  model alone  forward + backward + AdamW step on random tensors already on the device
-               (bf16 autocast and channels_last on CUDA, as zoo-adapt), eager and
-               torch.compile'd (--no-compile-model skips the latter); warm steps only.
+  zoo-adapt    `python -m zoo_adapt finetune --strategy finetune --no-pretrained ...` (bf16 on
+               CUDA), each epoch's images_per_second from OUT/metrics.json: images decoded by
+               loader workers (--data-on-device off), held decoded on the device (on), and
+               with --compile when asked.
+  plain loop   a tutorial's: ImageFolder, RandomResizedCrop/flip/ToTensor/Normalize,
+               DataLoader(batch 64, shuffle, num_workers=0), fp32, SGD, the same model.
+  timm         train.py (--timm-train PATH), augmenting as zoo-adapt does (--scale 0.35 1
+               --color-jitter 0), AdamW; bf16 AMP, channels_last, pinned memory on CUDA. An
+               epoch's rate is the average step time of its last log line "(0.123s, 2081.30/s)";
+               "excluding data wait" takes off the logged average wait ("Data: 0.001 (0.004)").
+  model alone  forward + backward + AdamW step on random tensors on the device (bf16 autocast,
+               channels_last on CUDA), eager and torch.compile'd; warm steps only.
 
-Each row gives the mean over the epochs after the first, the best epoch ("warm"), and
-both as a ratio to zoo-adapt's (loader workers) mean after the first epoch.
+Rows: the mean over the epochs after the first, the best epoch ("warm"), and both as a
+ratio to zoo-adapt's (loader workers) mean after the first epoch.
 
     python benchmarks/throughput.py --device cuda --backbone resnet50 --timm-train /path/to/train.py --compile
-    python benchmarks/throughput.py --device cpu --tiny     # smoke test: well under a minute on 2 cores
+    python benchmarks/throughput.py --device cpu --tiny    # smoke test, well under a minute on 2 cores
 """
 from __future__ import annotations
 
@@ -60,7 +54,6 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 PHOTOS: list[np.ndarray] = []
 
 
-# -- the data ---------------------------------------------------------------------
 def _load_photos() -> None:
     from zoo_adapt.demo import photographs  # the 15 photographs of the demo, as RGB arrays
 
@@ -107,31 +100,28 @@ def build_data(root: Path, images: int, classes: int, seed: int = 0) -> Path:
         jobs += [(str(folder / split / f"class_{i % classes:03d}" / f"{i:06d}.jpg"), i % classes, offset + i, seed)
                  for i in range(count)]
     print(f"building {len(jobs)} JPEGs in {folder} ...", flush=True)
-    start = time.perf_counter()
-    _load_photos()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if len(jobs) < 500 or cores == 1:
+    start, _ = time.perf_counter(), _load_photos()
+    if len(jobs) < 500 or cores() == 1:
         list(map(_make_image, jobs))
     else:
         import multiprocessing
 
-        with multiprocessing.Pool(cores, initializer=_load_photos) as pool:
+        with multiprocessing.Pool(cores(), initializer=_load_photos) as pool:
             pool.map(_make_image, jobs, chunksize=64)
     (folder / "done.json").write_text(json.dumps({"images": images, "classes": classes, "seed": seed}))
     print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return folder
 
 
-# -- figures ----------------------------------------------------------------------
-def row(name: str, rates: list[float] | None = None, note: str = "", warm_only: float | None = None) -> dict:
-    """`rates`: images/s of each epoch; `warm_only`: one rate of warm steps (no epochs)."""
-    if warm_only is not None:
-        return {"name": name, "epoch_rates": [], "after_first": None, "warm": warm_only, "note": note}
-    if not rates:
-        return {"name": name, "epoch_rates": [], "after_first": None, "warm": None, "note": note or "no figures"}
+def row(name: str, rates: list[float] = (), note: str = "", warm: float | None = None) -> dict:
+    """`rates`: images/s of each epoch; or `warm`: one rate of warm steps (no epochs)."""
     after = rates[1:] or rates
-    return {"name": name, "epoch_rates": rates, "after_first": sum(after) / len(after), "warm": max(rates),
-            "note": note}
+    return {"name": name, "epoch_rates": list(rates), "after_first": sum(after) / len(after) if after else None,
+            "warm": max(rates) if rates else warm, "note": note}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def sync(device: str) -> None:
@@ -151,7 +141,6 @@ def run_logged(cmd: list[str], log: Path) -> int:
     return rc
 
 
-# -- the contenders ---------------------------------------------------------------
 def zoo_adapt(a, data: Path, work: Path, label: str, name: str, flags: list[str]) -> dict:
     out = work / label
     cmd = [sys.executable, "-m", "zoo_adapt", "finetune", "--data", str(data / "images"), "--backbone", a.backbone,
@@ -162,9 +151,10 @@ def zoo_adapt(a, data: Path, work: Path, label: str, name: str, flags: list[str]
     print(f"{name}: {shlex.join(cmd[1:])}", flush=True)
     if run_logged(cmd, work / f"{label}.log"):
         return row(name, note=f"failed, see {work / label}.log")
-    found = re.search(r"; images (.*)", (work / f"{label}.log").read_text())
+    found = re.search(r"; images (.*)", (work / f"{label}.log").read_text())  # how the images were fed
     history = json.loads((out / "metrics.json").read_text())["history"]
-    return row(name, [h["images_per_second"] for h in history], found.group(1) if found else "")
+    compiled = f", compiling took {history[-1]['compile_seconds']:.0f} s" if "compile_seconds" in history[-1] else ""
+    return row(name, [h["images_per_second"] for h in history], (found[1] if found else "") + compiled)
 
 
 TIMM_LINE = re.compile(r"Train: (\d+) \[.*?Time: ([\d.]+)s,\s*([\d.]+)/s\s+\(([\d.]+)s,\s*([\d.]+)/s\)"
@@ -183,18 +173,16 @@ def timm(a, data: Path, work: Path, workers: int) -> list[dict]:
            "--epochs", str(a.epochs), "-j", str(workers), "--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.01",
            "--warmup-epochs", "0", "--scale", "0.35", "1", "--color-jitter", "0", "--device", a.device,
            "--output", str(work / "timm"), "--checkpoint-hist", "1",
-           *(["--amp", "--amp-dtype", "bfloat16", "--channels-last"] if a.device == "cuda" else [])]
+           *(["--amp", "--amp-dtype", "bfloat16", "--channels-last", "--pin-mem"] if a.device == "cuda" else [])]
     print(f"timm: {shlex.join(cmd[1:])}", flush=True)
     log = work / "timm.log"
     if run_logged(cmd, log):
         return [row(n, note=f"failed, see {log}") for n in names]
     last = {int(m[1]): m for m in TIMM_LINE.finditer(log.read_text())}  # each epoch's last line: its averages
-    if not last:
-        return [row(n, note=f"no 'Train: ... (N.NNNs, R/s) ... Data: ...' line in {log}") for n in names]
-    epochs = [last[e] for e in sorted(last)]
-    rates = [float(m[5]) for m in epochs]
-    ready = [float(m[5]) * float(m[4]) / max(float(m[4]) - float(m[7]), 1e-9) for m in epochs]
-    return [row(names[0], rates, f"-j {workers}"), row(names[1], ready, "step time minus logged data time")]
+    epochs = [last[e] for e in sorted(last)]  # m[4]: average step time, m[5]: its rate, m[7]: average data wait
+    return [row(names[0], [float(m[5]) for m in epochs], f"-j {workers}" if epochs else f"no rates in {log}"),
+            row(names[1], [float(m[5]) * float(m[4]) / max(float(m[4]) - float(m[7]), 1e-9) for m in epochs],
+                "step time minus logged data wait" if epochs else f"no rates in {log}")]
 
 
 def plain_loop(a, data: Path) -> dict:
@@ -221,9 +209,7 @@ def plain_loop(a, data: Path) -> dict:
         running, seen, steps = 0.0, 0, 0
         sync(a.device)
         start = time.perf_counter()
-        for step, (x, y) in enumerate(loader):
-            if a.plain_steps and step == a.plain_steps:
-                break
+        for x, y in itertools.islice(loader, a.plain_steps):  # plain_steps None: the whole epoch
             x, y = x.to(a.device), y.to(a.device)
             optimizer.zero_grad()
             loss = criterion(model(x), y)
@@ -249,15 +235,13 @@ def model_alone(a, compiled: bool) -> dict:
     print(f"{name}: {warmup} warm-up + {steps} timed steps ...", flush=True)
     torch.manual_seed(0)
     fmt = torch.channels_last if cuda else torch.contiguous_format
-    model = create_model(a.backbone, num_classes=a.classes, pretrained=False).to(a.device, memory_format=fmt)
-    model.train()
+    model = create_model(a.backbone, num_classes=a.classes, pretrained=False).to(a.device, memory_format=fmt).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cuda or None)
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, device=a.device).contiguous(memory_format=fmt)
     y = torch.randint(0, a.classes, (a.batch_size,), device=a.device)
-    network = torch.compile(model) if compiled else model
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
 
-    def step():
+    def step(network):
         with autocast():
             loss = F.cross_entropy(network(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -265,35 +249,29 @@ def model_alone(a, compiled: bool) -> dict:
         optimizer.step()
 
     try:
-        start = time.perf_counter()
-        for _ in range(warmup):
-            step()
-        sync(a.device)
-        note = f"warm-up {time.perf_counter() - start:.0f} s" if compiled else ""
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(a.device)
-        return row(name, warm_only=a.batch_size * steps / (time.perf_counter() - start), note=note)
+        network, times = torch.compile(model) if compiled else model, []
+        for n in (warmup, steps):
+            start = time.perf_counter()
+            for _ in range(n):
+                step(network)
+            sync(a.device)
+            times.append(time.perf_counter() - start)
+        return row(name, warm=a.batch_size * steps / times[1], note=f"warm-up {times[0]:.0f} s" if compiled else "")
     except Exception as e:  # noqa: BLE001 - a compile failure is a finding, not a crash
         if not compiled:
             raise
         return row(name, note=f"compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:120]}")
 
 
-# -- the report -------------------------------------------------------------------
 def device_name(device: str) -> str:
     import torch
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    model = "unknown CPU"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    found = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    return (f"{found[1] if found else 'unknown CPU'}, {cores()} cores (torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads)")
 
 
 def table(rows: list[dict], base: float | None) -> str:
@@ -310,23 +288,22 @@ def table(rows: list[dict], base: float | None) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--backbone", help=f"zoo-adapt backbone [default: {DEFAULTS['backbone']}]")
-    p.add_argument("--images", type=int, help=f"images in the ImageFolder [default: {DEFAULTS['images']}]")
-    p.add_argument("--classes", type=int, help=f"classes [default: {DEFAULTS['classes']}]")
-    p.add_argument("--image-size", type=int, help=f"training size [default: {DEFAULTS['image_size']}]")
-    p.add_argument("--batch-size", type=int, help=f"zoo-adapt, timm, model alone [default: {DEFAULTS['batch_size']}]")
-    p.add_argument("--plain-batch-size", type=int, help="plain loop batch [default: 64, --tiny 16]")
-    p.add_argument("--epochs", type=int, help=f"epochs of every run [default: {DEFAULTS['epochs']}]")
+    for flag, kind, what in (("--backbone", str, "zoo-adapt backbone"), ("--images", int, "images in all"),
+                             ("--classes", int, "classes"), ("--image-size", int, "training size in px"),
+                             ("--batch-size", int, "batch of zoo-adapt, timm and the model alone"),
+                             ("--plain-batch-size", int, "batch of the plain loop"), ("--epochs", int, "epochs")):
+        p.add_argument(flag, type=kind, help=f"{what} [default: {DEFAULTS[flag[2:].replace('-', '_')]}; "
+                       f"--tiny: {TINY[flag[2:].replace('-', '_')]}]")
     p.add_argument("--plain-steps", type=int, help="plain loop: at most this many steps an epoch")
-    p.add_argument("--workers", type=int, help="loader processes for zoo-adapt and timm [default: zoo-adapt's]")
+    p.add_argument("--workers", type=int, help="loader processes of zoo-adapt and timm [default: zoo-adapt's]")
     p.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "zoo-adapt" / "bench")
-    p.add_argument("--timm-train", help="path to timm's train.py (pytorch-image-models)")
+    p.add_argument("--timm-train", metavar="PATH", help="timm's train.py (huggingface/pytorch-image-models)")
     p.add_argument("--compile", action="store_true", help="also run zoo-adapt with --compile")
-    p.add_argument("--no-compile-model", action="store_true", help="skip the torch.compile'd model-alone row")
+    p.add_argument("--no-compile-model", action="store_true", help="skip the torch.compile'd model alone")
     p.add_argument("--skip-device-held", action="store_true", help="skip zoo-adapt with --data-on-device on")
-    p.add_argument("--zoo-args", default="", help='more zoo-adapt finetune flags, e.g. "--workers 8"')
-    p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    p.add_argument("--tiny", action="store_true", help="CPU smoke-test size (resnet18, 48 images, 64 px, 2 epochs)")
+    p.add_argument("--zoo-args", default="", help='more flags for zoo-adapt finetune, e.g. "--workers 8"')
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke-test size, no compile")
     a = p.parse_args(argv)
     for key, value in (TINY if a.tiny else DEFAULTS).items():
         if getattr(a, key) is None:
@@ -339,46 +316,45 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     a = parse_args(argv)
     started = time.perf_counter()
+    data = build_data(a.data_dir.expanduser(), a.images, a.classes)  # before torch: workers fork a lighter process
     import torch
 
     from zoo_adapt.pipeline import default_workers
 
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
-    data = build_data(a.data_dir.expanduser(), a.images, a.classes)
     workers = a.workers if a.workers is not None else default_workers(torch.device(a.device))
     rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="zoo-adapt-bench-") as tmp:
-        work = Path(tmp)
-        rows["zoo_adapt"] = zoo_adapt(a, data, work, "zoo", "zoo-adapt finetune", ["--data-on-device", "off"])
-        rows["zoo_adapt_device_held"] = (
-            row("zoo-adapt, --data-on-device on", note="skipped (--skip-device-held)") if a.skip_device_held else
-            zoo_adapt(a, data, work, "zoo-held", "zoo-adapt, --data-on-device on", ["--data-on-device", "on"]))
-        rows["zoo_adapt_compile"] = (
-            zoo_adapt(a, data, work, "zoo-compile", "zoo-adapt, --compile", ["--data-on-device", "off", "--compile"])
-            if a.compile else row("zoo-adapt, --compile", note="not asked (--compile)"))
-        rows["timm"], rows["timm_data_ready"] = timm(a, data, work, workers)
+    work = Path(tempfile.mkdtemp(prefix="throughput-bench-"))  # run folders and logs; kept if a run fails
+    rows["zoo_adapt"] = zoo_adapt(a, data, work, "zoo", "zoo-adapt finetune", ["--data-on-device", "off"])
+    rows["zoo_adapt_device_held"] = (
+        row("zoo-adapt, --data-on-device on", note="skipped (--skip-device-held)") if a.skip_device_held else
+        zoo_adapt(a, data, work, "zoo-held", "zoo-adapt, --data-on-device on", ["--data-on-device", "on"]))
+    rows["zoo_adapt_compile"] = (
+        zoo_adapt(a, data, work, "zoo-compile", "zoo-adapt, --compile", ["--data-on-device", "off", "--compile"])
+        if a.compile else row("zoo-adapt, --compile", note="not asked (--compile)"))
+    rows["timm"], rows["timm_data_ready"] = timm(a, data, work, workers)
     rows["plain_loop"] = plain_loop(a, data)
     rows["model_eager"] = model_alone(a, compiled=False)
     if a.device == "cuda":
         torch.cuda.empty_cache()
     rows["model_compiled"] = (row("model alone, torch.compile", note="skipped (--no-compile-model)")
                               if a.no_compile_model else model_alone(a, compiled=True))
-    device = device_name(a.device)
-    base = rows["zoo_adapt"]["after_first"]
-    settings = {k: getattr(a, k) for k in ("backbone", "images", "classes", "image_size", "batch_size",
-                                           "plain_batch_size", "epochs", "plain_steps", "zoo_args", "timm_train")}
-    settings.update(device=a.device, workers=workers, data=str(data))
+    device, settings = device_name(a.device), {**vars(a), "workers": workers, "data": data}
     print(f"\ndevice: {device}")
     print(f"{a.backbone}, {a.images:,} JPEGs in {a.classes} classes ({data}), {a.image_size} px, batch "
           f"{a.batch_size}, {a.epochs} epochs, {'bf16' if a.device == 'cuda' else 'fp32'}, {workers} loader workers")
-    print(table(list(rows.values()), base))
+    print(table(list(rows.values()), rows["zoo_adapt"]["after_first"]))
     seconds = time.perf_counter() - started
     print(f"\nimages/s: mean over epochs 2..{a.epochs} and the best epoch (model alone: warm steps only); "
           f"ratios to zoo-adapt's mean after the first epoch. {seconds:.0f} s in all.")
+    if any(r["note"].startswith("failed") for r in rows.values()):
+        print(f"logs of the runs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     if a.json:
-        a.json.write_text(json.dumps({"device": device, "settings": settings, "rows": rows, "seconds": seconds},
-                                     indent=2))
+        a.json.write_text(json.dumps(dict(device=device, settings=settings, rows=rows, seconds=seconds), indent=2,
+                                     default=str))
 
 
 if __name__ == "__main__":
