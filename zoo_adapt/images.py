@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -127,8 +128,10 @@ def _open(path: str | Path) -> Image.Image:
 
 def _reason(e: Exception) -> str:
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return (f"{str(e).split(',')[0]}; refused as a possible decompression bomb "
-                "(the limit is PIL.Image.MAX_IMAGE_PIXELS)")
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        return (f"{size}, above PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}); refused as a "
+                "possible decompression bomb")
     text = " ".join(str(e).split())
     return text or type(e).__name__
 
