@@ -42,6 +42,10 @@ def test_truncated_jpeg_fails_the_startup_check(tmp_path):
         open_image(cut)
     with pytest.raises(ZooAdaptError, match="cannot read image .*cut.jpg.*truncated"):
         check_image(cut)
+    photo(256, 192).save(tmp_path / "camera.mpo", "MPO", save_all=True, append_images=[photo(256, 192)])
+    (tmp_path / "camera.mpo").write_bytes((tmp_path / "camera.mpo").read_bytes()[:3000])  # cameras' JPEGs
+    with pytest.raises(ZooAdaptError, match="camera.mpo.*truncated"):
+        check_image(tmp_path / "camera.mpo")
 
 
 def test_half_garbled_jpegs_fail_the_check_whenever_a_full_decode_fails(tmp_path):

@@ -79,7 +79,7 @@ def check_image(path: str | Path) -> None:
     try:
         with _open(path) as im:
             w, h = im.size
-            if im.format == "JPEG":
+            if im.format in ("JPEG", "MPO"):  # MPO: cameras' multi-picture JPEG
                 im.draft(im.mode, (math.ceil(w / 8), math.ceil(h / 8)))
             elif w * h > (PNG_DECODE_PIXELS if im.format == "PNG" else DECODE_PIXELS):
                 mode = im.mode
