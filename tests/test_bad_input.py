@@ -123,8 +123,10 @@ def test_pretrained_download_offline(tmp_path, data):
 
 def test_unreadable_weights_file(tmp_path, data):
     bad = tmp_path / "w.pth"
-    bad.write_bytes(b"junk")
-    one_line_error(finetune("--data", data, "--out", tmp_path / "o", "--weights", bad), "cannot read weights file")
+    bad.write_bytes(bytes(range(256)) * 4)
+    line = one_line_error(finetune("--data", data, "--out", tmp_path / "o", "--weights", bad),
+                          "cannot read weights file", "never unpickles")
+    assert "weights_only" not in line  # torch's advice to load it unsafely is not repeated
 
 
 def test_torchvision_dataset_offline(tmp_path):
@@ -143,3 +145,56 @@ def test_class_count_of_datasets_without_class_names():
         labels = np.array([0, 3, 9, 1])
 
     assert _num_labels(SVHNLike()) == 10
+
+
+def test_predict_reports_each_bad_file_in_one_line_and_predicts_the_others(tmp_path, model_file, data):
+    from test_images import bomb_png
+
+    good = next((data / "val" / "moon").glob("*.png"))
+    bomb = tmp_path / "bomb.png"
+    bomb_png(bomb, 20_000)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff garbage")
+    result = zoo("predict", "--model", model_file, tmp_path / "missing.jpg", good, "/dev/null", bomb, corrupt)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout.splitlines() == [f"{good}: " + result.stdout.split(": ", 1)[1].strip()]
+    errors = result.stderr.splitlines()
+    assert errors == [f"Error: cannot read image {tmp_path / 'missing.jpg'}: no such file",
+                      "Error: cannot read image /dev/null: not a regular file", errors[2], errors[3]]
+    assert "bomb.png" in errors[2] and "decompression bomb" in errors[2] and "corrupt.jpg" in errors[3]
+
+
+def test_top_k_and_batch_size_must_be_positive(model_file, data):
+    good = next((data / "val" / "moon").glob("*.png"))
+    one_line_error(zoo("predict", "--model", model_file, "--top-k", "0", good), "--top-k", "x>=1")
+    one_line_error(zoo("predict", "--model", model_file, "--top-k", "-2", good), "--top-k")
+    one_line_error(zoo("evaluate", "--model", model_file, "--data", data, "--batch-size", "0"), "--batch-size")
+
+
+def test_crafted_model_header_is_one_line_in_evaluate(tmp_path, model_file, data):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(model_file), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(model_file)
+    save_file(tensors, tmp_path / "classes.safetensors", metadata={**meta, "classes": "5"})
+    save_file(tensors, tmp_path / "size.safetensors", metadata={**meta, "input_size": "[3]"})
+    one_line_error(zoo("evaluate", "--model", tmp_path / "classes.safetensors", "--data", data),
+                   "classes.safetensors", "'classes' must be a JSON list")
+    one_line_error(zoo("predict", "--model", tmp_path / "size.safetensors", data / "val"),
+                   "size.safetensors", "'input_size' must be [3, N, N]")
+
+
+def test_truncated_jpeg_in_val_stops_the_run_before_training(tmp_path, data):
+    copy = shutil.copytree(data, tmp_path / "data")
+    victim = next((copy / "val" / "grass").glob("*.png"))
+    from PIL import Image
+
+    buf = tmp_path / "full.jpg"
+    Image.open(victim).convert("RGB").resize((256, 256)).save(buf, quality=90)
+    victim.unlink()
+    (copy / "val" / "grass" / "cut.jpg").write_bytes(buf.read_bytes()[:-2000])
+    result = finetune("--data", copy, "--out", tmp_path / "o", "--data-on-device", "off")
+    one_line_error(result, "cannot read image", "cut.jpg")
+    assert result.stdout == ""  # found while scanning the data, not in validation after a trained epoch

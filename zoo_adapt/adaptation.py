@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FinetuneConfig
-from .data import Samples, check_image, image_files
+from .data import Samples, checked, image_files
 from .engine.callbacks import Callback
 from .errors import ZooAdaptError
 from .models import HeadFeatures
@@ -78,10 +78,10 @@ def target_samples(root: str | Path) -> Samples:
     files = image_files(root)
     if not files:
         raise ZooAdaptError(f"target folder {root} holds no images")
-    for f in files:
-        check_image(f)
-    files = sorted(files, key=lambda p: (p.name, p.stat().st_size, str(p)))
-    return Samples([(f, -1) for f in files], [])
+    bad = checked(files, f"target folder {root}")
+    dropped = {path for path, _ in bad}
+    files = sorted((f for f in files if f not in dropped), key=lambda p: (p.name, p.stat().st_size, str(p)))
+    return Samples([(f, -1) for f in files], [], bad)
 
 
 class Adaptation(Callback):

@@ -273,7 +273,7 @@ def methods(as_json: bool) -> None:
 @click.option("--data", required=True, type=click.Path(), help="Labelled ImageFolder (class subfolders).")
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 def evaluate(model_path: str, data: str, tta: bool, as_json: bool, batch_size: int, device: str) -> None:
     """Accuracy, top-5, per-class accuracy and confusion matrix on a labelled folder."""
@@ -295,23 +295,36 @@ def evaluate(model_path: str, data: str, tta: bool, as_json: bool, batch_size: i
               help="A model.safetensors written by zoo-adapt finetune.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
-@click.option("--top-k", default=3, show_default=True, help="Classes to show per image.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.option("--device", default="auto", show_default=True)
-def predict(model_path: str, paths: tuple[str, ...], tta: bool, top_k: int, as_json: bool, device: str) -> None:
-    """Class probabilities for images (files or folders)."""
-    from .inference import predict_paths
+@click.pass_context
+def predict(ctx: click.Context, model_path: str, paths: tuple[str, ...], tta: bool, top_k: int, as_json: bool,
+            device: str) -> None:
+    """Class probabilities for images (files or folders).
 
-    results = predict_paths(model_path, paths, tta=tta, top_k=top_k, device=device)
+    A file that cannot be read is reported on stderr, one line each, and the others are
+    still predicted (printed as they come); the exit status is then 1."""
+    from .inference import iter_predictions
+
+    results, failed = [], False
+    for r in iter_predictions(model_path, paths, tta=tta, top_k=top_k, device=device):
+        failed = failed or bool(r.error)
+        if r.error:
+            click.echo(f"Error: {_printable(r.error)}", err=True)
+        elif not as_json:
+            click.echo(f"{_printable(r.path)}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+        results.append(r)
     if as_json:
         _echo_json([r.to_dict() for r in results])
-    for r in results:
-        if r.error:
-            click.echo(f"Error: {r.error}", err=True)
-        elif not as_json:
-            click.echo(f"{r.path}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
-    if any(r.error for r in results):
-        sys.exit(1)
+    if failed:
+        ctx.exit(1)
+
+
+def _printable(text: str) -> str:
+    """Paths with bytes that are not UTF-8 (kept by Python as lone surrogates) would
+    make printing fail; show those bytes as escapes instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def main() -> None:

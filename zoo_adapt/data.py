@@ -3,63 +3,92 @@ torchvision datasets by name, and the embedded demo. Problems with the data are
 ZooAdaptErrors that name the folder or file."""
 from __future__ import annotations
 
+import logging
+import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .errors import ZooAdaptError
+from .images import check_image, check_images, open_image  # noqa: F401 (decoding lives in images.py)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation", "test")
+# the rule for unreadable images in large folders (see `checked`)
+SKIP_UNREADABLE_FROM = 1000
+MAX_SKIPPED_FRACTION = 0.01
+log = logging.getLogger("zoo_adapt")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """The image as RGB, fully decoded, or a ZooAdaptError naming the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ZooAdaptError(f"cannot read image {path}: {e}") from None
+def image_files(folder: str | Path) -> list[Path]:
+    """Images below `folder`, at any depth, sorted. Links to folders and files are
+    followed (a link loop is walked once), a file reached twice through links counts
+    once (under its first path in sorted order), and hidden names (.x, such as macOS's
+    ._x.jpg or a writer's temporary files) are skipped."""
+    return [path for path, _ in _image_files(Path(folder))]
 
 
-def check_image(path: Path) -> None:
-    """Cheap check at start-up (header and structure), so a bad file stops a run before
-    training rather than in the middle of it."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:
-        raise ZooAdaptError(f"cannot read image {path}: {e or type(e).__name__} (corrupt or "
-                            "not an image?); remove it or replace it") from None
+def _image_files(folder: Path) -> list[tuple[Path, str]]:
+    """(path as reached, real path) of each image below `folder`, sorted by path."""
+    found: list[tuple[Path, str]] = []
+    seen_dirs: set[str] = set()
 
+    def walk(path: str, real: str) -> None:
+        if real in seen_dirs:
+            return
+        seen_dirs.add(real)
+        try:
+            entries = list(os.scandir(path))
+        except OSError as e:
+            raise ZooAdaptError(f"cannot list folder {path}: {e.strerror or e}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            # a link's target is resolved; otherwise the real path follows from the folder's
+            target = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+            if entry.is_dir():
+                walk(entry.path, target)
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                found.append((Path(entry.path), target))
 
-def image_files(folder: Path) -> list[Path]:
-    """Images below `folder`, at any depth, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    walk(str(folder), os.path.realpath(folder))
+    unique, reals = [], set()
+    for path, real in sorted(found):
+        if real not in reals:
+            reals.add(real)
+            unique.append((path, real))
+    return unique
 
 
 @dataclass
 class Samples:
-    """(path, label) pairs and the class names in index order."""
+    """(path, label) pairs and the class names in index order. `skipped`: unreadable
+    images left out by scan_folder's rule for large folders, as (path, reason)."""
 
     items: list[tuple[Path, int]]
     classes: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def labels(self) -> list[int]:
         return [label for _, label in self.items]
 
 
-def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samples:
+def scan_folder(root: str | Path, classes: Sequence[str] | None = None,
+                skip_unreadable: bool | None = None) -> Samples:
     """An ImageFolder: one subfolder per class. With `classes`, labels follow that order
-    and a folder of a class outside it is an error."""
+    and a folder of a class outside it is an error.
+
+    Class folders may be links; one that is (a link to) the folder itself or one of its
+    parents, or the same folder as another class, or inside another class, is an
+    error, as is one image file in two classes. Every image is checked at once
+    (`check_images`); unreadable ones are an error, except under the rule for large
+    folders (see `checked`), or always or never with `skip_unreadable` True or False."""
     root = Path(root)
     if not root.exists():
         raise ZooAdaptError(f"data folder not found: {root}")
@@ -76,17 +105,68 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None) -> Sampl
     if unknown:
         raise ZooAdaptError(f"{root} has classes the model does not know: {', '.join(unknown[:5])}"
                             f" (model classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
-    items = []
+    _check_class_folders(root, found)
+    index = {name: i for i, name in enumerate(names)}
+    items, owner = [], {}
     for name in found:
-        files = image_files(root / name)
+        files = _image_files(root / name)
         if not files and classes is None:
             raise ZooAdaptError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-        items += [(f, names.index(name)) for f in files]
+        for path, real in files:
+            if real in owner:
+                raise ZooAdaptError(f"{owner[real]} and {path} are the same file ({real}) in two classes; "
+                                    "keep it in one")
+            owner[real] = path
+            items.append((path, index[name]))
     if not items:
         raise ZooAdaptError(f"{root} holds no images")
-    for path, _ in items:
-        check_image(path)
-    return Samples(items, names)
+    bad = checked([path for path, _ in items], str(root), skip_unreadable)
+    if bad:
+        dropped = {path for path, _ in bad}
+        items = [item for item in items if item[0] not in dropped]
+    return Samples(items, names, bad)
+
+
+def checked(paths: Sequence[Path], where: str, skip: bool | None = None) -> list[tuple[Path, str]]:
+    """Check every image (`check_images`) and return the unreadable ones to leave out,
+    or raise. The rule, when `skip` is None: in a folder of fewer than
+    SKIP_UNREADABLE_FROM (1000) images, an unreadable image is an error (it is one to
+    fix by hand); from 1000 images on, unreadable images are left out with a warning
+    naming them, as long as they are at most MAX_SKIPPED_FRACTION (1%) of the images
+    (more means a wrong folder or a damaged disk, not a few bad downloads). With `skip`
+    True they are always left out, with False never; all images bad is always an error."""
+    bad = check_images(paths)
+    if not bad:
+        return []
+    if skip is None:
+        skip = len(paths) >= SKIP_UNREADABLE_FROM and len(bad) <= MAX_SKIPPED_FRACTION * len(paths)
+    if not skip or len(bad) == len(paths):
+        more = f" ({len(bad) - 1} more unreadable images in {where})" if len(bad) > 1 else ""
+        raise ZooAdaptError(bad[0][1] + more)
+    names = ", ".join(str(path) for path, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
+    log.warning(f"skipped {len(bad)} unreadable image(s) of {len(paths)} in {where}: {names}")
+    return bad
+
+
+def _check_class_folders(root: Path, names: list[str]) -> None:
+    """Refuse class folders that would count images twice or under the wrong class."""
+    top = root.resolve()
+    real = {name: (root / name).resolve() for name in names}
+    by_real: dict[Path, str] = {}
+    for name in names:
+        where = real[name]
+        if where == top or where in top.parents:
+            raise ZooAdaptError(f"class folder {root / name} is a link to {where}, which holds the data "
+                                f"folder {root} itself; remove the link")
+        if where in by_real:
+            raise ZooAdaptError(f"class folders {root / by_real[where]} and {root / name} are the same "
+                                f"folder ({where}); keep one")
+        by_real[where] = name
+    for name in names:
+        outer = next((by_real[p] for p in real[name].parents if p in by_real), None)
+        if outer is not None:
+            raise ZooAdaptError(f"class folder {root / name} ({real[name]}) is inside class folder "
+                                f"{root / outer}; its images would count in both")
 
 
 def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
@@ -109,7 +189,7 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
         n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if len(items) > 1 else 0
         val += items[:n_val]
         train += items[n_val:]
-    return Samples(sorted(train), samples.classes), Samples(sorted(val), samples.classes)
+    return Samples(sorted(train), samples.classes, samples.skipped), Samples(sorted(val), samples.classes)
 
 
 class ImageDataset(Dataset):
@@ -124,14 +204,18 @@ class ImageDataset(Dataset):
     def with_transform(self, transform: Callable | None) -> "ImageDataset":
         return ImageDataset(self.samples, transform)
 
-    def raw(self, i: int):
-        """(the decoded PIL image, label), before the transform."""
+    def raw(self, i: int, min_side: int | None = None):
+        """(the decoded PIL image, label), before the transform; `min_side`: the shorter
+        side needed (large JPEGs decode faster below their full size)."""
         path, label = self.samples.items[i]
-        return open_image(path), label
+        return open_image(path, min_side), label
 
-    def __getitem__(self, i: int):
-        image, label = self.raw(i)
-        return (self.transform(image) if self.transform else image), label
+    def __getitem__(self, key):
+        """`key`: an index, or (index, seed) for a transform whose randomness must be the
+        image's own (see `pipeline.EpochOrder`)."""
+        i, rng = _key(key)
+        image, label = self.raw(i, getattr(self.transform, "min_side", None))
+        return (self.transform(image, rng) if self.transform else image), label
 
 
 class Transformed(Dataset):
@@ -146,13 +230,20 @@ class Transformed(Dataset):
     def with_transform(self, transform: Callable) -> "Transformed":
         return Transformed(self.base, transform, self.classes)
 
-    def raw(self, i: int):
+    def raw(self, i: int, min_side: int | None = None):
         image, label = self.base[i]
         return image.convert("RGB"), int(label)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, rng = _key(key)
         image, label = self.raw(i)
-        return self.transform(image), label
+        return self.transform(image, rng), label
+
+
+def _key(key) -> tuple[int, "random.Random | None"]:
+    if isinstance(key, tuple):
+        return key[0], random.Random(key[1])
+    return key, None
 
 
 # torchvision dataset name -> (class name, keyword arguments for train, for val)

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .backbone import Normalization
 from .pipeline import EpochOrder, _EpochBatches, batch_sizes
-from .transforms import RATIO, draft, interpolation, normalize
+from .transforms import RATIO, interpolation, normalize
 
 MAX_ASPECT = 4 / 3
 FREE_FRACTION = 0.25
@@ -59,9 +59,10 @@ class _Canvas:
 
     def __init__(self, norm: Normalization, resize: int):
         self.resize, self.side, self.mode = resize, canvas_side(resize), interpolation(norm)
+        self.min_side = resize
 
-    def __call__(self, image: Image.Image):
-        image = TF.resize(draft(image, self.resize), self.resize, interpolation=self.mode, antialias=True)
+    def __call__(self, image: Image.Image, rng=None):
+        image = TF.resize(image, self.resize, interpolation=self.mode, antialias=True)
         w, h = image.size
         cw, ch = min(w, self.side), min(h, self.side)
         image = TF.center_crop(image, [ch, cw])
@@ -78,7 +79,7 @@ class _Decoded(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        image, label = self.base.raw(i)
+        image, label = self.base.raw(i, getattr(self.transform, "min_side", None))
         return self.transform(image), label
 
 

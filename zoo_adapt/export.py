@@ -4,7 +4,10 @@ classes), with what is needed to use it in the header: classes, normalization, i
 size, backbone."""
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from torch import nn
 from . import __version__
 from .backbone import Entry, Normalization
 from .errors import ZooAdaptError
-from .weights import safetensors_metadata
+from .weights import safetensors_header
 
 FORMAT = "zoo-adapt/1"
 
@@ -38,15 +41,9 @@ class ModelCard:
 
 
 def export_model(model: nn.Module, path: str | Path, classes: list[str], image_size: int | None = None,
-                 extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> str:
+                 extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `model` (made by create_model) with its metadata, atomically; `state`:
-    weights to write instead of the model's own (a kept earlier epoch). Returns the
-    file's SHA-256, which metrics.json records."""
-    import hashlib
-
-    from safetensors.torch import save
-
-    from .files import write_bytes
+    weights to write instead of the model's own (a kept earlier epoch)."""
     from .models import backbone_of, num_classes_of
 
     backbone = backbone_of(model)
@@ -68,32 +65,104 @@ def export_model(model: nn.Module, path: str | Path, classes: list[str], image_s
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     state = model.state_dict() if state is None else state
-    data = save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, metadata=meta)
+    write_safetensors({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, path, meta)
+    return Path(path)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> str:
+    """Write a safetensors file atomically and with the permissions the umask gives any
+    other file (safetensors' own save_file writes a hidden 0600 temporary, left behind
+    when killed, and renames it, so the model came out 0600 beside 0644 outputs). Holds
+    the serialized file in memory once. Returns its SHA-256."""
+    from safetensors.torch import save
+
+    from .files import write_bytes
+
+    data = save(tensors, metadata=metadata)
     write_bytes(Path(path), data)
     return hashlib.sha256(data).hexdigest()
 
 
 def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
+    """The card of an exported model, every header field checked before it is used: a
+    damaged or crafted header is a one-line error naming the file and the field."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ZooAdaptError(f"model file not found: {path}")
-    meta = safetensors_metadata(path)
+    if not path.is_file():
+        raise ZooAdaptError(f"model file {path} is not a regular file")
+    meta, shapes = safetensors_header(path)
     if meta.get("format") != FORMAT:
         raise ZooAdaptError(f"{path} is not a zoo-adapt export (no zoo-adapt metadata in its header); "
                             "to start from plain weights use --weights with finetune")
-    try:
-        entry_d = json.loads(meta["entry"])
-        entry = Entry(name=entry_d.pop("name"), plugin=entry_d.pop("plugin"),
-                      upstream=entry_d.pop("upstream"), weights=entry_d.pop("weights", None),
-                      description=entry_d.pop("description", ""), extra=entry_d, origin=str(path))
-        norm = Normalization(mean=tuple(json.loads(meta["mean"])), std=tuple(json.loads(meta["std"])),
-                             input_size=tuple(json.loads(meta["input_size"])),
-                             interpolation=meta["interpolation"], crop_pct=float(meta["crop_pct"]))
-        card = ModelCard(meta["backbone"], entry, meta["library"], json.loads(meta["classes"]), norm,
-                         meta["head"], hflip=json.loads(meta.get("hflip", "true")))
-    except (KeyError, ValueError) as e:
-        raise ZooAdaptError(f"{path}: damaged zoo-adapt metadata ({e})") from None
+    field = _Fields(path, meta)
+    classes = field("classes", "a JSON list of distinct class names",
+                    lambda v: isinstance(v, list) and v and all(isinstance(c, str) and c for c in v)
+                    and len(set(v)) == len(v))
+    head = field("head", "the head's module name", _name, parse=str)
+    outputs = (shapes.get(f"{head}.weight") or [len(classes)])[0]
+    if outputs != len(classes):
+        raise ZooAdaptError(f"model file {path}: its header lists {len(classes)} classes but its head "
+                            f"({head}) has {outputs} outputs")
+    field("num_classes", f"{len(classes)}, the number of classes", lambda v: v == len(classes), default=None)
+    entry_d = field("entry", "a JSON object naming the backbone's plugin and upstream model",
+                    lambda v: isinstance(v, dict) and all(_name(v.get(k)) for k in ("name", "plugin", "upstream"))
+                    and isinstance(v.get("weights"), (str, type(None))) and isinstance(v.get("description", ""), str))
+    entry = Entry(name=entry_d.pop("name"), plugin=entry_d.pop("plugin"), upstream=entry_d.pop("upstream"),
+                  weights=entry_d.pop("weights", None), description=entry_d.pop("description", ""),
+                  extra=entry_d, origin=str(path))
+    norm = Normalization(
+        mean=tuple(field("mean", "a JSON list of three numbers", lambda v: _numbers(v, 3))),
+        std=tuple(field("std", "a JSON list of three positive numbers", lambda v: _numbers(v, 3) and min(v) > 0)),
+        input_size=tuple(field("input_size", f"[3, N, N] with N from 1 to {MAX_INPUT_SIDE}", _input_size)),
+        interpolation=field("interpolation", " or ".join(INTERPOLATIONS), lambda v: v in INTERPOLATIONS, parse=str),
+        crop_pct=field("crop_pct", "a number in (0, 1]", lambda v: _numbers([v], 1) and 0 < v <= 1, parse=float))
+    card = ModelCard(field("backbone", "a backbone name", _name, parse=str), entry,
+                     field("library", "a library name", _name, parse=str), classes, norm, head,
+                     hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True))
     return card, meta
+
+
+MAX_INPUT_SIDE = 4096
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # those transforms.py applies
+_MISSING = object()
+
+
+class _Fields:
+    """Reads header fields: parse, check, or a one-line error naming file and field."""
+
+    def __init__(self, path: Path, meta: dict[str, str]):
+        self.path, self.meta = path, meta
+
+    def __call__(self, key: str, want: str, check, parse=json.loads, default=_MISSING):
+        if key not in self.meta:
+            if default is not _MISSING:
+                return default
+            raise ZooAdaptError(f"model file {self.path}: its header has no '{key}' (damaged zoo-adapt metadata)")
+        raw = self.meta[key]
+        try:
+            value = parse(raw)
+            ok = bool(check(value))
+        except (ValueError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
+            raise ZooAdaptError(f"model file {self.path}: header field '{key}' must be {want}, not {shown!r}")
+        return value
+
+
+def _name(v) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _numbers(v, n: int) -> bool:
+    return (isinstance(v, list) and len(v) == n
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+
+def _input_size(v) -> bool:
+    return (isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and v[0] == 3 and v[1] == v[2] and 1 <= v[1] <= MAX_INPUT_SIDE)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:

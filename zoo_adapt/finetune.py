@@ -118,7 +118,7 @@ def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], l
                                                     lr_decay=config.lr_decay, weight_decay=config.weight_decay),
                                config.optimizer, config.momentum, fused=device.type == "cuda")
 
-    def write_model(path: Path, state: dict | None, epoch: int, **extra_meta) -> str:
+    def write_model(path: Path, state: dict | None, epoch: int, **extra_meta) -> Path:
         return export_model(model, path, data.classes, config.image_size,
                             {"epoch": epoch, "hflip": config.hflip, **extra_meta}, state=state)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -11,7 +11,7 @@ from .data import IMAGE_SUFFIXES, ImageDataset, image_files, open_image, scan_fo
 from .device import prepare, resolve_device
 from .errors import ZooAdaptError
 from .evaluation import Evaluation, evaluate, predict_proba
-from .export import load_model
+from .export import load_model, read_card
 from .pipeline import EpochOrder, LoaderBatches, default_workers
 from .transforms import EvalTransform, normalize
 
@@ -29,11 +29,15 @@ def labelled_folder(path: str | Path) -> Path:
 def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
                     device: str = "auto", workers: int | None = None) -> Evaluation:
     """Accuracy, top-5, per-class accuracy and confusion matrix of an exported model on a
-    labelled ImageFolder whose classes are (a subset of) the model's."""
+    labelled ImageFolder whose classes are (a subset of) the model's. The model's header
+    and the images are checked before the weights are loaded."""
+    if batch_size < 1:
+        raise ZooAdaptError(f"batch size must be at least 1, not {batch_size}")
+    card, _ = read_card(model_path)
+    samples = scan_folder(labelled_folder(data), classes=card.classes)
     dev = resolve_device(device)
     prepare(dev)
     model, card = load_model(model_path, dev)
-    samples = scan_folder(labelled_folder(data), classes=card.classes)
     dataset = ImageDataset(samples, EvalTransform(card.normalization))
     batches = LoaderBatches(dataset, batch_size=batch_size, norm=card.normalization, device=dev,
                             order=EpochOrder(len(dataset), shuffle=False),
@@ -54,46 +58,63 @@ class Prediction:
                 "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly or found below folders."""
-    out = []
+def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
+    """Image files named directly or found below folders, each with None or why it
+    cannot be read (no such file, not a regular file, a folder without images): one bad
+    name must not stop the others."""
+    out: list[tuple[Path, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = image_files(p)
-            if not found:
-                raise ZooAdaptError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-            out += found
+            try:
+                found = image_files(p)
+            except ZooAdaptError as e:
+                out.append((p, str(e)))
+                continue
+            out += [(f, None) for f in found] or [(p, f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")]
         elif p.is_file():
-            out.append(p)
+            out.append((p, None))
+        elif p.exists():
+            out.append((p, f"cannot read image {p}: not a regular file"))
         else:
-            raise ZooAdaptError(f"no such file or folder: {p}")
+            out.append((p, f"cannot read image {p}: no such file" + (" (a broken link)" if p.is_symlink() else "")))
     return out
 
 
 def predict_paths(model_path: str | Path, paths: Iterable[str | Path], tta: bool = False, top_k: int = 5,
                   batch_size: int = 32, device: str = "auto") -> list[Prediction]:
-    """Top-k classes with probabilities for each image; unreadable files get an error
-    entry instead of stopping the others."""
+    """Top-k classes with probabilities for each image, in the order given; a file that
+    cannot be read (missing, not a regular file, corrupt, a decompression bomb) gets an
+    error entry instead of stopping the others."""
+    return list(iter_predictions(model_path, paths, tta=tta, top_k=top_k, batch_size=batch_size, device=device))
+
+
+def iter_predictions(model_path: str | Path, paths: Iterable[str | Path], tta: bool = False, top_k: int = 5,
+                     batch_size: int = 32, device: str = "auto") -> Iterator[Prediction]:
+    """predict_paths, one batch at a time, so a caller can print results as they come."""
+    if top_k < 1:
+        raise ZooAdaptError(f"top-k must be at least 1, not {top_k}")
+    if batch_size < 1:
+        raise ZooAdaptError(f"batch size must be at least 1, not {batch_size}")
     dev = resolve_device(device)
     model, card = load_model(model_path, dev)
     transform = EvalTransform(card.normalization)
-    files = expand_paths(paths)
-    k = max(1, min(top_k, len(card.classes)))
-    results: list[Prediction] = []
-    for start in range(0, len(files), batch_size):
+    entries = expand_paths(paths)
+    k = min(top_k, len(card.classes))
+    for start in range(0, len(entries), batch_size):
+        done: list[Prediction] = []
         batch, kept = [], []
-        for f in files[start:start + batch_size]:
-            try:
-                batch.append(transform(open_image(f)))
-                kept.append(Prediction(str(f)))
-            except ZooAdaptError as e:
-                results.append(Prediction(str(f), error=str(e)))
+        for path, error in entries[start:start + batch_size]:
+            done.append(Prediction(str(path), error=error))
+            if error is None:
+                try:
+                    batch.append(transform(open_image(path)))
+                    kept.append(done[-1])
+                except ZooAdaptError as e:
+                    done[-1].error = str(e)
         if batch:
             x = normalize(torch.stack(batch).to(dev), card.normalization)
             probs = predict_proba(model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
                 pred.top = [(card.classes[c], p) for c, p in zip(i, v)]
-                results.append(pred)
-    order = {str(f): n for n, f in enumerate(files)}
-    return sorted(results, key=lambda r: order[r.path])
+        yield from done

@@ -79,14 +79,18 @@ def batch_sizes(n: int, batch_size: int) -> list[int]:
     return sizes
 
 
-class _EpochBatches(Sampler[list[int]]):
-    """An EpochOrder cut into `batch_sizes`."""
+class _EpochBatches(Sampler[list]):
+    """An EpochOrder cut into `batch_sizes`. With `seeded`, each index comes with the
+    seed of its image's augmentation in this epoch, `"seed:epoch:index"`, so what an
+    image becomes depends on neither the loader worker nor the process that reads it."""
 
-    def __init__(self, order: EpochOrder, batch_size: int):
-        self.order, self.batch_size = order, batch_size
+    def __init__(self, order: EpochOrder, batch_size: int, seeded: bool = False):
+        self.order, self.batch_size, self.seeded = order, batch_size, seeded
 
     def __iter__(self):
         indices, start = self.order.indices(), 0
+        if self.seeded:
+            indices = [(i, f"{self.order.seed}:{self.order.epoch}:{i}") for i in indices]
         for size in batch_sizes(len(indices), self.batch_size):
             yield indices[start:start + size]
             start += size
@@ -117,8 +121,8 @@ class LoaderBatches:
         self.num_samples = len(order)
         cuda = device.type == "cuda"
         extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
-        self.loader = DataLoader(dataset, batch_sampler=_EpochBatches(order, batch_size), num_workers=workers,
-                                 pin_memory=cuda, **extra)
+        self.loader = DataLoader(dataset, batch_sampler=_EpochBatches(order, batch_size, seeded=True),
+                                 num_workers=workers, pin_memory=cuda, **extra)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -100,18 +100,12 @@ class RunFolder:
 
     def read_checkpoint(self, device: torch.device | str = "cpu") -> dict[str, Any]:
         """The checkpoint, loaded without unpickling code, checked to be a zoo-adapt one."""
-        path = self.path(CHECKPOINT)
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            if "weights_only" in reason or "Unsupported" in reason or "global" in reason.lower():
-                reason = "it holds objects other than tensors and plain data (zoo-adapt never unpickles code)"
-            raise ZooAdaptError(f"cannot read {path}: {reason} (truncated, damaged or not a zoo-adapt "
-                                "checkpoint); start the run again with --overwrite") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ZooAdaptError(f"{path} is not a zoo-adapt checkpoint (or one of an older version); start the "
-                                "run again with --overwrite")
+        from .weights import CHECKPOINT_KEYS, read_checkpoint
+
+        state = read_checkpoint(self.path(CHECKPOINT), device, required=(*CHECKPOINT_KEYS, "format"))
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ZooAdaptError(f"{self.path(CHECKPOINT)} was written by another version of zoo-adapt "
+                                f"({state.get('format')!r}); start the run again with --overwrite")
         return state
 
     def begin(self, config_text: str, fresh: bool) -> None:
@@ -130,13 +124,14 @@ class RunFolder:
         torch.save(state, buffer)
         write_bytes(self.path(CHECKPOINT), buffer.getvalue())
 
-    def write_outputs(self, model_changed: bool, write_model: Callable[[Path], str],
+    def write_outputs(self, model_changed: bool, write_model: Callable[[Path], Any],
                       metrics: dict[str, Any]) -> None:
         """model.safetensors (when the kept model changed) and metrics.json, in the order
         that never lets metrics.json describe another model."""
         if model_changed or self.model_sha is None:
             remove(self.path(METRICS_FILE))
-            self.model_sha = write_model(self.path(MODEL_FILE))
+            write_model(self.path(MODEL_FILE))
+            self.model_sha = sha256(self.path(MODEL_FILE))
         write_json({**metrics, "model_sha256": self.model_sha}, self.path(METRICS_FILE))
 
     def has_checkpoint(self) -> bool:
@@ -189,6 +184,16 @@ class EpochRecorder(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kept_epoch, self.kept_state = state["kept_epoch"], state["kept_state"]
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(obj: Any, path: Path) -> None:

@@ -10,7 +10,7 @@ import random
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .backbone import Normalization
@@ -24,48 +24,63 @@ def interpolation(norm: Normalization) -> InterpolationMode:
     return _MODES.get(norm.interpolation, InterpolationMode.BILINEAR)
 
 
-def draft(image: Image.Image, min_side: int) -> Image.Image:
-    """Let the JPEG decoder skip detail we would throw away: decode at the smallest
-    power-of-two reduction whose shorter side is still at least `min_side`."""
-    if image.format == "JPEG" and min(image.size) >= 2 * min_side:
-        scale = min(image.size) / min_side
-        image.draft("RGB", (math.ceil(image.size[0] / scale), math.ceil(image.size[1] / scale)))
-    return image
-
-
 class EvalTransform:
     """Resize the shorter side to size / crop_pct, centre crop: timm's and torchvision's
-    eval recipe, giving a uint8 CHW tensor."""
+    eval recipe, giving a uint8 CHW tensor. `min_side` tells the decoder how much detail
+    is needed (see `images.open_image`)."""
 
     def __init__(self, norm: Normalization, image_size: int | None = None):
         self.size = image_size or norm.image_size
-        self.resize = norm.resize_size(self.size)
+        self.resize = self.min_side = norm.resize_size(self.size)
         self.mode = interpolation(norm)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = TF.resize(draft(image, self.resize), self.resize, interpolation=self.mode, antialias=True)
+    def __call__(self, image: Image.Image, rng=None) -> torch.Tensor:
+        image = TF.resize(image, self.resize, interpolation=self.mode, antialias=True)
         return TF.pil_to_tensor(TF.center_crop(image, self.size))
 
 
 class TrainTransform:
     """Random resized crop (fastai's min_scale 0.35: gentler than ImageNet's 0.08, which
     suits small datasets and few epochs) and, unless the data forbids it, a horizontal
-    flip; gives a uint8 CHW tensor."""
+    flip; gives a uint8 CHW tensor. The randomness comes from `rng` (one per image and
+    epoch, see `pipeline`), so it does not depend on which worker decodes the image."""
 
     def __init__(self, norm: Normalization, image_size: int | None = None, min_scale: float = 0.35,
                  hflip: bool = True):
         self.size = image_size or norm.image_size
         self.scale, self.hflip, self.mode = (min_scale, 1.0), hflip, interpolation(norm)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
         # the smallest crop keeps sqrt(min_scale * 3/4) of the shorter side
-        image = draft(image, math.ceil(self.size / math.sqrt(self.scale[0] * RATIO[0])))
-        top, left, h, w = RandomResizedCrop.get_params(image, list(self.scale), list(RATIO))
+        self.min_side = math.ceil(self.size / math.sqrt(min_scale * RATIO[0]))
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        rng = rng or random.Random()
+        top, left, h, w = crop_params(image.size[1], image.size[0], self.scale, rng)
         image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], interpolation=self.mode,
                                 antialias=True)
-        if self.hflip and random.random() < 0.5:
+        if self.hflip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
         return TF.pil_to_tensor(image)
+
+
+def crop_params(height: int, width: int, scale: tuple[float, float], rng: random.Random) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop, drawn as torchvision's
+    RandomResizedCrop.get_params draws it, from `rng`."""
+    area = height * width
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    ratio = width / height
+    if ratio < RATIO[0]:
+        w, h = width, int(round(width / RATIO[0]))
+    elif ratio > RATIO[1]:
+        w, h = int(round(height * RATIO[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class Normalized:
