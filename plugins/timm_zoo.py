@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import os
 
-from zoo_adapt import hookimpl
-from zoo_adapt.backbone import Head, LayerGroup
+from zoo_adapt.plugin_api import Head, LayerGroup, hookimpl
 
 from . import _timm
-
-PLUGIN = "timm"
 
 
 def _classifier(model) -> str:
@@ -21,20 +18,19 @@ def _classifier(model) -> str:
 
 @hookimpl
 def build_backbone(entry, pretrained):
-    if entry.plugin == PLUGIN:
-        return _timm.build(entry, pretrained, entry.weights)
+    return _timm.build(entry, pretrained, entry.weights)
 
 
 @hookimpl
 def backbone_head(entry, model):
-    if entry.plugin == PLUGIN and model is not None:
+    if model is not None:
         attr = _classifier(model)
         return Head(attr, getattr(model.get_submodule(attr), "in_features", None))
 
 
 @hookimpl
 def backbone_groups(entry, model):
-    if entry.plugin != PLUGIN or model is None:
+    if model is None:
         return None
     from timm.models import group_parameters
 
@@ -58,11 +54,10 @@ def _common_prefix(names: tuple[str, ...]) -> str:
 
 @hookimpl
 def backbone_normalization(entry, model):
-    if entry.plugin == PLUGIN and model is not None:
+    if model is not None:
         return _timm.normalization(model)
 
 
 @hookimpl
 def backbone_source(entry):
-    if entry.plugin == PLUGIN:
-        return _timm.source(entry)
+    return _timm.source(entry)

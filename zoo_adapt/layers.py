@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .backbone import backbone_of
 from .config import BN_POLICIES
 from .errors import ZooAdaptError
 
@@ -12,8 +13,6 @@ from .errors import ZooAdaptError
 def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
     """[(group name, [(param name, param), ...]), ...] stem to head, checked to hold
     every parameter exactly once."""
-    from .models import backbone_of
-
     backbone = backbone_of(model)
     groups = backbone.groups or ()
     out: list[tuple[str, list]] = [(g.name, []) for g in groups]
