@@ -37,13 +37,11 @@ def backbone_groups(entry, model):
     head = _classifier(model)
     in_head = lambda n: n.startswith(head + ".")  # noqa: E731
     grouped = group_parameters(model, model.group_matcher(coarse=True))
-    groups = []
-    for names in grouped.values():
-        body = tuple(n for n in names if not in_head(n))
-        if body:
-            groups.append(LayerGroup(_common_prefix(body) or f"group{len(groups)}", body))
-    groups.append(LayerGroup("head", (head,)))
-    return groups
+    position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    bodies = [body for body in (tuple(n for n in names if not in_head(n)) for names in grouped.values()) if body]
+    bodies.sort(key=lambda body: min(position[n] for n in body))  # stem to head in parameter order
+    groups = [LayerGroup(_common_prefix(body) or f"group{i}", body) for i, body in enumerate(bodies)]
+    return groups + [LayerGroup("head", (head,))]
 
 
 def _common_prefix(names: tuple[str, ...]) -> str:

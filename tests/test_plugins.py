@@ -251,6 +251,30 @@ def test_malformed_answers_name_the_plugin(plugin):
         zoo_adapt.create_model("resnet18", pretrained=False)
 
 
+class ReversedGroups:
+    @override("resnet18")
+    def backbone_groups(self, entry):
+        body = [LayerGroup(f"layer{i}", (f"layer{i}",)) for i in range(4, 0, -1)]
+        return body + [LayerGroup("stem", ("conv1", "bn1")), LayerGroup("head", ("fc",))]
+
+
+def test_groups_out_of_order_are_rejected_not_trained(plugin):
+    plugin(ReversedGroups(), "reversed")
+    with pytest.raises(ZooAdaptError, match=r"plugin 'reversed'.*'layer1\.0\.conv1\.weight' \(group 'layer1'\) "
+                       r"comes after group 'stem'; groups must run stem to head"):
+        zoo_adapt.create_model("resnet18", pretrained=False)
+
+
+def test_export_names_the_weights_the_model_started_from(tmp_path):
+    from zoo_adapt.export import export_model
+    from zoo_adapt.weights import safetensors_metadata
+
+    model = zoo_adapt.create_model("resnet18", num_classes=2, pretrained=False)
+    path = export_model(model, tmp_path / "scratch.safetensors", ["a", "b"])
+    assert safetensors_metadata(path)["pretrained_weights"] == "None"  # not the entry's IMAGENET1K_V1
+    assert zoo_adapt.create_model("resnet18", weights=path).zoo_adapt.initial_weights == str(path)
+
+
 def test_builtins_come_through_the_entry_point_group_using_only_the_public_api():
     by_name = {p.name: p for p in installed_plugins()}
     for name in ("resnet", "efficientnet", "vit", "timm", "efficientnet_lite0", "adaptation"):

@@ -115,6 +115,9 @@ class Backbone:
     groups: tuple[LayerGroup, ...] | None
     num_groups: int | None
     answered_by: dict[str, str] = field(default_factory=dict)
+    # What create_model started the weights from: the zoo's tag ("default" when the
+    # entry names none), a weights file, or None for random initialisation.
+    initial_weights: str | None = None
 
     @property
     def name(self) -> str:

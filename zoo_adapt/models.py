@@ -117,7 +117,8 @@ def create_model(name: str | Entry, num_classes: int | None = None, pretrained: 
         raise PluginError(f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, "
                           "not a torch.nn.Module", plugin, "build_backbone")
     backbone = describe(entry, model)
-    backbone = dataclasses.replace(backbone, head=_live_head(model, backbone),
+    initial = str(file) if file else (entry.weights or "default") if pretrained else None
+    backbone = dataclasses.replace(backbone, head=_live_head(model, backbone), initial_weights=initial,
                                    answered_by={"build_backbone": plugin, **backbone.answered_by})
     model.zoo_adapt = backbone
     group_parameters(model)  # fail now, naming the plugin, if its groups are wrong
