@@ -68,9 +68,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if _pm is None:
         pm = pluggy.PluginManager("zoo_adapt")
         pm.add_hookspecs(hookspecs)
-        for name in [*os.environ.get(DISABLE_VAR, "").split(","), *_blocked_here]:
-            if name.strip():
-                pm.set_blocked(name.strip())
+        for name in [*_disabled_by_environment(), *_blocked_here]:
+            pm.set_blocked(name)
         _pm = pm
         try:
             _load_entry_points(pm)
@@ -81,6 +80,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
     while _pending:
         _load(_pm, _entry_points[_pending.pop(0)])
     return _pm
+
+
+def _disabled_by_environment() -> list[str]:
+    return [n.strip() for n in os.environ.get(DISABLE_VAR, "").split(",") if n.strip()]
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
@@ -222,7 +225,7 @@ def disabled(names: Iterable[str]) -> Iterator[None]:
     finally:
         for n in names:
             _blocked_here.remove(n)
-            if _pm is None:
+            if _pm is None or n in _disabled_by_environment():
                 continue
             _pm.unblock(n)
             if n in kept:
