@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo_adapt.adaptation import AdaptationMethod, grad_reverse
+from zoo_adapt.plugin_api import AdaptationMethod, grad_reverse
 
 
 class DomainClassifier(nn.Module):

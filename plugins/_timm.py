@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import difflib
 
-from zoo_adapt.backbone import Entry, Normalization, Source
-from zoo_adapt.errors import ZooAdaptError
-from zoo_adapt.hub import download_failed, hf_hub_cached, reachable
+from zoo_adapt.plugin_api import (
+    Entry,
+    Normalization,
+    Source,
+    ZooAdaptError,
+    download_failed,
+    hf_hub_cached,
+    reachable,
+)
 
 
 def build(entry: Entry, pretrained: bool, tag: str | None, **kwargs):

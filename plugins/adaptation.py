@@ -1,7 +1,7 @@
 """The built-in domain-adaptation methods: DANN (Ganin et al., JMLR 2016) and MCC
 (Jin et al., ECCV 2020). Registered like any third party's; the torch code is imported
 only when a method is built."""
-from zoo_adapt import hookimpl
+from zoo_adapt.plugin_api import hookimpl
 
 
 def make_dann(in_features, num_classes, config):

@@ -1,26 +1,32 @@
-"""torchvision EfficientNet-B0..B7 and EfficientNetV2-S/M/L."""
+"""torchvision EfficientNet-B0..B7 and EfficientNetV2-S/M/L. The names users type and
+their default weights are in registry.toml; here are the architecture facts."""
 from __future__ import annotations
 
-from zoo_adapt import hookimpl
-from zoo_adapt.backbone import IMAGENET, INCEPTION, Head, LayerGroup, Normalization
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.plugin_api import (
+    IMAGENET,
+    INCEPTION,
+    Head,
+    LayerGroup,
+    Normalization,
+    ZooAdaptError,
+    hookimpl,
+)
 
 from . import _torchvision
 
-PLUGIN = "efficientnet"
-# upstream id: (penultimate width, number of stages in `features`, default weights)
+# upstream id: (penultimate width, number of stages in `features`)
 ARCHS = {
-    "efficientnet_b0": (1280, 7, "IMAGENET1K_V1"),
-    "efficientnet_b1": (1280, 7, "IMAGENET1K_V2"),
-    "efficientnet_b2": (1408, 7, "IMAGENET1K_V1"),
-    "efficientnet_b3": (1536, 7, "IMAGENET1K_V1"),
-    "efficientnet_b4": (1792, 7, "IMAGENET1K_V1"),
-    "efficientnet_b5": (2048, 7, "IMAGENET1K_V1"),
-    "efficientnet_b6": (2304, 7, "IMAGENET1K_V1"),
-    "efficientnet_b7": (2560, 7, "IMAGENET1K_V1"),
-    "efficientnet_v2_s": (1280, 6, "IMAGENET1K_V1"),
-    "efficientnet_v2_m": (1280, 7, "IMAGENET1K_V1"),
-    "efficientnet_v2_l": (1280, 7, "IMAGENET1K_V1"),
+    "efficientnet_b0": (1280, 7),
+    "efficientnet_b1": (1280, 7),
+    "efficientnet_b2": (1408, 7),
+    "efficientnet_b3": (1536, 7),
+    "efficientnet_b4": (1792, 7),
+    "efficientnet_b5": (2048, 7),
+    "efficientnet_b6": (2304, 7),
+    "efficientnet_b7": (2560, 7),
+    "efficientnet_v2_s": (1280, 6),
+    "efficientnet_v2_m": (1280, 7),
+    "efficientnet_v2_l": (1280, 7),
 }
 # (upstream, weights): (crop, resize, interpolation, stats, file), from torchvision's enums
 RECIPES = {
@@ -40,55 +46,43 @@ RECIPES = {
 
 
 def _arch(entry):
-    if entry.plugin != PLUGIN:
-        return None
     if entry.upstream not in ARCHS:
-        raise ZooAdaptError(f"plugin efficientnet serves {', '.join(ARCHS)}, not {entry.upstream!r}")
+        raise ZooAdaptError(f"plugin {entry.plugin} serves {', '.join(ARCHS)}, not {entry.upstream!r}")
     return ARCHS[entry.upstream]
-
-
-def _tag(entry) -> str:
-    default = ARCHS[entry.upstream][2]
-    return default if entry.weights in (None, "DEFAULT") else entry.weights
 
 
 @hookimpl
 def build_backbone(entry, pretrained):
-    if _arch(entry):
-        return _torchvision.build(entry, pretrained, _tag(entry))
+    _arch(entry)
+    return _torchvision.build(entry, pretrained)
 
 
 @hookimpl
 def backbone_head(entry):
-    arch = _arch(entry)
-    if arch:
-        return Head("classifier.1", arch[0])
+    return Head("classifier.1", _arch(entry)[0])
 
 
 @hookimpl
 def backbone_groups(entry):
-    arch = _arch(entry)
-    if arch:
-        stages = arch[1]
-        return [LayerGroup("stem", ("features.0",))] + [
-            LayerGroup(f"stage{i}", (f"features.{i}",)) for i in range(1, stages + 1)] + [
-            LayerGroup("head_conv", (f"features.{stages + 1}",)),
-            LayerGroup("head", ("classifier",))]
+    stages = _arch(entry)[1]
+    return ([LayerGroup("stem", ("features.0",))]
+            + [LayerGroup(f"stage{i}", (f"features.{i}",)) for i in range(1, stages + 1)]
+            + [LayerGroup("head_conv", (f"features.{stages + 1}",)), LayerGroup("head", ("classifier",))])
 
 
 @hookimpl
-def backbone_normalization(entry):
-    if _arch(entry):
-        recipe = RECIPES.get((entry.upstream, _tag(entry)))
-        if recipe is None:
-            raise ZooAdaptError(f"torchvision has no weights {_tag(entry)!r} for {entry.upstream}")
-        crop, resize, interpolation, stats, _ = recipe
-        return Normalization(**stats, input_size=(3, crop, crop), interpolation=interpolation,
-                             crop_pct=crop / resize)
+def backbone_normalization(entry, model):
+    tag = _torchvision.tag(entry, model)
+    if tag is None:
+        return None
+    recipe = RECIPES.get((entry.upstream, tag))
+    if recipe is None:
+        raise ZooAdaptError(f"torchvision has no weights {tag!r} for {entry.upstream}")
+    crop, resize, interpolation, stats, _ = recipe
+    return Normalization(**stats, input_size=(3, crop, crop), interpolation=interpolation,
+                         crop_pct=crop / resize)
 
 
 @hookimpl
 def backbone_source(entry):
-    if _arch(entry):
-        files = {key: recipe[-1] for key, recipe in RECIPES.items()}
-        return _torchvision.source(entry, _tag(entry), files)
+    return _torchvision.source(entry, {key: recipe[-1] for key, recipe in RECIPES.items()})

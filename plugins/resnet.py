@@ -1,21 +1,13 @@
-"""torchvision ResNet-18/34/50/101/152 with torchvision's weight enums."""
+"""torchvision ResNet-18/34/50/101/152 with torchvision's weight enums. The names users
+type and their default weights are in registry.toml; here are the architecture facts."""
 from __future__ import annotations
 
-from zoo_adapt import hookimpl
-from zoo_adapt.backbone import IMAGENET, Head, LayerGroup, Normalization
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.plugin_api import IMAGENET, Head, LayerGroup, Normalization, ZooAdaptError, hookimpl
 
 from . import _torchvision
 
-PLUGIN = "resnet"
-# upstream id: (penultimate width, default weights)
-ARCHS = {
-    "resnet18": (512, "IMAGENET1K_V1"),
-    "resnet34": (512, "IMAGENET1K_V1"),
-    "resnet50": (2048, "IMAGENET1K_V2"),
-    "resnet101": (2048, "IMAGENET1K_V2"),
-    "resnet152": (2048, "IMAGENET1K_V2"),
-}
+# upstream id: penultimate width
+WIDTH = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
 # Shorter side before the 224 crop, per weights recipe (torchvision's ImageClassification).
 RESIZE = {"IMAGENET1K_V1": 256, "IMAGENET1K_V2": 232}
 WEIGHT_FILES = {
@@ -30,49 +22,39 @@ WEIGHT_FILES = {
 }
 
 
-def _arch(entry):
-    if entry.plugin != PLUGIN:
-        return None
-    if entry.upstream not in ARCHS:
-        raise ZooAdaptError(f"plugin resnet serves {', '.join(ARCHS)}, not {entry.upstream!r}")
-    return ARCHS[entry.upstream]
-
-
-def _tag(entry) -> str:
-    tag = entry.weights or ARCHS[entry.upstream][1]
-    return ARCHS[entry.upstream][1] if tag == "DEFAULT" else tag
+def _width(entry) -> int:
+    if entry.upstream not in WIDTH:
+        raise ZooAdaptError(f"plugin {entry.plugin} serves {', '.join(WIDTH)}, not {entry.upstream!r}")
+    return WIDTH[entry.upstream]
 
 
 @hookimpl
 def build_backbone(entry, pretrained):
-    if _arch(entry):
-        return _torchvision.build(entry, pretrained, _tag(entry))
+    _width(entry)
+    return _torchvision.build(entry, pretrained)
 
 
 @hookimpl
 def backbone_head(entry):
-    arch = _arch(entry)
-    if arch:
-        return Head("fc", arch[0])
+    return Head("fc", _width(entry))
 
 
 @hookimpl
 def backbone_groups(entry):
-    if _arch(entry):
-        return [LayerGroup("stem", ("conv1", "bn1"))] + [
-            LayerGroup(f"layer{i}", (f"layer{i}",)) for i in range(1, 5)] + [
-            LayerGroup("head", ("fc",))]
+    _width(entry)
+    return ([LayerGroup("stem", ("conv1", "bn1"))]
+            + [LayerGroup(f"layer{i}", (f"layer{i}",)) for i in range(1, 5)]
+            + [LayerGroup("head", ("fc",))])
 
 
 @hookimpl
-def backbone_normalization(entry):
-    if _arch(entry):
-        resize = RESIZE.get(_tag(entry), 256)
+def backbone_normalization(entry, model):
+    tag = _torchvision.tag(entry, model)
+    if tag:
         return Normalization(**IMAGENET, input_size=(3, 224, 224), interpolation="bilinear",
-                             crop_pct=224 / resize)
+                             crop_pct=224 / RESIZE.get(tag, 256))
 
 
 @hookimpl
 def backbone_source(entry):
-    if _arch(entry):
-        return _torchvision.source(entry, _tag(entry), WEIGHT_FILES)
+    return _torchvision.source(entry, WEIGHT_FILES)

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import os
 
-from zoo_adapt import hookimpl
-from zoo_adapt.backbone import Head, LayerGroup
+from zoo_adapt.plugin_api import Head, LayerGroup, hookimpl
 
 from . import _timm
-
-PLUGIN = "timm"
 
 
 def _classifier(model) -> str:
@@ -21,33 +18,30 @@ def _classifier(model) -> str:
 
 @hookimpl
 def build_backbone(entry, pretrained):
-    if entry.plugin == PLUGIN:
-        return _timm.build(entry, pretrained, entry.weights)
+    return _timm.build(entry, pretrained, entry.weights)
 
 
 @hookimpl
 def backbone_head(entry, model):
-    if entry.plugin == PLUGIN and model is not None:
+    if model is not None:
         attr = _classifier(model)
         return Head(attr, getattr(model.get_submodule(attr), "in_features", None))
 
 
 @hookimpl
 def backbone_groups(entry, model):
-    if entry.plugin != PLUGIN or model is None:
+    if model is None:
         return None
     from timm.models import group_parameters
 
     head = _classifier(model)
     in_head = lambda n: n.startswith(head + ".")  # noqa: E731
     grouped = group_parameters(model, model.group_matcher(coarse=True))
-    groups = []
-    for names in grouped.values():
-        body = tuple(n for n in names if not in_head(n))
-        if body:
-            groups.append(LayerGroup(_common_prefix(body) or f"group{len(groups)}", body))
-    groups.append(LayerGroup("head", (head,)))
-    return groups
+    position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    bodies = [body for body in (tuple(n for n in names if not in_head(n)) for names in grouped.values()) if body]
+    bodies.sort(key=lambda body: min(position[n] for n in body))  # stem to head in parameter order
+    groups = [LayerGroup(_common_prefix(body) or f"group{i}", body) for i, body in enumerate(bodies)]
+    return groups + [LayerGroup("head", (head,))]
 
 
 def _common_prefix(names: tuple[str, ...]) -> str:
@@ -58,11 +52,10 @@ def _common_prefix(names: tuple[str, ...]) -> str:
 
 @hookimpl
 def backbone_normalization(entry, model):
-    if entry.plugin == PLUGIN and model is not None:
+    if model is not None:
         return _timm.normalization(model)
 
 
 @hookimpl
 def backbone_source(entry):
-    if entry.plugin == PLUGIN:
-        return _timm.source(entry)
+    return _timm.source(entry)

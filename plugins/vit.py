@@ -4,13 +4,10 @@ works as in BEiT/MAE fine-tuning. Any timm VisionTransformer can be used as
 `vit/<timm name>`."""
 from __future__ import annotations
 
-from zoo_adapt import hookimpl
-from zoo_adapt.backbone import INCEPTION, Head, LayerGroup, Normalization
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.plugin_api import INCEPTION, Head, LayerGroup, Normalization, ZooAdaptError, hookimpl
 
 from . import _timm
 
-PLUGIN = "vit"
 # upstream id: (width, depth), for answers that need no model
 KNOWN = {
     "vit_tiny_patch16_224": (192, 12),
@@ -22,10 +19,6 @@ KNOWN = {
 AUGREG = Normalization(**INCEPTION, input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.9)
 
 
-def _mine(entry) -> bool:
-    return entry.plugin == PLUGIN
-
-
 def _shape(entry, model):
     if model is not None:
         return model.num_features, len(model.blocks)
@@ -34,36 +27,33 @@ def _shape(entry, model):
 
 @hookimpl
 def build_backbone(entry, pretrained):
-    if not _mine(entry):
-        return None
     # dynamic_img_size: any input size works, and the state dict keeps the plain
     # model's shapes, so exports load into timm.create_model(name, num_classes=N).
     model = _timm.build(entry, pretrained, entry.weights, dynamic_img_size=True)
     if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
-        raise ZooAdaptError(f"plugin vit serves timm Vision Transformers; {entry.upstream!r} is "
+        raise ZooAdaptError(f"plugin {entry.plugin} serves timm Vision Transformers; {entry.upstream!r} is "
                             f"not one (try timm/{entry.upstream})")
     return model
 
 
 @hookimpl
 def backbone_head(entry, model):
-    if _mine(entry) and _shape(entry, model):
-        return Head("head", _shape(entry, model)[0])
+    shape = _shape(entry, model)
+    if shape:
+        return Head("head", shape[0])
 
 
 @hookimpl
 def backbone_groups(entry, model):
-    if _mine(entry) and _shape(entry, model):
-        depth = _shape(entry, model)[1]
+    shape = _shape(entry, model)
+    if shape:
         return ([LayerGroup("embed", ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"))]
-                + [LayerGroup(f"block{i}", (f"blocks.{i}",)) for i in range(depth)]
+                + [LayerGroup(f"block{i}", (f"blocks.{i}",)) for i in range(shape[1])]
                 + [LayerGroup("neck", ("norm", "fc_norm", "attn_pool")), LayerGroup("head", ("head",))])
 
 
 @hookimpl
 def backbone_normalization(entry, model):
-    if not _mine(entry):
-        return None
     if model is not None:
         return _timm.normalization(model)
     if entry.upstream in KNOWN and entry.weights and entry.weights.startswith("augreg"):
@@ -73,5 +63,4 @@ def backbone_normalization(entry, model):
 
 @hookimpl
 def backbone_source(entry):
-    if _mine(entry):
-        return _timm.source(entry)
+    return _timm.source(entry)

@@ -2,13 +2,14 @@
 scikit-image and scikit-learn."""
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pytest
 from click.testing import CliRunner
 
-import zoo_adapt
 from zoo_adapt.cli import cli
+from zoo_adapt.testing import registered
 
 
 @pytest.fixture
@@ -24,16 +25,14 @@ def run_cli():
 
 @pytest.fixture
 def plugin():
-    """Register test plugins for one test, unregister them afterwards."""
-    names = []
+    """Register test plugins for one test (zoo_adapt.testing.registered, as a plugin's
+    own tests would), unregister them afterwards."""
+    with contextlib.ExitStack() as stack:
+        def register(obj, name):
+            stack.enter_context(registered(obj, name))
+            return obj
 
-    def register(obj, name):
-        names.append(zoo_adapt.register_plugin(obj, name))
-        return obj
-
-    yield register
-    for name in names:
-        zoo_adapt.unregister_plugin(name)
+        yield register
 
 
 @pytest.fixture

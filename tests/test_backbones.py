@@ -1,5 +1,6 @@
-"""Every registered backbone, randomly initialised at a small input: head swap, layer
-groups, freezing, per-group rates, and that `list`'s static facts match the model."""
+"""Every registered backbone, randomly initialised at a small input: the checks any
+plugin's backbone must pass (zoo_adapt.testing: head swap, layer groups, static facts,
+export), then freezing and per-group rates."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,8 @@ import torchvision
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import zoo_adapt
-from zoo_adapt.backbone import describe
+from zoo_adapt import testing
+from zoo_adapt.answers import describe
 from zoo_adapt.registry import entries
 
 NAMES = list(entries())
@@ -31,22 +33,12 @@ def plain_upstream(library: str, upstream: str, num_classes: int):
 
 
 def test_head_swap_gives_n_outputs(model):
-    with torch.no_grad():
-        out = model.eval()(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, N)
-    assert zoo_adapt.backbone_of(model).head.in_features == model.get_submodule(
-        model.zoo_adapt.head.attr).in_features
+    testing.check_head_swap(model, N)
 
 
 def test_groups_cover_every_parameter_once_in_order(model):
-    groups = zoo_adapt.group_parameters(model)
-    owner = {n: i for i, (_, params) in enumerate(groups) for n, _ in params}
-    names = [n for n, _ in model.named_parameters()]
-    assert sorted(owner) == sorted(names) and len(owner) == len(names)
-    order = [owner[n] for n in names]
-    assert order == sorted(order), "groups must run stem to head in parameter order"
-    assert groups[-1][0] == "head"
-    assert {n for n, _ in groups[-1][1]} >= {n for n in names if n.startswith(model.zoo_adapt.head.attr + ".")}
+    testing.check_groups(model)
+    assert zoo_adapt.group_parameters(model)[-1][0] == "head"  # the built-ins' convention
 
 
 @pytest.mark.parametrize("k", [0, 1, -1, "last-but-one"])
@@ -85,13 +77,11 @@ def test_param_groups_carry_the_expected_rates(model):
 
 
 def test_static_facts_match_the_built_model(model):
-    static, live = describe(model.zoo_adapt.entry), model.zoo_adapt
-    assert static.head == live.head
-    assert static.num_groups == live.num_groups
-    assert static.normalization == live.normalization
+    testing.check_static_facts(model)
+    static = describe(model.zoo_adapt.entry)  # and `list` knows them all for the built-ins
+    assert None not in (static.head, static.num_groups, static.normalization)
 
 
-def test_state_dict_fits_the_plain_upstream_model(model):
+def test_export_loads_into_the_plain_upstream_model(model, tmp_path):
     b = model.zoo_adapt
-    plain = plain_upstream(b.source.library, b.entry.upstream, N)
-    plain.load_state_dict(model.state_dict(), strict=True)
+    testing.check_export(model, tmp_path, upstream=lambda n: plain_upstream(b.source.library, b.entry.upstream, n))

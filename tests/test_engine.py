@@ -21,7 +21,7 @@ from zoo_adapt.feature_cache import FeatureBatches, extract_features
 from zoo_adapt.finetune import finetune
 from zoo_adapt.optim import make_optimizer, param_groups, stage_schedule
 from zoo_adapt.pipeline import EpochOrder, LoaderBatches, batch_sizes
-from zoo_adapt.transforms import EvalTransform, normalize
+from zoo_adapt.transforms import EvalTransform
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 

@@ -6,7 +6,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import ZooAdaptError
-from .hookspecs import hookimpl
+from .hookspecs import hookimpl, override
 
 try:
     __version__ = version("zoo-adapt")
@@ -15,7 +15,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 # public name -> module that defines it
 _LAZY = {
-    "describe": "backbone", "Backbone": "backbone", "Entry": "backbone", "Head": "backbone",
+    "describe": "answers", "Backbone": "backbone", "Entry": "backbone", "Head": "backbone",
     "LayerGroup": "backbone", "Normalization": "backbone", "Source": "backbone",
     "add_registry": "registry", "resolve": "registry", "entries": "registry",
     "register_plugin": "plugins", "unregister_plugin": "plugins",
@@ -25,7 +25,7 @@ _LAZY = {
     "layer_lrs": "optim", "param_groups": "optim",
 }
 
-__all__ = ["ZooAdaptError", "hookimpl", "__version__", *_LAZY]
+__all__ = ["ZooAdaptError", "hookimpl", "override", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

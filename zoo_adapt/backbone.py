@@ -1,8 +1,9 @@
-"""What a backbone is, as plain data: no torch here, so `zoo-adapt list` stays fast.
+"""What a backbone is, as plain data: no torch and no plugin machinery here, so plugins
+and `zoo-adapt list` import it cheaply.
 
 A plugin answers questions about a registry entry (its head, layer groups,
 normalization, where its weights come from); :func:`zoo_adapt.describe`
-collects the answers into a :class:`Backbone`.
+(in answers.py) collects the answers into a :class:`Backbone`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ZooAdaptError
-from .plugins import ask, plugin_names
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Entry:
     # input_size, mean, std, interpolation, crop_pct) or options a plugin reads.
     extra: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # the registry file or plugin that named it
+    # What a user registry file did, for `zoo-adapt list` to say so: "re-points resnet50
+    # (was resnet/resnet50, registry.toml)" or "renames resnet50"; "" otherwise.
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "plugin": self.plugin, "upstream": self.upstream,
@@ -112,50 +115,19 @@ class Backbone:
     groups: tuple[LayerGroup, ...] | None
     num_groups: int | None
     answered_by: dict[str, str] = field(default_factory=dict)
+    # What create_model started the weights from: the zoo's tag ("default" when the
+    # entry names none), a weights file, or None for random initialisation.
+    initial_weights: str | None = None
 
     @property
     def name(self) -> str:
         return self.entry.name
 
 
-def describe(backbone: "str | Entry", model: Any = None) -> Backbone:
-    """Ask the plugins about a backbone. Without `model`, only what they know statically
-    (plus static facts the registry entry declares); with it, the full answer."""
-    from .registry import resolve
-
-    entry = resolve(backbone) if isinstance(backbone, str) else backbone
-    if entry.plugin not in plugin_names():
-        raise ZooAdaptError(f"backbone {entry.name!r} needs plugin {entry.plugin!r}, which is not "
-                            "installed (see `zoo-adapt plugins`)")
-    answered: dict[str, str] = {}
-
-    def get(hook: str, kind: type, **kwargs: Any) -> Any:
-        plugin, value = ask(hook, entry=entry, **kwargs)
-        if value is None:
-            return None
-        if isinstance(value, list) and kind is tuple:
-            value = tuple(value)
-        if not isinstance(value, kind) or (kind is tuple and not all(
-                isinstance(g, LayerGroup) for g in value)):
-            raise ZooAdaptError(f"plugin {plugin!r} answered {hook} for {entry.name!r} with "
-                                f"{type(value).__name__}, not {kind.__name__}")
-        answered[hook] = plugin
-        return value
-
-    x = entry.extra
-    head = get("backbone_head", Head, model=model)
-    if head is None and "head" in x:
-        head, answered["backbone_head"] = Head(x["head"], x.get("in_features")), entry.origin
-    groups = get("backbone_groups", tuple, model=model)
-    norm = get("backbone_normalization", Normalization, model=model)
-    if norm is None and "mean" in x and "std" in x:
-        norm, answered["backbone_normalization"] = Normalization.from_dict(x), entry.origin
-    source = get("backbone_source", Source) or Source(library="unknown", status="unknown")
-    if model is not None:
-        for hook, value in (("backbone_head", head), ("backbone_groups", groups),
-                            ("backbone_normalization", norm)):
-            if value is None:
-                raise ZooAdaptError(f"no plugin answered {hook} for backbone {entry.name!r} "
-                                    f"(plugin {entry.plugin!r})")
-    num_groups = len(groups) if groups else x.get("num_groups")
-    return Backbone(entry, head, norm, source, groups, num_groups, answered)
+def backbone_of(model: Any) -> Backbone:
+    """The description create_model attached to `model` (as ``model.zoo_adapt``)."""
+    card = getattr(model, "zoo_adapt", None)
+    if not isinstance(card, Backbone):
+        raise ZooAdaptError("this model was not made by zoo_adapt.create_model, so its head and "
+                            "layer groups are unknown")
+    return card

@@ -2,34 +2,84 @@
 torch only when they need it, so `zoo-adapt list` answers quickly."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import traceback
+import warnings
+from typing import Iterator
 
 import click
 
 from . import __version__
-from .errors import ZooAdaptError
+from .errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, debugging
 
 
 class _Group(click.Group):
-    """Turns ZooAdaptError into one line on stderr and exit status 1."""
+    """Turns ZooAdaptError into one line on stderr and exit status 1 (the traceback
+    with --debug or ZOO_ADAPT_DEBUG=1)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ZooAdaptError as e:
-            raise click.ClickException(str(e)) from e
+            if debugging():
+                raise
+            raise click.ClickException(str(e)) from None
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Plugin problems (a broken or colliding plugin) as one `warning:` line each on
+    stderr, for this command only."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ZooAdaptWarning):
+                click.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", ZooAdaptWarning)
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _debugging() -> Iterator[None]:
+    """--debug: $ZOO_ADAPT_DEBUG for this command (plugins and workers see it too)."""
+    before = os.environ.get(DEBUG_VAR)
+    os.environ[DEBUG_VAR] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(DEBUG_VAR, None)
+        else:
+            os.environ[DEBUG_VAR] = before
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zoo-adapt")
 @click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False),
               metavar="FILE", help="Also read backbone names from this registry file (repeatable; "
-              "$ZOO_ADAPT_REGISTRY works too).")
-def cli(registries: tuple[str, ...]) -> None:
+              "$ZOO_ADAPT_REGISTRY works too). It may re-point or rename names.")
+@click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
+              help="Skip this plugin (repeatable; $ZOO_ADAPT_DISABLE_PLUGINS=a,b works too).")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error "
+              "($ZOO_ADAPT_DEBUG=1 works too).")
+@click.pass_context
+def cli(ctx: click.Context, registries: tuple[str, ...], disable: tuple[str, ...], debug: bool) -> None:
     """Adapt pretrained vision backbones to your own images."""
+    from .plugins import disabled
     from .registry import add_registry
 
+    if debug:
+        ctx.with_resource(_debugging())
+    ctx.with_resource(_one_line_warnings())
+    ctx.with_resource(disabled(disable))
     for path in registries:
         add_registry(path)
 
@@ -68,18 +118,29 @@ def _card(backbone) -> dict:
         "input_size": list(n.input_size) if n else None,
         "mean": list(n.mean) if n else None, "std": list(n.std) if n else None,
         "interpolation": n.interpolation if n else None, "crop_pct": n.crop_pct if n else None,
-        "description": e.description,
+        "description": e.description, "origin": e.origin, "note": e.note or None,
     }
+
+
+def _listed(entry) -> dict:
+    """The card of one backbone; a plugin that cannot answer spoils only its own row."""
+    from .answers import describe
+    from .backbone import Backbone, Source
+
+    try:
+        return _card(describe(entry))
+    except ZooAdaptError as e:
+        card = _card(Backbone(entry, None, None, Source("?", status="unusable"), None, None))
+        return {**card, "problem": str(e)}
 
 
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def list_(as_json: bool) -> None:
     """Every named backbone, with its head, groups, input and weights availability."""
-    from .backbone import describe
     from .registry import entries
 
-    cards = [_card(describe(e)) for e in entries().values()]
+    cards = [_listed(e) for e in entries().values()]
     if as_json:
         return _echo_json(cards)
     rows = [[c["name"], c["plugin"], c["source"], c["upstream"], c["head"] or "?",
@@ -89,13 +150,19 @@ def list_(as_json: bool) -> None:
                        "STATS", "WEIGHTS"], rows))
     click.echo("\nWEIGHTS: bundled = shipped in an installed package, cached = downloaded "
                "before, download = needs the network (use --no-pretrained or --weights offline).")
+    for c in cards:
+        if c["note"]:
+            click.echo(f"{c['name']}: {c['note']}, by {c['origin']}")
+        if c.get("problem"):
+            click.echo(f"{c['name']}: unusable: {c['problem']}")
 
 
 @cli.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def info(name: str, as_json: bool) -> None:
-    """Layer groups (with parameter counts), head and input of one backbone.
+    """Layer groups (with parameter counts), head and input of one backbone, and which
+    plugin gave each answer.
 
     Builds the model with random weights: nothing is downloaded."""
     from .layers import group_parameters
@@ -112,6 +179,12 @@ def info(name: str, as_json: bool) -> None:
     click.echo(f"{card['name']}: {card['description']}")
     click.echo(f"  plugin {card['plugin']} -> {card['source']} {card['upstream']}, "
                f"weights {card['weights']} ({card['weights_status']})")
+    click.echo(f"  named in {card['origin']}" + (f"; {card['note']}" if card["note"] else ""))
+    by: dict[str, list[str]] = {}
+    for hook, who in card["answered_by"].items():
+        override = " (override)" if who not in (card["plugin"], card["origin"]) else ""
+        by.setdefault(f"{who}{override}", []).append(hook)
+    click.echo("  answered by: " + "; ".join(f"{who}: {', '.join(hooks)}" for who, hooks in by.items()))
     click.echo(f"  head: {card['head']} ({card['in_features']} features -> N classes)")
     click.echo(f"  input: {'x'.join(map(str, card['input_size']))}, {card['interpolation']}, "
                f"crop {card['crop_pct']:.3f}, mean {card['mean']}, std {card['std']}")
@@ -124,7 +197,8 @@ def info(name: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def plugins(as_json: bool) -> None:
-    """Installed plugins, their distribution and the backbones each serves."""
+    """Installed plugins: distribution, status (ok, broken, disabled), what each serves
+    and which answers of other plugins it overrides."""
     from .methods import adaptation_methods
     from .plugins import installed_plugins
     from .registry import entries
@@ -136,13 +210,20 @@ def plugins(as_json: bool) -> None:
     for m in adaptation_methods().values():
         methods_.setdefault(m.plugin, []).append(m.name)
     infos = [{"name": p.name, "module": p.module, "distribution": p.distribution,
-              "version": p.version, "hooks": list(p.hooks), "backbones": served.get(p.name, []),
-              "methods": methods_.get(p.name, [])} for p in installed_plugins()]
+              "version": p.version, "status": p.status, "problem": p.problem, "hooks": list(p.hooks),
+              "backbones": served.get(p.name, []), "methods": methods_.get(p.name, []),
+              "overrides": [{"backbone": b, "hook": h} for b, h in p.overrides]}
+             for p in installed_plugins()]
     if as_json:
         return _echo_json(infos)
-    rows = [[p["name"], f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
-             ", ".join(p["backbones"] + [f"{m} (adaptation)" for m in p["methods"]]) or "-"] for p in infos]
-    click.echo(_table(["PLUGIN", "DISTRIBUTION", "SERVES"], rows))
+    rows = [[p["name"], p["status"], f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
+             ", ".join(p["backbones"] + [f"{m} (adaptation)" for m in p["methods"]]
+                       + [f"{o['hook']} of {o['backbone']} (override)" for o in p["overrides"]]) or "-"]
+            for p in infos]
+    click.echo(_table(["PLUGIN", "STATUS", "DISTRIBUTION", "SERVES"], rows))
+    for p in infos:
+        if p["problem"]:
+            click.echo(f"{p['name']}: {p['problem']}")
 
 
 def _config_options(fn):
@@ -259,12 +340,13 @@ def methods(as_json: bool) -> None:
     """Installed domain-adaptation methods (for finetune --adapt)."""
     from .methods import adaptation_methods
 
-    found = [{"name": m.name, "plugin": m.plugin, "description": m.description}
-             for m in adaptation_methods().values()]
+    found = [{"name": m.name, "plugin": m.plugin, "description": m.description,
+              "replaces": list(m.replaces)} for m in adaptation_methods().values()]
     if as_json:
         return _echo_json(found)
-    click.echo(_table(["METHOD", "PLUGIN", "DESCRIPTION"], [[m["name"], m["plugin"], m["description"]]
-                                                           for m in found]))
+    click.echo(_table(["METHOD", "PLUGIN", "DESCRIPTION"], [
+        [m["name"], m["plugin"] + "".join(f" (overrides {r})" for r in m["replaces"]), m["description"]]
+        for m in found]))
 
 
 @cli.command()
@@ -329,25 +411,25 @@ def _printable(text: str) -> str:
 
 def main() -> None:
     """Entry point: every error is one line on stderr (usage errors exit 2, others 1;
-    Ctrl-C 130, SIGTERM 143). ZOO_ADAPT_DEBUG=1 adds the traceback."""
-    import os
-
-    debug = os.environ.get("ZOO_ADAPT_DEBUG", "").lower() in ("1", "true", "yes")
+    Ctrl-C 130, SIGTERM 143); with --debug or ZOO_ADAPT_DEBUG=1 the traceback too (a
+    plugin's failure with the plugin's own traceback as its cause)."""
     try:
         code = cli.main(prog_name="zoo-adapt", standalone_mode=False)
+    except ZooAdaptError:  # reaches here only when debugging: see _Group
+        traceback.print_exc()
+        code = 1
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
         click.echo(f"Error: {e.format_message()}{hint}", err=True)
         code = e.exit_code
     except click.ClickException as e:
-        _traceback(debug)
         click.echo(f"Error: {e.format_message()}", err=True)
         code = e.exit_code
     except (click.Abort, KeyboardInterrupt) as e:
         # click turns KeyboardInterrupt and EOFError into Abort; look at what it was
         cause = e.__cause__ or e.__context__ if isinstance(e, click.Abort) else e
         if isinstance(cause, EOFError):
-            _traceback(debug)
+            _traceback()
             click.echo(f"Error: unexpected end of a file ({cause or 'EOF'})", err=True)
             code = 1
         else:
@@ -355,16 +437,14 @@ def main() -> None:
             click.echo(message, err=True)
             code = 143 if getattr(cause, "signal_name", "SIGINT") == "SIGTERM" else 130
     except Exception as e:  # a bug, or a failure we did not foresee: still one line
-        _traceback(debug)
+        _traceback()
         click.echo(f"Error: {_unexpected(e)}", err=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _traceback(debug: bool) -> None:
-    if debug:
-        import traceback
-
+def _traceback() -> None:
+    if debugging():
         traceback.print_exc()
 
 

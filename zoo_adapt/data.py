@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from torch.utils.data import Dataset
 
 from .errors import ZooAdaptError

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ def export_model(model: nn.Module, path: str | Path, classes: list[str], image_s
     meta = {
         "format": FORMAT, "zoo_adapt_version": __version__,
         "backbone": backbone.name, "plugin": backbone.entry.plugin, "upstream": backbone.entry.upstream,
-        "library": backbone.source.library, "pretrained_weights": str(backbone.entry.weights),
+        "library": backbone.source.library, "pretrained_weights": str(backbone.initial_weights),
         "entry": json.dumps(backbone.entry.to_dict()), "head": backbone.head.attr,
         "num_classes": str(len(classes)), "classes": json.dumps(list(classes)),
         "mean": json.dumps(list(norm.mean)), "std": json.dumps(list(norm.std)),

@@ -1,29 +1,58 @@
-"""Every hook a zoo-adapt plugin can implement. Backbone questions are `firstresult`:
-plugins are asked in pluggy's order (tryfirst first, later-registered before earlier)
-and the first answer that is not None wins, so a plugin overrides another's answer
-for one model by answering for it with `@hookimpl(tryfirst=True)`.
+"""Every hook a zoo-adapt plugin can implement.
+
+Backbone hooks (those taking `entry`) are routed: zoo-adapt asks only the plugin that
+serves the entry (``entry.plugin``), so a plugin never checks whether an entry is its
+own. Another plugin answers instead only where it says so with :func:`override`, for
+the backbones it names. Plugins whose implementations of a hook are all wrappers
+(``@hookimpl(wrapper=True)``) see every call of it.
+
+Required for a plugin that serves backbones: build_backbone, backbone_head,
+backbone_groups, backbone_normalization. Optional: register_backbones, backbone_source,
+convert_state_dict; register_adaptation_methods for methods.
 
 Hooks taking `model` are asked twice: with `model=None` when zoo-adapt must answer
 without building anything (`zoo-adapt list`, which never imports torch), and with the
-built module otherwise. Answer None for entries that are not yours.
+built module otherwise. With `model=None`, answer from static knowledge or return None.
 """
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
 import pluggy
 
 hookspec = pluggy.HookspecMarker("zoo_adapt")
 hookimpl = pluggy.HookimplMarker("zoo_adapt")
+OVERRIDES_ATTR = "zoo_adapt_overrides"
+F = TypeVar("F", bound=Callable)
+
+
+def override(*backbones: str) -> Callable[[F], F]:
+    """Mark a backbone hook implementation as answering for `backbones` (names users
+    type), which another plugin serves. It is then asked instead of that plugin, for
+    these names only; `zoo-adapt info NAME` shows it under "answered by"."""
+    if not backbones or not all(isinstance(b, str) and b for b in backbones):
+        raise TypeError("override() takes the backbone names it answers for, e.g. override('resnet50')")
+
+    def mark(function: F) -> F:
+        setattr(function, OVERRIDES_ATTR, frozenset(backbones))
+        return hookimpl(function)
+
+    return mark
 
 
 @hookspec
 def register_backbones(register):
-    """Name backbones in code, as registry.toml does in a file.
+    """Name backbones in code, as registry.toml does in a file (optional).
 
     Call ``register(name, upstream, weights=None, description="", **extra)``; the
-    entry is served by the calling plugin. Must not import torch."""
+    entry is served by the calling plugin. A name that zoo-adapt or another plugin
+    already uses is a collision, reported with both sides, unless you pass
+    ``override=True``. Must not import torch."""
 
 
 @hookspec(firstresult=True)
 def build_backbone(entry, pretrained):
-    """Build the plain upstream ``nn.Module`` for `entry`, with its original head.
+    """Build the plain upstream ``nn.Module`` for `entry`, with its original head (required).
 
     `pretrained`: load the zoo's weights named by ``entry.weights`` (a tag such as
     torchvision's ``IMAGENET1K_V2`` or a timm pretrained tag; None for the zoo's
@@ -34,33 +63,36 @@ def build_backbone(entry, pretrained):
 
 @hookspec(firstresult=True)
 def backbone_head(entry, model):
-    """Return a :class:`zoo_adapt.backbone.Head`: the attribute path of the classifier
-    that zoo-adapt replaces with an N-class ``nn.Linear``, and its in-features."""
+    """Return a :class:`~zoo_adapt.plugin_api.Head` (required): the attribute path of
+    the classifier that zoo-adapt replaces with an N-class ``nn.Linear``, and its
+    in-features."""
 
 
 @hookspec(firstresult=True)
 def backbone_groups(entry, model):
     """Return the layer groups, stem to head, as a list of
-    :class:`zoo_adapt.backbone.LayerGroup`. Together they must hold every parameter
-    exactly once, and the last group must be the head. Used for freezing and for
-    per-group learning rates."""
+    :class:`~zoo_adapt.plugin_api.LayerGroup` (required). Together they must hold every
+    parameter exactly once, and the last group must be the head. Used for freezing and
+    for per-group learning rates."""
 
 
 @hookspec(firstresult=True)
 def backbone_normalization(entry, model):
-    """Return a :class:`zoo_adapt.backbone.Normalization`: mean, std, input size,
-    interpolation and crop fraction the pretrained weights expect."""
+    """Return a :class:`~zoo_adapt.plugin_api.Normalization` (required): mean, std,
+    input size, interpolation and crop fraction the pretrained weights expect."""
 
 
 @hookspec(firstresult=True)
 def backbone_source(entry):
-    """Return a :class:`zoo_adapt.backbone.Source`: the library of the architecture, the
-    default weights and whether they are available offline now. Must not import torch."""
+    """Return a :class:`~zoo_adapt.plugin_api.Source` (optional): the library of the
+    architecture, the default weights and whether they are available offline now.
+    Must not import torch."""
 
 
 @hookspec(firstresult=True)
 def convert_state_dict(entry, state_dict, model):
-    """Rename a foreign checkpoint's tensors to the model's own names, or return None.
+    """Rename a foreign checkpoint's tensors to the model's own names, or return None
+    (optional).
 
     Called when a weights file's keys do not match `model` (for example weights
     published for another implementation of the same architecture)."""
@@ -68,10 +100,15 @@ def convert_state_dict(entry, state_dict, model):
 
 @hookspec
 def register_adaptation_methods(register):
-    """Offer domain-adaptation methods for ``zoo-adapt finetune --target-data``.
+    """Offer domain-adaptation methods for ``zoo-adapt finetune --target-data`` (optional).
 
     Call ``register(name, factory, description="")``. ``factory(in_features,
-    num_classes, config)`` returns a :class:`zoo_adapt.adaptation.AdaptationMethod`: an
-    ``nn.Module`` holding the method's extra modules, whose ``loss(...)`` gives the
+    num_classes, config)`` returns a :class:`~zoo_adapt.plugin_api.AdaptationMethod`:
+    an ``nn.Module`` holding the method's extra modules, whose ``loss(...)`` gives the
     per-step loss from source and target features and logits, and the figures to log.
-    Must not import torch at import time."""
+    A name another plugin uses is a collision unless you pass ``override=True``.
+    Must not import torch at import time: import it inside the factory."""
+
+
+BACKBONE_HOOKS = ("build_backbone", "backbone_head", "backbone_groups", "backbone_normalization",
+                  "backbone_source", "convert_state_dict")

@@ -5,24 +5,29 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .backbone import backbone_of
 from .config import BN_POLICIES
 from .errors import ZooAdaptError
 
 
 def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
     """[(group name, [(param name, param), ...]), ...] stem to head, checked to hold
-    every parameter exactly once."""
-    from .models import backbone_of
-
+    every parameter exactly once, in the model's parameter order (groups listed head
+    first would otherwise freeze the head and train the stem, silently)."""
     backbone = backbone_of(model)
     groups = backbone.groups or ()
     out: list[tuple[str, list]] = [(g.name, []) for g in groups]
     blame = f"layer groups of {backbone.name!r} (plugin {backbone.answered_by.get('backbone_groups')!r})"
+    latest = 0
     for name, param in model.named_parameters():
         owners = [i for i, g in enumerate(groups) if g.owns(name)]
         if len(owners) != 1:
             where = "no group" if not owners else f"{len(owners)} groups"
             raise ZooAdaptError(f"{blame}: parameter {name!r} is in {where}, not exactly one")
+        if owners[0] < latest:
+            raise ZooAdaptError(f"{blame}: parameter {name!r} (group {groups[owners[0]].name!r}) comes after "
+                                f"group {groups[latest].name!r}; groups must run stem to head")
+        latest = owners[0]
         out[owners[0]][1].append((name, param))
     empty = [n for n, params in out if not params]
     if empty:

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import Backbone, Entry, Head, describe
-from .errors import ZooAdaptError
+from .answers import describe
+from .backbone import Backbone, Entry, Head, backbone_of
+from .errors import PluginError, ZooAdaptError
 from .layers import group_parameters
-from .plugins import ask
 from .registry import resolve
+from .routing import ask
 from .weights import fit_report, looks_like_path, read_state_dict
 
 
@@ -34,14 +35,6 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def head_of(model: nn.Module) -> nn.Linear:
     return get_submodule(model, backbone_of(model).head.attr)
-
-
-def backbone_of(model: nn.Module) -> Backbone:
-    card = getattr(model, "zoo_adapt", None)
-    if not isinstance(card, Backbone):
-        raise ZooAdaptError("this model was not made by zoo_adapt.create_model, so its head and "
-                            "layer groups are unknown")
-    return card
 
 
 class HeadFeatures:
@@ -116,15 +109,17 @@ def create_model(name: str | Entry, num_classes: int | None = None, pretrained: 
         else:
             entry = dataclasses.replace(entry, weights=str(weights))
     state = read_state_dict(file) if file else None
-    plugin, model = ask("build_backbone", entry=entry, pretrained=bool(pretrained and file is None))
+    plugin, model = ask(entry, "build_backbone", pretrained=bool(pretrained and file is None))
     if model is None:
-        raise ZooAdaptError(f"no plugin built backbone {entry.name!r} (plugin {entry.plugin!r} "
-                            "is installed but did not answer for it)")
+        raise PluginError(f"plugin {plugin!r} did not build backbone {entry.name!r} (build_backbone "
+                          "returned None)", plugin, "build_backbone")
     if not isinstance(model, nn.Module):
-        raise ZooAdaptError(f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, "
-                            "not a torch.nn.Module")
+        raise PluginError(f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, "
+                          "not a torch.nn.Module", plugin, "build_backbone")
     backbone = describe(entry, model)
-    backbone = dataclasses.replace(backbone, head=_live_head(model, backbone))
+    initial = str(file) if file else (entry.weights or "default") if pretrained else None
+    backbone = dataclasses.replace(backbone, head=_live_head(model, backbone), initial_weights=initial,
+                                   answered_by={"build_backbone": plugin, **backbone.answered_by})
     model.zoo_adapt = backbone
     group_parameters(model)  # fail now, naming the plugin, if its groups are wrong
     if state is not None:
@@ -144,7 +139,7 @@ def _fit_state_dict(model: nn.Module, entry: Entry, state: dict, file: Path) -> 
     own = model.state_dict()
     head = model.zoo_adapt.head.attr
     if fit_report(own, state, skip=(head,)) is not None:
-        plugin, converted = ask("convert_state_dict", entry=entry, state_dict=state, model=model)
+        _, converted = ask(entry, "convert_state_dict", state_dict=state, model=model)
         if converted is not None:
             state = converted
     problem = fit_report(own, state, skip=(head,))

@@ -1,9 +1,14 @@
-"""Names users type: the built-in registry.toml, names plugins register in code, and
-the user's own registry files (`--registry FILE` or $ZOO_ADAPT_REGISTRY), later ones
-winning. `plugin/upstream` (e.g. `timm/convnext_tiny`) names any model a plugin serves
-without a registry entry."""
+"""Names users type: zoo-adapt's registry.toml, names plugins register in code, and the
+user's own registry files (`--registry FILE` or $ZOO_ADAPT_REGISTRY), applied last.
+
+registry.toml and plugins claim names under one rule (claims.py): a collision is
+reported naming both sides, never settled silently by load order. A user file may
+deliberately re-point a name (a table of the same name) or rename one (``rename =
+"old"``); `zoo-adapt list` says so. `plugin/upstream` (e.g. `timm/convnext_tiny`) names
+any model a plugin serves without a registry entry."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -18,17 +23,22 @@ else:  # pragma: no cover
 
 from . import plugins
 from .backbone import Entry
+from .claims import Claim, settle
 from .errors import ZooAdaptError
-from .plugins import call_each, plugin_names
+from .plugins import plugin_info, plugin_names, report
+from .routing import each
 
 ENV_VAR = "ZOO_ADAPT_REGISTRY"
+BUILTIN = "registry.toml"
 _FIELDS = ("plugin", "upstream", "weights", "description")
 _user_files: list[Path] = []
-_cache: tuple[int, dict[str, Entry]] | None = None
+_cache: tuple[int, dict[str, Entry], dict[str, str]] | None = None
 
 
 def builtin_registry_file() -> Path:
-    return Path(str(files("zoo_adapt") / "registry.toml"))
+    """The repository's top-level registry.toml (zoo_adapt/registry.toml links to it,
+    and a wheel carries it as a file)."""
+    return Path(str(files("zoo_adapt") / BUILTIN))
 
 
 def add_registry(path: str | os.PathLike) -> None:
@@ -71,52 +81,96 @@ def parse_entries(table: dict[str, Any], origin: str, plugin: str | None = None)
     return entries
 
 
-def _read(path: Path) -> dict[str, Entry]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            table = tomllib.load(f)
+            return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ZooAdaptError(f"registry file {path} is not valid TOML: {e}") from e
     except OSError as e:
         raise ZooAdaptError(f"cannot read registry file {path}: {e.strerror}") from e
-    return parse_entries(table, str(path))
 
 
-def _from_plugins() -> dict[str, Entry]:
-    entries: dict[str, Entry] = {}
+def _from_plugins() -> list[Claim]:
+    """The names plugins register, as claims (a plugin that fails meanwhile claims none)."""
+    claims: dict[str, list[Claim]] = {}
 
     def kwargs_for(plugin: str):
-        def register(name: str, upstream: str, weights: str | None = None,
-                     description: str = "", **extra: Any) -> None:
+        info = plugin_info(plugin)
+
+        def register(name: str, upstream: str, weights: str | None = None, description: str = "",
+                     override: bool = False, **extra: Any) -> None:
             spec = dict(upstream=upstream, weights=weights, description=description, **extra)
-            entries.update(parse_entries({name: spec}, f"plugin {plugin}", plugin=plugin))
+            entry = parse_entries({name: spec}, f"plugin {plugin}", plugin=plugin)[name]
+            claims.setdefault(plugin, []).append(Claim(name, entry, info.label, info.shipped, bool(override)))
         return {"register": register}
 
-    call_each("register_backbones", kwargs_for)
-    return entries
+    return [c for plugin in each("register_backbones", kwargs_for) for c in claims.get(plugin, [])]
 
 
-def entries() -> dict[str, Entry]:
-    """Every named backbone, in registry order."""
+def _user_file(known: dict[str, Entry], contested: dict[str, str], path: Path) -> dict[str, Entry]:
+    """Apply one user registry file: new names, re-pointed names, renamed names."""
+    for name, spec in _read(path).items():
+        spec = dict(spec) if isinstance(spec, dict) else spec
+        old_name = spec.pop("rename", None) if isinstance(spec, dict) else None
+        note = ""
+        if old_name is not None:
+            base = known.get(old_name)
+            if base is None:
+                why = "its plugins collide; define the name with plugin and upstream instead" \
+                    if old_name in contested else "no backbone has that name"
+                raise ZooAdaptError(f"{path}: [{name}] renames {old_name!r}, but {why}")
+            spec = {**{k: v for k, v in base.to_dict().items() if k != "name"}, **spec}
+            known = {(name if k == old_name else k): v for k, v in known.items()}
+            note = f"renames {old_name} ({base.origin})"
+        entry = parse_entries({name: spec}, str(path))[name]
+        old = known.get(name)
+        if not note and name in contested:
+            note = "settles a collision of plugins"
+        elif not note and old is not None:
+            note = f"re-points {name} (was {old.plugin}/{old.upstream}, {old.origin})"
+        contested.pop(name, None)
+        known[name] = dataclasses.replace(entry, note=note)
+    return known
+
+
+def _load() -> tuple[dict[str, Entry], dict[str, str]]:
+    files_ = registry_files()
+    shipped = parse_entries(_read(files_[0]), BUILTIN)
+    claims = [Claim(n, e, f"zoo-adapt's {BUILTIN}", shipped=True) for n, e in shipped.items()]
+    settled = settle(claims + _from_plugins(), "backbone name")
+    for problem in settled.problems:
+        report(problem)
+    known = {name: claim.value for name, claim in settled.winners.items()}
+    contested = dict(settled.contested)
+    for path in files_[1:]:
+        known = _user_file(known, contested, path)
+    return known, contested
+
+
+def _loaded() -> tuple[dict[str, Entry], dict[str, str]]:
     global _cache
     plugins.get_plugin_manager()
     if _cache is None or _cache[0] != plugins.generation:
-        files_ = registry_files()
-        merged = _read(files_[0])
-        merged.update(_from_plugins())
-        for path in files_[1:]:
-            merged.update(_read(path))
-        _cache = (plugins.generation, merged)
-    return dict(_cache[1])
+        known, contested = _load()
+        _cache = (plugins.generation, known, contested)
+    return _cache[1], _cache[2]
+
+
+def entries() -> dict[str, Entry]:
+    """Every usable backbone name, in registry order."""
+    return dict(_loaded()[0])
 
 
 def resolve(name: str) -> Entry:
     """The entry for a name users typed, or a one-line error suggesting close names."""
-    known = entries()
+    known, contested = _loaded()
     if name in known:
         return known[name]
+    if name in contested:
+        raise ZooAdaptError(contested[name])
     plugin, sep, upstream = name.partition("/")
-    if sep and upstream and plugin in plugin_names():
+    if sep and upstream and plugin_info(plugin) is not None:
         return Entry(name=name, plugin=plugin, upstream=upstream, origin="command line")
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -1,0 +1,51 @@
+"""What an adaptation method is: the base class plugins subclass, and the gradient
+reversal layer. Torch only, no training loop: a plugin (or its tests) imports this
+without pulling in zoo-adapt's engine. The loop that uses methods is adaptation.py."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by -lambda (Ganin et
+    al. 2016). Whatever sits behind it learns to make what is in front of it fail."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        ctx.lambda_ = float(lambda_)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.lambda_ * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lambda_: float) -> torch.Tensor:
+    return GradientReversal.apply(x, lambda_)
+
+
+class AdaptationMethod(nn.Module):
+    """Base class of adaptation methods. Submodules (a domain classifier, say) are trained
+    at the head's learning rate, or at ``--adapt-option lr=...``; override `param_groups`
+    for more. `config` is the run's FinetuneConfig (its adapt_weight, adapt_options...)."""
+
+    def __init__(self, in_features: int, num_classes: int, config: Any):
+        super().__init__()
+        self.in_features, self.num_classes, self.config = in_features, num_classes, config
+
+    def loss(self, source_features: torch.Tensor, target_features: torch.Tensor,
+             source_logits: torch.Tensor, target_logits: torch.Tensor,
+             progress: float) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The method's loss term for one step (added to the source cross-entropy) and the
+        figures to log (tensors or numbers; averaged over the epoch). `progress` is the
+        fraction of all optimizer steps done."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        lr = float(self.config.adapt_options.get("lr", lr))
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "adaptation",
+                 "group_index": -1}] if params else []

@@ -1,0 +1,137 @@
+"""The checks every backbone and every adaptation method must pass, as functions a
+plugin calls from its own tests; zoo-adapt's tests run the same checks over its
+built-in backbones (tests/test_backbones.py). Each check raises AssertionError saying
+what is wrong. `registered` puts a plugin in place for a test, even where an installed
+copy of it is loaded too:
+
+    from zoo_adapt.testing import check_backbone, registered
+    import my_plugin
+
+    def test_my_backbone(tmp_path):
+        with registered(my_plugin, "mine"):  # "mine": the plugin's entry-point name
+            check_backbone("my_backbone", tmp_path)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .answers import describe
+from .backbone import backbone_of
+from .layers import group_parameters
+from .models import create_model, get_submodule, num_classes_of, set_submodule
+from .plugins import standing_in as registered
+from .routing import ask
+
+__all__ = ["registered", "check_backbone", "check_head_swap", "check_groups", "check_static_facts",
+           "check_export", "check_adaptation_method"]
+
+
+def check_backbone(name: str, tmp_path: str | Path, num_classes: int = 3, image_size: int = 64,
+                   upstream: Callable[[int], nn.Module] | None = None) -> nn.Module:
+    """Every check below on backbone `name`, built with random weights; returns the model."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, pretrained=False)
+    check_head_swap(model, num_classes, image_size)
+    check_groups(model)
+    check_static_facts(model)
+    check_export(model, tmp_path, upstream)
+    return model
+
+
+def check_head_swap(model: nn.Module, num_classes: int, image_size: int = 64) -> None:
+    """The swapped head gives `num_classes` outputs, and the plugin's head width is right."""
+    head = backbone_of(model).head
+    live = get_submodule(model, head.attr)
+    assert isinstance(live, nn.Linear) and live.out_features == num_classes, \
+        f"head {head.attr!r} is {live}, not an nn.Linear with {num_classes} outputs"
+    assert head.in_features == live.in_features, f"head width {head.in_features} != {live.in_features}"
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 3, image_size, image_size))
+    assert tuple(out.shape) == (2, num_classes), f"output shape {tuple(out.shape)}, not (2, {num_classes})"
+
+
+def check_groups(model: nn.Module) -> None:
+    """The layer groups hold every parameter exactly once, run stem to head in parameter
+    order, and the last one holds the head."""
+    groups = group_parameters(model)  # raises naming the plugin if a parameter is in 0 or 2 groups
+    owner = {n: i for i, (_, params) in enumerate(groups) for n, _ in params}
+    names = [n for n, _ in model.named_parameters()]
+    assert sorted(owner) == sorted(names), "the groups do not hold exactly the model's parameters"
+    order = [owner[n] for n in names]
+    late = next((n for n, a, b in zip(names[1:], order, order[1:]) if b < a), None)
+    assert late is None, f"groups must run stem to head in parameter order; {late!r} comes back to an earlier group"
+    head = backbone_of(model).head.attr
+    assert all(owner[n] == len(groups) - 1 for n in names if n.startswith(head + ".")), \
+        f"the last group ({groups[-1][0]!r}) must hold the head {head!r}"
+
+
+def check_static_facts(model: nn.Module) -> None:
+    """What `zoo-adapt list` says without building (head, number of groups,
+    normalization) agrees with the built model, wherever the plugin says anything."""
+    live = backbone_of(model)
+    static = describe(live.entry)
+    if static.head is not None:
+        assert static.head.attr == live.head.attr, f"static head {static.head.attr!r} != {live.head.attr!r}"
+        assert static.head.in_features in (None, live.head.in_features), \
+            f"static head width {static.head.in_features} != {live.head.in_features}"
+    if static.num_groups is not None:
+        assert static.num_groups == live.num_groups, f"static {static.num_groups} groups != {live.num_groups}"
+    if static.normalization is not None:
+        assert static.normalization == live.normalization, \
+            f"static normalization {static.normalization} != {live.normalization}"
+
+
+def check_export(model: nn.Module, tmp_path: str | Path,
+                 upstream: Callable[[int], nn.Module] | None = None) -> None:
+    """The exported model.safetensors loads strictly into the plain upstream model with N
+    classes: `upstream(N)` when given (the zoo's own constructor), else the plugin's
+    build_backbone with its original head replaced by an N-way nn.Linear."""
+    from .export import export_model
+    from .weights import read_state_dict
+
+    live, n = backbone_of(model), num_classes_of(model)
+    path = Path(tmp_path) / f"{live.name.replace('/', '_')}.safetensors"
+    export_model(model, path, [f"class{i}" for i in range(n)])
+    plain = upstream(n) if upstream else _plain_upstream(live, n)
+    try:
+        plain.load_state_dict(read_state_dict(path), strict=True)
+    except RuntimeError as e:
+        raise AssertionError(f"the export does not load into the upstream model: {e}") from None
+
+
+def _plain_upstream(live, num_classes: int) -> nn.Module:
+    _, plain = ask(live.entry, "build_backbone", pretrained=False)
+    old = get_submodule(plain, live.head.attr)
+    set_submodule(plain, live.head.attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return plain
+
+
+def check_adaptation_method(name: str, in_features: int = 16, num_classes: int = 3, batch: int = 4,
+                            config: Any = None):
+    """Method `name` builds, gives a finite scalar loss and loggable figures from random
+    features and logits, passes gradients back, and its state round-trips; returns it."""
+    from .adaptation_method import AdaptationMethod
+    from .config import FinetuneConfig
+    from .methods import make_method
+
+    config = config or FinetuneConfig(adapt=name)
+    torch.manual_seed(0)
+    method = make_method(name, in_features, num_classes, config)
+    inputs = [torch.randn(batch, k, requires_grad=True) for k in (in_features, in_features, num_classes, num_classes)]
+    loss, figures = method.loss(*inputs, 0.5)
+    assert isinstance(method, AdaptationMethod)
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss), f"loss {loss!r}"
+    assert isinstance(figures, dict) and all(isinstance(v, (int, float, torch.Tensor)) for v in figures.values()), \
+        f"figures must be a dict of numbers or tensors, not {figures!r}"
+    loss.backward()
+    grads = [t.grad for t in [*inputs, *method.parameters()] if t.grad is not None]
+    assert any(g.abs().sum() > 0 for g in grads), "the loss passes no gradient to features, logits or the method"
+    own = {id(p) for p in method.parameters()}
+    for group in method.param_groups(1e-3, 0.01):
+        assert all(id(p) in own for p in group["params"]), "param_groups hands out parameters not the method's"
+    make_method(name, in_features, num_classes, config).load_state_dict(method.state_dict())
+    return method
