@@ -255,8 +255,11 @@ def _config_options(fn):
 @click.option("--adapt-option", "adapt_options", multiple=True, metavar="KEY=VALUE",
               help="A further option of the adaptation method, e.g. temperature=2.5 for mcc (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (never one that is running).")
+@click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train data-parallel in N processes on this machine (one per GPU): hands the command to "
+              "torchrun's launcher. torchrun itself works too: torchrun --nproc-per-node N -m zoo_adapt finetune ...")
 @click.pass_context
-def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **options) -> None:
+def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc: int | None, **options) -> None:
     """Fine-tune a pretrained backbone on labelled images.
 
     With no --data and no --dataset it runs the embedded demo (photographs from
@@ -267,14 +270,20 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **opt
     from .config import build_config
     from .finetune import finetune as run
 
+    from . import distributed
+
+    if nproc and not distributed.launched().active:
+        ctx.exit(distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc-per-node")))
     given = {k: v for k, v in options.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     if "adapt_options" in given:
         given["adapt_options"] = _key_values(given["adapt_options"])
     config = build_config(given, config_file)
+    main_process = distributed.launched().main
     with _stop_on_sigterm():
-        result = run(config, log=click.echo, overwrite=overwrite)
-    _print_result(result.metrics, result.out)
+        result = run(config, log=click.echo if main_process else None, overwrite=overwrite)
+    if main_process:
+        _print_result(result.metrics, result.out)
 
 
 class Terminated(KeyboardInterrupt):
@@ -413,6 +422,7 @@ def main() -> None:
     """Entry point: every error is one line on stderr (usage errors exit 2, others 1;
     Ctrl-C 130, SIGTERM 143); with --debug or ZOO_ADAPT_DEBUG=1 the traceback too (a
     plugin's failure with the plugin's own traceback as its cause)."""
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
     try:
         code = cli.main(prog_name="zoo-adapt", standalone_mode=False)
     except ZooAdaptError:  # reaches here only when debugging: see _Group
@@ -423,7 +433,9 @@ def main() -> None:
         click.echo(f"Error: {e.format_message()}{hint}", err=True)
         code = e.exit_code
     except click.ClickException as e:
-        click.echo(f"Error: {e.format_message()}", err=True)
+        agreed = getattr(e.__context__, "seen_by", None) is not None  # every process has it: rank 0 says it
+        if rank == "0" or not agreed:
+            click.echo(f"Error: {'' if rank == '0' else f'(rank {rank}) '}{e.format_message()}", err=True)
         code = e.exit_code
     except (click.Abort, KeyboardInterrupt) as e:
         # click turns KeyboardInterrupt and EOFError into Abort; look at what it was
@@ -434,7 +446,8 @@ def main() -> None:
             code = 1
         else:
             message = getattr(cause, "message", None) or "interrupted"
-            click.echo(message, err=True)
+            if rank == "0":
+                click.echo(message, err=True)
             code = 143 if getattr(cause, "signal_name", "SIGINT") == "SIGTERM" else 130
     except Exception as e:  # a bug, or a failure we did not foresee: still one line
         _traceback()

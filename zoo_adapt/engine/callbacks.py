@@ -82,7 +82,7 @@ class Compile(Callback):
     Shapes are static: the last, smaller batch of an epoch gets its own graph rather than
     turning every batch's graph into a slower dynamic-shape one."""
 
-    order = -10  # wrap before anything else wraps (distributed training)
+    order = -10  # after DataParallel (-20): compiles the DDP-wrapped network
 
     def __init__(self, mode: str | None = None, backend: str = "inductor"):
         self.mode, self.backend, self.seconds = mode, backend, 0.0
@@ -90,8 +90,8 @@ class Compile(Callback):
         self._stage: int | None = None
 
     def setup(self, loop) -> None:
-        loop.network = loop.eval_network = torch.compile(loop.network, mode=self.mode, backend=self.backend,
-                                                             dynamic=False)
+        loop.add_wrapper(lambda network: torch.compile(network, mode=self.mode, backend=self.backend,
+                                                       dynamic=False))
 
     def epoch_start(self, loop, epoch: int) -> None:
         self._timing = loop.plan[epoch] != self._stage

@@ -129,7 +129,10 @@ class Loop:
                  eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
                  device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None):
         self.model = model
-        self.network = self.eval_network = network or model
+        self.base_network = self.network = self.eval_network = network or model
+        self._wrappers: list[tuple[Callable[[nn.Module], nn.Module], bool]] = []
+        self.world = 1  # processes training together (set by the DataParallel callback)
+        self.all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # sums across them
         self.train, self.val, self.classes, self.plan = train, val, list(classes), list(plan)
         self.optimizer, self.task = optimizer, task or SingleLabel()
         self.seed, self.bn, self.eval_body, self.select = seed, bn, eval_body, select
@@ -148,7 +151,23 @@ class Loop:
         self.stopped: str | None = None  # a callback's reason to end the run early
         self._emit("setup")
 
-    # -- what callbacks and the job read -------------------------------------------
+    # -- what callbacks and the job read and change ---------------------------------
+    def add_wrapper(self, wrap: Callable[[nn.Module], nn.Module], train_only: bool = False) -> None:
+        """Run the network wrapped (compiled, distributed): wrappers apply in the order
+        they are added, to the training network and, unless `train_only`, to the
+        evaluation network; the described model is never wrapped."""
+        self._wrappers.append((wrap, train_only))
+        self.rewrap()
+
+    def rewrap(self) -> None:
+        """Build the wrapped networks again (after the set of trainable parameters changed)."""
+        train = evaluate = self.base_network
+        for wrap, train_only in self._wrappers:
+            train = wrap(train)
+            if not train_only:
+                evaluate = wrap(evaluate)
+        self.network, self.eval_network = train, evaluate
+
     @property
     def total_steps(self) -> int:
         return len(self.plan) * self.steps_per_epoch
@@ -169,14 +188,18 @@ class Loop:
             return "head"
         return "all" if k == 0 else f"from {self.groups[k]}"
 
-    def running_means(self) -> dict[str, float]:
-        """The epoch's figures so far (reads the device: call sparingly)."""
+    def running_means(self, everywhere: bool = False) -> dict[str, float]:
+        """The epoch's figures so far, of this process or (`everywhere`) of all processes
+        training together (reads the device: call sparingly)."""
         if not self.running:
             return {}
         keys = list(self.running)
-        values = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float32)
-                              for k in keys]).tolist()
-        return {k: v / max(self.seen, 1) for k, v in zip(keys, values)}
+        sums = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float64)
+                            for k in keys] + [torch.tensor(float(self.seen), device=self.device, dtype=torch.float64)])
+        if everywhere and self.all_reduce is not None:
+            sums = self.all_reduce(sums)
+        *values, seen = sums.tolist()
+        return {k: v / max(seen, 1) for k, v in zip(keys, values)}
 
     # -- the loop ------------------------------------------------------------------
     def fit(self) -> list[EpochRecord]:
@@ -210,13 +233,13 @@ class Loop:
             if (i + 1) % self.check_every == 0:
                 self._check_finite(nonfinite)
         self._check_finite(nonfinite)
-        means = self.running_means()
+        means = self.running_means(everywhere=True)
         train_seconds = time.perf_counter() - start
         record = EpochRecord(
             epoch=epoch + 1, stage=self.stage_name(epoch), frozen_to=self.plan[epoch],
             trainable_groups=[i for i, t in enumerate(trainable_groups(self.model)) if t],
             lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
-            images_per_second=self.seen / train_seconds, extra=means)
+            images_per_second=self.seen * self.world / train_seconds, extra=means)
         if self.val is not None:
             ev = self.validate()
             record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
@@ -243,6 +266,8 @@ class Loop:
         self.scheduler.step()
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        if self.all_reduce is not None:  # every process stops together
+            nonfinite = self.all_reduce(nonfinite.to(torch.int32))
         if bool(nonfinite):
             raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: "
                                 "lower --lr")
