@@ -165,7 +165,7 @@ class DataParallel(Callback):
 
         device = next(network.parameters()).device
         ids = [device] if device.type == "cuda" else None
-        return DDP(network, device_ids=ids, broadcast_buffers=True)
+        return DDP(network, device_ids=ids)  # buffers (BatchNorm statistics) follow rank 0 each step
 
 
 def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
