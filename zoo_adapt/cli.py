@@ -178,7 +178,7 @@ def info(name: str, as_json: bool) -> None:
         return _echo_json(card)
     click.echo(f"{card['name']}: {card['description']}")
     click.echo(f"  plugin {card['plugin']} -> {card['source']} {card['upstream']}, "
-               f"weights {card['weights']} ({card['weights_status']})")
+               f"weights {card['weights'] or 'the library default'} ({card['weights_status']})")
     click.echo(f"  named in {card['origin']}" + (f"; {card['note']}" if card["note"] else ""))
     by: dict[str, list[str]] = {}
     for hook, who in card["answered_by"].items():
@@ -281,9 +281,7 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
     config = build_config(given, config_file)
     main_process = distributed.launched().main
     with _stop_on_sigterm():
-        result = run(config, log=click.echo if main_process else None, overwrite=overwrite)
-    if main_process:
-        _print_result(result.metrics, result.out)
+        run(config, log=click.echo if main_process else None, overwrite=overwrite)  # it prints its summary
 
 
 class Terminated(KeyboardInterrupt):
@@ -328,21 +326,6 @@ def _key_values(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-def _print_result(m: dict, out) -> None:
-    if "proxy_a_distance" in m:
-        gap = m["proxy_a_distance"]
-        oracle = (f"; target accuracy {m['target_accuracy_oracle']:.1%} (ORACLE: measured with target labels)"
-                  if m.get("target_accuracy_oracle") is not None else "")
-        click.echo(f"domain gap (proxy A-distance) {gap['before']:.2f} -> {gap['after']:.2f}{oracle}")
-    if m.get("val_accuracy") is None:
-        click.echo(f"done: no validation set; model in {out}/model.safetensors")
-        return
-    tta = f", with TTA {m['val_accuracy_tta']:.1%}" if m.get("val_accuracy_tta") is not None else ""
-    what = "source validation" if "proxy_a_distance" in m else "validation"
-    click.echo(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}) on {m['num_val']} "
-               f"{what} images, epoch {m['kept_epoch']} of {m['epochs']}; results in {out}/")
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def methods(as_json: bool) -> None:
@@ -367,14 +350,16 @@ def methods(as_json: bool) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 def evaluate(model_path: str, data: str, tta: bool, as_json: bool, batch_size: int, device: str) -> None:
-    """Accuracy, top-5, per-class accuracy and confusion matrix on a labelled folder."""
+    """Accuracy, top-5, per-class accuracy and confusion matrix on a labelled folder
+    (a dataset root with train/ and val/ or test/ means its held-out folder; the output
+    names the folder used)."""
     from .inference import evaluate_folder
 
     result = evaluate_folder(model_path, data, tta=tta, batch_size=batch_size, device=device)
     if as_json:
         return _echo_json({**result.to_dict(), "tta": tta})
     click.echo(f"accuracy {result.accuracy:.1%}  top-5 {result.top5:.1%}  loss {result.loss:.3f}  "
-               f"({result.num_images} images{', TTA' if tta else ''})")
+               f"({result.num_images} images in {result.folder}{', TTA' if tta else ''})")
     width = max(len(c) for c in result.classes)
     for name, acc in result.per_class.items():
         if acc is not None:

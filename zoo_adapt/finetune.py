@@ -36,10 +36,17 @@ from .run_folder import ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, EpochRec
 
 @dataclass
 class FinetuneResult:
-    model: torch.nn.Module
+    model: torch.nn.Module  # the kept epoch's weights
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     out: Path
+
+    @property
+    def kept_epoch(self) -> int:
+        return self.metrics["kept_epoch"]
+
+
+TIE_IMAGES = 2  # epochs this many validation images (or fewer) apart count as tied: the later is kept
 
 
 class Interrupted(KeyboardInterrupt):
@@ -108,7 +115,7 @@ class Job:
         c = self.config = resolve(c, c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else norm.image_size))
         self.data = load_datasets(c)
         if self.stored is not None:
-            _check_resumable(self.stored, c, self.data.classes, self.folder)
+            _check_resumable(self.stored, c, self.data.classes, self.folder, self.procs.world)
         if num_classes_of(model) != len(self.data.classes):
             seed_everything(c.seed)
             swap_head(model, len(self.data.classes))
@@ -140,6 +147,8 @@ class Job:
         self.log(f"{c.backbone}: {len(data.classes)} classes, {len(data.train)} training and "
                  f"{len(data.val) if data.val is not None else 0} validation images ({data.where}), "
                  f"{c.image_size}px, {batch}, {self.device}, strategy {c.strategy}; {feeds.how}")
+        for warning in _warnings(c, self.stored):
+            self.log(f"warning: {warning}")
         loop = self.loop(callbacks)
         if self.stored is not None:
             loop.load_state_dict(self.stored)
@@ -175,7 +184,7 @@ class Job:
         optimizer = make_optimizer(extra_groups + groups, c.optimizer, c.momentum, fused=self.device.type == "cuda")
         self.recorder = EpochRecorder(self.folder, c.keep, {"format": CHECKPOINT_FORMAT,
                                                             "config": resolved_values(c), "backbone": c.backbone,
-                                                            "classes": self.data.classes},
+                                                            "classes": self.data.classes, "processes": procs.world},
                                       self.write_model, lambda finished: self.metrics(loop, finished),
                                       write=procs.main)
         progress = [Progress(self.log)] if procs.main else []
@@ -184,7 +193,8 @@ class Job:
                     callbacks=[*pieces, self.recorder, *progress, *callbacks],
                     task=SingleLabel(c.label_smoothing), seed=c.seed,
                     bn="frozen" if c.strategy == "linear-probe" else c.bn, eval_body=c.strategy == "linear-probe",
-                    steps_per_epoch=steps, device=self.device, network=feeds.network)
+                    steps_per_epoch=steps, device=self.device, network=feeds.network,
+                    tie_margin=TIE_IMAGES / len(self.data.val) if self.data.val is not None else 0.0)
         return loop
 
     def write_model(self, path: Path, state: dict | None, epoch: int, **extra_meta) -> Path:
@@ -195,7 +205,7 @@ class Job:
     def finish(self, loop: Loop) -> dict[str, Any]:
         """After the last epoch: the kept model's final validation (and TTA; every process
         evaluates its shard), then, on rank 0, the export, the metrics and the plots."""
-        from .report import plot_confusion, plot_curves
+        from .report import plot_confusion, plot_curves, summary_lines
 
         c, model, feeds, recorder, folder = self.config, self.model, self.feeds, self.recorder, self.folder
         metrics = self.metrics(loop, finished=True)
@@ -211,6 +221,7 @@ class Job:
                 network = loop.eval_network if feeds.network is None else model
                 tta = loop.validate(tta=True, flip=c.hflip, batches=feeds.val_images, network=network)
                 metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
+        metrics["selection"] = selection(loop, c, metrics)
         if self.adaptation is not None:
             from .adaptation import finish_adaptation
 
@@ -222,9 +233,13 @@ class Job:
                                                                  val_accuracy=metrics.get("val_accuracy")), metrics)
         extra_panels = ("domain_accuracy",) if self.adaptation is not None else ()
         plot_curves(metrics["history"], folder.path("curves.png"), title=f"{c.backbone} ({c.strategy})",
-                    extra=extra_panels)
+                    extra=extra_panels, kept=kept)
         if "confusion_matrix" in metrics:
-            plot_confusion(metrics["confusion_matrix"], self.data.classes, folder.path("confusion_matrix.png"))
+            plot_confusion(metrics["confusion_matrix"], self.data.classes, folder.path("confusion_matrix.png"),
+                           title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
+                                 f"(counts; colour = share of the true class)")
+        for line in summary_lines(metrics, folder.out):
+            self.log(line)
         return metrics
 
     def interrupted(self, e: KeyboardInterrupt, loop: Loop) -> Interrupted:
@@ -262,8 +277,53 @@ class Job:
         }
 
 
-def _check_resumable(stored: dict[str, Any], config: FinetuneConfig, classes: list[str], folder: RunFolder) -> None:
-    """A checkpoint is only continued with the options it was made with."""
+def _warnings(c: FinetuneConfig, stored: dict[str, Any] | None) -> list[str]:
+    """Defaults that silently do something else than a user expects on small runs."""
+    out = []
+    if c.strategy == "two-stage" and c.epochs <= c.head_epochs:
+        out.append(f"two-stage with --epochs {c.epochs} and --head-epochs {c.head_epochs} trains the head alone: "
+                   f"the body never unfreezes (give --epochs {c.head_epochs + 1} or more, or --strategy linear-probe)")
+    planned = (stored or {}).get("config", {}).get("epochs")
+    if planned is not None and c.epochs > planned:
+        out.append(f"--epochs {c.epochs} extends a run planned for {planned}: the learning-rate schedule of the last "
+                   "stage is stretched over the new length, so the rate rises again from where it was; for a clean "
+                   "schedule start a new run")
+    return out
+
+
+def selection(loop: Loop, config: FinetuneConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Which epoch was kept and why, and whether its lead is within noise: below one
+    standard error of an accuracy measured on n images, sqrt(p (1 - p) / n)."""
+    kept, last = metrics["kept_epoch"], len(loop.history)
+    if config.keep == "last" or loop.best is None:
+        return {"rule": "last", "why": "the last epoch" + (", --keep last" if config.keep == "last" else
+                                                          ": no validation score")}
+    by = loop.select.replace("_", " ")
+    rule = {"rule": "best", "select": loop.select, "tie_images": TIE_IMAGES,
+            "why": f"the best by {by}; epochs within {TIE_IMAGES} validation images count as tied, the later kept"}
+    n = metrics.get("num_val") or 0
+    kept_score, last_score = loop.best[0], loop.history[-1].get(loop.select)
+    if kept != last and n and last_score is not None:
+        lead = kept_score - last_score
+        noise = (kept_score * (1 - kept_score) / n) ** 0.5
+        rule["lead_over_last"] = lead
+        if lead < noise:
+            rule["note"] = (f"the kept epoch {kept} leads the last epoch {last} by {lead:.1%} ({round(lead * n)} of "
+                            f"{n} validation images), within the noise of so few images (one standard error: "
+                            f"{noise:.1%}); --keep last exports the last epoch")
+    return rule
+
+
+def _check_resumable(stored: dict[str, Any], config: FinetuneConfig, classes: list[str], folder: RunFolder,
+                     world: int) -> None:
+    """A checkpoint is only continued with the options it was made with, by as many
+    processes (another number would change the global batch)."""
+    trained_by = stored.get("processes", 1)
+    if trained_by != world:
+        how = (f"`torchrun --nproc-per-node {trained_by} -m zoo_adapt finetune --out {folder.out} --resume`"
+               if trained_by > 1 else f"`zoo-adapt finetune --out {folder.out} --resume` (without torchrun)")
+        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} was trained by {trained_by} process(es), not {world}; "
+                            f"resume it with {how}: another number would change the global batch")
     if stored.get("backbone") != config.backbone or stored.get("classes") != classes:
         raise ZooAdaptError(f"{folder.path(CHECKPOINT)} is of another run (backbone {stored.get('backbone')!r}, "
                             f"{len(stored.get('classes') or [])} classes); resume with the options it was started "

@@ -127,7 +127,8 @@ class Loop:
                  plan: Sequence[int], optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
                  callbacks: Sequence[Callback] = (), task=None, seed: int = 0, bn: str = "train",
                  eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
-                 device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None):
+                 device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None,
+                 tie_margin: float = 0.0):
         self.model = model
         self.base_network = self.network = self.eval_network = network or model
         self._wrappers: list[tuple[Callable[[nn.Module], nn.Module], bool]] = []
@@ -144,7 +145,9 @@ class Loop:
         self.amp_dtype: torch.dtype | None = None  # set by the MixedPrecision callback
         self.check_every = check_every
         self.history: list[EpochRecord] = []
-        self.best: tuple[float, int] | None = None  # (selection score, epoch)
+        self.best: tuple[float, int] | None = None  # (selection score, epoch) of the epoch to keep
+        self.top: float | None = None  # the highest selection score so far
+        self.tie_margin = tie_margin  # scores this close to the highest count as ties: the later epoch wins
         self.epoch = 0
         self.running: dict[str, torch.Tensor] = {}
         self.seen = 0
@@ -281,15 +284,19 @@ class Loop:
         was_training = self.model.training
         try:
             return evaluate(network or self.eval_network, batches or self.val, self.classes, tta=tta, flip=flip,
-                            autocast=self.autocast)
+                            autocast=self.autocast, progress="test-time augmentation" if tta else "validating")
         finally:
             self.model.train(was_training)
 
     def _track_best(self, record: EpochRecord) -> bool:
+        """Whether `record` is the epoch to keep now: the highest score so far, or one
+        within `tie_margin` of it (a tie on a small validation set is noise; the later
+        epoch has trained longer)."""
         score = record.get(self.select)
         if score is None:
             return False
-        if self.best is None or score >= self.best[0]:  # ties: the later epoch
+        self.top = score if self.top is None else max(self.top, score)
+        if self.best is None or score >= self.top - self.tie_margin - 1e-12:
             self.best = (score, record.epoch)
             return True
         return False
@@ -311,7 +318,7 @@ class Loop:
         wrapper's), optimizer, schedule, history, best, and each callback's state."""
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "history": [r.to_dict() for r in self.history], "best": self.best,
+                "history": [r.to_dict() for r in self.history], "best": self.best, "top": self.top,
                 "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -320,6 +327,7 @@ class Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = [EpochRecord.from_dict(d) for d in state["history"]]
         self.best = tuple(state["best"]) if state["best"] else None
+        self.top = state.get("top", self.best[0] if self.best else None)
         self.epoch = state["epoch"]
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
