@@ -198,3 +198,15 @@ def test_truncated_jpeg_in_val_stops_the_run_before_training(tmp_path, data):
     result = finetune("--data", copy, "--out", tmp_path / "o", "--data-on-device", "off")
     one_line_error(result, "cannot read image", "cut.jpg")
     assert result.stdout == ""  # found while scanning the data, not in validation after a trained epoch
+
+
+def test_a_split_that_holds_out_nothing_is_refused(tmp_path, data):
+    """Every class with one image: --val-split cannot hold any out, which once crashed
+    inside the loop; --val-split 0 trains without validation on purpose."""
+    one = tmp_path / "one"
+    for cls in ("brick", "grass"):
+        (one / cls).mkdir(parents=True)
+        shutil.copy(next((data / "train" / cls).iterdir()), one / cls)
+    one_line_error(zoo("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", one,
+                       "--out", tmp_path / "o", "--image-size", "32"), "holds out no image", "--val-split 0")
+    assert not (tmp_path / "o").exists()

@@ -73,7 +73,11 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
 def _split(samples, config):
     if config.val_split == 0:
         return samples, None
-    return data_.stratified_split(samples, config.val_split, config.seed)
+    train, val = data_.stratified_split(samples, config.val_split, config.seed)
+    if not val.items:  # every class has a single image: nothing can be held out
+        raise ZooAdaptError(f"--val-split {config.val_split} holds out no image: every class has only one; add "
+                            "images, a val/ folder, or --val-split 0 to train without validation")
+    return train, val
 
 
 @dataclass
