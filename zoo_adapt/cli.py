@@ -237,7 +237,10 @@ def _config_options(fn):
         meta, (kind, _) = field.metadata, value_type(name)
         flag = "--" + name.replace("_", "-")
         default, show = field.default, field.default is not None
-        if kind is bool:
+        if kind is list:
+            fn = click.option(flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"]
+                              + " [repeatable]")(fn)
+        elif kind is bool:
             single = name in ("resume", "select_with_target_labels")
             decl = flag if single else f"{flag}/--no-{flag[2:]}"
             fn = click.option(decl, *meta["flags"], name, is_flag=single or None, default=default,

@@ -65,15 +65,34 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
     keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
     checkpoint, a clean one); `resume=True` continues exactly where it stopped.
     `callbacks`: more `zoo_adapt.engine.Callback` objects for the loop."""
+    from .trackers import check as check_trackers
+
     config.validate()
     log = log or (lambda s: None)
+    trackers = check_trackers(config.log)  # unknown names and missing packages: before anything is written
+    _check_extras(config)
     folder = RunFolder(config.out)
     folder.precheck(config.resume, overwrite)
     with folder.locked():
-        return _run(config, folder, list(callbacks), log)
+        return _run(config, folder, list(callbacks), log, trackers)
 
 
-def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], log) -> FinetuneResult:
+def _check_extras(config: FinetuneConfig) -> None:
+    """What --export and --analysis need is installed (before anything is written)."""
+    if "onnx" in config.export:
+        from .onnx_export import require_onnx
+
+        require_onnx()
+    if config.analysis == "on":
+        from .analysis import require_cams
+
+        require_cams()
+
+
+def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], log, trackers) -> FinetuneResult:
+    from .trackers import build as build_tracker
+    from .tracking import Tracking
+
     device = resolve_device(config.device)
     prepare(device)
     stored = folder.read_checkpoint(device) if config.resume else None
@@ -123,12 +142,13 @@ def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], l
                             {"epoch": epoch, "hflip": config.hflip, **extra_meta}, state=state)
 
     values = resolved_values(config)
+    tracking = Tracking({t.name: build_tracker(t) for t in trackers}, folder.out, values, data.classes)
     recorder = EpochRecorder(folder, config.keep, {"format": CHECKPOINT_FORMAT, "config": values,
                                                    "backbone": config.backbone, "classes": data.classes},
                              write_model, lambda finished: _metrics(loop, config, data, feeds, finished))
     loop = Loop(model, train=feeds.train, val=feeds.val, classes=data.classes, plan=plan, optimizer=optimizer,
                 schedule=stage_schedule(plan, steps, config.schedule, config.warmup),
-                callbacks=[*pieces, recorder, Progress(log), *callbacks],
+                callbacks=[*pieces, recorder, tracking, Progress(log), *callbacks],
                 task=SingleLabel(config.label_smoothing), seed=config.seed,
                 bn="frozen" if config.strategy == "linear-probe" else config.bn,
                 eval_body=config.strategy == "linear-probe", steps_per_epoch=steps, device=device,
@@ -140,19 +160,22 @@ def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], l
     if stored is not None:
         recorder.commit_outputs()  # model and metrics as the checkpoint says (a kill may have left them behind)
     start = time.perf_counter()
-    try:
-        loop.fit()
-        metrics = _finish(loop, config, data, feeds, recorder, adaptation, gap_before, folder, write_model)
-    except KeyboardInterrupt as e:
-        raise _interrupted(e, loop, folder) from None
+    with tracking.running():  # every tracker is told how the run ended
+        try:
+            loop.fit()
+            metrics = _finish(loop, config, data, feeds, recorder, adaptation, gap_before, folder, write_model, log)
+        except KeyboardInterrupt as e:
+            raise _interrupted(e, loop, folder) from None
+        tracking.publish(folder.out, metrics)
     metrics["train_seconds"] = time.perf_counter() - start
     return FinetuneResult(model, metrics["history"], metrics, folder.out)
 
 
 def _finish(loop: Loop, config: FinetuneConfig, data, feeds, recorder: EpochRecorder, adaptation, gap_before,
-            folder: RunFolder, write_model) -> dict[str, Any]:
+            folder: RunFolder, write_model, log) -> dict[str, Any]:
     """After the last epoch: the kept model's final validation (and TTA), the export, the
-    metrics and the plots."""
+    metrics and the plots; then the error analysis, other export formats and the model
+    card."""
     from .report import plot_confusion, plot_curves
 
     model = loop.model
