@@ -29,7 +29,9 @@ from .export import export_model
 from .inputs import FeedMaker, is_demo, load_datasets
 from .models import create_model, num_classes_of, swap_head
 from .optim import make_optimizer, param_groups, stage_schedule
-from .run_folder import ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, EpochRecorder, RunFolder, config_text
+from .pipeline import default_workers
+from .run_folder import (ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, MODEL_FILE, EpochRecorder, RunFolder,
+                         config_text)
 
 
 @dataclass
@@ -203,7 +205,27 @@ def _finish(loop: Loop, config: FinetuneConfig, data, feeds, recorder: EpochReco
                 extra=extra_panels)
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], data.classes, folder.path("confusion_matrix.png"))
+    _ship(model, config, data, folder, loop.device, log)
     return metrics
+
+
+def _ship(model, config: FinetuneConfig, data, folder: RunFolder, device, log) -> None:
+    """What the run folder carries beyond the model: the error analysis, other export
+    formats, the model card and timm's config."""
+    from .model_card import write_hub_files
+
+    workers = config.workers if config.workers is not None else default_workers(device)
+    if config.analysis != "off" and data.val is not None:
+        from .analysis import analyse
+
+        analyse(model, data.val, data.classes, model.zoo_adapt.normalization, config.image_size,
+                folder.path("analysis"), device, cams=config.analysis, workers=workers,
+                title=f"{config.backbone} ({config.strategy})", log=log)
+    if "onnx" in config.export:
+        from .onnx_export import export_onnx
+
+        export_onnx(folder.path(MODEL_FILE), folder.path("model.onnx"), images=data.val, log=log)
+    write_hub_files(folder.out, model=model, log=log)
 
 
 def _interrupted(e: KeyboardInterrupt, loop: Loop, folder: RunFolder) -> Interrupted:
