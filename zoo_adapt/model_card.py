@@ -21,10 +21,7 @@ CARD, TIMM_CONFIG = "README.md", "config.json"
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_text())
-    for key in ("tag", "license", "hf_hub_id", "url", "paper_ids", "paper_name", "origin_url"):
-        config["pretrained_cfg"].pop(key, None)  # they describe timm's own weights, not these
-    return config
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 

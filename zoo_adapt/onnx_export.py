@@ -113,7 +113,7 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, images=No
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                                         opset_version=opset, external_data=False, verbose=False)
     except Exception as e:
-        raise ZooAdaptError(f"cannot export {card.backbone} ({card.entry.upstream}) to ONNX: {first_line(e)[:300]}") from e
+        raise ZooAdaptError(f"cannot export {card.backbone} ({card.entry.upstream}) to ONNX: {export_error(e)}") from e
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(card, fold_normalization))
     data = proto.SerializeToString()
@@ -133,6 +133,19 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, images=No
     if log:
         log(report.line())
     return report
+
+
+def export_error(e: BaseException) -> str:
+    """The informative line of an exporter error: torch.onnx puts it under '## Exception
+    summary', after advice; colour codes removed."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "## Exception summary" in text:
+        after = [line.strip() for line in text.split("## Exception summary", 1)[1].splitlines() if line.strip()]
+        if after:
+            return re.sub(r"^<class '[\w.]+'>: ", "", after[0])[:300]
+    return first_line(e)[:300]
 
 
 def _verification_batch(card, images, max_images: int, fold: bool) -> tuple[torch.Tensor, bool]:
