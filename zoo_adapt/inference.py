@@ -165,6 +165,7 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
     with handle, tqdm(total=len(entries), unit="img", desc="predict", disable=not progress, leave=False) as bar:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
+        handle.flush()
         pending = 0
         for r in iter_predictions(model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device,
                                   entries=entries):
