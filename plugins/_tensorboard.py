@@ -13,7 +13,7 @@ class TensorBoardTracker(Tracker):
         if not run.resumed and run.folder.is_dir():
             shutil.rmtree(run.folder)  # a fresh run replaces an earlier run's events in this folder
         # resumed: steps after the checkpoint were logged by the stopped process and are replayed now
-        self.writer = SummaryWriter(log_dir=str(run.folder), purge_step=run.step if run.resumed else None)
+        self.writer = SummaryWriter(log_dir=str(run.folder), purge_step=run.step + 1 if run.resumed else None)
         if not run.resumed:
             rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(run.params.items()))
             self.writer.add_text("options", f"| option | value |\n| --- | --- |\n{rows}", 0)

@@ -254,3 +254,27 @@ def test_two_plugins_registering_one_tracker_name_are_both_named(tmp_path, data,
         with pytest.raises(ZooAdaptError, match="tracker 'twin' is claimed by both plugin 'twin_a'.*"
                                                 "and plugin 'twin_b'"):
             finetune(config(tmp_path / "run", data, log=["twin"]), log=None)
+
+
+@pytest.mark.parametrize("name", ["tensorboard", "mlflow", "wandb"])
+def test_built_in_trackers_pass_the_tracker_checks_resume_included(name, tmp_path, monkeypatch, builtin_trackers):
+    from zoo_adapt.testing import check_tracker
+
+    pytest.importorskip(name)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    tracker = check_tracker(name, tmp_path)
+    if name == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        run = client.get_run(tracker.run_id)  # the resumed tracker went on in the first one's MLflow run
+        assert run.info.status == "FINISHED"
+        assert [m.value for m in client.get_metric_history(tracker.run_id, "epoch/val_accuracy")] == [0.5, 1.0]
+    if name == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+        assert [e.step for e in events.Scalars("epoch/val_accuracy")] == [1, 2]
+        assert [e.step for e in events.Scalars("step/loss")] == [1, 2]
