@@ -155,9 +155,10 @@ def domain_gap(model: nn.Module, source: Batches, target: Batches, seed: int, au
 
 
 def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str], maker, feeds, autocast,
-                     log) -> tuple[Adaptation, float]:
-    """What a fine-tuning job adds when given --target-data: the target batches, the
-    method, the oracle's labelled target images; and the domain gap before training."""
+                     log, procs=None) -> tuple[Adaptation, float | None]:
+    """What a fine-tuning job adds when given --target-data: the target batches (each
+    process its shard), the method, the oracle's labelled target images; and the domain
+    gap before training (measured by rank 0)."""
     from .data import ImageDataset, scan_folder
     from .methods import make_method
 
@@ -172,31 +173,37 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
         target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)
     method = make_method(config.adapt, model.zoo_adapt.head.in_features, len(classes), config).to(model_device(model))
     adaptation = Adaptation(method, target_train, target_val, config.select_with_target_labels)
-    adaptation.target_eval = target_eval
-    gap = domain_gap(model, feeds.val_images or feeds.train, target_eval, config.seed, autocast)
-    log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}; "
-        f"domain gap before (proxy A-distance): {gap:.2f}")
+    adaptation.target_eval, adaptation.num_target = target_eval, len(target)
+    gap = None
+    if procs is None or procs.main:
+        gap = domain_gap(model, feeds.val_images or feeds.train, target_eval, config.seed, autocast)
+        log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}; "
+            f"domain gap before (proxy A-distance): {gap:.2f}")
     return adaptation, gap
 
 
-def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feeds, gap_before: float,
-                      metrics: dict[str, Any], method_file: Path) -> None:
-    """The adaptation's summary, the gap after training (of the kept model), its plot and
-    the method's file."""
+def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feeds, gap_before: float | None,
+                      metrics: dict[str, Any], method_file: Path, write: bool = True) -> None:
+    """The adaptation's summary, the oracle of the kept model (every process evaluates
+    its shard); with `write` (rank 0) the gap after training, its plot and the method's
+    file."""
     from .report import plot_domain_gap
 
     model, autocast = loop.model, loop.autocast
     keys = ("domain_accuracy", "lambda", "target_accuracy_oracle")
     last = metrics["history"][-1] if metrics["history"] else {}
     metrics["adaptation"] = {"method": config.adapt, "target_data": str(config.target_data),
-                             "num_target": adaptation.target.num_samples, **{k: last[k] for k in keys if k in last}}
-    after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
-    metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
+                             "num_target": adaptation.num_target,
+                             **{k: last[k] for k in keys if k in last}}
     if adaptation.target_val is not None:
         metrics["target_accuracy_oracle"] = loop.validate(batches=adaptation.target_val, network=model).accuracy
         metrics["target_accuracy_oracle_note"] = (
             "measured with target labels and USED to select the epoch" if config.select_with_target_labels
             else "measured with target labels (--target-val): a figure for reporting, not used for selection")
+    if not write:
+        return
+    after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
+    metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
     plot_domain_gap(metrics["proxy_a_distance"], metrics["history"], method_file.with_name("domain_gap.png"))
     adaptation.save_method(method_file, config.adapt)
 
