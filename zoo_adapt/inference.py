@@ -149,9 +149,9 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
     """Predict every image of `paths` (files or folders, any size) into the CSV `output`:
     path, prediction, probability, then label_i / probability_i for the top k, and an
     error column for files that cannot be read. Rows are written and flushed batch by
-    batch as they come (nothing but the list of paths is held in memory), with a
-    progress bar on stderr. Returns (rows written, files that failed)."""
-    from tqdm.auto import tqdm
+    batch as they come (nothing but the list of paths is held in memory), with progress
+    on stderr (zoo_adapt.progress). Returns (rows written, files that failed)."""
+    from .progress import Ticker
 
     output = Path(output)
     if output.is_dir():
@@ -166,25 +166,31 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
         handle = open(output, "w", newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         raise ZooAdaptError(f"cannot write {output}: {e.strerror or e}") from None
-    with handle, tqdm(total=len(entries), unit="img", desc="predict", disable=not progress, leave=False) as bar:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        handle.flush()
-        pending = 0
-        for r in iter_predictions(model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device,
-                                  entries=entries):
-            if r.error:
-                failed += 1
-                writer.writerow([r.path, "", ""] + [""] * (2 * k) + [r.error])
-                if on_error:
-                    on_error(r.error)
-            else:
-                pairs = [x for c, p in r.top for x in (c, f"{p:.6f}")]
-                writer.writerow([r.path, r.top[0][0], f"{r.top[0][1]:.6f}", *pairs, ""])
-            rows += 1
-            pending += 1
-            if pending == batch_size or rows == len(entries):
-                handle.flush()  # a reader (tail -f) sees whole batches as they are done
-                bar.update(pending)
-                pending = 0
+    ticker = Ticker(-(-len(entries) // batch_size), "predicting") if progress and entries else None
+    try:
+        with handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            handle.flush()
+            pending = 0
+            for r in iter_predictions(model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device,
+                                      entries=entries):
+                if r.error:
+                    failed += 1
+                    writer.writerow([r.path, "", ""] + [""] * (2 * k) + [r.error])
+                    if on_error:
+                        on_error(r.error)
+                else:
+                    pairs = [x for c, p in r.top for x in (c, f"{p:.6f}")]
+                    writer.writerow([r.path, r.top[0][0], f"{r.top[0][1]:.6f}", *pairs, ""])
+                rows += 1
+                pending += 1
+                if pending == batch_size or rows == len(entries):
+                    handle.flush()  # a reader (tail -f) sees whole batches as they are done
+                    if ticker is not None:
+                        ticker.update(pending)
+                    pending = 0
+    finally:
+        if ticker is not None:
+            ticker.close()
     return rows, failed
