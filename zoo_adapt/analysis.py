@@ -312,24 +312,24 @@ def _cams(model: nn.Module, crops: list[torch.Tensor], predicted: list[int], tru
             p.grad = None
         model.train(was_training)
     plt = _pyplot()
-    fig, axes = plt.subplots(len(crops), 3, figsize=(9.3, 3.3 * len(crops) + 0.6), squeeze=False,
+    fig, axes = plt.subplots(len(crops), 3, figsize=(9.3, 3.5 * len(crops) + 0.8), squeeze=False,
                              layout="constrained")
     for row, crop in enumerate(crops):
         rgb = _rgb(crop).astype(np.float32) / 255
         wrong = predicted[row] != true[row]
-        panels = [(rgb, f"true: {_short(classes[true[row]], 24)}"),
+        panels = [(rgb, f"image\ntrue: {_short(classes[true[row]], 24)}"),
                   (show_cam_on_image(rgb, maps["predicted"][row], use_rgb=True),
-                   f"for predicted {_short(classes[predicted[row]], 18)} ({probs[row]:.0%})"
+                   f"evidence for predicted\n{_short(classes[predicted[row]], 24)} ({probs[row]:.0%})"
                    + _nothing(maps["predicted"][row])),
                   (show_cam_on_image(rgb, maps["true"][row], use_rgb=True),
-                   f"for true {_short(classes[true[row]], 22)}" + _nothing(maps["true"][row]))]
+                   f"evidence for true\n{_short(classes[true[row]], 24)}" + _nothing(maps["true"][row]))]
         for col, (image, label) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(image, interpolation="lanczos")
             ax.set_title(label, fontsize=9, color="firebrick" if wrong and col == 1 else "black")
             ax.axis("off")
-    fig.suptitle(f"Grad-CAM at {target.layer}{': ' + title if title else ''} (red: where the class's evidence is)",
-                 fontsize=11)
+    fig.suptitle(f"Grad-CAM at {target.layer}{': ' + title if title else ''}\nwarm colours: where the class's "
+                 f"evidence is; red title: misclassified", fontsize=11)
     _save_figure(fig, path)
     return None
 
