@@ -31,7 +31,7 @@ def run(tmp_path_factory, data):
     """A run whose analysis ran at its end (resnet18 from scratch, 64 px: a 2x2 final map)."""
     out = tmp_path_factory.mktemp("run")
     return finetune(FinetuneConfig(backbone="resnet18", data=str(data), out=str(out), pretrained=False,
-                                   image_size=64, batch_size=8, epochs=2, workers=0, tta=False,
+                                   image_size=64, batch_size=8, epochs=1, workers=0, tta=False,
                                    strategy="finetune"), log=None, overwrite=True)
 
 

@@ -54,12 +54,13 @@ def tracked(tmp_path_factory, data, builtin_trackers):
         mp.delenv("WANDB_DIR", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", (tmp / "mlruns").as_uri())
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "zoo-adapt-tests")
-        result = finetune(config(tmp / "run", data, log=["tensorboard", "mlflow", "wandb"]), log=None)
+        result = finetune(config(tmp / "run", data, log=["tensorboard", "mlflow", "wandb"], strategy="finetune",
+                                 lr_decay=0.5), log=None)
     return result, tmp
 
 
-def test_history_csv_matches_metrics_json(tmp_path, data):
-    result = finetune(config(tmp_path / "run", data, strategy="finetune", lr_decay=0.5), log=None)
+def test_history_csv_matches_metrics_json(tracked):
+    result, _ = tracked
     metrics = json.loads((result.out / "metrics.json").read_text())
     with open(result.out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -157,12 +158,28 @@ class RecorderPlugin:
                  install="pip install zoo-adapt-recorder")
 
 
+class Flaky(Tracker):
+    def log_metrics(self, metrics, step, scope):
+        raise ConnectionError("server went away")
+
+
+class FlakyPlugin:
+    @hookimpl
+    def register_trackers(self, register):
+        register("flaky", Flaky)
+
+
 def test_third_party_tracker_plugin_receives_the_figures(tmp_path, data, plugin, run_cli):
+    """Beside it, a tracker failing mid-run: reported once, the others and training go on."""
     recorder = plugin(RecorderPlugin(), "recorder_plugin")
+    plugin(FlakyPlugin(), "flaky_plugin")
     listed = json.loads(run_cli("trackers", "--json").output)
     assert {"name": "recorder", "plugin": "recorder_plugin"}.items() <= next(
         t for t in listed if t["name"] == "recorder").items()
-    result = finetune(config(tmp_path / "run", data, log=["recorder"], strategy="finetune"), log=None)
+    with pytest.warns(UserWarning, match="--log flaky: the tracker failed in log_metrics .*server went away") as w:
+        result = finetune(config(tmp_path / "run", data, log=["flaky", "recorder"], strategy="finetune"), log=None)
+    assert len([x for x in w if "--log flaky" in str(x.message)]) == 1
+    assert result.metrics["finished"] and (result.out / "model.safetensors").is_file()
     calls = recorder.calls
     assert calls[0][0] == "start" and calls[-1] == ("finish", "finished")
     run = calls[0][1]
@@ -198,22 +215,6 @@ def test_a_resumed_run_gives_the_tracker_its_state_back(tmp_path, data, plugin):
     run = recorder.calls[0][1]
     assert run.resumed and run.state == {"run_id": "abc"} and run.step == 4
     assert [c[1] for c in recorder.calls if c[0] == "step"] == [5, 6, 7, 8]
-
-
-def test_a_tracker_failing_mid_run_is_reported_and_training_goes_on(tmp_path, data, plugin):
-    class Flaky(Tracker):
-        def log_metrics(self, metrics, step, scope):
-            raise ConnectionError("server went away")
-
-    class FlakyPlugin:
-        @hookimpl
-        def register_trackers(self, register):
-            register("flaky", Flaky)
-
-    plugin(FlakyPlugin(), "flaky_plugin")
-    with pytest.warns(UserWarning, match="--log flaky: the tracker failed in log_metrics .*server went away"):
-        result = finetune(config(tmp_path / "run", data, log=["flaky"]), log=None)
-    assert result.metrics["finished"] and (result.out / "model.safetensors").is_file()
 
 
 def test_missing_tracker_package_is_one_line_before_the_folder_is_touched(tmp_path, data, plugin, run_cli):
