@@ -4,7 +4,7 @@ works as in BEiT/MAE fine-tuning. Any timm VisionTransformer can be used as
 `vit/<timm name>`."""
 from __future__ import annotations
 
-from zoo_adapt.plugin_api import INCEPTION, Head, LayerGroup, Normalization, ZooAdaptError, hookimpl
+from zoo_adapt.plugin_api import INCEPTION, CamTarget, Head, LayerGroup, Normalization, ZooAdaptError, hookimpl
 
 from . import _timm
 
@@ -50,6 +50,14 @@ def backbone_groups(entry, model):
         return ([LayerGroup("embed", ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"))]
                 + [LayerGroup(f"block{i}", (f"blocks.{i}",)) for i in range(shape[1])]
                 + [LayerGroup("neck", ("norm", "fc_norm", "attn_pool")), LayerGroup("head", ("head",))])
+
+
+@hookimpl
+def backbone_cam_target(entry, model):
+    """Grad-CAM on a ViT, as grad-cam's guide does it: the last block's first LayerNorm,
+    its patch tokens (class and register tokens dropped) laid out on the patch grid."""
+    if model is not None:
+        return CamTarget(f"blocks.{len(model.blocks) - 1}.norm1", prefix_tokens=model.num_prefix_tokens)
 
 
 @hookimpl

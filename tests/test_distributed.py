@@ -58,7 +58,8 @@ def test_two_processes_write_one_coherent_run_folder(tmp_path, data):
     assert metrics["processes"] == 2 and metrics["num_val"] == 15 and metrics["num_train"] == 40
     assert sum(map(sum, metrics["confusion_matrix"])) == 15  # every validation image once, no padding
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "checkpoint.pt", "config.toml", "confusion_matrix.png", "curves.png", "metrics.json", "model.safetensors"]
+        "README.md", "analysis", "checkpoint.pt", "config.toml", "confusion_matrix.png", "curves.png",
+        "history.csv", "metrics.json", "model.safetensors"]
     import torchvision
 
     torchvision.models.resnet18(num_classes=5).load_state_dict(load_file(out / "model.safetensors"), strict=True)

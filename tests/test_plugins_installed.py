@@ -73,7 +73,8 @@ def guide_files(section: str) -> dict[str, str]:
     return dict(re.findall(r"^`([\w/.]+)`:\n\n```\w+\n(.*?)```", body, re.S | re.M))
 
 
-@pytest.mark.parametrize("section", ["A complete backbone plugin", "A complete adaptation method"])
+@pytest.mark.parametrize("section", ["A complete backbone plugin", "A complete adaptation method",
+                                     "A complete tracker"])
 def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, section, data):
     """Written from the guide alone: installed, its own test (zoo_adapt.testing) passes,
     zoo-adapt lists it, and a fine-tune with it runs and exports."""
@@ -101,6 +102,15 @@ def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, s
         assert len(info["groups"]) == 14 and info["groups"][-1]["name"] == "head"
         metrics = train(site, tmp_path / "run", data, "--backbone", "mobilenet_v3_small")
         assert metrics["val_accuracy"] is not None
+    elif "jsonl" in plugin:
+        assert shown[plugin]["trackers"] == ["jsonl"]
+        listed = {t["name"]: t for t in ok_json(zoo(site, "trackers", "--json"))}
+        assert listed["jsonl"]["plugin"] == plugin and not listed["jsonl"]["missing"]
+        train(site, tmp_path / "run", data, "--backbone", "resnet18", "--log", "jsonl", "--analysis", "off")
+        lines = [json.loads(line) for line in open(tmp_path / "run" / "jsonl" / "metrics.jsonl")]
+        assert lines[0]["params"]["log"] == "jsonl" and lines[-1] == {"status": "finished"}
+        assert any(r.get("scope") == "step" and "step/lr/head" in r for r in lines)
+        assert {"artifact": "model.safetensors"} in lines
     else:
         methods = {m["name"]: m for m in ok_json(zoo(site, "methods", "--json"))}
         assert methods["coral"]["plugin"] == plugin and {"dann", "mcc"} <= set(methods)

@@ -59,6 +59,17 @@ class LayerGroup:
 
 
 @dataclass(frozen=True)
+class CamTarget:
+    """Where class activation maps are computed: `layer`, a module path in the model;
+    `prefix_tokens`: None for a CNN's (N, C, H, W) feature map, else the number of
+    leading tokens (class, registers) of a (N, tokens, C) output to drop before the rest
+    are laid out on their square grid."""
+
+    layer: str
+    prefix_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Normalization:
     """How images must be prepared for the backbone (timm's pretrained_cfg fields)."""
 

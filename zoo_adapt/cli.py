@@ -209,15 +209,22 @@ def plugins(as_json: bool) -> None:
     methods_: dict[str, list[str]] = {}
     for m in adaptation_methods().values():
         methods_.setdefault(m.plugin, []).append(m.name)
+    from .trackers import trackers as installed_trackers
+
+    trackers_: dict[str, list[str]] = {}
+    for t in installed_trackers().values():
+        trackers_.setdefault(t.plugin, []).append(t.name)
     infos = [{"name": p.name, "module": p.module, "distribution": p.distribution,
               "version": p.version, "status": p.status, "problem": p.problem, "hooks": list(p.hooks),
               "backbones": served.get(p.name, []), "methods": methods_.get(p.name, []),
+              "trackers": trackers_.get(p.name, []),
               "overrides": [{"backbone": b, "hook": h} for b, h in p.overrides]}
              for p in installed_plugins()]
     if as_json:
         return _echo_json(infos)
     rows = [[p["name"], p["status"], f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
              ", ".join(p["backbones"] + [f"{m} (adaptation)" for m in p["methods"]]
+                       + [f"{t} (tracker)" for t in p["trackers"]]
                        + [f"{o['hook']} of {o['backbone']} (override)" for o in p["overrides"]]) or "-"]
             for p in infos]
     click.echo(_table(["PLUGIN", "STATUS", "DISTRIBUTION", "SERVES"], rows))
@@ -237,7 +244,10 @@ def _config_options(fn):
         meta, (kind, _) = field.metadata, value_type(name)
         flag = "--" + name.replace("_", "-")
         default, show = field.default, field.default is not None
-        if kind is bool:
+        if kind is list:
+            fn = click.option(flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"]
+                              + " [repeatable]")(fn)
+        elif kind is bool:
             single = name in ("resume", "select_with_target_labels")
             decl = flag if single else f"{flag}/--no-{flag[2:]}"
             fn = click.option(decl, *meta["flags"], name, is_flag=single or None, default=default,
@@ -373,24 +383,39 @@ def evaluate(model_path: str, data: str, tta: bool, as_json: bool, batch_size: i
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--output", type=click.Path(dir_okay=False), metavar="FILE.csv",
+              help="Write one CSV row per image (path, top-k labels and probabilities, error) as they come, with a "
+              "progress bar, instead of printing: for large folders.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
 def predict(ctx: click.Context, model_path: str, paths: tuple[str, ...], tta: bool, top_k: int, as_json: bool,
-            device: str) -> None:
+            output: str | None, batch_size: int, device: str) -> None:
     """Class probabilities for images (files or folders).
 
     A file that cannot be read is reported on stderr, one line each, and the others are
     still predicted (printed as they come); the exit status is then 1."""
-    from .inference import iter_predictions
+    from .inference import iter_predictions, write_predictions
 
+    if output:
+        if as_json:
+            raise ZooAdaptError("give --json or --output, not both")
+        rows, failed = write_predictions(model_path, paths, output, tta=tta, top_k=top_k, batch_size=batch_size,
+                                         device=device, progress=True,
+                                         on_error=lambda e: click.echo(f"Error: {_printable(e)}", err=True))
+        click.echo(f"{rows - failed} images predicted{f', {failed} unreadable' if failed else ''}: {output}")
+        if failed:
+            ctx.exit(1)
+        return
     results, failed = [], False
-    for r in iter_predictions(model_path, paths, tta=tta, top_k=top_k, device=device):
+    for r in iter_predictions(model_path, paths, tta=tta, top_k=top_k, batch_size=batch_size, device=device):
         failed = failed or bool(r.error)
         if r.error:
             click.echo(f"Error: {_printable(r.error)}", err=True)
         elif not as_json:
             click.echo(f"{_printable(r.path)}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
-        results.append(r)
+        if as_json:
+            results.append(r)
     if as_json:
         _echo_json([r.to_dict() for r in results])
     if failed:
@@ -401,6 +426,11 @@ def _printable(text: str) -> str:
     """Paths with bytes that are not UTF-8 (kept by Python as lone surrogates) would
     make printing fail; show those bytes as escapes instead."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+from .cli_ship import register as _register_shipping  # noqa: E402 (analyse, export, push, trackers)
+
+_register_shipping(cli)
 
 
 def main() -> None:

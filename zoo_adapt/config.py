@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant", "dann")
 BN_POLICIES = ("train", "frozen")
 ON_OFF = ("auto", "on", "off")
+EXPORT_FORMATS = ("onnx",)
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
 PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best"}
@@ -33,8 +34,8 @@ def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | No
     only meaningful with --target-data (left out of config.toml otherwise)."""
     meta = dict(help=help, flags=flags, low=low, high=high, low_open=low_open, high_open=high_open,
                 choices=choices, resume=resume, adapting=adapting)
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata=meta)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -100,6 +101,13 @@ class FinetuneConfig:
     keep: str | None = opt(None, "Exported epoch: best (source validation accuracy) | last [default: best; last "
                            "with --target-data].", choices=("best", "last"))
     tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
+    log: list[str] = opt([], "Follow the run in an experiment tracker (repeatable): tensorboard | mlflow | wandb | a "
+                         "plugin's (zoo-adapt trackers). history.csv is written either way.", resume="free")
+    export: list[str] = opt([], "Also export the kept model in this format (repeatable): onnx (model.onnx, checked "
+                            "with onnxruntime).", choices=EXPORT_FORMATS, resume="free")
+    analysis: str = opt("auto", "Error analysis of the kept model at the end (analysis/: per-class table, confused "
+                        "pairs, top losses, class activation maps): auto (CAMs when grad-cam is installed) | on | "
+                        "off.", choices=ON_OFF, resume="free")
     feature_cache: bool = opt(True, "linear-probe: compute the frozen body's features once and train the head "
                               "on them.")
     cache_views: int = opt(1, "Feature cache: 1 = each image's eval view (exact, no augmentation); N > 1 = N "
@@ -126,6 +134,9 @@ class FinetuneConfig:
                                           "an oracle, not a deployable setting.", adapting=True)
 
     def __post_init__(self) -> None:
+        for key in ("log", "export"):  # repeatable: given as a tuple by the CLI, kept once each, in order
+            if isinstance(getattr(self, key), (list, tuple)):
+                setattr(self, key, list(dict.fromkeys(getattr(self, key))))
         adapting = bool(self.target_data)
         defaults = ADAPT_DEFAULTS if adapting else PLAIN_DEFAULTS
         for key, value in defaults.items():
@@ -189,8 +200,8 @@ def value_type(name: str) -> tuple[type, bool]:
         _HINTS.update(typing.get_type_hints(FinetuneConfig))
     hint = _HINTS[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is dict:
-        return dict, False
+    if typing.get_origin(hint) in (dict, list):
+        return typing.get_origin(hint), False
     if args:
         return args[0], type(None) in typing.get_args(hint)
     return hint, False
@@ -205,6 +216,13 @@ def check_value(name: str, value: Any, label: str) -> Any:
         if optional:
             return None
         raise ZooAdaptError(f"{label} needs a value")
+    if kind is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ZooAdaptError(f"{label} takes names (a list of texts), not {value!r}")
+        for item in value:
+            if meta["choices"] and item not in meta["choices"]:
+                raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {item!r}")
+        return list(dict.fromkeys(value))
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:

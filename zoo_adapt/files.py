@@ -70,13 +70,18 @@ def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def remove(path: Path) -> None:
-    """Remove `path` if it exists (a boundary too)."""
+def remove(path: Path, folders: bool = False) -> None:
+    """Remove `path` if it exists (a boundary too); with `folders`, a folder and all it holds."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         boundary(f"remove {path.name}")
         try:
-            path.unlink()
+            if folders and path.is_dir() and not path.is_symlink():
+                import shutil
+
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         except OSError as e:
             raise ZooAdaptError(f"cannot remove {path}: {e.strerror or e}") from None
 

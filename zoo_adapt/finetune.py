@@ -1,5 +1,6 @@
-"""A fine-tuning job: data in, a run folder out (model.safetensors, metrics.json, plots,
-config.toml, checkpoint.pt). `zoo-adapt finetune` is a thin layer over `finetune()`.
+"""A fine-tuning job: data in, a run folder out (model.safetensors, metrics.json,
+history.csv, plots, config.toml, checkpoint.pt, a model card; optionally the error
+analysis, model.onnx and tracker logs). `zoo-adapt finetune` is a thin layer over `finetune()`.
 
 The job checks everything (options, data, model, checkpoint) before it writes anything,
 builds the pieces (batch sources, optimizer, schedule, callbacks), hands them to the
@@ -31,7 +32,9 @@ from .export import export_model
 from .inputs import FeedMaker, is_demo, load_datasets
 from .models import create_model, num_classes_of, swap_head
 from .optim import make_optimizer, param_groups, stage_schedule
-from .run_folder import ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, EpochRecorder, RunFolder, config_text
+from .pipeline import default_workers
+from .run_folder import (ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, MODEL_FILE, EpochRecorder, RunFolder,
+                         config_text)
 
 
 @dataclass
@@ -74,12 +77,16 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
     keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
     checkpoint, a clean one); `resume=True` continues exactly where it stopped.
     `callbacks`: more `zoo_adapt.engine.Callback` objects for the loop."""
+    from .trackers import check as check_trackers
+
     config.validate()
+    trackers = check_trackers(config.log)  # unknown names and missing packages: before anything is written
+    _check_extras(config)
     procs = distributed.launched()
     device = resolve_device(distributed.device_for(config.device, procs))
     procs = distributed.start(device)
     try:
-        job = Job(config, procs, device, log if procs.main else None, overwrite)
+        job = Job(config, procs, device, log if procs.main else None, overwrite, trackers if procs.main else [])
         distributed.agree(procs, job.lock)
         try:
             return job.run(list(callbacks))
@@ -89,12 +96,26 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
         distributed.stop()
 
 
+def _check_extras(config: FinetuneConfig) -> None:
+    """What --export and --analysis need is installed (before anything is written)."""
+    if "onnx" in config.export:
+        from .onnx_export import require_onnx
+
+        require_onnx()
+    if config.analysis == "on":
+        from .analysis import require_cams
+
+        require_cams()
+
+
 class Job:
     """One run, phase by phase; every phase that can fail on bad input runs on all
     processes under `distributed.agree`, so they fail together."""
 
-    def __init__(self, config: FinetuneConfig, procs: distributed.Processes, device: torch.device, log, overwrite):
+    def __init__(self, config: FinetuneConfig, procs: distributed.Processes, device: torch.device, log, overwrite,
+                 trackers=()):
         self.config, self.procs, self.device, self.overwrite = config, procs, device, overwrite
+        self.trackers = list(trackers)  # rank 0's: the other processes report nothing
         self.log = log or (lambda s: None)
         self.folder = RunFolder(config.out)
 
@@ -158,15 +179,20 @@ class Job:
         if self.stored is not None:
             self.recorder.commit_outputs()  # model and metrics as the checkpoint says (a kill may have left them)
         start = time.perf_counter()
-        try:
-            loop.fit()
-            metrics = self.finish(loop)
-        except KeyboardInterrupt as e:
-            raise self.interrupted(e, loop) from None
+        with self.tracking.running():  # every tracker is told how the run ended
+            try:
+                loop.fit()
+                metrics = self.finish(loop)
+            except KeyboardInterrupt as e:
+                raise self.interrupted(e, loop) from None
+            self.tracking.publish(self.folder.out, metrics)
         metrics["train_seconds"] = time.perf_counter() - start
         return FinetuneResult(self.model, metrics["history"], metrics, self.folder.out)
 
     def loop(self, callbacks: list[Callback]) -> Loop:
+        from .trackers import build as build_tracker
+        from .tracking import Tracking
+
         c, model, feeds, procs = self.config, self.model, self.feeds, self.procs
         pieces: list[Callback] = [MixedPrecision()] if self.amp else []
         if procs.active:
@@ -187,10 +213,12 @@ class Job:
                                                             "classes": self.data.classes, "processes": procs.world},
                                       self.write_model, lambda finished: self.metrics(loop, finished),
                                       write=procs.main)
+        self.tracking = Tracking({t.name: build_tracker(t) for t in self.trackers}, self.folder.out,
+                                 resolved_values(c), self.data.classes)
         progress = [Progress(self.log)] if procs.main else []
         loop = Loop(model, train=feeds.train, val=feeds.val, classes=self.data.classes, plan=plan,
                     optimizer=optimizer, schedule=stage_schedule(plan, steps, c.schedule, c.warmup),
-                    callbacks=[*pieces, self.recorder, *progress, *callbacks],
+                    callbacks=[*pieces, self.recorder, self.tracking, *progress, *callbacks],
                     task=SingleLabel(c.label_smoothing), seed=c.seed,
                     bn="frozen" if c.strategy == "linear-probe" else c.bn, eval_body=c.strategy == "linear-probe",
                     steps_per_epoch=steps, device=self.device, network=feeds.network,
@@ -238,9 +266,29 @@ class Job:
             plot_confusion(metrics["confusion_matrix"], self.data.classes, folder.path("confusion_matrix.png"),
                            title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
                                  f"(counts; colour = share of the true class)")
+        self.ship()
         for line in summary_lines(metrics, folder.out):
             self.log(line)
         return metrics
+
+    def ship(self) -> None:
+        """What the run folder carries beyond the model: the error analysis, other export
+        formats, the model card and timm's config."""
+        from .model_card import write_hub_files
+
+        c, model, data, folder, device = self.config, self.model, self.data, self.folder, self.device
+        workers = c.workers if c.workers is not None else default_workers(device)
+        if c.analysis != "off" and data.val is not None:
+            from .analysis import analyse
+
+            analyse(model, data.val, data.classes, model.zoo_adapt.normalization, c.image_size,
+                    folder.path("analysis"), device, cams=c.analysis, workers=workers,
+                    title=f"{c.backbone} ({c.strategy})", log=self.log)
+        if "onnx" in c.export:
+            from .onnx_export import export_onnx
+
+            export_onnx(folder.path(MODEL_FILE), folder.path("model.onnx"), images=data.val, log=self.log)
+        write_hub_files(folder.out, model=model, log=self.log)
 
     def interrupted(self, e: KeyboardInterrupt, loop: Loop) -> Interrupted:
         """What an interrupt leaves, said truthfully (rank 0 speaks for the folder)."""

@@ -8,7 +8,8 @@ the backbones it names. Plugins whose implementations of a hook are all wrappers
 
 Required for a plugin that serves backbones: build_backbone, backbone_head,
 backbone_groups, backbone_normalization. Optional: register_backbones, backbone_source,
-convert_state_dict; register_adaptation_methods for methods.
+convert_state_dict, backbone_cam_target; register_adaptation_methods for methods;
+register_trackers for experiment trackers.
 
 Hooks taking `model` are asked twice: with `model=None` when zoo-adapt must answer
 without building anything (`zoo-adapt list`, which never imports torch), and with the
@@ -110,5 +111,26 @@ def register_adaptation_methods(register):
     Must not import torch at import time: import it inside the factory."""
 
 
+@hookspec(firstresult=True)
+def backbone_cam_target(entry, model):
+    """Return a :class:`~zoo_adapt.plugin_api.CamTarget` (optional): the layer whose
+    activations class activation maps (Grad-CAM) are computed on, and, for token
+    models (ViTs), how many prefix tokens (class, register) to drop before the tokens
+    are laid out on the patch grid. Without an answer zoo-adapt takes the last layer
+    whose output is a spatial feature map (N, C, H, W), which suits CNNs."""
+
+
+@hookspec
+def register_trackers(register):
+    """Offer experiment trackers for ``zoo-adapt finetune --log NAME`` (optional).
+
+    Call ``register(name, factory, description="", requires=(), install=None)``.
+    ``factory()`` returns a :class:`~zoo_adapt.plugin_api.Tracker`; ``requires`` names
+    the modules it imports (checked before a run starts, without importing them), and
+    ``install`` says how to get them (default: ``pip install`` the required names). A
+    name another plugin uses is a collision unless you pass ``override=True``. Must not
+    import the tracker's package at import time: import it inside the tracker."""
+
+
 BACKBONE_HOOKS = ("build_backbone", "backbone_head", "backbone_groups", "backbone_normalization",
-                  "backbone_source", "convert_state_dict")
+                  "backbone_source", "convert_state_dict", "backbone_cam_target")

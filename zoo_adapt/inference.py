@@ -1,6 +1,8 @@
 """Using an exported model: score it on a labelled folder, or predict images."""
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -93,8 +95,12 @@ def predict_paths(model_path: str | Path, paths: Iterable[str | Path], tta: bool
 
 
 def iter_predictions(model_path: str | Path, paths: Iterable[str | Path], tta: bool = False, top_k: int = 5,
-                     batch_size: int = 32, device: str = "auto") -> Iterator[Prediction]:
-    """predict_paths, one batch at a time, so a caller can print results as they come."""
+                     batch_size: int = 32, device: str = "auto", entries: list | None = None) -> Iterator[Prediction]:
+    """predict_paths, one batch at a time, so a caller can print results as they come.
+    Images of a batch are decoded in threads; batches run on the device. `entries`:
+    expand_paths(paths), when the caller has it already."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if top_k < 1:
         raise ZooAdaptError(f"top-k must be at least 1, not {top_k}")
     if batch_size < 1:
@@ -102,19 +108,32 @@ def iter_predictions(model_path: str | Path, paths: Iterable[str | Path], tta: b
     dev = resolve_device(device)
     model, card = load_model(model_path, dev)
     transform = EvalTransform(card.normalization)
-    entries = expand_paths(paths)
+    entries = expand_paths(paths) if entries is None else entries
     k = min(top_k, len(card.classes))
+
+    def decode(item):
+        path, error = item
+        if error is not None:
+            return None, error
+        try:
+            return transform(open_image(path, transform.min_side)), None
+        except ZooAdaptError as e:
+            return None, str(e)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        yield from _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, decode)
+
+
+def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, decode) -> Iterator[Prediction]:
     for start in range(0, len(entries), batch_size):
         done: list[Prediction] = []
         batch, kept = [], []
-        for path, error in entries[start:start + batch_size]:
+        chunk = entries[start:start + batch_size]
+        for (path, _), (image, error) in zip(chunk, pool.map(decode, chunk)):
             done.append(Prediction(str(path), error=error))
             if error is None:
-                try:
-                    batch.append(transform(open_image(path)))
-                    kept.append(done[-1])
-                except ZooAdaptError as e:
-                    done[-1].error = str(e)
+                batch.append(image)
+                kept.append(done[-1])
         if batch:
             x = normalize(torch.stack(batch).to(dev), card.normalization)
             probs = predict_proba(model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
@@ -122,3 +141,56 @@ def iter_predictions(model_path: str | Path, paths: Iterable[str | Path], tta: b
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
                 pred.top = [(card.classes[c], p) for c, p in zip(i, v)]
         yield from done
+
+
+def write_predictions(model_path: str | Path, paths: Iterable[str | Path], output: str | Path, tta: bool = False,
+                      top_k: int = 3, batch_size: int = 64, device: str = "auto", progress: bool = True,
+                      on_error=None) -> tuple[int, int]:
+    """Predict every image of `paths` (files or folders, any size) into the CSV `output`:
+    path, prediction, probability, then label_i / probability_i for the top k, and an
+    error column for files that cannot be read. Rows are written and flushed batch by
+    batch as they come (nothing but the list of paths is held in memory), with progress
+    on stderr (zoo_adapt.progress). Returns (rows written, files that failed)."""
+    from .progress import Ticker
+
+    output = Path(output)
+    if output.is_dir():
+        raise ZooAdaptError(f"--output {output} is a folder; give a file name such as predictions.csv")
+    entries = expand_paths(paths)
+    card, _ = read_card(model_path)
+    k = min(top_k, len(card.classes))
+    header = ["path", "prediction", "probability"] + [f"{w}_{i}" for i in range(1, k + 1)
+                                                       for w in ("label", "probability")] + ["error"]
+    rows = failed = 0
+    try:
+        handle = open(output, "w", newline="", encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise ZooAdaptError(f"cannot write {output}: {e.strerror or e}") from None
+    ticker = Ticker(-(-len(entries) // batch_size), "predicting") if progress and entries else None
+    try:
+        with handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            handle.flush()
+            pending = 0
+            for r in iter_predictions(model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device,
+                                      entries=entries):
+                if r.error:
+                    failed += 1
+                    writer.writerow([r.path, "", ""] + [""] * (2 * k) + [r.error])
+                    if on_error:
+                        on_error(r.error)
+                else:
+                    pairs = [x for c, p in r.top for x in (c, f"{p:.6f}")]
+                    writer.writerow([r.path, r.top[0][0], f"{r.top[0][1]:.6f}", *pairs, ""])
+                rows += 1
+                pending += 1
+                if pending == batch_size or rows == len(entries):
+                    handle.flush()  # a reader (tail -f) sees whole batches as they are done
+                    if ticker is not None:
+                        ticker.update(pending)
+                    pending = 0
+    finally:
+        if ticker is not None:
+            ticker.close()
+    return rows, failed

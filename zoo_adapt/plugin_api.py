@@ -7,14 +7,16 @@ A plugin's name is its entry-point name (or the name given to register_plugin); 
 asked only about the backbones it serves, so it never checks `entry.plugin`."""
 from importlib import import_module
 
-from .backbone import IMAGENET, INCEPTION, Entry, Head, LayerGroup, Normalization, Source
+from .backbone import IMAGENET, INCEPTION, CamTarget, Entry, Head, LayerGroup, Normalization, Source
 from .errors import ZooAdaptError
 from .hookspecs import hookimpl, override
 from .hub import download_failed, hf_hub_cached, reachable, torch_hub_checkpoint
+from .tracker_api import Tracker, TrackerRun
 
 _TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from .adaptation_method
 
-__all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization", "Source",
+__all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization", "Source", "CamTarget",
+           "Tracker", "TrackerRun",
            "IMAGENET", "INCEPTION", "ZooAdaptError", "download_failed", "torch_hub_checkpoint",
            "hf_hub_cached", "reachable", *sorted(_TORCH)]
 

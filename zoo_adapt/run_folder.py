@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -33,11 +34,14 @@ MODEL_FILE = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.toml"
+HISTORY_FILE = "history.csv"  # one row per epoch, every logged figure (rewritten after each epoch)
 ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
 LOCK_FILE = ".zoo-adapt.lock"
 PLOTS = ("curves.png", "confusion_matrix.png", "domain_gap.png")
 RUN_FILES = (MODEL_FILE, CHECKPOINT, METRICS_FILE)
-OUTPUTS = (*RUN_FILES, CONFIG_FILE, ADAPTATION_FILE, *PLOTS)
+# written at the end of a run: the model card, timm's config, the ONNX model, the analysis folder
+SHIPPING = ("README.md", "config.json", "model.onnx", "analysis")
+OUTPUTS = (*RUN_FILES, CONFIG_FILE, HISTORY_FILE, ADAPTATION_FILE, *PLOTS, *SHIPPING)
 CHECKPOINT_FORMAT = "zoo-adapt-checkpoint/1"
 
 
@@ -125,7 +129,7 @@ class RunFolder:
         clean_temporaries(self.out)
         if fresh:
             for name in OUTPUTS:
-                remove(self.path(name))
+                remove(self.path(name), folders=True)
         write_text(self.path(CONFIG_FILE), config_text)
         self._began = True
 
@@ -143,6 +147,7 @@ class RunFolder:
             write_model(self.path(MODEL_FILE))
             self.model_sha = sha256(self.path(MODEL_FILE))
         write_json({**metrics, "model_sha256": self.model_sha}, self.path(METRICS_FILE))
+        write_text(self.path(HISTORY_FILE), history_csv(metrics.get("history", [])))
 
     def has_checkpoint(self) -> bool:
         return self.path(CHECKPOINT).is_file()
@@ -151,8 +156,12 @@ class RunFolder:
         """Remove what this run wrote (it never got to a checkpoint), and the folder if
         this run created it."""
         for name in (*OUTPUTS, LOCK_FILE):
+            path = self.path(name)
             try:
-                self.path(name).unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
             except OSError:
                 pass
         clean_temporaries(self.out)
@@ -221,6 +230,36 @@ def _json_default(x: Any):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     raise TypeError(type(x).__name__)
+
+
+def history_rows(history: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) of history.csv: every per-epoch figure of metrics.json's history,
+    the learning rates as lr_<group> columns, the trainable groups as 'i j k'."""
+    rows = []
+    for record in history:
+        row = {}
+        for key, value in record.items():
+            if key == "lrs":
+                row.update({f"lr_{group}": lr for group, lr in value.items()})
+            elif isinstance(value, (list, tuple)):
+                row[key] = " ".join(map(str, value))
+            else:
+                row[key] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return columns, rows
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    import csv
+
+    columns, rows = history_rows(history)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
 
 
 def config_text(values: dict[str, Any], notes: list[str]) -> str:

@@ -27,7 +27,7 @@ from .plugins import standing_in as registered
 from .routing import ask
 
 __all__ = ["registered", "check_backbone", "check_head_swap", "check_groups", "check_static_facts",
-           "check_export", "check_adaptation_method"]
+           "check_export", "check_adaptation_method", "check_tracker"]
 
 
 def check_backbone(name: str, tmp_path: str | Path, num_classes: int = 3, image_size: int = 64,
@@ -135,3 +135,47 @@ def check_adaptation_method(name: str, in_features: int = 16, num_classes: int =
         assert all(id(p) in own for p in group["params"]), "param_groups hands out parameters not the method's"
     make_method(name, in_features, num_classes, config).load_state_dict(method.state_dict())
     return method
+
+
+def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
+    """Tracker `name` is registered with its packages installed, builds, and takes a
+    short run as the Tracking callback drives one (start, step, epoch and final
+    figures, an image, an artifact, finish); its state is plain data, and, with
+    `resume`, a second tracker started from that state takes the run on. Returns the
+    first tracker."""
+    import io
+
+    from PIL import Image
+
+    from .tracker_api import Tracker, TrackerRun
+    from .trackers import build, check
+
+    out = Path(tmp_path) / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    (info,) = check([name])
+    tracker = build(info)
+    assert isinstance(tracker, Tracker), f"{name}: the factory built {type(tracker).__name__}, not a Tracker"
+    picture, artifact = out / "curves.png", out / "metrics.json"
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(picture)
+    artifact.write_text('{"val_accuracy": 0.5}')
+    params = {"backbone": "resnet18", "lr": 0.002, "pretrained": True, "log": name}
+    tracker.start(TrackerRun("run", out, out / name, params, epochs=2, classes=("a", "b")))
+    for step in (1, 2):
+        tracker.log_metrics({"step/loss": 1.0 / step, "step/lr/head": 1e-3, "step/lr/stem": 1e-5}, step, "step")
+    tracker.log_metrics({"epoch/train_loss": 0.7, "epoch/val_accuracy": 0.5, "epoch/lr/head": 1e-3}, 1, "epoch")
+    state = tracker.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == state, f"{name}: state_dict() must be plain data, not {state!r}"
+    if resume:
+        tracker.finish("interrupted")
+        tracker = build(info)
+        tracker.start(TrackerRun("run", out, out / name, params, resumed=True, state=state, step=2, epochs=2,
+                                 classes=("a", "b")))
+    tracker.log_metrics({"epoch/train_loss": 0.5, "epoch/val_accuracy": 1.0}, 2, "epoch")
+    tracker.log_metrics({"final/val_accuracy": 1.0}, 2, "final")
+    tracker.log_image("curves", picture, 2)
+    tracker.log_artifact(artifact, "metrics.json")
+    tracker.finish("finished")
+    return tracker

@@ -1,0 +1,114 @@
+"""Experiment trackers the installed plugins offer (no torch, no tracker package here:
+`zoo-adapt trackers` only lists names). Tracker names are claimed like adaptation-method
+names (claims.py): a name two plugins register is an error naming both, unless one
+passes override=True. `check` runs before a job touches its folder: an unknown name or
+a tracker whose package is missing is one line saying what to install."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .claims import Claim, settle
+from .errors import PluginError, ZooAdaptError, first_line
+from .plugins import plugin_info, report, require
+from .routing import each
+
+
+@dataclass(frozen=True)
+class TrackerInfo:
+    name: str
+    plugin: str
+    factory: Callable[[], Any]
+    description: str = ""
+    requires: tuple[str, ...] = ()  # modules the tracker imports
+    install: str = ""  # how to get them
+    replaces: tuple[str, ...] = ()  # plugins whose tracker of this name it overrides
+
+    def missing(self) -> list[str]:
+        """The required modules that cannot be imported here (found without importing)."""
+        out = []
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                out.append(module)
+        return out
+
+
+def _settled():
+    claims: dict[str, list[Claim]] = {}
+
+    def kwargs_for(plugin: str):
+        info = plugin_info(plugin)
+
+        def register(name: str, factory: Callable, description: str = "", requires: Sequence[str] = (),
+                     install: str | None = None, override: bool = False) -> None:
+            if not isinstance(name, str) or not name.strip():
+                raise ZooAdaptError(f"tracker names are non-empty texts, not {name!r}")
+            if not callable(factory):
+                raise ZooAdaptError(f"tracker {name!r}: the factory must be callable, not {type(factory).__name__}")
+            requires = (requires,) if isinstance(requires, str) else tuple(requires)
+            tracker = TrackerInfo(name, plugin, factory, description, requires,
+                                  install or (f"pip install {' '.join(requires)}" if requires else ""))
+            claims.setdefault(plugin, []).append(Claim(name, tracker, info.label, info.shipped, bool(override)))
+        return {"register": register}
+
+    done = each("register_trackers", kwargs_for)
+    settled = settle([c for plugin in done for c in claims.get(plugin, [])], "tracker")
+    for problem in settled.problems:
+        report(problem)
+    return settled
+
+
+def trackers() -> dict[str, TrackerInfo]:
+    """Every usable tracker registered through the `register_trackers` hook."""
+    settled = _settled()
+    out = {}
+    for name, claim in settled.winners.items():
+        replaced = tuple(c.value.plugin for c in settled.replaced.get(name, ()))
+        out[name] = TrackerInfo(**{**claim.value.__dict__, "replaces": replaced})
+    return out
+
+
+def check(names: Sequence[str]) -> list[TrackerInfo]:
+    """The trackers `names` asks for, each known, usable and with its packages installed,
+    or a one-line error: before anything is written."""
+    if not names:
+        return []
+    settled = _settled()
+    found = []
+    for name in names:
+        if name in settled.contested:
+            raise ZooAdaptError(settled.contested[name])
+        if name not in settled.winners:
+            raise ZooAdaptError(f"--log {name}: no such tracker; installed: {', '.join(settled.winners) or 'none'} "
+                                "(see `zoo-adapt trackers`)")
+        info: TrackerInfo = settled.winners[name].value
+        require(info.plugin, f"tracker {name!r}")
+        missing = info.missing()
+        if missing:
+            raise ZooAdaptError(f"--log {name} needs the package {missing[0]!r}, which is not installed: "
+                                f"{info.install}")
+        found.append(info)
+    return found
+
+
+def build(info: TrackerInfo):
+    """The tracker object of `info` (its plugin's factory, failures named)."""
+    from .tracker_api import Tracker
+
+    label = require(info.plugin, f"tracker {info.name!r}").label
+    try:
+        tracker = info.factory()
+    except ZooAdaptError:
+        raise
+    except Exception as e:
+        raise PluginError(f"{label} failed building tracker {info.name!r}: {first_line(e)} "
+                          "(ZOO_ADAPT_DEBUG=1 shows the traceback)", info.plugin) from e
+    if not isinstance(tracker, Tracker):
+        raise PluginError(f"{label}: tracker {info.name!r} did not build a Tracker (got {type(tracker).__name__})",
+                          info.plugin)
+    return tracker
