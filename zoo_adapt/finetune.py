@@ -65,12 +65,22 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
     keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
     checkpoint, a clean one); `resume=True` continues exactly where it stopped.
     `callbacks`: more `zoo_adapt.engine.Callback` objects for the loop."""
-    config.validate()
+    config = with_method_options(config.validate())
     log = log or (lambda s: None)
     folder = RunFolder(config.out)
     folder.precheck(config.resume, overwrite)
     with folder.locked():
         return _run(config, folder, list(callbacks), log)
+
+
+def with_method_options(config: FinetuneConfig) -> FinetuneConfig:
+    """With --target-data: the method's options checked against what its plugin
+    declared, defaults filled in (so config.toml records every value)."""
+    if not config.adapting:
+        return config
+    from .methods import resolve_options
+
+    return dataclasses.replace(config, adapt_options=resolve_options(config.adapt, config.adapt_options))
 
 
 def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], log) -> FinetuneResult:
@@ -175,9 +185,7 @@ def _finish(loop: Loop, config: FinetuneConfig, data, feeds, recorder: EpochReco
         finish_adaptation(adaptation, config, loop, feeds, gap_before, metrics, folder.path(ADAPTATION_FILE))
     folder.write_outputs(True, lambda path: write_model(path, None, kept, val_accuracy=metrics.get("val_accuracy")),
                          metrics)
-    extra_panels = ("domain_accuracy",) if adaptation is not None else ()
-    plot_curves(metrics["history"], folder.path("curves.png"), title=f"{config.backbone} ({config.strategy})",
-                extra=extra_panels)
+    plot_curves(metrics["history"], folder.path("curves.png"), title=f"{config.backbone} ({config.strategy})")
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], data.classes, folder.path("confusion_matrix.png"))
     return metrics

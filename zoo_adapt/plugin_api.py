@@ -11,12 +11,13 @@ from .backbone import IMAGENET, INCEPTION, Entry, Head, LayerGroup, Normalizatio
 from .errors import ZooAdaptError
 from .hookspecs import hookimpl, override
 from .hub import download_failed, hf_hub_cached, reachable, torch_hub_checkpoint
+from .options import Option, option
 
 _TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from .adaptation_method
 
 __all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization", "Source",
            "IMAGENET", "INCEPTION", "ZooAdaptError", "download_failed", "torch_hub_checkpoint",
-           "hf_hub_cached", "reachable", *sorted(_TORCH)]
+           "hf_hub_cached", "reachable", "option", "Option", *sorted(_TORCH)]
 
 
 def __getattr__(name: str):
