@@ -13,7 +13,7 @@ with logits; a source batch and a target batch of the same size forwarded togeth
 batch, BatchNorm in train mode); a fixed number of passes over the source set; the last
 model kept; no target label read.
 
-    python benchmarks/dann_reference.py TASK_FOLDER --seeds 0 1 2 [--source-only]
+    python benchmarks/dann_reference.py TASK_FOLDER --seeds 0 1 2 [--method dann|mcc|none]
 
 TASK_FOLDER is what zoo_adapt.demo.build_photo_shift / build_digit_shift write.
 """
@@ -45,6 +45,7 @@ class Recipe:
     dropout: float = 0.5
     gamma: float = 10.0
     image_size: int = 64
+    mcc: float = 1.0  # the weight of MCC when the method is "mcc" (Transfer-Learning-Library's trade-off)
 
 
 def load_folder(root: Path, size: int, classes: list[str] | None = None):
@@ -104,10 +105,22 @@ def optimizer_for(net: Split, disc: nn.Module | None, recipe: Recipe):
     return opt, [g["lr"] for g in groups]
 
 
-def dann_step(net: Split, disc: nn.Module | None, opt, base_lrs, xs, ys, xt, p: float, gamma: float = 10.0) -> dict:
+def mcc_loss(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
+    """Minimum class confusion (Jin et al. 2020), as Transfer-Learning-Library computes it."""
+    probs = F.softmax(logits / temperature, dim=1)
+    weights = 1 + torch.exp(-(-(probs * torch.log(probs + 1e-5)).sum(1)).detach())
+    weights = (len(probs) * weights / weights.sum()).unsqueeze(1)
+    confusion = (probs * weights).t() @ probs
+    confusion = confusion / confusion.sum(1)
+    return (confusion.sum() - confusion.trace()) / probs.shape[1]
+
+
+def dann_step(net: Split, disc: nn.Module | None, opt, base_lrs, xs, ys, xt, p: float, gamma: float = 10.0,
+              mcc: float = 0.0) -> dict:
     """One step at progress p (the fraction of steps done): rates annealed, then source
     and target forwarded together, cross-entropy on the source plus the discriminator's
-    BCE behind the reversal layer. `disc` None (or `xt` None): source only."""
+    BCE behind the reversal layer. `disc` None (or `xt` None): source only. `mcc` > 0:
+    that weight of MCC on the target logits instead of (or besides) the discriminator."""
     for group, lr0 in zip(opt.param_groups, base_lrs):
         group["lr"] = lr0 / (1 + 10 * p) ** 0.75
     n = len(xs)
@@ -122,6 +135,10 @@ def dann_step(net: Split, disc: nn.Module | None, opt, base_lrs, xs, ys, xt, p: 
         domain_loss = F.binary_cross_entropy_with_logits(d, domain)
         loss = loss + domain_loss
         out.update(domain_loss=domain_loss.item(), domain_accuracy=((d > 0).float() == domain).float().mean().item())
+    if mcc and xt is not None:
+        confusion = mcc_loss(logits[n:])
+        loss = loss + mcc * confusion
+        out.update(mcc_loss=confusion.item())
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -142,8 +159,8 @@ def accuracy(net: Split, x: torch.Tensor, y: torch.Tensor, norm, batch: int = 12
     return hits / len(x)
 
 
-def train(task: Path, seed: int, adapt: bool = True, recipe: Recipe = Recipe(), backbone: str = "efficientnet_lite0",
-          log=print) -> float:
+def train(task: Path, seed: int, adapt: str | None = "dann", recipe: Recipe = Recipe(),
+          backbone: str = "efficientnet_lite0", log=print) -> float:
     """Train on task/source/train (+ the unlabelled task/target/train); the last model's
     accuracy on task/target/test."""
     from zoo_adapt import create_model
@@ -155,7 +172,7 @@ def train(task: Path, seed: int, adapt: bool = True, recipe: Recipe = Recipe(), 
     n = model.zoo_adapt.normalization
     norm = (n.mean, n.std)
     net = Split(model, model.zoo_adapt.head.attr)
-    disc = discriminator(net.head.in_features, recipe.hidden, recipe.dropout) if adapt else None
+    disc = discriminator(net.head.in_features, recipe.hidden, recipe.dropout) if adapt == "dann" else None
     opt, base_lrs = optimizer_for(net, disc, recipe)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(xs) / recipe.batch_size)
@@ -176,7 +193,7 @@ def train(task: Path, seed: int, adapt: bool = True, recipe: Recipe = Recipe(), 
                 picked, target_stream = target_stream[:len(batch)], target_stream[len(batch):]
                 xt_batch = normalize(xt[picked], *norm)
             figures.append(dann_step(net, disc, opt, base_lrs, normalize(xs[batch], *norm), ys[batch], xt_batch,
-                                     step / total, recipe.gamma))
+                                     step / total, recipe.gamma, recipe.mcc if adapt == "mcc" else 0.0))
             step += 1
         means = {k: statistics.mean(f[k] for f in figures) for k in figures[0]}
         log(f"  epoch {epoch + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in means.items()))
@@ -188,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--source-only", action="store_true")
+    parser.add_argument("--method", choices=("dann", "mcc", "none"), default="dann", help="none: source only")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr-body", type=float, default=1e-3)
     parser.add_argument("--lr-head", type=float, default=3e-3)
@@ -197,7 +214,8 @@ def main() -> None:
     recipe = Recipe(epochs=args.epochs, lr_body=args.lr_body, lr_head=args.lr_head)
     accs = []
     for seed in args.seeds:
-        acc = train(args.task, seed, adapt=not args.source_only, recipe=recipe, backbone=args.backbone)
+        acc = train(args.task, seed, adapt=None if args.method == "none" else args.method, recipe=recipe,
+                    backbone=args.backbone)
         accs.append(100 * acc)
         print(f"seed {seed}: target accuracy {acc:.1%}", flush=True)
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
