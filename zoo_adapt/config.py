@@ -17,14 +17,15 @@ STRATEGIES = ("linear-probe", "finetune", "two-stage", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant", "dann")
 BN_POLICIES = ("train", "frozen")
+SPREADS = ("geometric", "flat")
 ON_OFF = ("auto", "on", "off")
 # Options that moved into the dann method's own declaration (plugins/adaptation.py).
 MOVED = {"adapt_gamma": "--adapt-option gamma=...", "domain_hidden": "--adapt-option width=... depth=...",
          "domain_dropout": "--adapt-option dropout=..."}
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
-PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best"}
-ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2}
+PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric"}
+ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2, "lr_spread": "flat"}
 
 
 def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
@@ -64,8 +65,11 @@ class FinetuneConfig:
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
     lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 1e-2 with --target-data].",
                            low=0, low_open=True)
-    lr_body: float | None = opt(None, "Stem learning rate; groups in between spread geometrically [default: "
+    lr_body: float | None = opt(None, "Stem learning rate; groups in between as --lr-spread says [default: "
                                 "lr/100; lr/10 with --target-data].", low=0, low_open=True)
+    lr_spread: str | None = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
+                                "stem up to --lr at the head) | flat (--lr-body for all but the head) [default: "
+                                "geometric; flat with --target-data].", choices=SPREADS)
     lr_decay: float | None = opt(None, "Instead of --lr-body: layer-wise decay, each group gets this times the one "
                                  "above.", low=0, high=1, low_open=True)
     weight_decay: float = opt(0.01, "Weight decay (not applied to biases and norm parameters).", low=0)

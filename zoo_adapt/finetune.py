@@ -125,7 +125,8 @@ def _run(config: FinetuneConfig, folder: RunFolder, callbacks: list[Callback], l
                        config.unfreeze_every)
     extra = adaptation.method.param_groups(config.head_lr, config.weight_decay) if adaptation else []
     optimizer = make_optimizer(extra + param_groups(model, config.head_lr, lr_body=config.lr_body,
-                                                    lr_decay=config.lr_decay, weight_decay=config.weight_decay),
+                                                    lr_decay=config.lr_decay, weight_decay=config.weight_decay,
+                                                    spread=config.lr_spread),
                                config.optimizer, config.momentum, fused=device.type == "cuda")
 
     def write_model(path: Path, state: dict | None, epoch: int, **extra_meta) -> Path:
