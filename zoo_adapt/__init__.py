@@ -23,6 +23,7 @@ _LAZY = {
     "group_parameters": "layers", "freeze": "layers", "freeze_to": "layers",
     "unfreeze": "layers", "trainable_groups": "layers",
     "layer_lrs": "optim", "param_groups": "optim",
+    "load_plain": "export", "eval_transform": "transforms",
 }
 
 __all__ = ["ZooAdaptError", "hookimpl", "override", "__version__", *_LAZY]

@@ -187,9 +187,10 @@ def domain_gap(model: nn.Module, source: Batches, target: Batches, seed: int, au
 
 
 def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str], maker, feeds, autocast,
-                     log) -> tuple[Adaptation, float]:
-    """What a fine-tuning job adds when given --target-data: the target batches, the
-    method, the oracle's labelled target images; and the domain gap before training."""
+                     log, procs=None) -> tuple[Adaptation, float | None]:
+    """What a fine-tuning job adds when given --target-data: the target batches (each
+    process its shard), the method, the oracle's labelled target images; and the domain
+    gap before training (measured by rank 0)."""
     from .data import ImageDataset, scan_folder
     from .methods import make_method
 
@@ -202,18 +203,22 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
         target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)
     method = make_method(config.adapt, model.zoo_adapt.head.in_features, len(classes), config).to(model_device(model))
     adaptation = Adaptation(method, target_train, target_eval, target_val, config.select_with_target_labels)
-    gap = domain_gap(model, feeds.val_images or feeds.train, target_eval, config.seed, autocast)
-    options = ", ".join(f"{k}={v}" for k, v in config.adapt_options.items())
-    log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}"
-        f"{f' ({options})' if options else ''}; domain gap before (proxy A-distance): {gap:.2f}")
+    adaptation.num_target = len(target)
+    gap = None
+    if procs is None or procs.main:
+        gap = domain_gap(model, feeds.val_images or feeds.train, target_eval, config.seed, autocast)
+        options = ", ".join(f"{k}={v}" for k, v in config.adapt_options.items())
+        log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}"
+            f"{f' ({options})' if options else ''}; domain gap before (proxy A-distance): {gap:.2f}")
     return adaptation, gap
 
 
-def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feeds, gap_before: float,
-                      metrics: dict[str, Any], method_file: Path) -> None:
-    """The adaptation's summary (the method's options and last figures), the gap after
-    training (of the kept model), the plot of every figure the method and the label-free
-    scores logged, and the method's file."""
+def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feeds, gap_before: float | None,
+                      metrics: dict[str, Any], method_file: Path, write: bool = True) -> None:
+    """The adaptation's summary (the method's options and last figures), the oracle of
+    the kept model (every process evaluates its shard); with `write` (rank 0) the gap
+    after training, the plot of every figure the method and the label-free scores logged,
+    and the method's file."""
     from .methods import method_info
     from .report import plot_adaptation
 
@@ -222,16 +227,18 @@ def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feed
     figures = list(dict.fromkeys([*adaptation.figure_names, *declared]))
     last = metrics["history"][-1] if metrics["history"] else {}
     metrics["adaptation"] = {"method": config.adapt, "options": dict(config.adapt_options),
-                             "target_data": str(config.target_data), "num_target": adaptation.target.num_samples,
+                             "target_data": str(config.target_data), "num_target": adaptation.num_target,
                              "figures": {k: declared.get(k, "") for k in figures},
                              **{k: last[k] for k in figures if k in last}}
-    after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
-    metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
     if adaptation.target_val is not None:
         metrics["target_accuracy_oracle"] = loop.validate(batches=adaptation.target_val, network=model).accuracy
         metrics["target_accuracy_oracle_note"] = (
             "measured with target labels and USED to select the epoch" if config.select_with_target_labels
             else "measured with target labels (--target-val): a figure for reporting, not used for selection")
+    if not write:
+        return
+    after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
+    metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
     scores = [k for k in ("target_snd", "target_entropy", "target_class_balance", "target_accuracy_oracle")
               if k in last]
     plot_adaptation(metrics["proxy_a_distance"], metrics["history"], figures + scores,

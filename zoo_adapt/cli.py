@@ -178,7 +178,7 @@ def info(name: str, as_json: bool) -> None:
         return _echo_json(card)
     click.echo(f"{card['name']}: {card['description']}")
     click.echo(f"  plugin {card['plugin']} -> {card['source']} {card['upstream']}, "
-               f"weights {card['weights']} ({card['weights_status']})")
+               f"weights {card['weights'] or 'the library default'} ({card['weights_status']})")
     click.echo(f"  named in {card['origin']}" + (f"; {card['note']}" if card["note"] else ""))
     by: dict[str, list[str]] = {}
     for hook, who in card["answered_by"].items():
@@ -256,8 +256,11 @@ def _config_options(fn):
               help="An option of the adaptation method, e.g. width=512 for dann (repeatable; `zoo-adapt methods "
               "NAME` lists a method's options, checked when the run starts).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (never one that is running).")
+@click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train data-parallel in N processes on this machine (one per GPU): hands the command to "
+              "torchrun's launcher. torchrun itself works too: torchrun --nproc-per-node N -m zoo_adapt finetune ...")
 @click.pass_context
-def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **options) -> None:
+def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc: int | None, **options) -> None:
     """Fine-tune a pretrained backbone on labelled images.
 
     With no --data and no --dataset it runs the embedded demo (photographs from
@@ -268,14 +271,18 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, **opt
     from .config import build_config
     from .finetune import finetune as run
 
+    from . import distributed
+
+    if nproc and not distributed.launched().active:
+        ctx.exit(distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc-per-node")))
     given = {k: v for k, v in options.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     if "adapt_options" in given:
         given["adapt_options"] = _key_values(given["adapt_options"])
     config = build_config(given, config_file)
+    main_process = distributed.launched().main
     with _stop_on_sigterm():
-        result = run(config, log=click.echo, overwrite=overwrite)
-    _print_result(result.metrics, result.out)
+        run(config, log=click.echo if main_process else None, overwrite=overwrite)  # it prints its summary
 
 
 class Terminated(KeyboardInterrupt):
@@ -318,21 +325,6 @@ def _key_values(pairs: tuple[str, ...]) -> dict:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = value
     return out
-
-
-def _print_result(m: dict, out) -> None:
-    if "proxy_a_distance" in m:
-        gap = m["proxy_a_distance"]
-        oracle = (f"; target accuracy {m['target_accuracy_oracle']:.1%} (ORACLE: measured with target labels)"
-                  if m.get("target_accuracy_oracle") is not None else "")
-        click.echo(f"domain gap (proxy A-distance) {gap['before']:.2f} -> {gap['after']:.2f}{oracle}")
-    if m.get("val_accuracy") is None:
-        click.echo(f"done: no validation set; model in {out}/model.safetensors")
-        return
-    tta = f", with TTA {m['val_accuracy_tta']:.1%}" if m.get("val_accuracy_tta") is not None else ""
-    what = "source validation" if "proxy_a_distance" in m else "validation"
-    click.echo(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}) on {m['num_val']} "
-               f"{what} images, epoch {m['kept_epoch']} of {m['epochs']}; results in {out}/")
 
 
 def _method_card(m) -> dict:
@@ -386,14 +378,16 @@ def _indent(text: str, by: str = "    ") -> str:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 def evaluate(model_path: str, data: str, tta: bool, as_json: bool, batch_size: int, device: str) -> None:
-    """Accuracy, top-5, per-class accuracy and confusion matrix on a labelled folder."""
+    """Accuracy, top-5, per-class accuracy and confusion matrix on a labelled folder
+    (a dataset root with train/ and val/ or test/ means its held-out folder; the output
+    names the folder used)."""
     from .inference import evaluate_folder
 
     result = evaluate_folder(model_path, data, tta=tta, batch_size=batch_size, device=device)
     if as_json:
         return _echo_json({**result.to_dict(), "tta": tta})
     click.echo(f"accuracy {result.accuracy:.1%}  top-5 {result.top5:.1%}  loss {result.loss:.3f}  "
-               f"({result.num_images} images{', TTA' if tta else ''})")
+               f"({result.num_images} images in {result.folder}{', TTA' if tta else ''})")
     width = max(len(c) for c in result.classes)
     for name, acc in result.per_class.items():
         if acc is not None:
@@ -441,6 +435,7 @@ def main() -> None:
     """Entry point: every error is one line on stderr (usage errors exit 2, others 1;
     Ctrl-C 130, SIGTERM 143); with --debug or ZOO_ADAPT_DEBUG=1 the traceback too (a
     plugin's failure with the plugin's own traceback as its cause)."""
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
     try:
         code = cli.main(prog_name="zoo-adapt", standalone_mode=False)
     except ZooAdaptError:  # reaches here only when debugging: see _Group
@@ -451,7 +446,9 @@ def main() -> None:
         click.echo(f"Error: {e.format_message()}{hint}", err=True)
         code = e.exit_code
     except click.ClickException as e:
-        click.echo(f"Error: {e.format_message()}", err=True)
+        agreed = getattr(e.__context__, "seen_by", None) is not None  # every process has it: rank 0 says it
+        if rank == "0" or not agreed:
+            click.echo(f"Error: {'' if rank == '0' else f'(rank {rank}) '}{e.format_message()}", err=True)
         code = e.exit_code
     except (click.Abort, KeyboardInterrupt) as e:
         # click turns KeyboardInterrupt and EOFError into Abort; look at what it was
@@ -462,7 +459,8 @@ def main() -> None:
             code = 1
         else:
             message = getattr(cause, "message", None) or "interrupted"
-            click.echo(message, err=True)
+            if rank == "0":
+                click.echo(message, err=True)
             code = 143 if getattr(cause, "signal_name", "SIGINT") == "SIGTERM" else 130
     except Exception as e:  # a bug, or a failure we did not foresee: still one line
         _traceback()

@@ -98,6 +98,8 @@ class FinetuneConfig:
                               "crops and flips drawn there): auto (when they take at most a quarter of its free "
                               "memory) | on | off.", choices=ON_OFF, resume="free")
     compile: bool = opt(False, "torch.compile the model (compile time is reported apart).", resume="free")
+    sync_bn: bool = opt(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
+                        "only) instead of each process's own batch.")
     # starting point
     pretrained: bool = opt(True, "Start from the zoo's pretrained weights.")
     weights: str | None = opt(None, "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file.")

@@ -51,11 +51,12 @@ class Evaluation:
     confusion: list[list[int]]
     classes: list[str]
     predictions: list[int] = field(default_factory=list, repr=False)
+    folder: str = ""  # where the images came from (evaluate's held-out split of a dataset root)
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
                 "num_images": self.num_images, "per_class_accuracy": self.per_class,
-                "confusion_matrix": self.confusion, "classes": self.classes}
+                "confusion_matrix": self.confusion, "classes": self.classes, "folder": self.folder}
 
 
 class Tally:
@@ -98,11 +99,15 @@ class Tally:
 
 
 def evaluate(model: nn.Module, batches: Iterable, classes: list[str], tta: bool = False,
-             autocast: bool | Callable = False, flip: bool = True) -> Evaluation:
-    """Score `model` over (images, labels) batches already on the model's device."""
+             autocast: bool | Callable = False, flip: bool = True, progress: str | None = None) -> Evaluation:
+    """Score `model` over (images, labels) batches already on the model's device;
+    `progress`: a name to show progress under (long evaluations)."""
+    from .progress import track
+
     model.eval()
     tally = None
-    for x, y in batches:
+    total = len(batches) if hasattr(batches, "__len__") else 0
+    for x, y in track(batches, total, progress or "", count=lambda b: len(b[1]), enabled=bool(progress and total)):
         probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip)
         if tally is None:
             tally = Tally(len(classes), probs.device)

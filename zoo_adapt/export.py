@@ -173,3 +173,39 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model = create_model(card.entry, num_classes=len(card.classes), pretrained=False)
     load_state_dict_into(model, read_state_dict(path), f"model file {path}")
     return model.to(device).eval(), card
+
+
+def load_plain(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """`(model, preprocess)` for using an export without zoo-adapt's training machinery:
+    the plain upstream module built by its own library (timm or torchvision; a third
+    party's backbone through its plugin), in eval mode, and the exact evaluation
+    preprocessing stored in the file (resize, centre crop, mean and std: PIL image in,
+    normalized tensor out), so predictions match `zoo-adapt predict`:
+
+        model, preprocess = load_plain("runs/mine/model.safetensors")
+        probs = model(preprocess(image)[None]).softmax(-1)
+    """
+    from .transforms import eval_transform
+    from .weights import read_state_dict
+
+    card, _ = read_card(path)
+    state = read_state_dict(path)
+    n = len(card.classes)
+    if card.library == "timm":
+        import timm
+
+        try:  # ViTs fine-tuned at another size need their position embeddings interpolated
+            model = timm.create_model(card.entry.upstream, num_classes=n, dynamic_img_size=True)
+        except TypeError:
+            model = timm.create_model(card.entry.upstream, num_classes=n)
+    elif card.library == "torchvision":
+        import torchvision
+
+        model = torchvision.models.get_model(card.entry.upstream, num_classes=n)
+    else:
+        model, _ = load_model(path)
+        return model.to(device), eval_transform(card.normalization)
+    from .models import load_state_dict_into
+
+    load_state_dict_into(model, state, f"model file {path}")
+    return model.to(device).eval(), eval_transform(card.normalization)

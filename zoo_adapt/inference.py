@@ -34,7 +34,8 @@ def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False,
     if batch_size < 1:
         raise ZooAdaptError(f"batch size must be at least 1, not {batch_size}")
     card, _ = read_card(model_path)
-    samples = scan_folder(labelled_folder(data), classes=card.classes)
+    folder = labelled_folder(data)
+    samples = scan_folder(folder, classes=card.classes)
     dev = resolve_device(device)
     prepare(dev)
     model, card = load_model(model_path, dev)
@@ -42,7 +43,10 @@ def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False,
     batches = LoaderBatches(dataset, batch_size=batch_size, norm=card.normalization, device=dev,
                             order=EpochOrder(len(dataset), shuffle=False),
                             workers=default_workers(dev) if workers is None else workers)
-    return evaluate(model, batches, card.classes, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
+    result = evaluate(model, batches, card.classes, tta=tta, autocast=dev.type == "cuda", flip=card.hflip,
+                      progress="evaluating")
+    result.folder = str(folder)
+    return result
 
 
 @dataclass

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from . import data as data_
 from .backbone import Normalization
 from .config import FinetuneConfig
+from .distributed import SINGLE, Processes
 from .errors import ZooAdaptError
 from .pipeline import Batches, EpochOrder, LoaderBatches, default_workers
 from .transforms import EvalTransform, TrainTransform
@@ -86,6 +87,7 @@ class Feeds:
     val_images: Batches | None
     network: nn.Module | None
     how: str
+    held: bool = False  # images held decoded on the device
 
 
 class FeedMaker:
@@ -93,9 +95,9 @@ class FeedMaker:
     workers, and process shard for all of them."""
 
     def __init__(self, config: FinetuneConfig, norm: Normalization, image_size: int, device: torch.device,
-                 rank: int = 0, world: int = 1):
+                 procs: Processes = SINGLE):
         self.config, self.norm, self.size, self.device = config, norm, image_size, device
-        self.rank, self.world = rank, world
+        self.procs, self.rank, self.world = procs, procs.rank, procs.world
         self.workers = default_workers(device) if config.workers is None else config.workers
         self.channels_last = device.type == "cuda"
 
@@ -136,32 +138,41 @@ class FeedMaker:
                              norm=self.norm, device=self.device, order=order, workers=self.workers,
                              channels_last=self.channels_last)
 
-    def feeds(self, data: Datasets, model: nn.Module, autocast=nullcontext) -> Feeds:
-        c = self.config
+    def feeds(self, data: Datasets) -> Feeds:
+        """Batches of images for training and validation (no collective step: safe to
+        run where any process may fail on bad input)."""
         num_val = len(data.val) if data.val is not None else 0
         held = self.on_device(len(data.train), num_val)
         where = "held on the device" if held else f"decoded by {self.workers} loader worker(s)"
         val = self.evaluation(data.val, held) if data.val is not None else None
-        if c.strategy == "linear-probe" and c.feature_cache and not c.target_data:
-            return self._cached(data, model, held, val, autocast, where)
-        return Feeds(self.training(data.train, held), val, val, None, f"images {where}")
+        return Feeds(self.training(data.train, held), val, val, None, f"images {where}", held)
 
-    def _cached(self, data: Datasets, model: nn.Module, held: bool, val: Batches | None, autocast,
-                where: str) -> Feeds:
+    def wants_cache(self) -> bool:
+        c = self.config
+        return c.strategy == "linear-probe" and c.feature_cache and not c.target_data
+
+    def cached(self, data: Datasets, feeds: Feeds, model: nn.Module, autocast=nullcontext) -> Feeds:
+        """A linear probe's feeds on cached features: each process extracts its shard of
+        the training set, then all gather the whole (every process then draws its padded
+        shard of each epoch from it, as it would of images); validation stays sharded."""
+        from .distributed import gather_shards
         from .feature_cache import FeatureBatches, cached_views, extract_features, head_network
 
-        c = self.config
-        # every process extracts its own shard; the cache is then ordered like the shard
+        c, held = self.config, feeds.held
         plain = self.evaluation(data.train, held) if c.cache_views == 1 else None
         augmented = self.training(data.train, held, shuffle=False) if c.cache_views > 1 else None
         features, labels = cached_views(model, plain, augmented, c.cache_views, autocast)
-        n = features.shape[1]
-        train = FeatureBatches(features, labels, batch_size=c.batch_size,
-                               order=EpochOrder(n, shuffle=True, seed=c.seed), seed=c.seed)
+        n = len(data.train)
+        features = gather_shards(features.transpose(0, 1), n, self.procs).transpose(0, 1).contiguous()
+        labels = gather_shards(labels, n, self.procs)
+        train = FeatureBatches(features, labels, batch_size=c.batch_size, order=self.order(n, shuffle=True),
+                               seed=c.seed)
         val_features = None
-        if val is not None:
-            vf, vl = extract_features(model, val, autocast)
-            val_features = FeatureBatches(vf, vl, batch_size=c.batch_size * 2, order=EpochOrder(len(vl), shuffle=False))
+        if feeds.val is not None:
+            vf, vl = extract_features(model, feeds.val, autocast)
+            val_features = FeatureBatches(vf, vl, batch_size=c.batch_size * 2,
+                                          order=EpochOrder(len(vl), shuffle=False))
         views = "its eval view" if c.cache_views == 1 else f"{c.cache_views} augmented views"
-        return Feeds(train, val_features, val, head_network(model),
+        where = "held on the device" if held else f"decoded by {self.workers} loader worker(s)"
+        return Feeds(train, val_features, feeds.val, head_network(model),
                      f"cached features ({views} of each image, {where})")

@@ -15,9 +15,10 @@ def _pyplot():
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
-                extra: tuple[str, ...] = ()) -> Path:
-    """Loss and accuracy per epoch, train and validation; dotted lines where the freeze
-    boundary moved. `extra`: more per-epoch figures from the history, one panel each."""
+                extra: tuple[str, ...] = (), kept: int | None = None) -> Path:
+    """Loss and accuracy per epoch, train and validation; dotted lines where more layers
+    unfroze, a star on the kept epoch. `extra`: more per-epoch figures from the history,
+    one panel each."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -37,10 +38,18 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
         ax.set_ylabel(key.replace("_", " "))
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    unfrozen = False
     for prev, cur in zip(history, history[1:]):
         if prev["frozen_to"] != cur["frozen_to"]:
             for ax in axes:
-                ax.axvline(cur["epoch"] - 0.5, color="grey", linestyle=":")
+                ax.axvline(cur["epoch"] - 0.5, color="grey", linestyle=":",
+                           label=None if unfrozen or ax is not axes[1] else "more layers unfrozen")
+            unfrozen = True
+    kept_row = next((r for r in history if r["epoch"] == kept), None)
+    if kept_row is not None and kept_row.get("val_accuracy") is not None:
+        axes[1].plot([kept], [kept_row["val_accuracy"]], "*", color="tab:red", markersize=14,
+                     label=f"kept (epoch {kept})", zorder=5)
+    axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -48,7 +57,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
     return path
 
 
-def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
     """Rows: true class; columns: predicted; each row normalised to its class size."""
     import numpy as np
 
@@ -66,8 +75,11 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
                 if m[i, j]:
                     ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if rows[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = int(m.sum())
+    ax.set_title(title or f"Confusion matrix ({total} images; counts, colour = share of the true class)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -105,3 +117,30 @@ def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def summary_lines(m: dict[str, Any], out) -> list[str]:
+    """What the end of a run says: the result, which epoch was kept and why, and when a
+    figure is not to be trusted (a kept epoch ahead by noise, TTA lowering accuracy)."""
+    lines = []
+    if "proxy_a_distance" in m:
+        gap = m["proxy_a_distance"]
+        oracle = (f"; target accuracy {m['target_accuracy_oracle']:.1%} (ORACLE: measured with target labels)"
+                  if m.get("target_accuracy_oracle") is not None else "")
+        lines.append(f"domain gap (proxy A-distance) {gap['before']:.2f} -> {gap['after']:.2f}{oracle}")
+    selection = m.get("selection", {})
+    if m.get("val_accuracy") is None:
+        return lines + [f"done: no validation set; kept the last epoch ({m['kept_epoch']}); model in "
+                        f"{out}/model.safetensors"]
+    tta = ""
+    if m.get("val_accuracy_tta") is not None:
+        tta = f", with TTA {m['val_accuracy_tta']:.1%}"
+        if m["val_accuracy_tta"] < m["val_accuracy"]:
+            tta += " (TTA lowered it here)"
+    what = "source validation" if "proxy_a_distance" in m else "validation"
+    if selection.get("note"):
+        lines.append(f"note: {selection['note']}")
+    lines.append(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}) on {m['num_val']} "
+                 f"{what} images; kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); "
+                 f"results in {out}/")
+    return lines

@@ -35,7 +35,7 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.toml"
 ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
 LOCK_FILE = ".zoo-adapt.lock"
-PLOTS = ("curves.png", "confusion_matrix.png", "domain_gap.png")
+PLOTS = ("curves.png", "confusion_matrix.png", "adaptation.png")
 RUN_FILES = (MODEL_FILE, CHECKPOINT, METRICS_FILE)
 OUTPUTS = (*RUN_FILES, CONFIG_FILE, ADAPTATION_FILE, *PLOTS)
 CHECKPOINT_FORMAT = "zoo-adapt-checkpoint/1"
@@ -68,8 +68,16 @@ class RunFolder:
 
     @contextmanager
     def locked(self):
-        """Hold the folder's lock (an OS file lock: released when the process ends, however
-        it ends). A folder this run created and never began writing is removed again."""
+        """Hold the folder's lock for the duration (see `acquire`)."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
+        """Take the folder's lock (an OS file lock: released when the process ends, however
+        it ends), creating the folder if needed."""
         import fcntl
 
         try:
@@ -90,13 +98,15 @@ class RunFolder:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                   .encode(), 0)
         self._lock_fd = fd
-        try:
-            yield self
-        finally:
-            os.close(fd)  # releases the lock
+
+    def release(self) -> None:
+        """Let go of the lock; a folder this run created and never began writing is
+        removed again."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
             self._lock_fd = None
-            if self._created and not self._began:
-                self.discard()
+        if self._created and not self._began:
+            self.discard()
 
     def read_checkpoint(self, device: torch.device | str = "cpu") -> dict[str, Any]:
         """The checkpoint, loaded without unpickling code, checked to be a zoo-adapt one."""
@@ -155,13 +165,16 @@ class RunFolder:
 
 class EpochRecorder(Callback):
     """After each epoch: the checkpoint (with the kept epoch's weights: the best so far,
-    or the last with keep='last'), then the model and metrics derived from it."""
+    or the last with keep='last'), then the model and metrics derived from it. Under
+    torchrun every process keeps the kept weights (all evaluate the kept model at the
+    end), and only rank 0 (`write`) writes."""
 
     order = 90
 
     def __init__(self, folder: RunFolder, keep: str, checkpoint_extra: dict[str, Any],
-                 write_model: Callable[[Path, dict | None, int], str], metrics: Callable[[bool], dict]):
-        self.folder, self.keep, self.extra = folder, keep, checkpoint_extra
+                 write_model: Callable[[Path, dict | None, int], Any], metrics: Callable[[bool], dict],
+                 write: bool = True):
+        self.folder, self.keep, self.extra, self.write = folder, keep, checkpoint_extra, write
         self.write_model, self.metrics = write_model, metrics
         self.kept_state: dict[str, torch.Tensor] | None = None
         self.kept_epoch = 0
@@ -172,12 +185,14 @@ class EpochRecorder(Callback):
             self.kept_epoch = record.epoch
             self.kept_state = None if self.keep == "last" else {
                 k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
-        self.folder.write_checkpoint({**loop.state_dict(), **self.extra})
-        self.commit_outputs(changed)
+        if self.write:
+            self.folder.write_checkpoint({**loop.state_dict(), **self.extra})
+            self.commit_outputs(changed)
 
     def commit_outputs(self, changed: bool = True) -> None:
-        self.folder.write_outputs(changed, lambda path: self.write_model(path, self.kept_state, self.kept_epoch),
-                                  {**self.metrics(False), "kept_epoch": self.kept_epoch})
+        if self.write:
+            self.folder.write_outputs(changed, lambda path: self.write_model(path, self.kept_state, self.kept_epoch),
+                                      {**self.metrics(False), "kept_epoch": self.kept_epoch})
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_epoch": self.kept_epoch, "kept_state": self.kept_state}

@@ -84,13 +84,16 @@ def crop_params(height: int, width: int, scale: tuple[float, float], rng: random
 
 
 class Normalized:
-    """A uint8 transform followed by the normalization: PIL image in, float CHW out."""
+    """A uint8 transform followed by the normalization: PIL image in (any mode, EXIF
+    orientation applied as zoo-adapt reads files), float CHW out."""
 
     def __init__(self, transform, norm: Normalization):
         self.transform, self.norm = transform, norm
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return normalize(self.transform(image)[None], self.norm)[0]
+        from .images import to_rgb, upright
+
+        return normalize(self.transform(to_rgb(upright(image)))[None], self.norm)[0]
 
 
 def eval_transform(norm: Normalization, image_size: int | None = None) -> Normalized:

@@ -5,7 +5,6 @@ run."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 from typing import Any
 
@@ -82,7 +81,7 @@ class Compile(Callback):
     Shapes are static: the last, smaller batch of an epoch gets its own graph rather than
     turning every batch's graph into a slower dynamic-shape one."""
 
-    order = -10  # wrap before anything else wraps (distributed training)
+    order = -10  # after DataParallel (-20): compiles the DDP-wrapped network
 
     def __init__(self, mode: str | None = None, backend: str = "inductor"):
         self.mode, self.backend, self.seconds = mode, backend, 0.0
@@ -90,8 +89,8 @@ class Compile(Callback):
         self._stage: int | None = None
 
     def setup(self, loop) -> None:
-        loop.network = loop.eval_network = torch.compile(loop.network, mode=self.mode, backend=self.backend,
-                                                             dynamic=False)
+        loop.add_wrapper(lambda network: torch.compile(network, mode=self.mode, backend=self.backend,
+                                                       dynamic=False))
 
     def epoch_start(self, loop, epoch: int) -> None:
         self._timing = loop.plan[epoch] != self._stage
@@ -128,56 +127,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 class Progress(Callback):
-    """What a person watching sees: in a terminal, a progress bar per epoch; elsewhere
-    (a log file, a notebook, CI), a line every `every` seconds with images/s and the
-    time left. And the summary line of each epoch, always."""
+    """What a person watching sees: the progress of each epoch (a bar in a terminal, a
+    line every few seconds elsewhere; see `zoo_adapt.progress`), and the summary line of
+    each epoch, always, through `log`."""
 
     order = 100
 
-    def __init__(self, log=print, every: float = 10.0, stream=None):
-        self.log, self.every = log or (lambda s: None), every
-        self.stream = stream or sys.stderr
-        self.bar = None
+    def __init__(self, log=print, every: float | None = None, stream=None):
+        self.log, self.every, self.stream = log or (lambda s: None), every, stream
+        self.ticker = None
 
     def epoch_start(self, loop, epoch: int) -> None:
-        self._start = self._last = time.perf_counter()
-        self._steps = 0
-        if _is_terminal(self.stream):
-            from tqdm.auto import tqdm
+        from ..progress import EVERY, Ticker
 
-            self.bar = tqdm(total=loop.steps_per_epoch, desc=f"epoch {epoch + 1}/{len(loop.plan)} "
-                            f"[{loop.stage_name(epoch)}]", leave=False, file=self.stream, dynamic_ncols=True)
+        def figures():
+            means = loop.running_means()
+            return {"loss": f"{means['loss']:.3f}", "acc": f"{means['accuracy']:.1%}"} if means else {}
+
+        self.ticker = Ticker(loop.steps_per_epoch, f"epoch {epoch + 1}/{len(loop.plan)} [{loop.stage_name(epoch)}]",
+                             every=self.every or EVERY, stream=self.stream, figures=figures)
 
     def step_end(self, loop, step) -> None:
-        self._steps += 1
-        now = time.perf_counter()
-        if self.bar is not None:
-            self.bar.update()
-            if now - self._last >= 1.0:
-                self._last = now
-                means = loop.running_means()
-                self.bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.1%}")
-        elif now - self._last >= self.every and self._steps < loop.steps_per_epoch:
-            self._last = now
-            means = loop.running_means()
-            rate = loop.seen / (now - self._start)
-            left = (loop.steps_per_epoch - self._steps) * (now - self._start) / self._steps
-            self.log(f"  epoch {loop.epoch + 1}/{len(loop.plan)} step {self._steps}/{loop.steps_per_epoch} "
-                     f"loss {means['loss']:.3f} acc {means['accuracy']:.1%} | {rate:.0f} img/s, "
-                     f"epoch ends in {format_seconds(left)}")
+        self.ticker.update(step.n * loop.world)
 
     def epoch_end(self, loop, record, improved: bool) -> None:
-        self._close_bar()
+        self._close()
         r = record
         val = (f" | val loss {r.val_loss:.3f} top1 {r.val_accuracy:.1%} top5 {r.val_top5:.1%}"
                if r.val_accuracy is not None else "")
@@ -186,16 +161,9 @@ class Progress(Callback):
                  f"acc {r.train_accuracy:.1%}{val}{extra} | {r.images_per_second:.0f} img/s {r.seconds:.0f}s")
 
     def close(self, loop) -> None:
-        self._close_bar()
+        self._close()
 
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+    def _close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.close()
+            self.ticker = None

@@ -127,9 +127,13 @@ class Loop:
                  plan: Sequence[int], optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
                  callbacks: Sequence[Callback] = (), task=None, seed: int = 0, bn: str = "train",
                  eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
-                 device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None):
+                 device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None,
+                 tie_margin: float = 0.0):
         self.model = model
-        self.network = self.eval_network = network or model
+        self.base_network = self.network = self.eval_network = network or model
+        self._wrappers: list[tuple[Callable[[nn.Module], nn.Module], bool]] = []
+        self.world = 1  # processes training together (set by the DataParallel callback)
+        self.all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # sums across them
         self.train, self.val, self.classes, self.plan = train, val, list(classes), list(plan)
         self.optimizer, self.task = optimizer, task or SingleLabel()
         self.seed, self.bn, self.eval_body, self.select = seed, bn, eval_body, select
@@ -141,14 +145,32 @@ class Loop:
         self.amp_dtype: torch.dtype | None = None  # set by the MixedPrecision callback
         self.check_every = check_every
         self.history: list[EpochRecord] = []
-        self.best: tuple[float, int] | None = None  # (selection score, epoch)
+        self.best: tuple[float, int] | None = None  # (selection score, epoch) of the epoch to keep
+        self.top: float | None = None  # the highest selection score so far
+        self.tie_margin = tie_margin  # scores this close to the highest count as ties: the later epoch wins
         self.epoch = 0
         self.running: dict[str, torch.Tensor] = {}
         self.seen = 0
         self.stopped: str | None = None  # a callback's reason to end the run early
         self._emit("setup")
 
-    # -- what callbacks and the job read -------------------------------------------
+    # -- what callbacks and the job read and change ---------------------------------
+    def add_wrapper(self, wrap: Callable[[nn.Module], nn.Module], train_only: bool = False) -> None:
+        """Run the network wrapped (compiled, distributed): wrappers apply in the order
+        they are added, to the training network and, unless `train_only`, to the
+        evaluation network; the described model is never wrapped."""
+        self._wrappers.append((wrap, train_only))
+        self.rewrap()
+
+    def rewrap(self) -> None:
+        """Build the wrapped networks again (after the set of trainable parameters changed)."""
+        train = evaluate = self.base_network
+        for wrap, train_only in self._wrappers:
+            train = wrap(train)
+            if not train_only:
+                evaluate = wrap(evaluate)
+        self.network, self.eval_network = train, evaluate
+
     @property
     def total_steps(self) -> int:
         return len(self.plan) * self.steps_per_epoch
@@ -169,14 +191,18 @@ class Loop:
             return "head"
         return "all" if k == 0 else f"from {self.groups[k]}"
 
-    def running_means(self) -> dict[str, float]:
-        """The epoch's figures so far (reads the device: call sparingly)."""
+    def running_means(self, everywhere: bool = False) -> dict[str, float]:
+        """The epoch's figures so far, of this process or (`everywhere`) of all processes
+        training together (reads the device: call sparingly)."""
         if not self.running:
             return {}
         keys = list(self.running)
-        values = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float32)
-                              for k in keys]).tolist()
-        return {k: v / max(self.seen, 1) for k, v in zip(keys, values)}
+        sums = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float64)
+                            for k in keys] + [torch.tensor(float(self.seen), device=self.device, dtype=torch.float64)])
+        if everywhere and self.all_reduce is not None:
+            sums = self.all_reduce(sums)
+        *values, seen = sums.tolist()
+        return {k: v / max(seen, 1) for k, v in zip(keys, values)}
 
     # -- the loop ------------------------------------------------------------------
     def fit(self) -> list[EpochRecord]:
@@ -210,13 +236,13 @@ class Loop:
             if (i + 1) % self.check_every == 0:
                 self._check_finite(nonfinite)
         self._check_finite(nonfinite)
-        means = self.running_means()
+        means = self.running_means(everywhere=True)
         train_seconds = time.perf_counter() - start
         record = EpochRecord(
             epoch=epoch + 1, stage=self.stage_name(epoch), frozen_to=self.plan[epoch],
             trainable_groups=[i for i, t in enumerate(trainable_groups(self.model)) if t],
             lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
-            images_per_second=self.seen / train_seconds, extra=means)
+            images_per_second=self.seen * self.world / train_seconds, extra=means)
         if self.val is not None:
             ev = self.validate()
             record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
@@ -243,6 +269,8 @@ class Loop:
         self.scheduler.step()
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        if self.all_reduce is not None:  # every process stops together
+            nonfinite = self.all_reduce(nonfinite.to(torch.int32))
         if bool(nonfinite):
             raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: "
                                 "lower --lr")
@@ -256,15 +284,19 @@ class Loop:
         was_training = self.model.training
         try:
             return evaluate(network or self.eval_network, batches or self.val, self.classes, tta=tta, flip=flip,
-                            autocast=self.autocast)
+                            autocast=self.autocast, progress="test-time augmentation" if tta else "validating")
         finally:
             self.model.train(was_training)
 
     def _track_best(self, record: EpochRecord) -> bool:
+        """Whether `record` is the epoch to keep now: the highest score so far, or one
+        within `tie_margin` of it (a tie on a small validation set is noise; the later
+        epoch has trained longer)."""
         score = record.get(self.select)
         if score is None:
             return False
-        if self.best is None or score >= self.best[0]:  # ties: the later epoch
+        self.top = score if self.top is None else max(self.top, score)
+        if self.best is None or score >= self.top - self.tie_margin - 1e-12:
             self.best = (score, record.epoch)
             return True
         return False
@@ -286,7 +318,7 @@ class Loop:
         wrapper's), optimizer, schedule, history, best, and each callback's state."""
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "history": [r.to_dict() for r in self.history], "best": self.best,
+                "history": [r.to_dict() for r in self.history], "best": self.best, "top": self.top,
                 "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -295,6 +327,7 @@ class Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = [EpochRecord.from_dict(d) for d in state["history"]]
         self.best = tuple(state["best"]) if state["best"] else None
+        self.top = state.get("top", self.best[0] if self.best else None)
         self.epoch = state["epoch"]
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
