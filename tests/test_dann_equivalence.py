@@ -85,3 +85,12 @@ def test_target_data_trains_the_body_at_one_rate_as_the_paper():
     rates = {g["lr"] for g in param_groups(model, 1e-2, lr_body=1e-3, spread=adapting.lr_spread)}
     assert rates == {1e-3, 1e-2}
     assert len({g["lr"] for g in param_groups(model, 1e-2, lr_body=1e-3, spread=plain.lr_spread)}) > 2
+
+
+def test_target_data_defaults_are_the_papers_recipe_and_given_values_win():
+    recipe = ("warmup", "label_smoothing", "hflip", "crop_scale")
+    adapting = FinetuneConfig(target_data="t")
+    assert [getattr(adapting, k) for k in recipe] == [0.0, 0.0, False, 1.0]
+    assert [getattr(FinetuneConfig(), k) for k in recipe] == [0.1, 0.1, True, 0.35]
+    given = FinetuneConfig(target_data="t", warmup=0.2, label_smoothing=0.1, hflip=True, crop_scale=0.5)
+    assert [getattr(given, k) for k in recipe] == [0.2, 0.1, True, 0.5]

@@ -24,8 +24,11 @@ MOVED = {"adapt_gamma": "--adapt-option gamma=...", "domain_hidden": "--adapt-op
          "domain_dropout": "--adapt-option dropout=..."}
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
-PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric"}
-ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2, "lr_spread": "flat"}
+PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric",
+                  "warmup": 0.1, "label_smoothing": 0.1, "hflip": True, "crop_scale": 0.35}
+# Ganin et al.'s recipe: one body rate, no warm-up, plain cross-entropy, whole images.
+ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2, "lr_spread": "flat",
+                  "warmup": 0.0, "label_smoothing": 0.0, "hflip": False, "crop_scale": 1.0}
 
 
 def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
@@ -78,13 +81,16 @@ class FinetuneConfig:
     momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
     schedule: str | None = opt(None, "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
                                "layers unfreeze [default: onecycle; dann with --target-data].", choices=SCHEDULES)
-    warmup: float = opt(0.1, "Warm-up, as a fraction of each stage's steps.", low=0, high=1)
-    label_smoothing: float = opt(0.1, "Label smoothing of the cross-entropy.", low=0, high=1, high_open=True)
+    warmup: float | None = opt(None, "Warm-up, as a fraction of each stage's steps [default: 0.1; 0 with "
+                               "--target-data].", low=0, high=1)
+    label_smoothing: float | None = opt(None, "Label smoothing of the cross-entropy [default: 0.1; 0 with "
+                                        "--target-data].", low=0, high=1, high_open=True)
     image_size: int | None = opt(None, "Training and evaluation size [default: the backbone's; 160 for the demo].",
                                  low=8)
-    hflip: bool = opt(True, "Random horizontal flips in training and TTA (off for digits, text).")
-    crop_scale: float = opt(0.35, "Smallest area fraction kept by the random resized crop.", low=0, high=1,
-                            low_open=True)
+    hflip: bool | None = opt(None, "Random horizontal flips in training and TTA (off for digits, text) [default: "
+                             "on; off with --target-data].")
+    crop_scale: float | None = opt(None, "Smallest area fraction kept by the random resized crop (1: whole "
+                                   "images) [default: 0.35; 1 with --target-data].", low=0, high=1, low_open=True)
     bn: str = opt("train", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
                   choices=BN_POLICIES)
     seed: int = opt(0, "Random seed (data split, order, augmentation, head initialisation).", low=0)
