@@ -10,45 +10,39 @@ from torch import nn
 from zoo_adapt.plugin_api import AdaptationMethod, grad_reverse
 
 
-class DomainClassifier(nn.Module):
-    """An MLP from features to one logit: source (1) or target (0)."""
-
-    def __init__(self, in_features: int, hidden: list[int], dropout: float):
-        super().__init__()
-        layers, width = [], in_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).squeeze(-1)
+def discriminator(in_features: int, width: int, depth: int, dropout: float) -> nn.Sequential:
+    """An MLP from features to one logit, source (1) or target (0): Linear-ReLU layers,
+    dropout after the first (Ganin et al.'s placement)."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(in_features if i == 0 else width, width), nn.ReLU(inplace=True)]
+        if i == 0 and dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
 
 
 class DANN(AdaptationMethod):
-    """Domain-adversarial training. The domain classifier learns to tell source from target
+    """Domain-adversarial training. The discriminator learns to tell source from target
     features; through the reversal layer the backbone learns to make that impossible.
     lambda rises from 0 as 2 / (1 + exp(-gamma p)) - 1, times --adapt-weight."""
 
     def __init__(self, in_features, num_classes, config):
         super().__init__(in_features, num_classes, config)
-        self.domain_classifier = DomainClassifier(in_features, config.hidden_sizes(), config.domain_dropout)
-        self.weight, self.gamma = config.adapt_weight, config.adapt_gamma
+        o = self.options
+        self.domain_classifier = discriminator(in_features, o["width"], o["depth"], o["dropout"])
+        self.weight = config.adapt_weight
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """The domain classifier learns at 0.3 x the head's rate by default: at the head's
-        rate it overpowered the backbone, no faster than the body it lost (measured in
-        docs/adaptation.md)."""
-        return super().param_groups(0.3 * lr, weight_decay)
+        return super().param_groups(self.options["lr_factor"] * lr, weight_decay)
 
     def coefficient(self, progress: float) -> float:
-        return self.weight * (2 / (1 + math.exp(-self.gamma * progress)) - 1)
+        return self.weight * (2 / (1 + math.exp(-self.options["gamma"] * progress)) - 1)
 
     def loss(self, source_features, target_features, source_logits, target_logits, progress):
         lambda_ = self.coefficient(progress)
-        features = torch.cat([source_features, target_features])
-        logits = self.domain_classifier(grad_reverse(features, lambda_)).float()
+        features = torch.cat([source_features, target_features]).flatten(1)
+        logits = self.domain_classifier(grad_reverse(features, lambda_)).squeeze(-1).float()
         domains = torch.cat([torch.ones(len(source_features)), torch.zeros(len(target_features))]).to(logits.device)
         loss = F.binary_cross_entropy_with_logits(logits, domains)  # in fp32: safe under bf16 autocast
         accuracy = ((logits.detach() > 0).float() == domains).float().mean()
@@ -62,8 +56,7 @@ class MCC(AdaptationMethod):
 
     def __init__(self, in_features, num_classes, config):
         super().__init__(in_features, num_classes, config)
-        self.temperature = float(config.adapt_options.get("temperature", 2.5))
-        self.weight = config.adapt_weight
+        self.temperature, self.weight = self.options["temperature"], config.adapt_weight
 
     def loss(self, source_features, target_features, source_logits, target_logits, progress):
         probs = F.softmax(target_logits.float() / self.temperature, dim=1)

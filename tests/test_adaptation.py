@@ -49,7 +49,7 @@ def test_gradient_reversal_returns_minus_lambda_times_the_gradient():
 
 
 def _dann(in_features=16, weight=1.0, dropout=0.0):
-    cfg = FinetuneConfig(target_data="t", adapt_weight=weight, domain_hidden="8", domain_dropout=dropout)
+    cfg = FinetuneConfig(target_data="t", adapt_weight=weight, adapt_options={"width": 8, "depth": 1, "dropout": dropout})
     return make_method("dann", in_features, 3, cfg)
 
 
@@ -67,7 +67,7 @@ def test_backbone_gets_the_reversed_domain_gradient_and_the_classifier_the_norma
     # the same loss without the reversal layer: the plain gradients
     features = torch.cat([fs, ft]).detach().requires_grad_(True)
     dann.zero_grad()
-    logits = dann.domain_classifier(features)
+    logits = dann.domain_classifier(features).squeeze(-1)
     domains = torch.cat([torch.ones(5), torch.zeros(5)])
     torch.nn.functional.binary_cross_entropy_with_logits(logits, domains).backward()
     assert torch.allclose(reversed_feature_grads, -lam * features.grad, atol=1e-7)
@@ -82,7 +82,7 @@ def test_lambda_schedule_at_the_first_and_last_step(tmp_path, task):
         def step_end(self, loop, step):
             seen.append(step.figures["lambda"])
 
-    finetune(config(tmp_path, task, adapt_weight=0.5, adapt_gamma=10.0), log=None, callbacks=[Recorder()])
+    finetune(config(tmp_path, task, adapt_weight=0.5, adapt_options={"gamma": 10.0}), log=None, callbacks=[Recorder()])
     total = 2 * 3
     assert len(seen) == total
     assert seen[0] == 0.0  # p = 0 at the first step
@@ -158,7 +158,7 @@ def test_adapted_run_exports_a_plain_classifier(tmp_path, task, method, run_cli)
     else:
         assert "mcc_loss" in epoch
     assert metrics["kept_epoch"] == 2  # the last epoch: selection never uses target labels by default
-    assert (out / "domain_gap.png").is_file()
+    assert (out / "adaptation.png").is_file()
     scored = json.loads(run_cli("evaluate", "--model", out / "model.safetensors", "--data",
                                 task / "target" / "test", "--json").output)
     assert scored["accuracy"] == pytest.approx(metrics["target_accuracy_oracle"])

@@ -114,9 +114,12 @@ def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, s
     else:
         methods = {m["name"]: m for m in ok_json(zoo(site, "methods", "--json"))}
         assert methods["coral"]["plugin"] == plugin and {"dann", "mcc"} <= set(methods)
+        shown = ok_json(zoo(site, "methods", "coral", "--json"))
+        assert [o["name"] for o in shown["options"]] == ["start"] and "coral_gap" in shown["figures"]
         metrics = train(site, tmp_path / "run", data, "--backbone", "resnet18", "--target-data",
-                        str(data / "val"), "--adapt", "coral", "--steps-per-epoch", "2")
-        assert "coral_gap" in metrics["history"][-1]
+                        str(data / "val"), "--adapt", "coral", "--steps-per-epoch", "2", "--adapt-option", "start=0.5")
+        assert "coral_gap" in metrics["history"][-1] and metrics["adaptation"]["options"] == {"start": 0.5}
+        assert (tmp_path / "run" / "adaptation.png").is_file()
 
 
 def test_guide_override_snippet_overrides_one_answer():

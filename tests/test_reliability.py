@@ -327,7 +327,7 @@ RANGES = [("--image-size", "-32", "at least 8"), ("--image-size", "0", "at least
           ("--lr-decay", "1.5", "at most 1"), ("--crop-scale", "0", "greater than 0"), ("--momentum", "1", "less than 1"),
           ("--head-epochs", "-1", "at least 0"), ("--unfreeze-every", "0", "at least 1"),
           ("--cache-views", "0", "at least 1"), ("--seed", "-1", "at least 0"),
-          ("--domain-dropout", "2", "less than 1"), ("--adapt-weight", "-1", "at least 0"),
+          ("--adapt-weight", "-1", "at least 0"),
           ("--steps-per-epoch", "-2", "at least 1")]
 
 

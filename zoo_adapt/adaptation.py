@@ -27,6 +27,7 @@ from .engine.callbacks import Callback
 from .errors import ZooAdaptError
 from .models import HeadFeatures
 from .pipeline import Batches, cycle
+from .selection import SND_LIMIT, target_scores
 
 
 def target_samples(root: str | Path) -> Samples:
@@ -46,13 +47,16 @@ def target_samples(root: str | Path) -> Samples:
 
 class Adaptation(Callback):
     """Adds a target batch to every step's forward pass and the method's loss to the
-    step's loss; measures the oracle accuracy on labelled target images when given
-    (`target_val`), which selects the kept epoch only with `select_with_target_labels`."""
+    step's loss. After each validation it logs the label-free target scores
+    (selection.py) on `target_eval`, the unlabelled target images in evaluation form,
+    and, given labelled target images (`target_val`), the oracle accuracy, which selects
+    the kept epoch only with `select_with_target_labels`."""
 
-    def __init__(self, method: AdaptationMethod, target: Batches, target_val: Batches | None = None,
-                 select_with_target_labels: bool = False):
-        self.method, self.target, self.target_val = method, target, target_val
+    def __init__(self, method: AdaptationMethod, target: Batches, target_eval: Batches | None = None,
+                 target_val: Batches | None = None, select_with_target_labels: bool = False):
+        self.method, self.target, self.target_eval, self.target_val = method, target, target_eval, target_val
         self.select_with_target_labels = select_with_target_labels
+        self.figure_names: list[str] = []  # what the method's loss logged, in the order first seen
 
     def setup(self, loop) -> None:
         self.features = HeadFeatures(loop.model)
@@ -74,8 +78,13 @@ class Adaptation(Callback):
                                           loop.progress)
         step.loss = step.loss + extra
         step.figures.update(figures)
+        if len(self.figure_names) < len(figures):
+            self.figure_names += [k for k in figures if k not in self.figure_names]
 
     def after_validate(self, loop, record) -> None:
+        if self.target_eval is not None:
+            probs = probabilities(loop.eval_network, self.target_eval, SCORED, loop.autocast)
+            record.extra.update(target_scores(probs))
         if self.target_val is not None:
             record.extra["target_accuracy_oracle"] = loop.validate(batches=self.target_val).accuracy
 
@@ -83,10 +92,11 @@ class Adaptation(Callback):
         self.features.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"method": self.method.state_dict()}
+        return {"method": self.method.state_dict(), "figure_names": self.figure_names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
+        self.figure_names = list(state.get("figure_names", []))
 
     def save_method(self, path: Path, name: str) -> None:
         """The method's own modules (a domain classifier), beside the model."""
@@ -95,6 +105,28 @@ class Adaptation(Callback):
         state = {k: v.detach().cpu().contiguous() for k, v in self.method.state_dict().items()}
         if state:
             save_file(state, str(path), metadata={"method": name})
+
+
+SCORED = SND_LIMIT  # target images the label-free scores read each epoch
+
+
+def probabilities(network: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
+    """Class probabilities of up to `limit` images, in eval mode (labels not read)."""
+    from contextlib import nullcontext
+
+    out, count = [], 0
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad(), (autocast or nullcontext)():
+            for x, _ in batches:
+                out.append(network(x).float().softmax(1))
+                count += len(x)
+                if count >= limit:
+                    break
+    finally:
+        network.train(was_training)
+    return torch.cat(out)[:limit]
 
 
 def pooled_features(model: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
@@ -162,8 +194,6 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
     from .data import ImageDataset, scan_folder
     from .methods import make_method
 
-    if config.select_with_target_labels and not config.target_val:
-        raise ZooAdaptError("--select-with-target-labels needs --target-val")
     target = ImageDataset(target_samples(config.target_data))
     held = maker.on_device(len(target), 0)
     target_train = maker.training(target, held, seed_offset=1)
@@ -172,29 +202,34 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
     if config.target_val:
         target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)
     method = make_method(config.adapt, model.zoo_adapt.head.in_features, len(classes), config).to(model_device(model))
-    adaptation = Adaptation(method, target_train, target_val, config.select_with_target_labels)
-    adaptation.target_eval, adaptation.num_target = target_eval, len(target)
+    adaptation = Adaptation(method, target_train, target_eval, target_val, config.select_with_target_labels)
+    adaptation.num_target = len(target)
     gap = None
     if procs is None or procs.main:
         gap = domain_gap(model, feeds.val_images or feeds.train, target_eval, config.seed, autocast)
-        log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}; "
-            f"domain gap before (proxy A-distance): {gap:.2f}")
+        options = ", ".join(f"{k}={v}" for k, v in config.adapt_options.items())
+        log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}"
+            f"{f' ({options})' if options else ''}; domain gap before (proxy A-distance): {gap:.2f}")
     return adaptation, gap
 
 
 def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feeds, gap_before: float | None,
                       metrics: dict[str, Any], method_file: Path, write: bool = True) -> None:
-    """The adaptation's summary, the oracle of the kept model (every process evaluates
-    its shard); with `write` (rank 0) the gap after training, its plot and the method's
-    file."""
-    from .report import plot_domain_gap
+    """The adaptation's summary (the method's options and last figures), the oracle of
+    the kept model (every process evaluates its shard); with `write` (rank 0) the gap
+    after training, the plot of every figure the method and the label-free scores logged,
+    and the method's file."""
+    from .methods import method_info
+    from .report import plot_adaptation
 
     model, autocast = loop.model, loop.autocast
-    keys = ("domain_accuracy", "lambda", "target_accuracy_oracle")
+    declared = method_info(config.adapt).figures
+    figures = list(dict.fromkeys([*adaptation.figure_names, *declared]))
     last = metrics["history"][-1] if metrics["history"] else {}
-    metrics["adaptation"] = {"method": config.adapt, "target_data": str(config.target_data),
-                             "num_target": adaptation.num_target,
-                             **{k: last[k] for k in keys if k in last}}
+    metrics["adaptation"] = {"method": config.adapt, "options": dict(config.adapt_options),
+                             "target_data": str(config.target_data), "num_target": adaptation.num_target,
+                             "figures": {k: declared.get(k, "") for k in figures},
+                             **{k: last[k] for k in figures if k in last}}
     if adaptation.target_val is not None:
         metrics["target_accuracy_oracle"] = loop.validate(batches=adaptation.target_val, network=model).accuracy
         metrics["target_accuracy_oracle_note"] = (
@@ -204,7 +239,10 @@ def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feed
         return
     after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
     metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
-    plot_domain_gap(metrics["proxy_a_distance"], metrics["history"], method_file.with_name("domain_gap.png"))
+    scores = [k for k in ("target_snd", "target_entropy", "target_class_balance", "target_accuracy_oracle")
+              if k in last]
+    plot_adaptation(metrics["proxy_a_distance"], metrics["history"], figures + scores,
+                    method_file.with_name("adaptation.png"), title=f"{config.adapt} ({config.target_data})")
     adaptation.save_method(method_file, config.adapt)
 
 

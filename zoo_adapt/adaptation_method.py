@@ -28,13 +28,16 @@ def grad_reverse(x: torch.Tensor, lambda_: float) -> torch.Tensor:
 
 
 class AdaptationMethod(nn.Module):
-    """Base class of adaptation methods. Submodules (a domain classifier, say) are trained
-    at the head's learning rate, or at ``--adapt-option lr=...``; override `param_groups`
-    for more. `config` is the run's FinetuneConfig (its adapt_weight, adapt_options...)."""
+    """Base class of adaptation methods. `config` is the run's FinetuneConfig (its
+    `adapt_weight`...); `options` are the method's own, as its plugin declared them
+    (`register(..., options=[option(...)])`), every one resolved: the given value,
+    checked, or the default. Submodules (a domain classifier, say) train at the head's
+    learning rate; override `param_groups` for more."""
 
     def __init__(self, in_features: int, num_classes: int, config: Any):
         super().__init__()
         self.in_features, self.num_classes, self.config = in_features, num_classes, config
+        self.options: dict[str, Any] = dict(getattr(config, "adapt_options", None) or {})
 
     def loss(self, source_features: torch.Tensor, target_features: torch.Tensor,
              source_logits: torch.Tensor, target_logits: torch.Tensor,
@@ -45,7 +48,7 @@ class AdaptationMethod(nn.Module):
         raise NotImplementedError
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        lr = float(self.config.adapt_options.get("lr", lr))
+        """The optimizer groups of the method's parameters, given the head's rate."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "adaptation",
                  "group_index": -1}] if params else []

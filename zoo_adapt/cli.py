@@ -263,7 +263,8 @@ def _config_options(fn):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
               help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4, or lr_body); flags win.")
 @click.option("--adapt-option", "adapt_options", multiple=True, metavar="KEY=VALUE",
-              help="A further option of the adaptation method, e.g. temperature=2.5 for mcc (repeatable).")
+              help="An option of the adaptation method, e.g. width=512 for dann (repeatable; `zoo-adapt methods "
+              "NAME` lists a method's options, checked when the run starts).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (never one that is running).")
 @click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None, metavar="N",
               help="Train data-parallel in N processes on this machine (one per GPU): hands the command to "
@@ -336,19 +337,46 @@ def _key_values(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def methods(as_json: bool) -> None:
-    """Installed domain-adaptation methods (for finetune --adapt)."""
-    from .methods import adaptation_methods
+def _method_card(m) -> dict:
+    return {"name": m.name, "plugin": m.plugin, "description": m.description, "replaces": list(m.replaces),
+            "options": [o.to_dict() for o in m.options], "figures": dict(m.figures)}
 
-    found = [{"name": m.name, "plugin": m.plugin, "description": m.description,
-              "replaces": list(m.replaces)} for m in adaptation_methods().values()]
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def methods(name: str | None, as_json: bool) -> None:
+    """Installed domain-adaptation methods (for finetune --adapt); with NAME, that
+    method's options (finetune --adapt-option KEY=VALUE) and the figures it logs."""
+    from .methods import adaptation_methods, method_info
+
+    if name:
+        card = _method_card(method_info(name))
+        if as_json:
+            return _echo_json(card)
+        click.echo(f"{card['name']}: {card['description']}")
+        click.echo(f"  plugin {card['plugin']}" + "".join(f" (overrides {r})" for r in card["replaces"]))
+        if card["options"]:
+            click.echo("  options (finetune --adapt-option KEY=VALUE, or a config file's [adapt_options] table):")
+            rows = [[o["name"], o["type"], repr(o["default"]), o["range"], o["help"]] for o in card["options"]]
+            click.echo(_indent(_table(["OPTION", "TYPE", "DEFAULT", "RANGE", "HELP"], rows)))
+        else:
+            click.echo("  no options")
+        if card["figures"]:
+            click.echo("  figures logged per epoch (metrics.json, adaptation.png):")
+            click.echo(_indent(_table(["FIGURE", "MEANING"], [[k, v] for k, v in card["figures"].items()])))
+        return
+    found = [_method_card(m) for m in adaptation_methods().values()]
     if as_json:
         return _echo_json(found)
-    click.echo(_table(["METHOD", "PLUGIN", "DESCRIPTION"], [
-        [m["name"], m["plugin"] + "".join(f" (overrides {r})" for r in m["replaces"]), m["description"]]
-        for m in found]))
+    click.echo(_table(["METHOD", "PLUGIN", "OPTIONS", "DESCRIPTION"], [
+        [m["name"], m["plugin"] + "".join(f" (overrides {r})" for r in m["replaces"]),
+         ", ".join(o["name"] for o in m["options"]) or "-", m["description"]] for m in found]))
+    click.echo("\n`zoo-adapt methods NAME` shows a method's options and what it logs.")
+
+
+def _indent(text: str, by: str = "    ") -> str:
+    return "\n".join(by + line for line in text.splitlines())
 
 
 @cli.command()

@@ -6,23 +6,30 @@ No torch here: the CLI builds its flags from this without importing torch."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ZooAdaptError
+from .options import check, closest
 
 STRATEGIES = ("linear-probe", "finetune", "two-stage", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant", "dann")
 BN_POLICIES = ("train", "frozen")
+SPREADS = ("geometric", "flat")
 ON_OFF = ("auto", "on", "off")
 EXPORT_FORMATS = ("onnx",)
+# Options that moved into the dann method's own declaration (plugins/adaptation.py).
+MOVED = {"adapt_gamma": "--adapt-option gamma=...", "domain_hidden": "--adapt-option width=... depth=...",
+         "domain_dropout": "--adapt-option dropout=..."}
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
-PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best"}
-ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2}
+PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric",
+                  "warmup": 0.1, "label_smoothing": 0.1, "hflip": True, "crop_scale": 0.35}
+# Ganin et al.'s recipe: one body rate, no warm-up, plain cross-entropy, whole images.
+ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2, "lr_spread": "flat",
+                  "warmup": 0.0, "label_smoothing": 0.0, "hflip": False, "crop_scale": 1.0}
 
 
 def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
@@ -62,8 +69,11 @@ class FinetuneConfig:
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
     lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 1e-2 with --target-data].",
                            low=0, low_open=True)
-    lr_body: float | None = opt(None, "Stem learning rate; groups in between spread geometrically [default: "
+    lr_body: float | None = opt(None, "Stem learning rate; groups in between as --lr-spread says [default: "
                                 "lr/100; lr/10 with --target-data].", low=0, low_open=True)
+    lr_spread: str | None = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
+                                "stem up to --lr at the head) | flat (--lr-body for all but the head) [default: "
+                                "geometric; flat with --target-data].", choices=SPREADS)
     lr_decay: float | None = opt(None, "Instead of --lr-body: layer-wise decay, each group gets this times the one "
                                  "above.", low=0, high=1, low_open=True)
     weight_decay: float = opt(0.01, "Weight decay (not applied to biases and norm parameters).", low=0)
@@ -72,13 +82,16 @@ class FinetuneConfig:
     momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
     schedule: str | None = opt(None, "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
                                "layers unfreeze [default: onecycle; dann with --target-data].", choices=SCHEDULES)
-    warmup: float = opt(0.1, "Warm-up, as a fraction of each stage's steps.", low=0, high=1)
-    label_smoothing: float = opt(0.1, "Label smoothing of the cross-entropy.", low=0, high=1, high_open=True)
+    warmup: float | None = opt(None, "Warm-up, as a fraction of each stage's steps [default: 0.1; 0 with "
+                               "--target-data].", low=0, high=1)
+    label_smoothing: float | None = opt(None, "Label smoothing of the cross-entropy [default: 0.1; 0 with "
+                                        "--target-data].", low=0, high=1, high_open=True)
     image_size: int | None = opt(None, "Training and evaluation size [default: the backbone's; 160 for the demo].",
                                  low=8)
-    hflip: bool = opt(True, "Random horizontal flips in training and TTA (off for digits, text).")
-    crop_scale: float = opt(0.35, "Smallest area fraction kept by the random resized crop.", low=0, high=1,
-                            low_open=True)
+    hflip: bool | None = opt(None, "Random horizontal flips in training and TTA (off for digits, text) [default: "
+                             "on; off with --target-data].")
+    crop_scale: float | None = opt(None, "Smallest area fraction kept by the random resized crop (1: whole "
+                                   "images) [default: 0.35; 1 with --target-data].", low=0, high=1, low_open=True)
     bn: str = opt("train", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
                   choices=BN_POLICIES)
     seed: int = opt(0, "Random seed (data split, order, augmentation, head initialisation).", low=0)
@@ -122,12 +135,8 @@ class FinetuneConfig:
     adapt: str = opt("dann", "Adaptation method (zoo-adapt methods): dann | mcc | a plugin's.", adapting=True)
     adapt_weight: float = opt(1.0, "Final weight of the adaptation loss (DANN: the lambda it rises to).", low=0,
                               adapting=True)
-    adapt_gamma: float = opt(10.0, "DANN: how fast lambda rises, 2/(1+exp(-gamma p)) - 1.", low=0, adapting=True)
-    domain_hidden: str = opt("1024,1024", "DANN: hidden sizes of the domain classifier, comma-separated.",
-                             adapting=True)
-    domain_dropout: float = opt(0.5, "DANN: dropout in the domain classifier.", low=0, high=1, high_open=True,
-                                adapting=True)
-    adapt_options: dict[str, Any] = opt({}, "Further options of the adaptation method (KEY=VALUE).", adapting=True)
+    adapt_options: dict[str, Any] = opt({}, "The adaptation method's own options (KEY=VALUE; `zoo-adapt methods "
+                                        "NAME` lists them), checked when the run starts.", adapting=True)
     steps_per_epoch: int | None = opt(None, "With --target-data: steps per epoch [default: the longer loader].",
                                       low=1, adapting=True)
     select_with_target_labels: bool = opt(False, "Keep the epoch best on --target-val. This USES TARGET LABELS: "
@@ -159,17 +168,7 @@ class FinetuneConfig:
                     raise ZooAdaptError(f"--{key.replace('_', '-')} needs --target-data")
         if self.select_with_target_labels and not self.target_val:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
-        self.hidden_sizes()
         return self
-
-    def hidden_sizes(self) -> list[int]:
-        try:
-            sizes = [int(x) for x in str(self.domain_hidden).split(",") if x.strip()]
-        except ValueError:
-            sizes = [0]
-        if any(x < 1 for x in sizes):
-            raise ZooAdaptError(f"--domain-hidden takes comma-separated sizes, not {self.domain_hidden!r}")
-        return sizes
 
     @property
     def head_lr(self) -> float:
@@ -212,45 +211,15 @@ def check_value(name: str, value: Any, label: str) -> Any:
     (the flag, or the key of a config file)."""
     meta = declarations()[name].metadata
     kind, optional = value_type(name)
-    if value is None:
-        if optional:
-            return None
-        raise ZooAdaptError(f"{label} needs a value")
-    if kind is list:
+    if kind is list and value is not None:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
             raise ZooAdaptError(f"{label} takes names (a list of texts), not {value!r}")
         for item in value:
             if meta["choices"] and item not in meta["choices"]:
                 raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {item!r}")
         return list(dict.fromkeys(value))
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        words = {bool: "true or false", int: "a whole number", float: "a number", str: "a text",
-                 dict: "a table of KEY = VALUE"}
-        raise ZooAdaptError(f"{label} must be {words.get(kind, kind.__name__)}, not {value!r}")
-    if kind is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ZooAdaptError(f"{label}: {value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
-                                "rename it (zoo-adapt writes every option to config.toml)") from None
-    if meta["choices"] and value not in meta["choices"]:
-        raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {value!r}")
-    low, high = meta["low"], meta["high"]
-    if low is not None and (value < low or (meta["low_open"] and value == low)):
-        bound = f"greater than {low}" if meta["low_open"] else f"at least {low}"
-        raise ZooAdaptError(f"{label} must be {bound}, not {value}")
-    if high is not None and (value > high or (meta["high_open"] and value == high)):
-        bound = f"less than {high}" if meta["high_open"] else f"at most {high}"
-        raise ZooAdaptError(f"{label} must be {bound}, not {value}")
-    return value
+    return check(value, kind, label, optional=optional, low=meta["low"], high=meta["high"],
+                 low_open=meta["low_open"], high_open=meta["high_open"], choices=meta["choices"])
 
 
 def read_options(values: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -261,9 +230,10 @@ def read_options(values: dict[str, Any], origin: str) -> dict[str, Any]:
     for key, value in values.items():
         name = key.replace("-", "_")
         label = "--" + name.replace("_", "-") if origin == "command line" else f"{origin}: {key}"
+        if name in MOVED:
+            raise ZooAdaptError(f"{origin}: {key!r} is now an option of the dann method: {MOVED[name]}")
         if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f" (did you mean {close[0].replace('_', '-')!r}?)" if close else ""
+            hint = closest(name.replace("_", "-"), [k.replace("_", "-") for k in known])
             raise ZooAdaptError(f"{origin}: unknown option {key!r}{hint}")
         if name in out:
             raise ZooAdaptError(f"{origin}: {key!r} is given twice (as {name.replace('_', '-')!r} and {name!r})")
@@ -330,12 +300,21 @@ def build_config(given: dict[str, Any], config_file: str | None = None) -> Finet
         if not stored_file.is_file():
             raise ZooAdaptError(f"nothing to resume: {stored_file} does not exist")
         values = read_options(load_config_file(str(stored_file)), str(stored_file))
-        conflicts = resume_conflicts(FinetuneConfig(**values),
-                                     {k: v for k, v in given.items() if k not in ("resume", "out")})
+        conflicts = resume_conflicts(FinetuneConfig(**values), {k: v for k, v in _merged(values, given).items()
+                                                                if k not in ("resume", "out")})
         if conflicts:
             raise ZooAdaptError(f"--resume keeps the options the run was started with; not {conflicts[0]} "
                                 "(start a new run with another --out to change it)")
     elif config_file:
         values = read_options(load_config_file(config_file), config_file)
-    values.update(read_options(given, "command line"))
+    values.update(_merged(values, read_options(given, "command line")))
     return FinetuneConfig(**values).validate()
+
+
+def _merged(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `values`, where method options given on the command line join (and
+    override) those of the config file or of the resumed run instead of replacing them."""
+    given = {k.replace("-", "_"): v for k, v in given.items()}
+    if isinstance(given.get("adapt_options"), dict) and isinstance(values.get("adapt_options"), dict):
+        given["adapt_options"] = {**values["adapt_options"], **given["adapt_options"]}
+    return given

@@ -163,3 +163,70 @@ def build_digit_shift(root: str | Path, size: int = 32, seed: int = 0, limit: in
             Image.fromarray(image).save(folder / f"{domain}_{i:04d}.png")
     stamp.write_text(json.dumps(recipe))
     return root
+
+
+# Ten photographs whose crops are the classes of the photo-shift task.
+PHOTO_SHIFT_CLASSES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "flower", "grass", "gravel",
+                       "rocket")
+TINT = np.array([0.45, 0.85, 1.0], dtype=np.float32)  # a strong blue-green cast
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The target domain of the photo-shift task: desaturated, under a strong colour tint,
+    dimmed, blurred and noisy (each amount drawn per image)."""
+    from PIL import Image, ImageFilter
+
+    x = image.astype(np.float32) / 255
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = 0.2 * x + 0.8 * grey[..., None]
+    x = x * TINT * rng.uniform(0.45, 0.65)
+    blurred = Image.fromarray((x * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6)))
+    x = np.asarray(blurred, dtype=np.float32) / 255 + rng.normal(0, rng.uniform(0.03, 0.06), x.shape)
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+
+def build_photo_shift(root: str | Path, size: int = 64, seed: int = 0, per_class: tuple[int, int, int, int] = (80, 20, 50, 50),
+                      classes: tuple[str, ...] = PHOTO_SHIFT_CLASSES) -> Path:
+    """A domain-shift task: which of ten photographs a crop comes from, clean (source) to
+    degraded (target, `degrade`). Crops are squares of 30-100% of a 4x4 grid cell, resized
+    to `size`; source crops come from one half of the cells (a checkerboard), target
+    training crops from half of the others and target test crops from the rest, so no
+    two splits share a pixel. `per_class`: source train, source val, target train and
+    target test images per class. Writes the same tree as `build_digit_shift`."""
+    from PIL import Image
+
+    root = Path(root)
+    recipe = {"version": VERSION, "size": size, "seed": seed, "per_class": list(per_class), "classes": list(classes),
+              "kind": "photo-shift"}
+    stamp = root / "photo_shift.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
+        return root
+    photos = photographs()
+    rng = np.random.default_rng(seed)
+    n_train, n_val, n_target, n_test = per_class
+    for name in classes:
+        photo = photos[name]
+        other = _cells(photo.shape, "val")
+        source = patches(photo, "train", n_train + n_val, rng)
+        target = [_patch_in(photo, other[k % len(other)], rng) for k in range(0, 2 * n_target, 2)]
+        test = [_patch_in(photo, other[k % len(other)], rng) for k in range(1, 2 * n_test, 2)]
+        parts = {("source", "train"): source[:n_train], ("source", "val"): source[n_train:],
+                 ("target", "train"): target, ("target", "test"): test}
+        for (domain, split), crops in parts.items():
+            folder = root / domain / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, crop in enumerate(crops):
+                image = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+                if domain == "target":
+                    image = degrade(image, rng)
+                Image.fromarray(image).save(folder / f"{split}_{name}_{i:03d}.png")
+    stamp.write_text(json.dumps(recipe))
+    return root
+
+
+def _patch_in(image: np.ndarray, cell: tuple[int, int, int, int], rng: np.random.Generator,
+              min_frac: float = 0.3) -> np.ndarray:
+    top, left, h, w = cell
+    side = int(min(h, w) * rng.uniform(min_frac, 1.0))
+    y, x = top + int(rng.integers(0, h - side + 1)), left + int(rng.integers(0, w - side + 1))
+    return image[y:y + side, x:x + side]

@@ -79,7 +79,7 @@ def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Ca
     `callbacks`: more `zoo_adapt.engine.Callback` objects for the loop."""
     from .trackers import check as check_trackers
 
-    config.validate()
+    config = with_method_options(config.validate())
     trackers = check_trackers(config.log)  # unknown names and missing packages: before anything is written
     _check_extras(config)
     procs = distributed.launched()
@@ -106,6 +106,16 @@ def _check_extras(config: FinetuneConfig) -> None:
         from .analysis import require_cams
 
         require_cams()
+
+
+def with_method_options(config: FinetuneConfig) -> FinetuneConfig:
+    """With --target-data: the method's options checked against what its plugin
+    declared, defaults filled in (so config.toml records every value)."""
+    if not config.adapting:
+        return config
+    from .methods import resolve_options
+
+    return dataclasses.replace(config, adapt_options=resolve_options(config.adapt, config.adapt_options))
 
 
 class Job:
@@ -206,7 +216,8 @@ class Job:
             steps = c.steps_per_epoch or max(steps, len(self.adaptation.target))
             extra_groups = self.adaptation.method.param_groups(c.head_lr, c.weight_decay)
         plan = freeze_plan(c.strategy, c.epochs, len(model.zoo_adapt.groups), c.head_epochs, c.unfreeze_every)
-        groups = param_groups(model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay)
+        groups = param_groups(model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay,
+                              spread=c.lr_spread)
         optimizer = make_optimizer(extra_groups + groups, c.optimizer, c.momentum, fused=self.device.type == "cuda")
         self.recorder = EpochRecorder(self.folder, c.keep, {"format": CHECKPOINT_FORMAT,
                                                             "config": resolved_values(c), "backbone": c.backbone,
@@ -259,9 +270,7 @@ class Job:
             return metrics
         folder.write_outputs(True, lambda path: self.write_model(path, None, kept,
                                                                  val_accuracy=metrics.get("val_accuracy")), metrics)
-        extra_panels = ("domain_accuracy",) if self.adaptation is not None else ()
-        plot_curves(metrics["history"], folder.path("curves.png"), title=f"{c.backbone} ({c.strategy})",
-                    extra=extra_panels, kept=kept)
+        plot_curves(metrics["history"], folder.path("curves.png"), title=f"{c.backbone} ({c.strategy})", kept=kept)
         if "confusion_matrix" in metrics:
             plot_confusion(metrics["confusion_matrix"], self.data.classes, folder.path("confusion_matrix.png"),
                            title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "

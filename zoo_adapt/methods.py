@@ -1,13 +1,23 @@
-"""Domain-adaptation methods the installed plugins offer (no torch here: `zoo-adapt
-methods` only lists names). Method names are claimed like backbone names (claims.py):
-a name two plugins register is an error naming both, unless one passes override=True."""
+"""Domain-adaptation methods the installed plugins offer, with the options and figures
+each declares (no torch here: `zoo-adapt methods` only reads declarations). Method
+names are claimed like backbone names (claims.py): a name two plugins register is an
+error naming both, unless one passes override=True.
+
+A method owns its options: the plugin declares them when it registers the method
+(`options=[option(...)]`), and `resolve_options` checks what a run gives (from
+`--adapt-option KEY=VALUE` or a config file's `[adapt_options]` table) against that
+declaration and fills in the defaults, so config.toml and metrics.json record every
+value the method ran with."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .claims import Claim, settle
 from .errors import PluginError, ZooAdaptError, first_line
+from .options import Option, closest
 from .plugins import plugin_info, report, require
 from .routing import each
 
@@ -18,8 +28,27 @@ class MethodInfo:
     plugin: str
     factory: Callable[..., Any]
     description: str
+    options: tuple[Option, ...] = ()
+    figures: dict[str, str] = field(default_factory=dict)  # what its loss logs -> what it means
     replaces: tuple[str, ...] = ()  # plugins whose method of this name it overrides
-    # Per-method options (declared by the method, checked before a run) will go here.
+
+
+def _declared(name: str, options: Any, figures: Any) -> tuple[tuple[Option, ...], dict[str, str]]:
+    """A registration's options and figures, checked (a plugin that gets them wrong is
+    reported broken, naming the method)."""
+    options = tuple(options or ())
+    bad = next((o for o in options if not isinstance(o, Option)), None)
+    if bad is not None:
+        raise ZooAdaptError(f"method {name!r}: options must be made with zoo_adapt.plugin_api.option(), "
+                            f"not {type(bad).__name__}")
+    names = [o.name for o in options]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise ZooAdaptError(f"method {name!r}: option {twice!r} is declared twice")
+    figures = dict(figures or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in figures.items()):
+        raise ZooAdaptError(f"method {name!r}: figures must map names to descriptions (text)")
+    return options, figures
 
 
 def _settled():
@@ -28,10 +57,11 @@ def _settled():
     def kwargs_for(plugin: str):
         info = plugin_info(plugin)
 
-        def register(name: str, factory: Callable, description: str = "", override: bool = False) -> None:
+        def register(name: str, factory: Callable, description: str = "", override: bool = False,
+                     options=(), figures=None) -> None:
             if not callable(factory):
                 raise ZooAdaptError(f"method {name!r}: the factory must be callable, not {type(factory).__name__}")
-            method = MethodInfo(name, plugin, factory, description)
+            method = MethodInfo(name, plugin, factory, description, *_declared(name, options, figures))
             claims.setdefault(plugin, []).append(Claim(name, method, info.label, info.shipped, bool(override)))
         return {"register": register}
 
@@ -48,22 +78,46 @@ def adaptation_methods() -> dict[str, MethodInfo]:
     out = {}
     for name, claim in settled.winners.items():
         replaced = tuple(c.value.plugin for c in settled.replaced.get(name, ()))
-        out[name] = MethodInfo(**{**claim.value.__dict__, "replaces": replaced})
+        out[name] = dataclasses.replace(claim.value, replaces=replaced)
     return out
 
 
-def make_method(name: str, in_features: int, num_classes: int, config: Any):
-    """Build method `name` for a head taking `in_features` and `num_classes` outputs."""
-    from .adaptation_method import AdaptationMethod
-
+def method_info(name: str) -> MethodInfo:
+    """The method called `name`; an error saying why when there is none to use."""
     settled = _settled()
     if name in settled.contested:
         raise ZooAdaptError(settled.contested[name])
     if name not in settled.winners:
         raise ZooAdaptError(f"unknown adaptation method {name!r}; installed: "
                             f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt methods`)")
-    info: MethodInfo = settled.winners[name].value
+    return settled.winners[name].value
+
+
+def resolve_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every option of method `name`: the given values, checked against its declaration,
+    and the defaults of the others. An undeclared key is an error suggesting the
+    closest declared one."""
+    info = method_info(name)
+    declared = {o.name: o for o in info.options}
+    for key in given:
+        if key not in declared:
+            have = f"its options: {', '.join(declared)}" if declared else "it has no options"
+            raise ZooAdaptError(f"adaptation method {name!r} has no option {key!r}{closest(key, declared)}; "
+                                f"{have} (zoo-adapt methods {name})")
+    return {o.name: o.check(given.get(o.name, o.default), f"option {o.name!r} of adaptation method {name!r}")
+            for o in info.options}
+
+
+def make_method(name: str, in_features: int, num_classes: int, config: Any):
+    """Build method `name` for a head taking `in_features` and `num_classes` outputs;
+    the method sees `config` with its options resolved (`config.adapt_options`)."""
+    from .adaptation_method import AdaptationMethod
+
+    info = method_info(name)
     label = require(info.plugin, f"adaptation method {name!r}").label
+    options = resolve_options(name, getattr(config, "adapt_options", None) or {})
+    config = copy.copy(config)  # the caller's stays as given
+    config.adapt_options = options
     try:
         method = info.factory(in_features=in_features, num_classes=num_classes, config=config)
     except ZooAdaptError:

@@ -6,18 +6,19 @@ from typing import Sequence
 
 from torch import nn
 
-from .config import OPTIMIZERS, SCHEDULES
+from .config import OPTIMIZERS, SCHEDULES, SPREADS
 from .errors import ZooAdaptError
 from .layers import group_parameters
 
 
 def layer_lrs(n: int, lr: float, lr_body: float | None = None, lr_decay: float | None = None,
-              lrs: Sequence[float] | None = None) -> list[float]:
+              lrs: Sequence[float] | None = None, spread: str = "geometric") -> list[float]:
     """One rate per group, stem first, head (`lr`) last.
 
     - `lrs`: explicit rates, one per group;
-    - `lr_body`: a geometric spread from `lr_body` at the stem to `lr` at the head
-      (fastai's ``slice(lr_body, lr)``);
+    - `lr_body`: with `spread` "geometric", a geometric spread from `lr_body` at the stem
+      to `lr` at the head (fastai's ``slice(lr_body, lr)``); with "flat", `lr_body` for
+      every group below the head (Ganin et al.'s DANN recipe: one body rate);
     - `lr_decay`: layer-wise decay, each group below the head gets `lr_decay` times the
       rate of the group above it;
     - none of them: `lr` everywhere.
@@ -33,6 +34,10 @@ def layer_lrs(n: int, lr: float, lr_body: float | None = None, lr_decay: float |
             raise ZooAdaptError("learning rates must be positive")
         if n == 1:
             return [float(lr)]
+        if spread == "flat":
+            return [float(lr_body)] * (n - 1) + [float(lr)]
+        if spread != "geometric":
+            raise ZooAdaptError(f"unknown rate spread {spread!r}; choices: {', '.join(SPREADS)}")
         return [lr_body * (lr / lr_body) ** (i / (n - 1)) for i in range(n)]
     if lr_decay is not None:
         if not 0 < lr_decay <= 1:
@@ -53,13 +58,13 @@ def _no_decay(model: nn.Module) -> set[str]:
 
 def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
                  lr_decay: float | None = None, lrs: Sequence[float] | None = None,
-                 weight_decay: float = 0.0) -> list[dict]:
+                 weight_decay: float = 0.0, spread: str = "geometric") -> list[dict]:
     """Optimizer parameter groups, one or two per layer group (weight decay is not applied
     to biases and norm parameters). Every parameter is included, frozen ones too, so
     unfreezing later needs no new optimizer; each group carries its layer group's `name`
     and `group_index`."""
     groups = group_parameters(model)
-    rates = layer_lrs(len(groups), lr, lr_body=lr_body, lr_decay=lr_decay, lrs=lrs)
+    rates = layer_lrs(len(groups), lr, lr_body=lr_body, lr_decay=lr_decay, lrs=lrs, spread=spread)
     no_decay = _no_decay(model)
     out = []
     for i, ((name, params), rate) in enumerate(zip(groups, rates)):

@@ -11,6 +11,7 @@ from .backbone import IMAGENET, INCEPTION, CamTarget, Entry, Head, LayerGroup, N
 from .errors import ZooAdaptError
 from .hookspecs import hookimpl, override
 from .hub import download_failed, hf_hub_cached, reachable, torch_hub_checkpoint
+from .options import Option, option
 from .tracker_api import Tracker, TrackerRun
 
 _TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from .adaptation_method
@@ -18,7 +19,7 @@ _TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from .adapt
 __all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization", "Source", "CamTarget",
            "Tracker", "TrackerRun",
            "IMAGENET", "INCEPTION", "ZooAdaptError", "download_failed", "torch_hub_checkpoint",
-           "hf_hub_cached", "reachable", *sorted(_TORCH)]
+           "hf_hub_cached", "reachable", "option", "Option", *sorted(_TORCH)]
 
 
 def __getattr__(name: str):

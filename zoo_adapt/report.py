@@ -86,27 +86,33 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     return path
 
 
-def plot_domain_gap(gap: dict[str, float], history: list[dict[str, Any]], path: Path) -> Path:
-    """Proxy A-distance before and after adaptation, and the domain classifier's accuracy
-    per epoch (0.5 means it can no longer tell the domains apart)."""
+def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: list[str], path: Path,
+                    title: str = "") -> Path:
+    """An adapted run on one sheet: the proxy A-distance before and after, then one panel
+    per epoch figure in `keys` (whatever the method logged, the label-free target scores
+    and the oracle accuracy), so a third party's method is plotted like DANN."""
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.bar(["before", "after"], [gap["before"], gap["after"]], color=["grey", "tab:blue"])
-    left.set_ylim(0, 2)
-    left.set_ylabel("proxy A-distance (0 = same, 2 = separable)")
-    epochs = [r["epoch"] for r in history]
-    for key in ("domain_accuracy", "lambda", "target_accuracy_oracle"):
-        if any(key in r for r in history):
-            label = "target accuracy (oracle, target labels)" if key == "target_accuracy_oracle" else key.replace("_", " ")
-            right.plot(epochs, [r.get(key) for r in history], "o-", label=label)
     from matplotlib.ticker import MaxNLocator
 
-    right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.axhline(0.5, color="grey", linestyle=":")
-    right.set_xlabel("epoch")
-    right.set_ylim(0, 1.05)
-    if right.get_legend_handles_labels()[0]:
-        right.legend()
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in history)]
+    cols = min(4, len(keys) + 1)
+    rows = -(-(len(keys) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    flat = list(axes.flat)
+    flat[0].bar(["before", "after"], [gap["before"], gap["after"]], color=["grey", "tab:blue"])
+    flat[0].set_ylim(0, 2)
+    flat[0].set_title("proxy A-distance (0 same, 2 separable)", fontsize=9)
+    epochs = [r["epoch"] for r in history]
+    for ax, key in zip(flat[1:], keys):
+        ax.plot(epochs, [r.get(key) for r in history], "o-",
+                color="tab:red" if key == "target_accuracy_oracle" else None)
+        ax.set_title(key.replace("_", " ") + (" (uses target labels)" if key == "target_accuracy_oracle" else ""),
+                     fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in flat[len(keys) + 1:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

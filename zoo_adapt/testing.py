@@ -112,8 +112,10 @@ def _plain_upstream(live, num_classes: int) -> nn.Module:
 
 def check_adaptation_method(name: str, in_features: int = 16, num_classes: int = 3, batch: int = 4,
                             config: Any = None):
-    """Method `name` builds, gives a finite scalar loss and loggable figures from random
-    features and logits, passes gradients back, and its state round-trips; returns it."""
+    """Method `name`, with `config`'s adapt_options resolved against the options its
+    plugin declared (an undeclared or out-of-range one raises ZooAdaptError), builds,
+    gives a finite scalar loss and loggable figures from random features and logits,
+    passes gradients back, and its state round-trips; returns it."""
     from .adaptation_method import AdaptationMethod
     from .config import FinetuneConfig
     from .methods import make_method
