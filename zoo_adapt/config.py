@@ -93,8 +93,8 @@ class FinetuneConfig:
     early_stop: int | None = opt(None, "Stop when the selection score has not improved for this many epochs.",
                                  low=1)
     augment: str = opt("gentle", "Training augmentation: gentle (zoo-adapt's crop and flip) | randaugment | "
-                       "autoaugment | trivialaugment | augmix | a timm auto-augment string such as "
-                       "rand-m9-mstd0.5-inc1 (timm's recipes, applied on the CPU after the crop).")
+                       "autoaugment | augmix | a timm auto-augment string such as rand-m9-mstd0.5-inc1 (timm's "
+                       "recipes, applied to PIL images in the loader after the crop).")
     random_erase: float = opt(0.0, "Probability of timm's random erasing of a patch per training image.", low=0,
                               high=1)
     color_jitter: float = opt(0.0, "Colour jitter strength (brightness, contrast, saturation; timm's factor "
