@@ -328,7 +328,8 @@ RANGES = [("--image-size", "-32", "at least 8"), ("--image-size", "0", "at least
           ("--head-epochs", "-1", "at least 0"), ("--unfreeze-every", "0", "at least 1"),
           ("--cache-views", "0", "at least 1"), ("--seed", "-1", "at least 0"),
           ("--adapt-weight", "-1", "at least 0"),
-          ("--steps-per-epoch", "-2", "at least 1")]
+          ("--steps-per-epoch", "-2", "at least 1"), ("--ema", "1", "less than 1"), ("--accumulate", "0", "at least 1"),
+          ("--early-stop", "0", "at least 1")]
 
 
 @pytest.mark.parametrize("flag, value, needle", RANGES)

@@ -253,9 +253,25 @@ def _config_options(fn):
             fn = click.option(decl, *meta["flags"], name, is_flag=single or None, default=default,
                               show_default=show and not single, help=meta["help"])(fn)
         else:
-            fn = click.option(flag, *meta["flags"], name, type=kind, default=default, show_default=show,
-                              help=meta["help"])(fn)
+            fn = click.option(flag, *meta["flags"], name, type=_NumberOrWord(kind, meta["words"]) if meta["words"]
+                              else kind, default=default, show_default=show, help=meta["help"])(fn)
     return fn
+
+
+class _NumberOrWord(click.ParamType):
+    """A number, or one of a few words (--lr auto)."""
+
+    def __init__(self, kind: type, words: tuple[str, ...]):
+        self.kind, self.words = kind, words
+        self.name = f"{kind.__name__.upper()}|{'|'.join(w.upper() for w in words)}"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or value in self.words:
+            return value
+        try:
+            return self.kind(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or {' or '.join(self.words)}", param, ctx)
 
 
 @cli.command()
@@ -293,6 +309,28 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
     main_process = distributed.launched().main
     with _stop_on_sigterm():
         run(config, log=click.echo if main_process else None, overwrite=overwrite)  # it prints its summary
+
+
+@cli.command("lr-find")
+@_config_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
+              help="Read options from a TOML file, as finetune does.")
+@click.pass_context
+def lr_find(ctx: click.Context, config_file: str | None, **options) -> None:
+    """Suggest a head learning rate: Smith's exponential sweep, as fastai's lr_find.
+
+    Takes finetune's options (data, backbone, strategy, optimizer...), trains the model
+    as the run's first stage would (the head alone for two-stage) on batches at rates
+    rising from 1e-7 to 10, puts the weights back, prints the suggested rate and writes
+    lr_find.png to --out. `finetune --lr auto` does this first."""
+    from click.core import ParameterSource
+
+    from .config import build_config
+    from .finetune import lr_find as run
+
+    given = {k: v for k, v in options.items() if k not in ("adapt_options", "resume")
+             and ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    run(build_config(given, config_file), log=click.echo)
 
 
 class Terminated(KeyboardInterrupt):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ZooAdaptError
-from .options import check, closest
+from .options import WORDS, check, closest
 
 STRATEGIES = ("linear-probe", "finetune", "two-stage", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
@@ -34,13 +34,15 @@ ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "l
 
 def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
         high: float | None = None, low_open: bool = False, high_open: bool = False,
-        choices: tuple[str, ...] | None = None, resume: str = "fixed", adapting: bool = False) -> Any:
+        choices: tuple[str, ...] | None = None, resume: str = "fixed", adapting: bool = False,
+        words: tuple[str, ...] = ()) -> Any:
     """Declare an option. `low`/`high` bound numbers (`*_open`: the bound itself is not
     allowed); `resume`: 'fixed' (a resumed run must keep it), 'free' (how the run is
     executed, not what it computes) or 'extend' (epochs: more may be added); `adapting`:
-    only meaningful with --target-data (left out of config.toml otherwise)."""
+    only meaningful with --target-data (left out of config.toml otherwise); `words`:
+    texts a number option also takes (lr: auto)."""
     meta = dict(help=help, flags=flags, low=low, high=high, low_open=low_open, high_open=high_open,
-                choices=choices, resume=resume, adapting=adapting)
+                choices=choices, resume=resume, adapting=adapting, words=words)
     if isinstance(default, (dict, list)):
         return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -67,8 +69,9 @@ class FinetuneConfig:
     epochs: int = opt(5, "Epochs in all (head-only epochs included).", low=1, resume="extend")
     head_epochs: int = opt(1, "two-stage: epochs training the head alone first.", low=0)
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
-    lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 1e-2 with --target-data].",
-                           low=0, low_open=True)
+    lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 1e-2 with --target-data]; "
+                           "auto: run the LR finder first (zoo-adapt lr-find) and use its suggestion.",
+                           low=0, low_open=True, words=("auto",))
     lr_body: float | None = opt(None, "Stem learning rate; groups in between as --lr-spread says [default: "
                                 "lr/100; lr/10 with --target-data].", low=0, low_open=True)
     lr_spread: str | None = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
@@ -95,6 +98,24 @@ class FinetuneConfig:
     bn: str = opt("train", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
                   choices=BN_POLICIES)
     seed: int = opt(0, "Random seed (data split, order, augmentation, head initialisation).", low=0)
+    # training recipes (README, "Recipes")
+    ema: float | None = opt(None, "Keep an exponential moving average of the weights with this decay (timm's "
+                            "ModelEmaV3, decay warming up from 0): validation and the export use it, e.g. 0.999.",
+                            low=0, high=1, low_open=True, high_open=True)
+    accumulate: int = opt(1, "Gradient accumulation: one optimizer step every N batches (an effective batch N "
+                          "times --batch-size).", low=1)
+    early_stop: int | None = opt(None, "Stop when the selection score has not improved for this many epochs.",
+                                 low=1)
+    augment: str = opt("gentle", "Training augmentation: gentle (zoo-adapt's crop and flip) | randaugment | "
+                       "autoaugment | augmix | a timm auto-augment string such as rand-m9-mstd0.5-inc1 (timm's "
+                       "recipes, applied to PIL images in the loader after the crop).")
+    random_erase: float = opt(0.0, "Probability of timm's random erasing of a patch per training image.", low=0,
+                              high=1)
+    color_jitter: float = opt(0.0, "Colour jitter strength (brightness, contrast, saturation; timm's factor "
+                              "0.4 is typical); 0: none.", low=0)
+    mixup: float = opt(0.0, "Mixup alpha (timm's Mixup, 0.2-0.8 typical); 0: off.", low=0)
+    cutmix: float = opt(0.0, "CutMix alpha (timm's Mixup; 1.0 typical); 0: off. With --mixup too, each batch "
+                        "gets one of the two.", low=0)
     # where it runs (a resumed run may change these)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.", resume="free")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32.",
@@ -166,6 +187,8 @@ class FinetuneConfig:
             for key in ("target_val", "select_with_target_labels", "steps_per_epoch"):
                 if getattr(self, key):
                     raise ZooAdaptError(f"--{key.replace('_', '-')} needs --target-data")
+        if self.lr == "auto" and self.target_data:
+            raise ZooAdaptError("--lr auto is for plain fine-tuning; with --target-data give a number (default 1e-2)")
         if self.select_with_target_labels and not self.target_val:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
         return self
@@ -218,6 +241,11 @@ def check_value(name: str, value: Any, label: str) -> Any:
             if meta["choices"] and item not in meta["choices"]:
                 raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {item!r}")
         return list(dict.fromkeys(value))
+    if isinstance(value, str) and value in meta["words"]:
+        return value
+    if meta["words"] and kind in (int, float) and isinstance(value, (str, bool)):
+        also = "".join(f" or {word}" for word in meta["words"])
+        raise ZooAdaptError(f"{label} must be {WORDS[kind]}{also}, not {value!r}")
     return check(value, kind, label, optional=optional, low=meta["low"], high=meta["high"],
                  low_open=meta["low_open"], high_open=meta["high_open"], choices=meta["choices"])
 

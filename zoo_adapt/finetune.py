@@ -25,7 +25,8 @@ from . import distributed
 from .config import FinetuneConfig, declarations, resolved_values
 from .demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from .device import prepare, resolve_device
-from .engine import Callback, Compile, Loop, MixedPrecision, Progress, freeze_plan, seed_everything
+from .engine import (Callback, Compile, EarlyStop, Loop, MixedPrecision, Progress, WeightAverage, freeze_plan,
+                     seed_everything)
 from .engine.loop import SingleLabel
 from .errors import ZooAdaptError
 from .export import export_model
@@ -64,7 +65,7 @@ def resolve(config: FinetuneConfig, image_size: int) -> FinetuneConfig:
     """The options with every default that depends on the backbone or on others filled
     in, as config.toml records them."""
     lr_body = config.lr_body
-    if lr_body is None and config.lr_decay is None:
+    if lr_body is None and config.lr_decay is None and config.lr != "auto":  # auto: after the LR finder
         lr_body = config.head_lr / 100
     return dataclasses.replace(config, image_size=image_size, lr=config.head_lr, lr_body=lr_body)
 
@@ -116,6 +117,31 @@ def with_method_options(config: FinetuneConfig) -> FinetuneConfig:
     from .methods import resolve_options
 
     return dataclasses.replace(config, adapt_options=resolve_options(config.adapt, config.adapt_options))
+
+
+def lr_find(config: FinetuneConfig, log: Callable[[str], None] | None = print):
+    """The LR finder on the model and data `config` describes (one process): returns
+    the curve (`zoo_adapt.lr_find.LRCurve`) and writes lr_find.png to `config.out`."""
+    from .lr_find import plot
+
+    config.validate()
+    if config.lr == "auto":
+        config = dataclasses.replace(config, lr=None)
+    device = resolve_device(config.device)
+    job = Job(config, distributed.SINGLE, device, log, overwrite=False)
+    job.prepare()
+    if job.maker.wants_cache():
+        job.feeds = job.maker.cached(job.data, job.feeds, job.model, job.autocast)
+    curve = job.find_lr()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = job.config
+    path = plot(curve, out / "lr_find.png", title=f"{c.backbone} ({c.strategy}, first stage): learning-rate finder")
+    job.log(f"lr-find on {c.backbone}, {len(job.data.train)} training images, {c.image_size}px, strategy "
+            f"{c.strategy}: {len(curve.lrs)} steps, stopped because {curve.why_stopped}")
+    job.log(f"suggested head rate (--lr): {curve.suggestion:.3g} (valley); steepest descent at {curve.steepest:.3g}; "
+            f"curve in {path}")
+    return curve
 
 
 class Job:
@@ -172,12 +198,22 @@ class Job:
         distributed.agree(self.procs, self.prepare)
         if self.maker.wants_cache():
             self.feeds = self.maker.cached(self.data, self.feeds, self.model, self.autocast)
+        self.lr_curve = None
+        if self.config.lr == "auto":
+            self.lr_curve = self.find_lr()
+            self.config = resolve(dataclasses.replace(self.config, lr=self.lr_curve.suggestion),
+                                  self.config.image_size)
+            self.log(f"lr-find: head rate {self.config.lr:.3g} (valley; steepest descent at "
+                     f"{self.lr_curve.steepest:.3g}; {self.lr_curve.why_stopped}); lr_find.png in {self.folder.out}")
         c, data, feeds, procs = self.config, self.data, self.feeds, self.procs
         batch = f"batch {c.batch_size}" + (f" per process x {procs.world} = {c.batch_size * procs.world}"
                                            if procs.active else "")
         self.log(f"{c.backbone}: {len(data.classes)} classes, {len(data.train)} training and "
                  f"{len(data.val) if data.val is not None else 0} validation images ({data.where}), "
                  f"{c.image_size}px, {batch}, {self.device}, strategy {c.strategy}; {feeds.how}")
+        recipes = _recipes(c)
+        if recipes:
+            self.log(f"recipes: {recipes}")
         for warning in _warnings(c, self.stored):
             self.log(f"warning: {warning}")
         loop = self.loop(callbacks)
@@ -186,6 +222,10 @@ class Job:
             self.log(f"resuming after epoch {loop.epoch} of {len(loop.plan)}")
         if procs.main:
             self.folder.begin(config_text(resolved_values(c), _machine_notes(c)), fresh=self.stored is None)
+            if self.lr_curve is not None:
+                from .lr_find import plot
+
+                plot(self.lr_curve, self.folder.path("lr_find.png"), title=f"{c.backbone}: learning-rate finder")
         if self.stored is not None:
             self.recorder.commit_outputs()  # model and metrics as the checkpoint says (a kill may have left them)
         start = time.perf_counter()
@@ -199,6 +239,24 @@ class Job:
         metrics["train_seconds"] = time.perf_counter() - start
         return FinetuneResult(self.model, metrics["history"], metrics, self.folder.out)
 
+    def find_lr(self):
+        """The LR finder's curve on this job's model and training batches (every
+        process sweeps its own shard; all take rank 0's suggestion)."""
+        from .lr_find import sweep
+
+        c = self.config
+        curve = sweep(self.model, self.feeds.network or self.model, self.feeds.train, strategy=c.strategy, bn=c.bn,
+                      optimizer=c.optimizer, momentum=c.momentum, weight_decay=c.weight_decay,
+                      body_ratio=(c.lr_body / c.head_lr) if c.lr_body and c.lr != "auto" else 0.01,
+                      lr_decay=c.lr_decay, label_smoothing=c.label_smoothing, autocast=self.autocast)
+        if self.procs.active:
+            import torch.distributed as dist
+
+            chosen = [curve.suggestion]
+            dist.broadcast_object_list(chosen, src=0)
+            curve.suggestion = chosen[0]
+        return curve
+
     def loop(self, callbacks: list[Callback]) -> Loop:
         from .trackers import build as build_tracker
         from .tracking import Tracking
@@ -209,6 +267,14 @@ class Job:
             pieces.append(distributed.DataParallel(procs))
         if c.compile:
             pieces.append(Compile())
+        if c.random_erase > 0 or c.mixup > 0 or c.cutmix > 0:
+            from .augment import BatchRecipe
+
+            pieces.append(BatchRecipe(c.random_erase, c.mixup, c.cutmix, len(self.data.classes), c.label_smoothing))
+        if c.ema:
+            pieces.append(WeightAverage(c.ema))
+        if c.early_stop:
+            pieces.append(EarlyStop(c.early_stop))
         steps = len(feeds.train)
         extra_groups = []
         if self.adaptation is not None:
@@ -228,7 +294,8 @@ class Job:
                                  resolved_values(c), self.data.classes)
         progress = [Progress(self.log)] if procs.main else []
         loop = Loop(model, train=feeds.train, val=feeds.val, classes=self.data.classes, plan=plan,
-                    optimizer=optimizer, schedule=stage_schedule(plan, steps, c.schedule, c.warmup),
+                    optimizer=optimizer, schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule,
+                                                                 c.warmup), accumulate=c.accumulate,
                     callbacks=[*pieces, self.recorder, self.tracking, *progress, *callbacks],
                     task=SingleLabel(c.label_smoothing), seed=c.seed,
                     bn="frozen" if c.strategy == "linear-probe" else c.bn, eval_body=c.strategy == "linear-probe",
@@ -330,7 +397,8 @@ class Job:
             "best_epoch": loop.best[1] if loop.best else None,
             "best_val_accuracy": loop.best[0] if loop.best else None,
             "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
-            "history": history, "finished": finished,
+            "history": history, "finished": finished, "stopped_early": loop.stopped,
+            "ema_decay": c.ema, "accumulate": c.accumulate,
         }
 
 
@@ -346,6 +414,18 @@ def _warnings(c: FinetuneConfig, stored: dict[str, Any] | None) -> list[str]:
                    "stage is stretched over the new length, so the rate rises again from where it was; for a clean "
                    "schedule start a new run")
     return out
+
+
+def _recipes(c: FinetuneConfig) -> str:
+    """The training recipes switched on, in one line."""
+    from .augment import describe
+
+    parts = [describe(c.augment, c.color_jitter, c.random_erase, c.mixup, c.cutmix)]
+    parts += [f"EMA of the weights (decay {c.ema:g})"] if c.ema else []
+    parts += [f"gradient accumulation over {c.accumulate} batches (effective batch "
+              f"{c.accumulate * c.batch_size * distributed.launched().world})"] if c.accumulate > 1 else []
+    parts += [f"early stop after {c.early_stop} epochs without improvement"] if c.early_stop else []
+    return "; ".join(p for p in parts if p)
 
 
 def selection(loop: Loop, config: FinetuneConfig, metrics: dict[str, Any]) -> dict[str, Any]:

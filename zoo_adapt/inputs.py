@@ -104,6 +104,9 @@ class FeedMaker:
         self.procs, self.rank, self.world = procs, procs.rank, procs.world
         self.workers = default_workers(device) if config.workers is None else config.workers
         self.channels_last = device.type == "cuda"
+        from .augment import image_recipe
+
+        self.recipe = image_recipe(config.augment, config.color_jitter, norm, image_size)
 
     def order(self, n: int, shuffle: bool, seed_offset: int = 0) -> EpochOrder:
         return EpochOrder(n, shuffle=shuffle, seed=self.config.seed + seed_offset, rank=self.rank,
@@ -113,6 +116,8 @@ class FeedMaker:
         from .device_images import fits
 
         choice = self.config.data_on_device
+        if self.recipe is not None:  # timm's recipes work on PIL images, in the loader workers
+            return False
         return choice == "on" or (choice == "auto" and fits(num_train, num_eval, self.size, self.norm, self.device))
 
     def training(self, dataset: Dataset, held: bool, seed_offset: int = 0, shuffle: bool = True) -> Batches:
@@ -124,7 +129,7 @@ class FeedMaker:
             return DeviceImages(dataset, image_size=self.size, norm=self.norm, device=self.device,
                                 batch_size=c.batch_size, order=order, min_scale=c.crop_scale, hflip=c.hflip,
                                 workers=self.workers, channels_last=self.channels_last, seed=c.seed + seed_offset)
-        tf = TrainTransform(self.norm, self.size, min_scale=c.crop_scale, hflip=c.hflip)
+        tf = TrainTransform(self.norm, self.size, min_scale=c.crop_scale, hflip=c.hflip, recipe=self.recipe)
         return LoaderBatches(dataset.with_transform(tf), batch_size=c.batch_size, norm=self.norm,
                              device=self.device, order=order, workers=self.workers,
                              channels_last=self.channels_last)
@@ -148,12 +153,17 @@ class FeedMaker:
         num_val = len(data.val) if data.val is not None else 0
         held = self.on_device(len(data.train), num_val)
         where = "held on the device" if held else f"decoded by {self.workers} loader worker(s)"
+        if self.recipe is not None:
+            where += f", {self.recipe} on each training image"
+            if self.config.data_on_device == "on":
+                where += " (not held on the device, as --data-on-device on asked: timm's recipes run on PIL images)"
         val = self.evaluation(data.val, held) if data.val is not None else None
         return Feeds(self.training(data.train, held), val, val, None, f"images {where}", held)
 
     def wants_cache(self) -> bool:
         c = self.config
-        return c.strategy == "linear-probe" and c.feature_cache and not c.target_data
+        batch_recipe = c.random_erase > 0 or c.mixup > 0 or c.cutmix > 0  # these act on images, not features
+        return c.strategy == "linear-probe" and c.feature_cache and not c.target_data and not batch_recipe
 
     def cached(self, data: Datasets, feeds: Feeds, model: nn.Module, autocast=nullcontext) -> Feeds:
         """A linear probe's feeds on cached features: each process extracts its shard of

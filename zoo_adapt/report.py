@@ -129,6 +129,8 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
                   if m.get("target_accuracy_oracle") is not None else "")
         lines.append(f"domain gap (proxy A-distance) {gap['before']:.2f} -> {gap['after']:.2f}{oracle}")
     selection = m.get("selection", {})
+    if m.get("stopped_early"):
+        lines.append(f"stopped: {m['stopped_early']}")
     if m.get("val_accuracy") is None:
         return lines + [f"done: no validation set; kept the last epoch ({m['kept_epoch']}); model in "
                         f"{out}/model.safetensors"]

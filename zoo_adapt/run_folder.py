@@ -37,7 +37,7 @@ CONFIG_FILE = "config.toml"
 HISTORY_FILE = "history.csv"  # one row per epoch, every logged figure (rewritten after each epoch)
 ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
 LOCK_FILE = ".zoo-adapt.lock"
-PLOTS = ("curves.png", "confusion_matrix.png", "adaptation.png")
+PLOTS = ("curves.png", "confusion_matrix.png", "adaptation.png", "lr_find.png")
 RUN_FILES = (MODEL_FILE, CHECKPOINT, METRICS_FILE)
 # written at the end of a run: the model card, timm's config, the ONNX model, the analysis folder
 SHIPPING = ("README.md", "config.json", "model.onnx", "analysis")
@@ -174,9 +174,9 @@ class RunFolder:
 
 class EpochRecorder(Callback):
     """After each epoch: the checkpoint (with the kept epoch's weights: the best so far,
-    or the last with keep='last'), then the model and metrics derived from it. Under
-    torchrun every process keeps the kept weights (all evaluate the kept model at the
-    end), and only rank 0 (`write`) writes."""
+    or the last with keep='last'; the weight average's when there is one), then the
+    model and metrics derived from it. Under torchrun every process keeps the kept
+    weights (all evaluate the kept model at the end), and only rank 0 (`write`) writes."""
 
     order = 90
 
@@ -192,8 +192,8 @@ class EpochRecorder(Callback):
         changed = improved or self.keep == "last" or loop.best is None
         if changed:
             self.kept_epoch = record.epoch
-            self.kept_state = None if self.keep == "last" else {
-                k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
+            self.kept_state = None if self.keep == "last" and loop.averaged is None else {
+                k: v.detach().to("cpu", copy=True) for k, v in loop.kept_weights().items()}
         if self.write:
             self.folder.write_checkpoint({**loop.state_dict(), **self.extra})
             self.commit_outputs(changed)

@@ -42,13 +42,15 @@ class EvalTransform:
 class TrainTransform:
     """Random resized crop (fastai's min_scale 0.35: gentler than ImageNet's 0.08, which
     suits small datasets and few epochs) and, unless the data forbids it, a horizontal
-    flip; gives a uint8 CHW tensor. The randomness comes from `rng` (one per image and
-    epoch, see `pipeline`), so it does not depend on which worker decodes the image."""
+    flip, then `recipe` (timm's augmentations, `zoo_adapt.augment`) if given; gives a
+    uint8 CHW tensor. The randomness comes from `rng` (one per image and epoch, see
+    `pipeline`), so it does not depend on which worker decodes the image."""
 
     def __init__(self, norm: Normalization, image_size: int | None = None, min_scale: float = 0.35,
-                 hflip: bool = True):
+                 hflip: bool = True, recipe=None):
         self.size = image_size or norm.image_size
         self.scale, self.hflip, self.mode = (min_scale, 1.0), hflip, interpolation(norm)
+        self.recipe = recipe
         # the smallest crop keeps sqrt(min_scale * 3/4) of the shorter side
         self.min_side = math.ceil(self.size / math.sqrt(min_scale * RATIO[0]))
 
@@ -59,6 +61,8 @@ class TrainTransform:
                                 antialias=True)
         if self.hflip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
+        if self.recipe is not None:
+            image = self.recipe(image, rng)
         return TF.pil_to_tensor(image)
 
 

@@ -36,10 +36,11 @@ class Callback:
         to `step.loss`, figures to `step.figures`."""
 
     def after_backward(self, loop, step) -> None:
-        """Gradients are there; the optimizer has not stepped yet."""
+        """Gradients are there; the optimizer has not stepped yet (with accumulation they
+        are the group's so far: it steps after this micro-batch when `step.update`)."""
 
     def step_end(self, loop, step) -> None:
-        """The optimizer and the schedule have stepped."""
+        """The optimizer and the schedule have stepped (if `step.update`)."""
 
     def after_validate(self, loop, record) -> None:
         """After validation, before the best epoch is chosen: add validation-time figures
@@ -167,3 +168,70 @@ class Progress(Callback):
         if self.ticker is not None:
             self.ticker.close()
             self.ticker = None
+
+
+class WeightAverage(Callback):
+    """An exponential moving average of the weights (timm's `ModelEmaV3`), updated after
+    each optimizer step from the described model (`loop.model`, never a compiled or DDP
+    wrapper: every process holds the same weights, so the same average). Validation, the
+    kept epoch and the export use the average (`loop.averaged`); its state is in the
+    checkpoint, so a resumed run continues it exactly. The decay warms up as timm's
+    (1 - (1 + step) ** -2/3, capped at `decay`): a short fine-tuning run would otherwise
+    average in mostly the starting weights."""
+
+    order = -5
+
+    def __init__(self, decay: float, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
+        self.ema = None
+
+    @property
+    def name(self) -> str:
+        return "ema"
+
+    def setup(self, loop) -> None:
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(loop.model, decay=self.decay, use_warmup=self.warmup)
+        loop.averaged = self.ema
+
+    def step_end(self, loop, step) -> None:
+        if step.update:
+            self.ema.update(loop.model, step=loop.scheduler.last_epoch)
+
+    def epoch_end(self, loop, record, improved: bool) -> None:
+        record.extra["ema_decay"] = self.ema.get_decay(loop.scheduler.last_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.ema.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.module.load_state_dict(state["weights"])
+
+
+class EarlyStop(Callback):
+    """Ends the run when the selection score (`loop.select`) has not beaten its best for
+    `patience` epochs. It reads only the history, so a resumed run decides the same."""
+
+    order = 80  # before the recorder (90), so the checkpoint records the stop
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def setup(self, loop) -> None:
+        from ..errors import ZooAdaptError
+
+        if loop.val is None:
+            raise ZooAdaptError("--early-stop needs validation images (a val/ folder or --val-split above 0)")
+
+    def epoch_end(self, loop, record, improved: bool) -> None:
+        scores = [r.get(loop.select) for r in loop.history]
+        if scores[-1] is None or loop.epoch >= len(loop.plan):
+            return
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the first epoch reaching the best
+        waited = len(scores) - 1 - best
+        if waited >= self.patience:
+            by = loop.select.replace("_", " ")
+            loop.stopped = (f"early stop after epoch {record.epoch} of {len(loop.plan)}: {by} has not improved "
+                            f"for {waited} epochs (best {scores[best]:.4g} at epoch {best + 1}; --early-stop "
+                            f"{self.patience})")

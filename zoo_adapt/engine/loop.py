@@ -14,8 +14,9 @@ a non-finite loss is caught at the next check, every `check_every` steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -35,13 +36,15 @@ class Step:
     """One optimizer step as the callbacks see it: they may replace `x` before the
     forward pass (adding target images, mixing), add to `loss` after it, and put
     per-step figures (tensors or numbers, averaged over the epoch) in `figures`. The
-    first `len(y)` rows of `x` are the labelled ones."""
+    first `len(y)` rows of `x` are the labelled ones. With gradient accumulation a Step
+    is one micro-batch; `update` says whether the optimizer stepped after it."""
 
     x: torch.Tensor
     y: torch.Tensor
     logits: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     figures: dict[str, Any] = field(default_factory=dict)
+    update: bool = True
 
     @property
     def n(self) -> int:
@@ -80,15 +83,21 @@ class EpochRecord:
 
 
 class SingleLabel:
-    """Cross-entropy (with label smoothing) on class indices; accuracy counts top-1 hits."""
+    """Cross-entropy (with label smoothing) on class indices, or on soft targets (rows
+    of class probabilities, as mixup and cutmix make them: their smoothing is already in
+    them); accuracy counts top-1 hits against the index or the largest target."""
 
     def __init__(self, label_smoothing: float = 0.0):
         self.label_smoothing = label_smoothing
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():
+            return torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
     def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():
+            y = y.argmax(-1)
         return (logits.argmax(-1) == y).float().mean()
 
 
@@ -121,14 +130,19 @@ class Loop:
     """Runs the epochs of a freeze plan. Events, in order, each called on every callback
     (see `Callback`): setup (once), epoch_start, then per step before_forward,
     after_loss, after_backward, step_end; after_validate, epoch_end, fit_end; and
-    close, always, even after an error."""
+    close, always, even after an error.
+
+    `accumulate` N: the optimizer and the schedule step once every N micro-batches (the
+    per-step events still come per micro-batch, `Step.update` marking the last of each
+    group), each micro-batch's loss scaled by 1/N, so one update equals one of a batch N
+    times larger; the epoch's last group may be shorter and is scaled by its own size."""
 
     def __init__(self, model: nn.Module, *, train: Batches, val: Batches | None, classes: list[str],
                  plan: Sequence[int], optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
                  callbacks: Sequence[Callback] = (), task=None, seed: int = 0, bn: str = "train",
                  eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
                  device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None,
-                 tie_margin: float = 0.0):
+                 tie_margin: float = 0.0, accumulate: int = 1):
         self.model = model
         self.base_network = self.network = self.eval_network = network or model
         self._wrappers: list[tuple[Callable[[nn.Module], nn.Module], bool]] = []
@@ -139,6 +153,8 @@ class Loop:
         self.seed, self.bn, self.eval_body, self.select = seed, bn, eval_body, select
         self.device = device or next(model.parameters()).device
         self.steps_per_epoch = steps_per_epoch or len(train)
+        self.accumulate = max(1, accumulate)
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.accumulate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.groups = [name for name, _ in group_parameters(model)]
@@ -152,6 +168,8 @@ class Loop:
         self.running: dict[str, torch.Tensor] = {}
         self.seen = 0
         self.stopped: str | None = None  # a callback's reason to end the run early
+        self._micro = 0  # the batch's index in the epoch
+        self.averaged: nn.Module | None = None  # a weight average (EMA) evaluated and kept instead of the model
         self._emit("setup")
 
     # -- what callbacks and the job read and change ---------------------------------
@@ -173,7 +191,8 @@ class Loop:
 
     @property
     def total_steps(self) -> int:
-        return len(self.plan) * self.steps_per_epoch
+        """Optimizer steps in all (fewer than batches with accumulation)."""
+        return len(self.plan) * self.updates_per_epoch
 
     @property
     def progress(self) -> float:
@@ -184,6 +203,25 @@ class Loop:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def kept_weights(self) -> dict[str, torch.Tensor]:
+        """The weights validation scores and the export keeps: the model's own, or the
+        average's (its state has the model's keys)."""
+        return (self.averaged.module if self.averaged is not None else self.model).state_dict()
+
+    @contextmanager
+    def evaluated_weights(self):
+        """For the duration the model holds `kept_weights` (copied in place, so every
+        wrapper sharing its parameters sees them); its own weights come back after."""
+        if self.averaged is None:
+            yield
+            return
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.kept_weights())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(own)
 
     def stage_name(self, epoch: int) -> str:
         k = self.plan[epoch]
@@ -225,7 +263,8 @@ class Loop:
         self._emit("epoch_start", epoch)
         start = time.perf_counter()
         for i, (x, y) in enumerate(cycle(self.train, self.steps_per_epoch)):
-            step = Step(x, y)
+            self._micro = i
+            step = Step(x, y, update=i % self.accumulate == self.accumulate - 1 or i == self.steps_per_epoch - 1)
             self._step(step)
             nonfinite |= ~torch.isfinite(step.loss.detach())
             self.seen += step.n
@@ -244,7 +283,8 @@ class Loop:
             lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
             images_per_second=self.seen * self.world / train_seconds, extra=means)
         if self.val is not None:
-            ev = self.validate()
+            with self.evaluated_weights():
+                ev = self.validate()
             record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
         self._emit("after_validate", record)
         record.seconds = time.perf_counter() - start
@@ -254,19 +294,27 @@ class Loop:
         self._emit("epoch_end", record, improved)
 
     def _step(self, step: Step) -> None:
+        """One micro-batch: forward, backward (gradients add up over a group, which DDP
+        synchronises only on its last), and on the group's last the update."""
+        first = self._micro - self._micro % self.accumulate  # the group's first micro-batch in the epoch
+        group = min(self.accumulate, self.steps_per_epoch - first)  # micro-batches in this update
         self._emit("before_forward", step)
-        with self.autocast():
-            step.logits = self.network(step.x)
-            labelled = step.logits[:step.n]
-            step.loss = self.task.loss(labelled, step.y)
-            step.figures["loss"] = step.loss.detach()
-            step.figures["accuracy"] = self.task.accuracy(labelled.detach(), step.y)
-            self._emit("after_loss", step)
-        self.optimizer.zero_grad(set_to_none=True)
-        step.loss.backward()
+        no_sync = getattr(self.network, "no_sync", None)
+        with nullcontext() if step.update or no_sync is None else no_sync():
+            with self.autocast():
+                step.logits = self.network(step.x)
+                labelled = step.logits[:step.n]
+                step.loss = self.task.loss(labelled, step.y)
+                step.figures["loss"] = step.loss.detach()
+                step.figures["accuracy"] = self.task.accuracy(labelled.detach(), step.y)
+                self._emit("after_loss", step)
+            if self._micro == first:
+                self.optimizer.zero_grad(set_to_none=True)
+            (step.loss / group if group > 1 else step.loss).backward()
         self._emit("after_backward", step)
-        self.optimizer.step()
-        self.scheduler.step()
+        if step.update:
+            self.optimizer.step()
+            self.scheduler.step()
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
         if self.all_reduce is not None:  # every process stops together
@@ -319,6 +367,7 @@ class Loop:
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "history": [r.to_dict() for r in self.history], "best": self.best, "top": self.top,
+                "stopped": self.stopped,
                 "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -329,6 +378,7 @@ class Loop:
         self.best = tuple(state["best"]) if state["best"] else None
         self.top = state.get("top", self.best[0] if self.best else None)
         self.epoch = state["epoch"]
+        self.stopped = state.get("stopped")
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
             if callback.name in saved:
