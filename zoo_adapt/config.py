@@ -18,6 +18,8 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant", "dann")
 BN_POLICIES = ("train", "frozen")
 ON_OFF = ("auto", "on", "off")
+BALANCE = ("none", "sampler", "loss")
+SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "map")
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
 PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best"}
@@ -53,6 +55,21 @@ class FinetuneConfig:
     val_split: float = opt(0.2, "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none.",
                            low=0, high=1, high_open=True)
     out: str = opt("runs/finetune", "Output folder.", flags=("-o",), resume="free")
+    # labels from a file, multi-label, imbalanced classes
+    labels: str | None = opt(None, "CSV or TSV of image paths (relative to --data, else to the file's folder) and "
+                             "labels, with an optional split column (train/val/test), instead of class folders.")
+    path_column: str = opt("path", "--labels: the column of image paths.")
+    label_column: str = opt("label", "--labels: the column of labels.")
+    split_column: str = opt("split", "--labels: the column of splits, train | val | test (used when present).")
+    multi_label: bool = opt(False, "--labels: each image has any number of labels (sigmoid head, BCE; per-class "
+                            "thresholds chosen on validation).")
+    label_delimiter: str = opt("|", "--multi-label: what separates an image's labels in the label column.")
+    balance: str = opt("none", "Imbalanced classes: none | sampler (draw images with weights 1/class count) | loss "
+                       "(class-weighted loss; multi-label: positive weights), from the training counts.",
+                       choices=BALANCE)
+    select_metric: str | None = opt(None, "The validation metric that picks the kept epoch: accuracy | "
+                                    "balanced_accuracy | macro_f1 | map (multi-label) [default: accuracy; map with "
+                                    "--multi-label].", choices=SELECT_METRICS)
     # what trains, and how fast
     strategy: str | None = opt(None, "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune "
                                "with --target-data].", choices=STRATEGIES)
@@ -142,6 +159,7 @@ class FinetuneConfig:
             raise ZooAdaptError("give --lr-body or --lr-decay, not both")
         if self.data and self.dataset:
             raise ZooAdaptError("give --data or --dataset, not both")
+        self.check_labels()
         if not self.target_data:
             for key in ("target_val", "select_with_target_labels", "steps_per_epoch"):
                 if getattr(self, key):
@@ -150,6 +168,27 @@ class FinetuneConfig:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
         self.hidden_sizes()
         return self
+
+    def check_labels(self) -> None:
+        if self.labels and self.dataset:
+            raise ZooAdaptError("give --labels or --dataset, not both")
+        if self.multi_label and not self.labels:
+            raise ZooAdaptError("--multi-label needs --labels (a label file whose label column holds the labels)")
+        if not self.label_delimiter.strip():
+            raise ZooAdaptError("--label-delimiter needs a visible character, e.g. '|' or ';'")
+        if self.multi_label and self.select_metric == "balanced_accuracy":
+            raise ZooAdaptError("--select-metric balanced_accuracy is for single-label data; with --multi-label "
+                                "use map or macro_f1")
+        if not self.multi_label and self.select_metric == "map":
+            raise ZooAdaptError("--select-metric map is for --multi-label; for single labels use accuracy, "
+                                "balanced_accuracy or macro_f1")
+        if self.multi_label and self.target_data:
+            raise ZooAdaptError("--multi-label does not combine with --target-data (adaptation methods "
+                                "expect one label per image)")
+
+    @property
+    def selection_metric(self) -> str:
+        return self.select_metric or ("map" if self.multi_label else "accuracy")
 
     def hidden_sizes(self) -> list[int]:
         try:
