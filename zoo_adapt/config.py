@@ -114,8 +114,8 @@ class FinetuneConfig:
     pretrained: bool = opt(True, "Start from the zoo's pretrained weights.")
     weights: str | None = opt(None, "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file.")
     # what is kept and reported
-    keep: str | None = opt(None, "Exported epoch: best (source validation accuracy) | last [default: best; last "
-                           "with --target-data].", choices=("best", "last"))
+    keep: str | None = opt(None, "Exported epoch: best (by --select-metric on source validation) | last [default: "
+                           "best; last with --target-data].", choices=("best", "last"))
     tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
     feature_cache: bool = opt(True, "linear-probe: compute the frozen body's features once and train the head "
                               "on them.")
