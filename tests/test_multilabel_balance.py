@@ -72,6 +72,9 @@ def test_multilabel_export_evaluate_predict_and_load_plain(multilabel_run, run_c
     assert plain.tolist() == pytest.approx([probs[c] for c in ML_CLASSES], abs=1e-4)
     folder = run_cli("evaluate", "--model", model_file, "--data", root)
     assert folder.exit_code == 1 and "multi-label model" in folder.output
+    (root / "other.csv").write_text("path,label\nval/0000.png,brick\nval/0001.png,zebra|moon\n")
+    unknown = run_cli("evaluate", "--model", model_file, "--labels", root / "other.csv", "--data", root)
+    assert unknown.exit_code == 1 and "other.csv line 3: class 'zebra' is not among the classes" in unknown.output
 
 
 def test_weighted_order_is_seeded_per_epoch_and_sharded():
@@ -139,3 +142,24 @@ def test_metrics_match_scikit_learn():
     assert ev.micro_f1 == pytest.approx(skm.f1_score(multi.numpy(), said, average="micro"))
     chosen = ml.result(list("xyz"))
     assert chosen.thresholds_chosen_here and chosen.macro_f1 >= ev.macro_f1  # best F1 per class on these images
+
+
+def test_balance_weights_from_training_counts(tmp_path):
+    from zoo_adapt.data import ImageDataset, Samples
+    from zoo_adapt.engine.loop import MultiLabel, SingleLabel
+    from zoo_adapt.finetune import make_task
+    from zoo_adapt.inputs import FeedMaker
+
+    single = ImageDataset(Samples([(tmp_path / f"{i}", 0 if i < 8 else 1) for i in range(10)], ["a", "b"]))
+    maker = FeedMaker(FinetuneConfig(balance="sampler"), None, 32, torch.device("cpu"))
+    assert maker.sample_weights(single) == [1 / 8] * 8 + [1 / 2] * 2
+    multi = ImageDataset(Samples([(tmp_path / f"{i}", y) for i, y in enumerate([(0,), (0, 1), (0,), ()])],
+                                 ["a", "b"], multi_label=True))
+    assert maker.sample_weights(multi) == [1 / 3, 1 / 1, 1 / 3, 1 / 1]  # rarest class; no label: a class of 1
+    assert FeedMaker(FinetuneConfig(), None, 32, torch.device("cpu")).sample_weights(single) is None
+    task = make_task(FinetuneConfig(balance="loss"), [8, 2], 10)
+    assert isinstance(task, SingleLabel) and task.class_weights.tolist() == pytest.approx([10 / 16, 10 / 4])
+    task = make_task(FinetuneConfig(balance="loss", labels="x.csv", multi_label=True), [3, 1], 4)
+    assert isinstance(task, MultiLabel) and task.pos_weights.tolist() == pytest.approx([1 / 3, 3.0])
+    logits, y = torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 1.0]])
+    assert task.loss(logits, y) > MultiLabel().loss(logits, y)  # the rare class's missed positive weighs more

@@ -134,6 +134,7 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
     what = "source validation" if "proxy_a_distance" in m else "validation"
     if selection.get("note"):
         lines.append(f"note: {selection['note']}")
+    lines += per_class_lines(m)  # the headline stays last
     kept = f"kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); results in {out}/"
     if m.get("val_map") is not None:
         tta = f", with TTA {m['val_map_tta']:.1%}" if m.get("val_map_tta") is not None else ""
@@ -145,7 +146,7 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
                     if m.get("val_balanced_accuracy") is not None else "")
         lines.append(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}){balanced} on "
                      f"{m['num_val']} {what} images; {kept}")
-    return lines + per_class_lines(m)
+    return lines
 
 
 def per_class_lines(m: dict[str, Any], limit: int = 20) -> list[str]:
