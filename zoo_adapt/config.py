@@ -23,6 +23,8 @@ EXPORT_FORMATS = ("onnx",)
 # Options that moved into the dann method's own declaration (plugins/adaptation.py).
 MOVED = {"adapt_gamma": "--adapt-option gamma=...", "domain_hidden": "--adapt-option width=... depth=...",
          "domain_dropout": "--adapt-option dropout=..."}
+BALANCE = ("none", "sampler", "loss")
+SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "map")
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
 PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric",
@@ -63,6 +65,21 @@ class FinetuneConfig:
     val_split: float = opt(0.2, "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none.",
                            low=0, high=1, high_open=True)
     out: str = opt("runs/finetune", "Output folder.", flags=("-o",), resume="free")
+    # labels from a file, multi-label, imbalanced classes
+    labels: str | None = opt(None, "CSV or TSV of image paths (relative to --data, else to the file's folder) and "
+                             "labels, with an optional split column (train/val/test), instead of class folders.")
+    path_column: str = opt("path", "--labels: the column of image paths.")
+    label_column: str = opt("label", "--labels: the column of labels.")
+    split_column: str = opt("split", "--labels: the column of splits, train | val | test (used when present).")
+    multi_label: bool = opt(False, "--labels: each image has any number of labels (sigmoid head, BCE; per-class "
+                            "thresholds chosen on validation).")
+    label_delimiter: str = opt("|", "--multi-label: what separates an image's labels in the label column.")
+    balance: str = opt("none", "Imbalanced classes: none | sampler (draw images with weights 1/class count) | loss "
+                       "(class-weighted loss; multi-label: positive weights), from the training counts.",
+                       choices=BALANCE)
+    select_metric: str | None = opt(None, "The validation metric that picks the kept epoch: accuracy | "
+                                    "balanced_accuracy | macro_f1 | map (multi-label) [default: accuracy; map with "
+                                    "--multi-label].", choices=SELECT_METRICS)
     # what trains, and how fast
     strategy: str | None = opt(None, "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune "
                                "with --target-data].", choices=STRATEGIES)
@@ -132,8 +149,8 @@ class FinetuneConfig:
     pretrained: bool = opt(True, "Start from the zoo's pretrained weights.")
     weights: str | None = opt(None, "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file.")
     # what is kept and reported
-    keep: str | None = opt(None, "Exported epoch: best (source validation accuracy) | last [default: best; last "
-                           "with --target-data].", choices=("best", "last"))
+    keep: str | None = opt(None, "Exported epoch: best (by --select-metric on source validation) | last [default: "
+                           "best; last with --target-data].", choices=("best", "last"))
     tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
     log: list[str] = opt([], "Follow the run in an experiment tracker (repeatable): tensorboard | mlflow | wandb | a "
                          "plugin's (zoo-adapt trackers). history.csv is written either way.", resume="free")
@@ -183,6 +200,7 @@ class FinetuneConfig:
             raise ZooAdaptError("give --lr-body or --lr-decay, not both")
         if self.data and self.dataset:
             raise ZooAdaptError("give --data or --dataset, not both")
+        self.check_labels()
         if not self.target_data:
             for key in ("target_val", "select_with_target_labels", "steps_per_epoch"):
                 if getattr(self, key):
@@ -192,6 +210,27 @@ class FinetuneConfig:
         if self.select_with_target_labels and not self.target_val:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
         return self
+
+    def check_labels(self) -> None:
+        if self.labels and self.dataset:
+            raise ZooAdaptError("give --labels or --dataset, not both")
+        if self.multi_label and not self.labels:
+            raise ZooAdaptError("--multi-label needs --labels (a label file whose label column holds the labels)")
+        if not self.label_delimiter.strip():
+            raise ZooAdaptError("--label-delimiter needs a visible character, e.g. '|' or ';'")
+        if self.multi_label and self.select_metric == "balanced_accuracy":
+            raise ZooAdaptError("--select-metric balanced_accuracy is for single-label data; with --multi-label "
+                                "use map or macro_f1")
+        if not self.multi_label and self.select_metric == "map":
+            raise ZooAdaptError("--select-metric map is for --multi-label; for single labels use accuracy, "
+                                "balanced_accuracy or macro_f1")
+        if self.multi_label and self.target_data:
+            raise ZooAdaptError("--multi-label does not combine with --target-data (adaptation methods "
+                                "expect one label per image)")
+
+    @property
+    def selection_metric(self) -> str:
+        return self.select_metric or ("map" if self.multi_label else "accuracy")
 
     @property
     def head_lr(self) -> float:

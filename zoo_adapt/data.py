@@ -68,13 +68,15 @@ def _image_files(folder: Path) -> list[tuple[Path, str]]:
 @dataclass
 class Samples:
     """(path, label) pairs and the class names in index order. `skipped`: unreadable
-    images left out by scan_folder's rule for large folders, as (path, reason)."""
+    images left out by scan_folder's rule for large folders, as (path, reason).
+    `multi_label`: each label is a tuple of class indices (label_file.py)."""
 
-    items: list[tuple[Path, int]]
+    items: list[tuple[Path, Any]]
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    multi_label: bool = False
 
-    def labels(self) -> list[int]:
+    def labels(self) -> list:
         return [label for _, label in self.items]
 
 
@@ -180,6 +182,10 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     """Per class, a seeded `fraction` of the images (at least one where a class has two)."""
     if not 0 < fraction < 1:
         raise ZooAdaptError(f"--val-split must be between 0 and 1, not {fraction}")
+    if samples.multi_label:
+        from .label_file import random_split
+
+        return random_split(samples, fraction, seed)
     rng = random.Random(seed)
     train, val = [], []
     for label in range(len(samples.classes)):
@@ -205,8 +211,11 @@ class ImageDataset(Dataset):
 
     def raw(self, i: int, min_side: int | None = None):
         """(the decoded PIL image, label), before the transform; `min_side`: the shorter
-        side needed (large JPEGs decode faster below their full size)."""
+        side needed (large JPEGs decode faster below their full size). A multi-label
+        image's label is a 0/1 float vector over the classes."""
         path, label = self.samples.items[i]
+        if self.samples.multi_label:
+            label = multi_hot(label, len(self.classes))
         return open_image(path, min_side), label
 
     def __getitem__(self, key):
@@ -237,6 +246,36 @@ class Transformed(Dataset):
         i, rng = _key(key)
         image, label = self.raw(i)
         return self.transform(image, rng), label
+
+
+def multi_hot(ids, num_classes: int):
+    import torch
+
+    out = torch.zeros(num_classes)
+    out[list(ids)] = 1.0
+    return out
+
+
+def dataset_labels(dataset) -> list:
+    """The label of every sample without decoding an image: class indices, or tuples of
+    them for multi-label data."""
+    if isinstance(dataset, ImageDataset):
+        return dataset.samples.labels()
+    base = getattr(dataset, "base", dataset)
+    for name in ("targets", "labels", "_labels"):
+        labels = getattr(base, name, None)
+        if labels is not None:
+            return [int(label) for label in labels]
+    return [int(dataset.raw(i)[1]) for i in range(len(dataset))]
+
+
+def class_counts(labels: Sequence, num_classes: int) -> list[int]:
+    """Images per class (multi-label: images carrying each class)."""
+    counts = [0] * num_classes
+    for label in labels:
+        for c in (label if isinstance(label, tuple) else (label,)):
+            counts[c] += 1
+    return counts
 
 
 def _key(key) -> tuple[int, "random.Random | None"]:

@@ -1,7 +1,9 @@
-"""Accuracy, top-5, per-class accuracy and the confusion matrix, with optional
-test-time augmentation: the softmax averaged over the image, its mirror image and
-zoomed-in centre crops. Counts stay on the device until the end (one read per
-evaluation, not per batch)."""
+"""Accuracy, top-5, balanced accuracy, per-class accuracy, precision, recall and F1
+and the confusion matrix, with optional test-time augmentation: the softmax averaged
+over the image, its mirror image and zoomed-in centre crops. Counts stay on the
+device until the end (one read per evaluation, not per batch). Multi-label models
+(sigmoid per class) are scored by multilabel.py's tally: mAP, F1 at per-class
+thresholds."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -26,12 +28,13 @@ def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True) -> lis
 
 
 def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool = False,
-                  autocast: bool | Callable = False, flip: bool = True) -> torch.Tensor:
-    """Class probabilities: softmax of the logits, averaged over the TTA views if asked.
-    `autocast`: a context factory (the loop's), or True for bf16 autocast."""
+                  autocast: bool | Callable = False, flip: bool = True, multi_label: bool = False) -> torch.Tensor:
+    """Class probabilities: softmax of the logits (a sigmoid per class when
+    `multi_label`), averaged over the TTA views if asked. `autocast`: a context factory
+    (the loop's), or True for bf16 autocast."""
     views = tta_views(x, flip=flip) if tta else [x]
     with torch.no_grad(), _autocast(autocast, x.device):
-        probs = [model(v).float().softmax(-1) for v in views]
+        probs = [model(v).float().sigmoid() if multi_label else model(v).float().softmax(-1) for v in views]
     return torch.stack(probs).mean(0)
 
 
@@ -50,13 +53,31 @@ class Evaluation:
     per_class: dict[str, float | None]
     confusion: list[list[int]]
     classes: list[str]
-    predictions: list[int] = field(default_factory=list, repr=False)
+    predictions: list = field(default_factory=list, repr=False)
     folder: str = ""  # where the images came from (evaluate's held-out split of a dataset root)
+    balanced_accuracy: float | None = None  # mean recall over the classes present
+    macro_f1: float | None = None
+    micro_f1: float | None = None  # multi-label
+    map: float | None = None  # multi-label: mean average precision over classes with positives
+    precision: dict[str, float | None] = field(default_factory=dict)
+    recall: dict[str, float | None] = field(default_factory=dict)
+    f1: dict[str, float | None] = field(default_factory=dict)
+    thresholds: list[float] | None = None  # multi-label: per class (given, or chosen on these images)
+    thresholds_chosen_here: bool = False
+    multi_label: bool = False
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
-                "num_images": self.num_images, "per_class_accuracy": self.per_class,
-                "confusion_matrix": self.confusion, "classes": self.classes, "folder": self.folder}
+        out = {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
+               "balanced_accuracy": self.balanced_accuracy, "macro_f1": self.macro_f1,
+               "num_images": self.num_images, "per_class_accuracy": self.per_class,
+               "per_class_precision": self.precision, "per_class_recall": self.recall,
+               "per_class_f1": self.f1, "confusion_matrix": self.confusion, "classes": self.classes,
+               "folder": self.folder}
+        if self.multi_label:
+            out.update({"map": self.map, "micro_f1": self.micro_f1, "per_class_ap": out.pop("per_class_accuracy"),
+                        "thresholds": self.thresholds, "thresholds_chosen_here": self.thresholds_chosen_here})
+            del out["top5"], out["balanced_accuracy"], out["confusion_matrix"]
+        return out
 
 
 class Tally:
@@ -94,25 +115,41 @@ class Tally:
         per_class = {c: (correct[i].item() / totals[i].item() if totals[i] else None)
                      for i, c in enumerate(classes)}
         predictions = torch.cat(self.predictions).tolist() if self.predictions else []
+        predicted = confusion.sum(0)
+        precision, recall, f1 = {}, {}, {}
+        for i, c in enumerate(classes):
+            tp, support, said = correct[i].item(), totals[i].item(), predicted[i].item()
+            precision[c] = tp / said if said else None
+            recall[c] = tp / support if support else None
+            f1[c] = 2 * tp / (support + said) if support + said else None
+        present = [r for r in recall.values() if r is not None]
+        scored = [v for v in f1.values() if v is not None]
         return Evaluation(count, correct.sum().item() / max(count, 1), hits / max(count, 1),
-                          nll / max(count, 1), per_class, confusion.tolist(), list(classes), predictions)
+                          nll / max(count, 1), per_class, confusion.tolist(), list(classes), predictions,
+                          balanced_accuracy=sum(present) / len(present) if present else None,
+                          macro_f1=sum(scored) / len(scored) if scored else None,
+                          precision=precision, recall=recall, f1=f1)
 
 
 def evaluate(model: nn.Module, batches: Iterable, classes: list[str], tta: bool = False,
-             autocast: bool | Callable = False, flip: bool = True, progress: str | None = None) -> Evaluation:
+             autocast: bool | Callable = False, flip: bool = True, progress: str | None = None,
+             multi_label: bool = False, thresholds: list[float] | None = None) -> Evaluation:
     """Score `model` over (images, labels) batches already on the model's device;
-    `progress`: a name to show progress under (long evaluations)."""
+    `progress`: a name to show progress under (long evaluations). `multi_label`: 0/1
+    label vectors, scored at `thresholds` (None: each class's best F1 on these images)."""
+    from .multilabel import MultiLabelTally
     from .progress import track
 
     model.eval()
     tally = None
+    make = MultiLabelTally if multi_label else Tally
     total = len(batches) if hasattr(batches, "__len__") else 0
     for x, y in track(batches, total, progress or "", count=lambda b: len(b[1]), enabled=bool(progress and total)):
-        probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip)
+        probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip, multi_label=multi_label)
         if tally is None:
-            tally = Tally(len(classes), probs.device)
+            tally = make(len(classes), probs.device)
         tally.add(probs, y.to(probs.device))
     if tally is None:
-        tally = Tally(len(classes), next(model.parameters()).device)
+        tally = make(len(classes), next(model.parameters()).device)
     tally.all_reduce()
-    return tally.result(classes)
+    return tally.result(classes, thresholds) if multi_label else tally.result(classes)

@@ -33,6 +33,8 @@ class ModelCard:
     normalization: Normalization  # input_size is the size the model was fine-tuned at
     head: str
     hflip: bool = True  # trained with horizontal flips, so TTA may flip too
+    multi_label: bool = False  # a sigmoid per class: every class above its threshold applies
+    thresholds: list[float] | None = None  # multi-label: per class, chosen on validation (else 0.5)
 
     @property
     def image_size(self) -> int:
@@ -118,7 +120,12 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
         crop_pct=field("crop_pct", "a number in (0, 1]", lambda v: _numbers([v], 1) and 0 < v <= 1, parse=float))
     card = ModelCard(field("backbone", "a backbone name", _name, parse=str), entry,
                      field("library", "a library name", _name, parse=str), classes, norm, head,
-                     hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True))
+                     hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True),
+                     multi_label=field("multi_label", "true or false", lambda v: isinstance(v, bool), default=False))
+    if card.multi_label:
+        card.thresholds = field("thresholds", f"a JSON list of {len(classes)} numbers in [0, 1]",
+                                lambda v: _numbers(v, len(classes)) and all(0 <= x <= 1 for x in v),
+                                default=[0.5] * len(classes))
     return card, meta
 
 
@@ -184,6 +191,9 @@ def load_plain(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
         model, preprocess = load_plain("runs/mine/model.safetensors")
         probs = model(preprocess(image)[None]).softmax(-1)
+
+    A multi-label export (`read_card(path)[0].multi_label`) takes `.sigmoid()` instead
+    of the softmax; its labels are the classes at or above `read_card(path)[0].thresholds`.
     """
     from .transforms import eval_transform
     from .weights import read_state_dict

@@ -27,7 +27,7 @@ from .demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from .device import prepare, resolve_device
 from .engine import (Callback, Compile, EarlyStop, Loop, MixedPrecision, Progress, WeightAverage, freeze_plan,
                      seed_everything)
-from .engine.loop import SingleLabel
+from .engine.loop import MultiLabel, SingleLabel
 from .errors import ZooAdaptError
 from .export import export_model
 from .inputs import FeedMaker, is_demo, load_datasets
@@ -171,6 +171,9 @@ class Job:
         norm = model.zoo_adapt.normalization
         c = self.config = resolve(c, c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else norm.image_size))
         self.data = load_datasets(c)
+        from .data import class_counts, dataset_labels
+
+        self.counts = class_counts(dataset_labels(self.data.train), len(self.data.classes))
         if self.stored is not None:
             _check_resumable(self.stored, c, self.data.classes, self.folder, self.procs.world)
         if num_classes_of(model) != len(self.data.classes):
@@ -214,7 +217,7 @@ class Job:
         recipes = _recipes(c)
         if recipes:
             self.log(f"recipes: {recipes}")
-        for warning in _warnings(c, self.stored):
+        for warning in _warnings(c, self.stored) + _imbalance_warnings(c, self.counts, data.classes):
             self.log(f"warning: {warning}")
         loop = self.loop(callbacks)
         if self.stored is not None:
@@ -297,7 +300,8 @@ class Job:
                     optimizer=optimizer, schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule,
                                                                  c.warmup), accumulate=c.accumulate,
                     callbacks=[*pieces, self.recorder, self.tracking, *progress, *callbacks],
-                    task=SingleLabel(c.label_smoothing), seed=c.seed,
+                    task=make_task(c, self.counts, len(self.data.train)), seed=c.seed,
+                    select="val_" + c.selection_metric,
                     bn="frozen" if c.strategy == "linear-probe" else c.bn, eval_body=c.strategy == "linear-probe",
                     steps_per_epoch=steps, device=self.device, network=feeds.network,
                     tie_margin=TIE_IMAGES / len(self.data.val) if self.data.val is not None else 0.0)
@@ -305,6 +309,8 @@ class Job:
 
     def write_model(self, path: Path, state: dict | None, epoch: int, **extra_meta) -> Path:
         c = self.config
+        if c.multi_label:
+            extra_meta["multi_label"] = True
         return export_model(self.model, path, self.data.classes, c.image_size,
                             {"epoch": epoch, "hflip": c.hflip, **extra_meta}, state=state)
 
@@ -321,12 +327,15 @@ class Job:
         metrics["kept_epoch"] = kept
         if feeds.val is not None:
             final = loop.validate()
-            metrics.update({"val_accuracy": final.accuracy, "val_top5": final.top5, "val_loss": final.loss,
-                            "per_class_accuracy": final.per_class, "confusion_matrix": final.confusion})
+            metrics.update(validation_metrics(final))
             if c.tta:
                 network = loop.eval_network if feeds.network is None else model
                 tta = loop.validate(tta=True, flip=c.hflip, batches=feeds.val_images, network=network)
                 metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
+                if tta.multi_label:
+                    metrics.update({"val_map_tta": tta.map})
+                else:
+                    metrics.update({"val_balanced_accuracy_tta": tta.balanced_accuracy})
         metrics["selection"] = selection(loop, c, metrics)
         if self.adaptation is not None:
             from .adaptation import finish_adaptation
@@ -335,10 +344,11 @@ class Job:
                               folder.path(ADAPTATION_FILE), write=self.procs.main)
         if not self.procs.main:
             return metrics
-        folder.write_outputs(True, lambda path: self.write_model(path, None, kept,
+        chosen = {"thresholds": metrics["thresholds"]} if "thresholds" in metrics else {}
+        folder.write_outputs(True, lambda path: self.write_model(path, None, kept, **chosen,
                                                                  val_accuracy=metrics.get("val_accuracy")), metrics)
         plot_curves(metrics["history"], folder.path("curves.png"), title=f"{c.backbone} ({c.strategy})", kept=kept)
-        if "confusion_matrix" in metrics:
+        if metrics.get("confusion_matrix"):
             plot_confusion(metrics["confusion_matrix"], self.data.classes, folder.path("confusion_matrix.png"),
                            title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
                                  f"(counts; colour = share of the true class)")
@@ -395,7 +405,10 @@ class Job:
             "precision": "bf16" if loop.amp_dtype is not None else "fp32",
             "epochs_done": len(history), "epochs": len(loop.plan), "checkpoint_epoch": loop.epoch,
             "best_epoch": loop.best[1] if loop.best else None,
-            "best_val_accuracy": loop.best[0] if loop.best else None,
+            "select_metric": loop.select,
+            "best_score": loop.best[0] if loop.best else None,
+            "best_val_accuracy": loop.history[loop.best[1] - 1].val_accuracy if loop.best else None,
+            "class_counts_train": dict(zip(data.classes, self.counts)),
             "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
             "history": history, "finished": finished, "stopped_early": loop.stopped,
             "ema_decay": c.ema, "accumulate": c.accumulate,
@@ -426,6 +439,44 @@ def _recipes(c: FinetuneConfig) -> str:
               f"{c.accumulate * c.batch_size * distributed.launched().world})"] if c.accumulate > 1 else []
     parts += [f"early stop after {c.early_stop} epochs without improvement"] if c.early_stop else []
     return "; ".join(p for p in parts if p)
+
+
+def make_task(config: FinetuneConfig, counts: list[int], num_train: int):
+    """The loss and accuracy of the run: single- or multi-label, with --balance loss's
+    weights from the training counts (single-label: n / (classes x count), so every
+    class weighs the same in all; multi-label: negatives / positives per class)."""
+    weighted = config.balance == "loss"
+    if config.multi_label:
+        return MultiLabel([(num_train - n) / max(n, 1) for n in counts] if weighted else None)
+    weights = [num_train / (len(counts) * max(n, 1)) for n in counts] if weighted else None
+    return SingleLabel(config.label_smoothing, weights)
+
+
+def validation_metrics(final) -> dict[str, Any]:
+    """What metrics.json holds of the kept model's validation."""
+    out = {"val_accuracy": final.accuracy, "val_loss": final.loss, "val_macro_f1": final.macro_f1,
+           "per_class_precision": final.precision, "per_class_recall": final.recall, "per_class_f1": final.f1}
+    if final.multi_label:
+        out.update({"val_map": final.map, "val_micro_f1": final.micro_f1, "per_class_ap": final.per_class,
+                    "thresholds": final.thresholds})
+    else:
+        out.update({"val_top5": final.top5, "val_balanced_accuracy": final.balanced_accuracy,
+                    "per_class_accuracy": final.per_class, "confusion_matrix": final.confusion})
+    return out
+
+
+IMBALANCE_RATIO = 10
+
+
+def _imbalance_warnings(c: FinetuneConfig, counts: list[int], classes: list[str]) -> list[str]:
+    """Classes far apart in size, with nothing done about it."""
+    present = [n for n in counts if n]
+    if c.balance != "none" or not present or max(present) <= IMBALANCE_RATIO * min(present):
+        return []
+    big, small = counts.index(max(present)), counts.index(min(present))
+    return [f"imbalanced classes: {classes[big]!r} has {counts[big]} training images, {classes[small]!r} only "
+            f"{counts[small]} (more than {IMBALANCE_RATIO}x); consider --balance sampler or loss and "
+            "--select-metric balanced_accuracy (or macro_f1)"]
 
 
 def selection(loop: Loop, config: FinetuneConfig, metrics: dict[str, Any]) -> dict[str, Any]:

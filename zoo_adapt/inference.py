@@ -28,16 +28,44 @@ def labelled_folder(path: str | Path) -> Path:
     return path
 
 
-def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
-                    device: str = "auto", workers: int | None = None) -> Evaluation:
-    """Accuracy, top-5, per-class accuracy and confusion matrix of an exported model on a
-    labelled ImageFolder whose classes are (a subset of) the model's. The model's header
-    and the images are checked before the weights are loaded."""
+def labelled_rows(labels: str | Path, data: str | Path | None, columns, classes: list[str], multi_label: bool):
+    """(samples, where) of a label file for evaluation: its test rows, else its val rows,
+    else every row; labels outside the model's classes are errors naming the line."""
+    from dataclasses import replace
+
+    from .data import checked
+    from .label_file import read_rows, rows_to_samples, split_rows
+
+    file = Path(labels)
+    rows = read_rows(file, data, replace(columns, multi_label=multi_label))
+    _, val, test = split_rows(rows)
+    chosen, which = (test, "test rows") if test else (val, "val rows") if val else (rows, "all rows")
+    samples = rows_to_samples(chosen, classes, file, multi_label)
+    checked([path for path, _ in samples.items], str(file), False)
+    return samples, f"{file} ({which})"
+
+
+def evaluate_folder(model_path: str | Path, data: str | Path | None, tta: bool = False, batch_size: int = 64,
+                    device: str = "auto", workers: int | None = None, labels: str | Path | None = None,
+                    columns=None) -> Evaluation:
+    """Accuracy, top-5, balanced accuracy, per-class accuracy, precision, recall, F1 and
+    confusion matrix of an exported model on a labelled ImageFolder whose classes are (a
+    subset of) the model's, or on a label file's rows (`labels`, paths relative to
+    `data`; `columns`: a label_file.LabelColumns). A multi-label model gets mAP and F1 at
+    its stored thresholds. The model's header and the images are checked before the
+    weights are loaded."""
+    from .label_file import LabelColumns
+
     if batch_size < 1:
         raise ZooAdaptError(f"batch size must be at least 1, not {batch_size}")
     card, _ = read_card(model_path)
-    folder = labelled_folder(data)
-    samples = scan_folder(folder, classes=card.classes)
+    if labels is not None:
+        samples, folder = labelled_rows(labels, data, columns or LabelColumns(), card.classes, card.multi_label)
+    elif card.multi_label:
+        raise ZooAdaptError(f"{model_path} is a multi-label model: evaluate it on a label file (--labels)")
+    else:
+        folder = labelled_folder(data)
+        samples = scan_folder(folder, classes=card.classes)
     dev = resolve_device(device)
     prepare(dev)
     model, card = load_model(model_path, dev)
@@ -46,20 +74,27 @@ def evaluate_folder(model_path: str | Path, data: str | Path, tta: bool = False,
                             order=EpochOrder(len(dataset), shuffle=False),
                             workers=default_workers(dev) if workers is None else workers)
     result = evaluate(model, batches, card.classes, tta=tta, autocast=dev.type == "cuda", flip=card.hflip,
-                      progress="evaluating")
+                      progress="evaluating", multi_label=card.multi_label, thresholds=card.thresholds)
     result.folder = str(folder)
     return result
 
 
 @dataclass
 class Prediction:
+    """`top`: the k most probable classes; for a multi-label model, `labels` are every
+    class at or above its threshold (possibly none) and `top` all classes."""
+
     path: str
     top: list[tuple[str, float]] | None = None
     error: str | None = None
+    labels: list[tuple[str, float]] | None = None
 
     def to_dict(self) -> dict:
         if self.error:
             return {"path": self.path, "error": self.error}
+        if self.labels is not None:
+            return {"path": self.path, "labels": [c for c, _ in self.labels],
+                    "probabilities": {c: p for c, p in self.top}}
         return {"path": self.path, "prediction": self.top[0][0],
                 "top": [{"class": c, "probability": p} for c, p in self.top]}
 
@@ -109,7 +144,7 @@ def iter_predictions(model_path: str | Path, paths: Iterable[str | Path], tta: b
     model, card = load_model(model_path, dev)
     transform = EvalTransform(card.normalization)
     entries = expand_paths(paths) if entries is None else entries
-    k = min(top_k, len(card.classes))
+    k = len(card.classes) if card.multi_label else min(top_k, len(card.classes))
 
     def decode(item):
         path, error = item
@@ -136,10 +171,13 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
                 kept.append(done[-1])
         if batch:
             x = normalize(torch.stack(batch).to(dev), card.normalization)
-            probs = predict_proba(model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip)
+            probs = predict_proba(model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip,
+                                  multi_label=card.multi_label)
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
                 pred.top = [(card.classes[c], p) for c, p in zip(i, v)]
+                if card.multi_label:
+                    pred.labels = [(card.classes[c], p) for c, p in zip(i, v) if p >= card.thresholds[c]]
         yield from done
 
 
@@ -180,6 +218,11 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
                     writer.writerow([r.path, "", ""] + [""] * (2 * k) + [r.error])
                     if on_error:
                         on_error(r.error)
+                elif card.multi_label:  # prediction: every class at or above its threshold, "|"-joined
+                    pairs = [x for c, p in r.top[:k] for x in (c, f"{p:.6f}")]
+                    chosen = r.labels or []
+                    writer.writerow([r.path, "|".join(c for c, _ in chosen),
+                                     ";".join(f"{p:.6f}" for _, p in chosen), *pairs, ""])
                 else:
                     pairs = [x for c, p in r.top for x in (c, f"{p:.6f}")]
                     writer.writerow([r.path, r.top[0][0], f"{r.top[0][1]:.6f}", *pairs, ""])

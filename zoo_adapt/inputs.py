@@ -33,7 +33,7 @@ class Datasets:
 
 def is_demo(config: FinetuneConfig) -> bool:
     """No data given: the embedded demo."""
-    return not config.data and not config.dataset
+    return not config.data and not config.dataset and not config.labels
 
 
 def demo_root() -> Path:
@@ -45,6 +45,8 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
     if config.dataset:
         train, val, classes = data_.torchvision_dataset(config.dataset, config.data_dir, None, None)
         return Datasets(train, val, classes, f"torchvision {config.dataset} in {config.data_dir}")
+    if config.labels:
+        return _from_label_file(config)
     if is_demo(config):
         from .demo import build_demo
 
@@ -68,6 +70,44 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
     if len(train.items) < 2:
         raise ZooAdaptError("training needs at least two images")
     return Datasets(data_.ImageDataset(train), data_.ImageDataset(val) if val else None, train.classes, where)
+
+
+def label_columns(config) -> "LabelColumns":
+    from .label_file import LabelColumns
+
+    return LabelColumns(config.path_column, config.label_column, config.split_column, config.multi_label,
+                        config.label_delimiter)
+
+
+def _from_label_file(config: FinetuneConfig) -> Datasets:
+    """Training and validation images from a label file: its val rows (else its test
+    rows, as a test/ folder counts as validation), else a held-out fraction."""
+    from . import label_file
+
+    file = Path(config.labels)
+    rows = label_file.read_rows(file, config.data, label_columns(config))
+    classes = label_file.training_classes(rows, file)
+    train_rows, val_rows, test_rows = label_file.split_rows(rows)
+    held = val_rows or test_rows
+
+    def samples(part):
+        found = label_file.rows_to_samples(part, classes, file, config.multi_label)
+        bad = data_.checked([path for path, _ in found.items], str(file))
+        if bad:
+            dropped = {path for path, _ in bad}
+            found.items = [item for item in found.items if item[0] not in dropped]
+        return found
+
+    train = samples(train_rows)
+    if held:
+        val = samples(held)
+        where = f"{file}, {'val' if val_rows else 'test'} rows held out"
+    else:
+        train, val = _split(train, config)
+        where = f"{file}, {config.val_split:.0%} held out" if val else str(file)
+    if len(train.items) < 2:
+        raise ZooAdaptError("training needs at least two images")
+    return Datasets(data_.ImageDataset(train), data_.ImageDataset(val) if val else None, classes, where)
 
 
 def _split(samples, config):
@@ -108,9 +148,23 @@ class FeedMaker:
 
         self.recipe = image_recipe(config.augment, config.color_jitter, norm, image_size)
 
-    def order(self, n: int, shuffle: bool, seed_offset: int = 0) -> EpochOrder:
+    def order(self, n: int, shuffle: bool, seed_offset: int = 0, weights: list[float] | None = None) -> EpochOrder:
         return EpochOrder(n, shuffle=shuffle, seed=self.config.seed + seed_offset, rank=self.rank,
-                          world=self.world, pad=shuffle)
+                          world=self.world, pad=shuffle, weights=weights)
+
+    def sample_weights(self, dataset: Dataset) -> list[float] | None:
+        """--balance sampler: each training image's weight, 1 / its class's count
+        (multi-label: of its rarest class; an image without labels counts as a class
+        of its own)."""
+        if self.config.balance != "sampler":
+            return None
+        from .data import class_counts, dataset_labels
+
+        labels = dataset_labels(dataset)
+        counts = class_counts(labels, len(dataset.classes))
+        unlabelled = sum(1 for label in labels if label == ())
+        return [1.0 / (min(counts[c] for c in label) if label else unlabelled) if isinstance(label, tuple)
+                else 1.0 / counts[label] for label in labels]
 
     def on_device(self, num_train: int, num_eval: int) -> bool:
         from .device_images import fits
@@ -120,9 +174,12 @@ class FeedMaker:
             return False
         return choice == "on" or (choice == "auto" and fits(num_train, num_eval, self.size, self.norm, self.device))
 
-    def training(self, dataset: Dataset, held: bool, seed_offset: int = 0, shuffle: bool = True) -> Batches:
+    def training(self, dataset: Dataset, held: bool, seed_offset: int = 0, shuffle: bool = True,
+                 balanced: bool = False) -> Batches:
+        """`balanced`: the labelled training set, drawn with --balance sampler's weights."""
         c = self.config
-        order = self.order(len(dataset), shuffle, seed_offset)
+        weights = self.sample_weights(dataset) if balanced and shuffle else None
+        order = self.order(len(dataset), shuffle, seed_offset, weights)
         if held:
             from .device_images import DeviceImages
 
@@ -158,7 +215,7 @@ class FeedMaker:
             if self.config.data_on_device == "on":
                 where += " (not held on the device, as --data-on-device on asked: timm's recipes run on PIL images)"
         val = self.evaluation(data.val, held) if data.val is not None else None
-        return Feeds(self.training(data.train, held), val, val, None, f"images {where}", held)
+        return Feeds(self.training(data.train, held, balanced=True), val, val, None, f"images {where}", held)
 
     def wants_cache(self) -> bool:
         c = self.config
@@ -179,8 +236,8 @@ class FeedMaker:
         n = len(data.train)
         features = gather_shards(features.transpose(0, 1), n, self.procs).transpose(0, 1).contiguous()
         labels = gather_shards(labels, n, self.procs)
-        train = FeatureBatches(features, labels, batch_size=c.batch_size, order=self.order(n, shuffle=True),
-                               seed=c.seed)
+        train = FeatureBatches(features, labels, batch_size=c.batch_size,
+                               order=self.order(n, shuffle=True, weights=self.sample_weights(data.train)), seed=c.seed)
         val_features = None
         if feeds.val is not None:
             vf, vl = extract_features(model, feeds.val, autocast)

@@ -35,18 +35,26 @@ class EpochOrder(Sampler[int]):
     shuffling, else 0..n-1; under data parallelism each of `world` processes takes every
     `world`-th sample from `rank` on. Training shards are padded by wrapping around so
     every process takes the same number of steps; evaluation shards never are, so every
-    image counts exactly once."""
+    image counts exactly once.
+
+    With `weights` (one per sample; --balance sampler), a shuffled epoch is instead `n`
+    draws with replacement in proportion to the weights, seeded the same way, so rare
+    classes come up as often as common ones and every process shards the same draw."""
 
     def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                 pad: bool = False):
+                 pad: bool = False, weights: list[float] | None = None):
         self.n, self.shuffle, self.seed, self.rank, self.world, self.pad = n, shuffle, seed, rank, world, pad
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def indices(self) -> list[int]:
-        if self.shuffle:
+        if self.shuffle and self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -82,7 +90,9 @@ def batch_sizes(n: int, batch_size: int) -> list[int]:
 class _EpochBatches(Sampler[list]):
     """An EpochOrder cut into `batch_sizes`. With `seeded`, each index comes with the
     seed of its image's augmentation in this epoch, `"seed:epoch:index"`, so what an
-    image becomes depends on neither the loader worker nor the process that reads it."""
+    image becomes depends on neither the loader worker nor the process that reads it
+    (an image drawn again in the same epoch by a weighted order gets `":k"` added for
+    its k-th repeat, so its copies are augmented differently)."""
 
     def __init__(self, order: EpochOrder, batch_size: int, seeded: bool = False):
         self.order, self.batch_size, self.seeded = order, batch_size, seeded
@@ -90,7 +100,12 @@ class _EpochBatches(Sampler[list]):
     def __iter__(self):
         indices, start = self.order.indices(), 0
         if self.seeded:
-            indices = [(i, f"{self.order.seed}:{self.order.epoch}:{i}") for i in indices]
+            repeats: dict[int, int] = {}
+            seeded = []
+            for i in indices:
+                k = repeats[i] = repeats.get(i, -1) + 1
+                seeded.append((i, f"{self.order.seed}:{self.order.epoch}:{i}" + (f":{k}" if k else "")))
+            indices = seeded
         for size in batch_sizes(len(indices), self.batch_size):
             yield indices[start:start + size]
             start += size

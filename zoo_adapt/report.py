@@ -142,7 +142,36 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
     what = "source validation" if "proxy_a_distance" in m else "validation"
     if selection.get("note"):
         lines.append(f"note: {selection['note']}")
-    lines.append(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}) on {m['num_val']} "
-                 f"{what} images; kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); "
-                 f"results in {out}/")
+    lines += per_class_lines(m)  # the headline stays last
+    kept = f"kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); results in {out}/"
+    if m.get("val_map") is not None:
+        tta = f", with TTA {m['val_map_tta']:.1%}" if m.get("val_map_tta") is not None else ""
+        lines.append(f"val mAP {m['val_map']:.1%}{tta}; at per-class thresholds chosen on these images: macro F1 "
+                     f"{m['val_macro_f1'] or 0:.1%}, micro F1 {m['val_micro_f1'] or 0:.1%}, all labels right "
+                     f"{m['val_accuracy']:.1%}; on {m['num_val']} {what} images; {kept}")
+    else:
+        balanced = (f"; balanced accuracy {m['val_balanced_accuracy']:.1%}, macro F1 {m['val_macro_f1']:.1%}"
+                    if m.get("val_balanced_accuracy") is not None else "")
+        lines.append(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}){balanced} on "
+                     f"{m['num_val']} {what} images; {kept}")
+    return lines
+
+
+def per_class_lines(m: dict[str, Any], limit: int = 20) -> list[str]:
+    """Precision, recall and F1 of each class (the first `limit`; all are in metrics.json)."""
+    f1 = m.get("per_class_f1") or {}
+    if not f1:
+        return []
+    names = list(f1)[:limit]
+    width = max(len(n) for n in names)
+
+    def pct(v):
+        return "   -  " if v is None else f"{v:6.1%}"
+
+    lines = [f"  {'class':<{width}}  precision  recall      F1"]
+    for name in names:
+        lines.append(f"  {name:<{width}}     {pct(m['per_class_precision'].get(name))}  {pct(m['per_class_recall'].get(name))}"
+                     f"  {pct(f1.get(name))}")
+    if len(f1) > limit:
+        lines.append(f"  ... {len(f1) - limit} more classes in metrics.json")
     return lines

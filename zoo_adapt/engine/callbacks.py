@@ -155,8 +155,15 @@ class Progress(Callback):
     def epoch_end(self, loop, record, improved: bool) -> None:
         self._close()
         r = record
-        val = (f" | val loss {r.val_loss:.3f} top1 {r.val_accuracy:.1%} top5 {r.val_top5:.1%}"
-               if r.val_accuracy is not None else "")
+        val = ""
+        if r.val_map is not None:
+            val = f" | val loss {r.val_loss:.3f} mAP {r.val_map:.1%} macro-F1 {r.val_macro_f1 or 0:.1%}"
+        elif r.val_accuracy is not None:
+            val = f" | val loss {r.val_loss:.3f} top1 {r.val_accuracy:.1%} top5 {r.val_top5:.1%}"
+            if loop.select == "val_balanced_accuracy" and r.val_balanced_accuracy is not None:
+                val += f" balanced {r.val_balanced_accuracy:.1%}"
+            elif loop.select == "val_macro_f1" and r.val_macro_f1 is not None:
+                val += f" macro-F1 {r.val_macro_f1:.1%}"
         extra = "".join(f" {k} {v:.3g}" for k, v in r.extra.items() if isinstance(v, (int, float)))
         self.log(f"epoch {r.epoch}/{len(loop.plan)} [{r.stage}] train loss {r.train_loss:.3f} "
                  f"acc {r.train_accuracy:.1%}{val}{extra} | {r.images_per_second:.0f} img/s {r.seconds:.0f}s")

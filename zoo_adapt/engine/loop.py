@@ -64,6 +64,9 @@ class EpochRecord:
     val_loss: float | None = None
     val_accuracy: float | None = None
     val_top5: float | None = None
+    val_balanced_accuracy: float | None = None
+    val_macro_f1: float | None = None
+    val_map: float | None = None
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -85,20 +88,48 @@ class EpochRecord:
 class SingleLabel:
     """Cross-entropy (with label smoothing) on class indices, or on soft targets (rows
     of class probabilities, as mixup and cutmix make them: their smoothing is already in
-    them); accuracy counts top-1 hits against the index or the largest target."""
+    them); accuracy counts top-1 hits against the index or the largest target.
+    `class_weights` (--balance loss): each class's weight in the loss."""
 
-    def __init__(self, label_smoothing: float = 0.0):
+    multi_label = False
+
+    def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None):
         self.label_smoothing = label_smoothing
+        self.class_weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights else None
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
         if y.is_floating_point():
-            return torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            losses = torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1)
+            if weight is None:
+                return losses.mean()
+            per_image = (y.float() * weight).sum(-1)  # a soft target's weight: its classes' weights, mixed
+            return (losses * per_image).sum() / per_image.sum()
+        return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=self.label_smoothing)
 
     def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y.is_floating_point():
             y = y.argmax(-1)
         return (logits.argmax(-1) == y).float().mean()
+
+
+class MultiLabel:
+    """Any number of classes per image: one sigmoid per class, binary cross-entropy on
+    0/1 label vectors. Accuracy: images whose whole label set is right at probability
+    0.5 (validation also reports mAP and F1 at per-class thresholds). `pos_weights`
+    (--balance loss): each class's weight on its positives."""
+
+    multi_label = True
+
+    def __init__(self, pos_weights: Sequence[float] | None = None):
+        self.pos_weights = torch.as_tensor(pos_weights, dtype=torch.float32) if pos_weights else None
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = None if self.pos_weights is None else self.pos_weights.to(logits.device)
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=weight)
+
+    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((logits > 0) == (y > 0.5)).all(-1).float().mean()
 
 
 def freeze_plan(strategy: str, epochs: int, n_groups: int, head_epochs: int = 1,
@@ -286,6 +317,8 @@ class Loop:
             with self.evaluated_weights():
                 ev = self.validate()
             record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
+            record.val_balanced_accuracy, record.val_macro_f1, record.val_map = (
+                ev.balanced_accuracy, ev.macro_f1, ev.map)
         self._emit("after_validate", record)
         record.seconds = time.perf_counter() - start
         self.history.append(record)
@@ -332,7 +365,8 @@ class Loop:
         was_training = self.model.training
         try:
             return evaluate(network or self.eval_network, batches or self.val, self.classes, tta=tta, flip=flip,
-                            autocast=self.autocast, progress="test-time augmentation" if tta else "validating")
+                            autocast=self.autocast, progress="test-time augmentation" if tta else "validating",
+                            multi_label=getattr(self.task, "multi_label", False))
         finally:
             self.model.train(was_training)
 
