@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, debugging
+from .tables import table
 
 
 class _Group(click.Group):
@@ -88,13 +89,6 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2))
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
-             for row in [headers, *rows]]
-    return "\n".join(lines)
-
-
 def _stats(mean, std) -> str:
     """'imagenet' or 'inception' for the usual statistics, else the numbers."""
     from .backbone import IMAGENET, INCEPTION
@@ -146,7 +140,7 @@ def list_(as_json: bool) -> None:
     rows = [[c["name"], c["plugin"], c["source"], c["upstream"], c["head"] or "?",
              c["num_groups"] or "?", "x".join(map(str, c["input_size"][1:])) if c["input_size"] else "?",
              _stats(c["mean"], c["std"]), c["weights_status"]] for c in cards]
-    click.echo(_table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "INPUT",
+    click.echo(table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "INPUT",
                        "STATS", "WEIGHTS"], rows))
     click.echo("\nWEIGHTS: bundled = shipped in an installed package, cached = downloaded "
                "before, download = needs the network (use --no-pretrained or --weights offline).")
@@ -227,7 +221,7 @@ def plugins(as_json: bool) -> None:
                        + [f"{t} (tracker)" for t in p["trackers"]]
                        + [f"{o['hook']} of {o['backbone']} (override)" for o in p["overrides"]]) or "-"]
             for p in infos]
-    click.echo(_table(["PLUGIN", "STATUS", "DISTRIBUTION", "SERVES"], rows))
+    click.echo(table(["PLUGIN", "STATUS", "DISTRIBUTION", "SERVES"], rows))
     for p in infos:
         if p["problem"]:
             click.echo(f"{p['name']}: {p['problem']}")
@@ -397,17 +391,17 @@ def methods(name: str | None, as_json: bool) -> None:
         if card["options"]:
             click.echo("  options (finetune --adapt-option KEY=VALUE, or a config file's [adapt_options] table):")
             rows = [[o["name"], o["type"], repr(o["default"]), o["range"], o["help"]] for o in card["options"]]
-            click.echo(_indent(_table(["OPTION", "TYPE", "DEFAULT", "RANGE", "HELP"], rows)))
+            click.echo(_indent(table(["OPTION", "TYPE", "DEFAULT", "RANGE", "HELP"], rows)))
         else:
             click.echo("  no options")
         if card["figures"]:
             click.echo("  figures logged per epoch (metrics.json, adaptation.png):")
-            click.echo(_indent(_table(["FIGURE", "MEANING"], [[k, v] for k, v in card["figures"].items()])))
+            click.echo(_indent(table(["FIGURE", "MEANING"], [[k, v] for k, v in card["figures"].items()])))
         return
     found = [_method_card(m) for m in adaptation_methods().values()]
     if as_json:
         return _echo_json(found)
-    click.echo(_table(["METHOD", "PLUGIN", "OPTIONS", "DESCRIPTION"], [
+    click.echo(table(["METHOD", "PLUGIN", "OPTIONS", "DESCRIPTION"], [
         [m["name"], m["plugin"] + "".join(f" (overrides {r})" for r in m["replaces"]),
          ", ".join(o["name"] for o in m["options"]) or "-", m["description"]] for m in found]))
     click.echo("\n`zoo-adapt methods NAME` shows a method's options and what it logs.")

@@ -25,9 +25,9 @@ def trackers(as_json: bool) -> None:
              for t in installed().values()]
     if as_json:
         return click.echo(json.dumps(found, indent=2))
-    from .cli import _table
+    from .tables import table
 
-    click.echo(_table(["TRACKER", "PLUGIN", "READY", "DESCRIPTION"], [
+    click.echo(table(["TRACKER", "PLUGIN", "READY", "DESCRIPTION"], [
         [t["name"], t["plugin"] + "".join(f" (overrides {r})" for r in t["replaces"]),
          "yes" if not t["missing"] else f"no: {t['install']}", t["description"]] for t in found]))
 

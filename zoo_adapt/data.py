@@ -178,14 +178,21 @@ def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
     return train, val
 
 
+def _random_split(samples, fraction: float, seed: int):
+    """Multi-label data cannot be stratified by one label: a seeded random `fraction`."""
+    items = list(samples.items)
+    random.Random(seed).shuffle(items)
+    n_val = min(len(items) - 1, max(1, round(len(items) * fraction)))
+    return (Samples(sorted(items[n_val:]), samples.classes, multi_label=True),
+            Samples(sorted(items[:n_val]), samples.classes, multi_label=True))
+
+
 def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
     """Per class, a seeded `fraction` of the images (at least one where a class has two)."""
     if not 0 < fraction < 1:
         raise ZooAdaptError(f"--val-split must be between 0 and 1, not {fraction}")
     if samples.multi_label:
-        from .label_file import random_split
-
-        return random_split(samples, fraction, seed)
+        return _random_split(samples, fraction, seed)
     rng = random.Random(seed)
     train, val = [], []
     for label in range(len(samples.classes)):

@@ -7,12 +7,13 @@ thresholds."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .scores import Evaluation
 
 TTA_ZOOM = 1.15
 
@@ -42,42 +43,6 @@ def _autocast(autocast, device: torch.device):
     if callable(autocast):
         return autocast()
     return torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
-
-
-@dataclass
-class Evaluation:
-    num_images: int
-    accuracy: float
-    top5: float
-    loss: float
-    per_class: dict[str, float | None]
-    confusion: list[list[int]]
-    classes: list[str]
-    predictions: list = field(default_factory=list, repr=False)
-    folder: str = ""  # where the images came from (evaluate's held-out split of a dataset root)
-    balanced_accuracy: float | None = None  # mean recall over the classes present
-    macro_f1: float | None = None
-    micro_f1: float | None = None  # multi-label
-    map: float | None = None  # multi-label: mean average precision over classes with positives
-    precision: dict[str, float | None] = field(default_factory=dict)
-    recall: dict[str, float | None] = field(default_factory=dict)
-    f1: dict[str, float | None] = field(default_factory=dict)
-    thresholds: list[float] | None = None  # multi-label: per class (given, or chosen on these images)
-    thresholds_chosen_here: bool = False
-    multi_label: bool = False
-
-    def to_dict(self) -> dict:
-        out = {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
-               "balanced_accuracy": self.balanced_accuracy, "macro_f1": self.macro_f1,
-               "num_images": self.num_images, "per_class_accuracy": self.per_class,
-               "per_class_precision": self.precision, "per_class_recall": self.recall,
-               "per_class_f1": self.f1, "confusion_matrix": self.confusion, "classes": self.classes,
-               "folder": self.folder}
-        if self.multi_label:
-            out.update({"map": self.map, "micro_f1": self.micro_f1, "per_class_ap": out.pop("per_class_accuracy"),
-                        "thresholds": self.thresholds, "thresholds_chosen_here": self.thresholds_chosen_here})
-            del out["top5"], out["balanced_accuracy"], out["confusion_matrix"]
-        return out
 
 
 class Tally:

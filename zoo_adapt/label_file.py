@@ -9,7 +9,6 @@ names the file and the line (the spreadsheet row; the header is line 1)."""
 from __future__ import annotations
 
 import csv
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -152,14 +151,3 @@ def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[Row]]:
     """(train, val, test) rows; rows without a split go to training."""
     return ([r for r in rows if r.split in ("train", "")], [r for r in rows if r.split == "val"],
             [r for r in rows if r.split == "test"])
-
-
-def random_split(samples, fraction: float, seed: int):
-    """Multi-label data cannot be stratified by one label: a seeded random `fraction`."""
-    from .data import Samples
-
-    items = list(samples.items)
-    random.Random(seed).shuffle(items)
-    n_val = min(len(items) - 1, max(1, round(len(items) * fraction)))
-    return (Samples(sorted(items[n_val:]), samples.classes, multi_label=True),
-            Samples(sorted(items[:n_val]), samples.classes, multi_label=True))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .scores import Evaluation
+
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -70,8 +72,6 @@ class MultiLabelTally:
             self.probs, self.labels = [s[0] for s in shards], [s[1] for s in shards]
 
     def result(self, classes: list[str], thresholds: list[float] | None = None):
-        from .evaluation import Evaluation
-
         probs_t, labels_t = self._stacked()
         probs, labels = probs_t.numpy().astype(np.float64), labels_t.numpy() > 0.5
         count = len(probs)
