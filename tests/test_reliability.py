@@ -332,15 +332,39 @@ RANGES = [("--image-size", "-32", "at least 8"), ("--image-size", "0", "at least
           ("--early-stop", "0", "at least 1")]
 
 
+def zoo_here(capsys, monkeypatch, *args):
+    """The CLI's entry point in this process (as `zoo` runs it in a new one), for the
+    many checks that fail before anything is imported that a fresh process would need."""
+    from zoo_adapt.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["zoo-adapt", *[str(a) for a in args]])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 @pytest.mark.parametrize("flag, value, needle", RANGES)
-def test_every_option_has_its_range_on_the_command_line_and_in_files(tmp_path, flag, value, needle):
-    one_line_error(zoo("finetune", flag, value, "--out", tmp_path / "o"), flag, needle)
+def test_every_option_has_its_range_on_the_command_line_and_in_files(tmp_path, flag, value, needle, capsys,
+                                                                     monkeypatch):
+    one_line_error(zoo_here(capsys, monkeypatch, "finetune", flag, value, "--out", tmp_path / "o"), flag, needle)
     key = flag[2:]
     for spelling in (key, key.replace("-", "_")):
         config = tmp_path / "c.toml"
         config.write_text(f"{spelling} = {value}\n")
-        one_line_error(zoo("finetune", "--config", config, "--out", tmp_path / "o"), spelling, needle)
+        one_line_error(zoo_here(capsys, monkeypatch, "finetune", "--config", config, "--out", tmp_path / "o"),
+                       spelling, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_the_in_process_cli_is_the_command_line():
+    """zoo_here stands in for a new process above: one case both ways."""
+    result = zoo("finetune", "--image-size", "0", "--out", "/nonexistent/o")
+    assert result.returncode == 1 and result.stderr.strip() == "Error: --image-size must be at least 8, not 0"
 
 
 def test_non_utf8_paths_are_one_line_and_write_nothing(tmp_path):

@@ -351,6 +351,9 @@ def analyse_folder(model_path: str | Path, data: str | Path, out: str | Path | N
     if cams == "on":
         require_cams()
     card, _ = read_card(model_path)
+    if card.multi_label:
+        raise ZooAdaptError(f"{model_path} is a multi-label model: the error analysis covers single-label models "
+                            "(zoo-adapt evaluate --labels gives its per-class figures)")
     samples = scan_folder(labelled_folder(data), classes=card.classes)
     dev = resolve_device(device)
     prepare(dev)

@@ -364,7 +364,9 @@ class Job:
 
         c, model, data, folder, device = self.config, self.model, self.data, self.folder, self.device
         workers = c.workers if c.workers is not None else default_workers(device)
-        if c.analysis != "off" and data.val is not None:
+        if c.analysis != "off" and data.val is not None and c.multi_label:
+            self.log("error analysis skipped: it covers single-label models (per-class figures are in metrics.json)")
+        elif c.analysis != "off" and data.val is not None:
             from .analysis import analyse
 
             analyse(model, data.val, data.classes, model.zoo_adapt.normalization, c.image_size,
