@@ -11,8 +11,11 @@ each other. One rule for both:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+from .errors import ZooAdaptError
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,25 @@ class Settled:
     contested: dict[str, str] = field(default_factory=dict)  # name -> the error naming both sides
     problems: list[str] = field(default_factory=list)  # one line each, for the user
 
+    def usable(self) -> dict[str, Any]:
+        """Each winner's value with `replaces` set to the plugins its override replaced
+        (for values that are dataclasses with `plugin` and `replaces` fields)."""
+        return {name: dataclasses.replace(c.value, replaces=tuple(r.value.plugin for r in self.replaced.get(name, ())))
+                for name, c in self.winners.items()}
 
-def settle(claims: Iterable[Claim], what: str) -> Settled:
+    def get(self, name: str, unknown: str) -> Any:
+        """The value that holds `name`; an error naming both sides when it is contested,
+        `unknown` when nobody claims it."""
+        if name in self.contested:
+            raise ZooAdaptError(self.contested[name])
+        if name not in self.winners:
+            raise ZooAdaptError(unknown)
+        return self.winners[name].value
+
+
+def settle(claims: Iterable[Claim], what: str, report: Callable[[str], None] | None = None) -> Settled:
     """Apply the rule above to `claims` (in registration order); `what` names the kind of
-    name in messages ("backbone name", "adaptation method")."""
+    name in messages ("backbone name", "adaptation method"); `report` gets each problem."""
     by_name: dict[str, list[Claim]] = {}
     for c in claims:
         by_name.setdefault(c.name, []).append(c)
@@ -60,4 +78,6 @@ def settle(claims: Iterable[Claim], what: str) -> Settled:
                        + (" or re-point the name in a registry file (--registry FILE)" if "backbone" in what else ""))
             out.contested[name] = message
             out.problems.append(message)
+    for problem in out.problems if report else ():
+        report(problem)
     return out

@@ -11,15 +11,14 @@ value the method ran with."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .claims import Claim, settle
+from .claims import settle
 from .errors import PluginError, ZooAdaptError, first_line
 from .options import Option, closest
-from .plugins import plugin_info, report, require
-from .routing import each
+from .plugins import report, require
+from .routing import registrations
 
 
 @dataclass(frozen=True)
@@ -51,46 +50,28 @@ def _declared(name: str, options: Any, figures: Any) -> tuple[tuple[Option, ...]
     return options, figures
 
 
+def _method(plugin: str, name: str, factory: Callable, description: str = "", override: bool = False,
+            options=(), figures=None) -> tuple[str, MethodInfo, bool]:
+    """One call of a plugin's `register(...)` in register_adaptation_methods."""
+    if not callable(factory):
+        raise ZooAdaptError(f"method {name!r}: the factory must be callable, not {type(factory).__name__}")
+    return name, MethodInfo(name, plugin, factory, description, *_declared(name, options, figures)), override
+
+
 def _settled():
-    claims: dict[str, list[Claim]] = {}
-
-    def kwargs_for(plugin: str):
-        info = plugin_info(plugin)
-
-        def register(name: str, factory: Callable, description: str = "", override: bool = False,
-                     options=(), figures=None) -> None:
-            if not callable(factory):
-                raise ZooAdaptError(f"method {name!r}: the factory must be callable, not {type(factory).__name__}")
-            method = MethodInfo(name, plugin, factory, description, *_declared(name, options, figures))
-            claims.setdefault(plugin, []).append(Claim(name, method, info.label, info.shipped, bool(override)))
-        return {"register": register}
-
-    done = each("register_adaptation_methods", kwargs_for)
-    settled = settle([c for plugin in done for c in claims.get(plugin, [])], "adaptation method")
-    for problem in settled.problems:
-        report(problem)
-    return settled
+    return settle(registrations("register_adaptation_methods", _method), "adaptation method", report)
 
 
 def adaptation_methods() -> dict[str, MethodInfo]:
     """Every usable method registered through the `register_adaptation_methods` hook."""
-    settled = _settled()
-    out = {}
-    for name, claim in settled.winners.items():
-        replaced = tuple(c.value.plugin for c in settled.replaced.get(name, ()))
-        out[name] = dataclasses.replace(claim.value, replaces=replaced)
-    return out
+    return _settled().usable()
 
 
 def method_info(name: str) -> MethodInfo:
     """The method called `name`; an error saying why when there is none to use."""
     settled = _settled()
-    if name in settled.contested:
-        raise ZooAdaptError(settled.contested[name])
-    if name not in settled.winners:
-        raise ZooAdaptError(f"unknown adaptation method {name!r}; installed: "
-                            f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt methods`)")
-    return settled.winners[name].value
+    return settled.get(name, f"unknown adaptation method {name!r}; installed: "
+                             f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt methods`)")
 
 
 def resolve_options(name: str, given: dict[str, Any]) -> dict[str, Any]:

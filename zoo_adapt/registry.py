@@ -26,7 +26,7 @@ from .backbone import Entry
 from .claims import Claim, settle
 from .errors import ZooAdaptError
 from .plugins import plugin_info, plugin_names, report
-from .routing import each
+from .routing import registrations
 
 ENV_VAR = "ZOO_ADAPT_REGISTRY"
 BUILTIN = "registry.toml"
@@ -91,21 +91,11 @@ def _read(path: Path) -> dict[str, Any]:
         raise ZooAdaptError(f"cannot read registry file {path}: {e.strerror}") from e
 
 
-def _from_plugins() -> list[Claim]:
-    """The names plugins register, as claims (a plugin that fails meanwhile claims none)."""
-    claims: dict[str, list[Claim]] = {}
-
-    def kwargs_for(plugin: str):
-        info = plugin_info(plugin)
-
-        def register(name: str, upstream: str, weights: str | None = None, description: str = "",
-                     override: bool = False, **extra: Any) -> None:
-            spec = dict(upstream=upstream, weights=weights, description=description, **extra)
-            entry = parse_entries({name: spec}, f"plugin {plugin}", plugin=plugin)[name]
-            claims.setdefault(plugin, []).append(Claim(name, entry, info.label, info.shipped, bool(override)))
-        return {"register": register}
-
-    return [c for plugin in each("register_backbones", kwargs_for) for c in claims.get(plugin, [])]
+def _backbone(plugin: str, name: str, upstream: str, weights: str | None = None, description: str = "",
+              override: bool = False, **extra: Any) -> tuple[str, Entry, bool]:
+    """One call of a plugin's `register(...)` in register_backbones."""
+    spec = dict(upstream=upstream, weights=weights, description=description, **extra)
+    return name, parse_entries({name: spec}, f"plugin {plugin}", plugin=plugin)[name], override
 
 
 def _user_file(known: dict[str, Entry], contested: dict[str, str], path: Path) -> dict[str, Entry]:
@@ -138,9 +128,7 @@ def _load() -> tuple[dict[str, Entry], dict[str, str]]:
     files_ = registry_files()
     shipped = parse_entries(_read(files_[0]), BUILTIN)
     claims = [Claim(n, e, f"zoo-adapt's {BUILTIN}", shipped=True) for n, e in shipped.items()]
-    settled = settle(claims + _from_plugins(), "backbone name")
-    for problem in settled.problems:
-        report(problem)
+    settled = settle(claims + registrations("register_backbones", _backbone), "backbone name", report)
     known = {name: claim.value for name, claim in settled.winners.items()}
     contested = dict(settled.contested)
     for path in files_[1:]:

@@ -12,6 +12,7 @@ import inspect
 from typing import Any, Callable, Iterable
 
 from .backbone import Entry
+from .claims import Claim
 from .errors import PluginError, ZooAdaptError, first_line
 from .plugins import get_plugin_manager, installed_plugins, mark_broken, plugin_info, require
 
@@ -65,6 +66,28 @@ def each(hook: str, kwargs_for: Callable[[str], dict[str, Any]]) -> list[str]:
         else:
             done.append(name)
     return done
+
+
+def registrations(hook: str, build: Callable[..., tuple[str, Any, bool]]) -> list[Claim]:
+    """The names plugins register through `hook`, as claims in pluggy's order. Each
+    plugin gets its own `register(...)`, whose arguments go to `build(plugin, ...)` ->
+    (name, value, override); a plugin whose call raises (bad arguments included) is
+    marked broken and claims nothing."""
+    claims: dict[str, list[Claim]] = {}
+
+    def kwargs_for(plugin: str):
+        info = plugin_info(plugin)
+
+        def register(*args: Any, **kwargs: Any) -> None:
+            try:
+                inspect.signature(build).bind(plugin, *args, **kwargs)
+            except TypeError as e:
+                raise ZooAdaptError(f"register(): {e}") from None
+            name, value, override = build(plugin, *args, **kwargs)
+            claims.setdefault(plugin, []).append(Claim(name, value, info.label, info.shipped, bool(override)))
+        return {"register": register}
+
+    return [c for plugin in each(hook, kwargs_for) for c in claims.get(plugin, [])]
 
 
 def blame(exc: BaseException, impls: Iterable[Any]) -> str | None:

@@ -9,10 +9,10 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .claims import Claim, settle
+from .claims import settle
 from .errors import PluginError, ZooAdaptError, first_line
-from .plugins import plugin_info, report, require
-from .routing import each
+from .plugins import report, require
+from .routing import registrations
 
 
 @dataclass(frozen=True)
@@ -38,39 +38,25 @@ class TrackerInfo:
         return out
 
 
+def _tracker(plugin: str, name: str, factory: Callable, description: str = "", requires: Sequence[str] = (),
+             install: str | None = None, override: bool = False) -> tuple[str, TrackerInfo, bool]:
+    """One call of a plugin's `register(...)` in register_trackers."""
+    if not isinstance(name, str) or not name.strip():
+        raise ZooAdaptError(f"tracker names are non-empty texts, not {name!r}")
+    if not callable(factory):
+        raise ZooAdaptError(f"tracker {name!r}: the factory must be callable, not {type(factory).__name__}")
+    requires = (requires,) if isinstance(requires, str) else tuple(requires)
+    install = install or (f"pip install {' '.join(requires)}" if requires else "")
+    return name, TrackerInfo(name, plugin, factory, description, requires, install), override
+
+
 def _settled():
-    claims: dict[str, list[Claim]] = {}
-
-    def kwargs_for(plugin: str):
-        info = plugin_info(plugin)
-
-        def register(name: str, factory: Callable, description: str = "", requires: Sequence[str] = (),
-                     install: str | None = None, override: bool = False) -> None:
-            if not isinstance(name, str) or not name.strip():
-                raise ZooAdaptError(f"tracker names are non-empty texts, not {name!r}")
-            if not callable(factory):
-                raise ZooAdaptError(f"tracker {name!r}: the factory must be callable, not {type(factory).__name__}")
-            requires = (requires,) if isinstance(requires, str) else tuple(requires)
-            tracker = TrackerInfo(name, plugin, factory, description, requires,
-                                  install or (f"pip install {' '.join(requires)}" if requires else ""))
-            claims.setdefault(plugin, []).append(Claim(name, tracker, info.label, info.shipped, bool(override)))
-        return {"register": register}
-
-    done = each("register_trackers", kwargs_for)
-    settled = settle([c for plugin in done for c in claims.get(plugin, [])], "tracker")
-    for problem in settled.problems:
-        report(problem)
-    return settled
+    return settle(registrations("register_trackers", _tracker), "tracker", report)
 
 
 def trackers() -> dict[str, TrackerInfo]:
     """Every usable tracker registered through the `register_trackers` hook."""
-    settled = _settled()
-    out = {}
-    for name, claim in settled.winners.items():
-        replaced = tuple(c.value.plugin for c in settled.replaced.get(name, ()))
-        out[name] = TrackerInfo(**{**claim.value.__dict__, "replaces": replaced})
-    return out
+    return _settled().usable()
 
 
 def check(names: Sequence[str]) -> list[TrackerInfo]:
@@ -81,12 +67,8 @@ def check(names: Sequence[str]) -> list[TrackerInfo]:
     settled = _settled()
     found = []
     for name in names:
-        if name in settled.contested:
-            raise ZooAdaptError(settled.contested[name])
-        if name not in settled.winners:
-            raise ZooAdaptError(f"--log {name}: no such tracker; installed: {', '.join(settled.winners) or 'none'} "
-                                "(see `zoo-adapt trackers`)")
-        info: TrackerInfo = settled.winners[name].value
+        info: TrackerInfo = settled.get(name, f"--log {name}: no such tracker; installed: "
+                                              f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt trackers`)")
         require(info.plugin, f"tracker {name!r}")
         missing = info.missing()
         if missing:
