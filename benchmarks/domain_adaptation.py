@@ -17,6 +17,11 @@ label-free scores of zoo_adapt/selection.py rank epochs; never to select).
     python benchmarks/domain_adaptation.py                          # the README's table
     python benchmarks/domain_adaptation.py --tasks photo --seeds 0 --rows reference dann
     python benchmarks/domain_adaptation.py --seeds 0 --epochs 1 --scale 0.2 --image-size 32   # runs?
+    python benchmarks/domain_adaptation.py --tasks photo --rows dann dann+geometric dann+warmup \
+        dann+smoothing dann+augment dann+wide-disc         # which setting matters (docs/adaptation.md)
+    python benchmarks/domain_adaptation.py --report WORK [WORK ...]   # the tables again, from results.jsonl
+
+Each row's result is appended to WORK/results.jsonl as it finishes (--work WORK).
 
 At the default size (64 px; photo: 800 source, 500 target, 500 test images; digits: all
 1 797) a run takes minutes on a GPU and the whole table hours on 2 CPU cores; at 32 px
@@ -43,9 +48,18 @@ from zoo_adapt.finetune import finetune  # noqa: E402
 from zoo_adapt.inference import evaluate_folder  # noqa: E402
 
 ROWS = ("source-only", "reference", "dann", "mcc", "dann-before", "oracle")
+# One setting of the previous defaults put back at a time (`--rows` picks them; not in the default table).
+ABLATIONS = {"dann+geometric": dict(lr_spread="geometric"), "dann+warmup": dict(warmup=0.1),
+             "dann+smoothing": dict(label_smoothing=0.1), "dann+augment": dict(hflip=True, crop_scale=0.35),
+             "dann+wide-disc": dict(adapt_options={"width": 1024, "lr_factor": 0.3})}
 LABELS = {"source-only": "source only (zoo-adapt)", "reference": "minimal DANN loop (dann_reference.py)",
           "dann": "zoo-adapt DANN", "mcc": "zoo-adapt MCC",
-          "dann-before": "zoo-adapt DANN, previous defaults", "oracle": "oracle (labelled target)"}
+          "dann-before": "zoo-adapt DANN, previous rates, warm-up, smoothing, crops and flips",
+          "oracle": "oracle (labelled target)",
+          "dann+geometric": "zoo-adapt DANN, geometric body rates", "dann+warmup": "zoo-adapt DANN, 10% warm-up",
+          "dann+smoothing": "zoo-adapt DANN, label smoothing 0.1",
+          "dann+augment": "zoo-adapt DANN, random crops (35%) and flips",
+          "dann+wide-disc": "zoo-adapt DANN, 1024-wide discriminator at 0.3x the head's rate"}
 # What --target-data now sets, spelt out for the runs that have no target data.
 RECIPE = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0, label_smoothing=0.0,
               hflip=False, crop_scale=1.0)
@@ -75,7 +89,7 @@ def run(row: str, task: Path, out: Path, seed: int, args: argparse.Namespace) ->
     elif row == "source-only":
         config = FinetuneConfig(data=str(task / "source"), **RECIPE, **common)
     else:
-        before = BEFORE if row == "dann-before" else {}
+        before = BEFORE if row == "dann-before" else ABLATIONS.get(row, {})
         config = FinetuneConfig(data=str(task / "source"), target_data=str(task / "target" / "train"),
                                 target_val=str(task / "target" / "test"), adapt="mcc" if row == "mcc" else "dann",
                                 **before, **common)
@@ -106,29 +120,68 @@ def fmt(accs: list[float]) -> str:
             + " / ".join(f"{a:.1f}" for a in accs) + ")")
 
 
+def settings_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
+    """How each label-free score, read at the last epoch, ranks the adapted settings of
+    one task and seed against their target accuracy (Spearman), and what picking the
+    setting it prefers would give against the best and the default (DANN)."""
+    by_seed: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    for (task, row, seed), history in histories.items():
+        by_seed.setdefault((task, seed), {})[row] = history
+    by_seed = {k: v for k, v in by_seed.items() if len(v) >= 3}
+    if not by_seed:
+        return
+    print("\nLabel-free choice of setting (adapted rows of one task and seed, last epoch)")
+    print("| task | seed | settings | DANN (default) | best (oracle) | " +
+          " | ".join(f"{s}: rho / picked" for s in SCORES) + " |")
+    print("| --- " * (5 + len(SCORES)) + "|")
+    for (task, seed), rows in sorted(by_seed.items()):
+        oracle = {row: 100 * h[-1]["target_accuracy_oracle"] for row, h in rows.items()}
+        cells = []
+        for score in SCORES:
+            sign = -1 if score == "target_entropy" else 1
+            values = {row: sign * h[-1][score] for row, h in rows.items()}
+            picked = max(values, key=values.get)
+            cells.append(f"{spearman(list(values.values()), list(oracle.values())):+.2f} / {oracle[picked]:.1f}")
+        print(f"| {task} | {seed} | {len(rows)} | {oracle.get('dann', float('nan')):.1f} | "
+              f"{max(oracle.values()):.1f} | " + " | ".join(cells) + " |")
+
+
 def selection_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
     """How each label-free score ranks the epochs of each adapted run against the oracle
-    (Spearman), and what picking its best epoch would give against keeping the last."""
+    (Spearman), and what picking its best epoch would give against keeping the last;
+    then the mean over a task's runs."""
     print("\nLabel-free epoch selection (per adapted run; oracle = target test accuracy per epoch)")
     print("| task | row | seed | last epoch | best epoch (oracle) | " +
           " | ".join(f"{s}: rho / picked" for s in SCORES) + " |")
     print("| --- " * (5 + len(SCORES)) + "|")
-    for (task, row, seed), history in histories.items():
+    per_task: dict[str, list[list[float]]] = {}
+    for (task, row, seed), history in sorted(histories.items()):
         oracle = [100 * r["target_accuracy_oracle"] for r in history]
-        cells = []
+        line = [oracle[-1], max(oracle)]
         for score in SCORES:
             values = [r[score] for r in history]
             sign = -1 if score == "target_entropy" else 1  # lower entropy reads as better
             picked = max(range(len(values)), key=lambda i: sign * values[i])
-            cells.append(f"{sign * spearman(values, oracle):+.2f} / {oracle[picked]:.1f}")
-        print(f"| {task} | {row} | {seed} | {oracle[-1]:.1f} | {max(oracle):.1f} | " + " | ".join(cells) + " |")
+            line += [sign * spearman(values, oracle), oracle[picked]]
+        per_task.setdefault(task, []).append(line)
+        print(f"| {task} | {row} | {seed} | " + _cells(line) + " |")
+    for task, lines in per_task.items():
+        means = [statistics.mean(column) for column in zip(*lines)]
+        print(f"| {task} | mean of {len(lines)} runs | | " + _cells(means) + " |")
+
+
+def _cells(line: list[float]) -> str:
+    """last, best, then (rho, picked) per score."""
+    pairs = [f"{line[i]:+.2f} / {line[i + 1]:.1f}" for i in range(2, len(line), 2)]
+    return f"{line[0]:.1f} | {line[1]:.1f} | " + " | ".join(pairs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["photo", "digits"], choices=("photo", "digits"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + tuple(ABLATIONS),
+                        help="rows to train; also " + ", ".join(ABLATIONS) + " (one previous default each)")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=8, help="passes over the source set")
@@ -138,34 +191,51 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the images (a quick check: 0.2)")
     parser.add_argument("--work", type=Path, default=None, help="folder for data and runs [a temporary one]")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="WORK",
+                        help="train nothing: print the tables from the results.jsonl of earlier --work folders")
     args = parser.parse_args()
+    if args.report:
+        report([json.loads(line) for work in args.report for line in (work / "results.jsonl").read_text().splitlines()])
+        return
     torch.set_num_threads(args.threads)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="zoo-adapt-da-"))
-    results: dict[tuple[str, str], list[float]] = {}
-    histories: dict[tuple[str, str, int], list[dict]] = {}
-    started = time.perf_counter()
+    print(f"{args.backbone} (ImageNet weights) at {args.image_size}px, {args.epochs} passes over the source set, "
+          f"batch {args.batch_size} per domain, head {args.lr:g}, body {args.lr_body:g}, seeds {args.seeds}; "
+          f"results in {work / 'results.jsonl'}", flush=True)
+    started, results = time.perf_counter(), []
     for task_name in args.tasks:
         task = build(task_name, work, args.image_size, args.scale)
         for seed in args.seeds:
             for row in args.rows:
                 start = time.perf_counter()
                 acc, history = run(row, task, work / "runs" / f"{task_name}-{row}-{seed}", seed, args)
-                results.setdefault((task_name, row), []).append(100 * acc)
-                if history and "target_accuracy_oracle" in history[0]:
-                    histories[(task_name, row, seed)] = history
-                print(f"{task_name} seed {seed} {row:<12} target accuracy {acc:.1%}  "
-                      f"({time.perf_counter() - start:.0f}s)", flush=True)
+                result = dict(task=task_name, row=row, seed=seed, accuracy=100 * acc,
+                              seconds=round(time.perf_counter() - start, 1), history=history)
+                results.append(result)
+                with open(work / "results.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+                print(f"{task_name} seed {seed} {row:<12} target accuracy {acc:.1%}  ({result['seconds']:.0f}s)",
+                      flush=True)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
+    report(results)
 
-    print(f"\n{args.backbone} (ImageNet weights) at {args.image_size}px, {args.epochs} passes over the source set, "
-          f"batch {args.batch_size} per domain, head {args.lr:g}, body {args.lr_body:g}, seeds {args.seeds}; "
-          f"{time.perf_counter() - started:.0f} s in all")
+
+def report(results: list[dict]) -> None:
+    """The tables: accuracy per task and row over seeds, then the label-free scores."""
+    accuracies: dict[tuple[str, str], list[float]] = {}
+    histories: dict[tuple[str, str, int], list[dict]] = {}
+    for r in results:
+        accuracies.setdefault((r["task"], r["row"]), []).append(r["accuracy"])
+        if r["history"] and "target_accuracy_oracle" in r["history"][0]:
+            histories[(r["task"], r["row"], r["seed"])] = r["history"]
     print("| task | row | target test accuracy, % (mean ± std (min, max; per seed)) |")
     print("| --- | --- | --- |")
-    for (task_name, row), accs in results.items():
+    for (task_name, row), accs in accuracies.items():
         print(f"| {task_name} | {LABELS[row]} | {fmt(accs)} |")
     if histories:
         selection_report(histories)
+        settings_report(histories)
 
 
 if __name__ == "__main__":
