@@ -20,24 +20,9 @@ from zoo_adapt.optim import make_optimizer, param_groups, stage_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import dann_reference as reference  # noqa: E402
+from helpers import FixedBatches
 
 STEPS, SEED = 2, 3
-
-
-class Fixed:
-    """A batch source that yields the same given batches every epoch."""
-
-    def __init__(self, batches):
-        self.batches, self.num_samples = batches, sum(len(x) for x, _ in batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def set_epoch(self, epoch):
-        pass
 
 
 def test_two_engine_steps_equal_two_steps_of_the_minimal_loop():
@@ -54,9 +39,9 @@ def test_two_engine_steps_equal_two_steps_of_the_minimal_loop():
     method = make_method("dann", 512, 3, config)
     groups = method.param_groups(recipe.lr_head, 0.0) + param_groups(
         ours, recipe.lr_head, lr_body=recipe.lr_body, spread="flat", weight_decay=0.0)
-    loop = Loop(ours, train=Fixed(source), val=None, classes=["a", "b", "c"], plan=[0],
+    loop = Loop(ours, train=FixedBatches(source), val=None, classes=["a", "b", "c"], plan=[0],
                 optimizer=make_optimizer(groups), schedule=stage_schedule([0], STEPS, "dann", warmup=0.0),
-                callbacks=[Adaptation(method, Fixed(target))], task=SingleLabel(0.0), seed=SEED)
+                callbacks=[Adaptation(method, FixedBatches(target))], task=SingleLabel(0.0), seed=SEED)
     discriminator = copy.deepcopy(method.domain_classifier)
     loop.fit()
 

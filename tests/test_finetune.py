@@ -18,6 +18,7 @@ from zoo_adapt.evaluation import predict_proba, tta_views
 from zoo_adapt.export import load_model, read_card
 from zoo_adapt.finetune import finetune
 from zoo_adapt.engine import Callback, freeze_plan
+from helpers import small
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -26,13 +27,6 @@ CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 def tiny_data(tmp_path_factory):
     """5 classes, 6 training and 4 validation patches each."""
     return build_demo(tmp_path_factory.mktemp("tiny"), train_per_class=6, val_per_class=4, classes=CLASSES)
-
-
-def small(tmp_path, data, **kw) -> FinetuneConfig:
-    """resnet18 from scratch at 32 px: seconds per run."""
-    base = dict(backbone="resnet18", data=str(data), out=str(tmp_path / "run"), pretrained=False,
-                image_size=32, batch_size=8, epochs=3, workers=0, tta=False)
-    return FinetuneConfig(**{**base, **kw})
 
 
 class Snapshots(Callback):

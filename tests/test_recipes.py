@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import zoo_adapt
-from zoo_adapt.config import FinetuneConfig
 from zoo_adapt.demo import build_demo
 from zoo_adapt.engine import Callback, Loop
 from zoo_adapt.engine.loop import SingleLabel
 from zoo_adapt.finetune import finetune
 from zoo_adapt.lr_find import suggest
+from helpers import FixedBatches, small
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -24,12 +24,6 @@ CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return build_demo(tmp_path_factory.mktemp("recipes"), train_per_class=6, val_per_class=4, classes=CLASSES)
-
-
-def small(tmp_path, data, **kw) -> FinetuneConfig:
-    base = dict(backbone="resnet18", data=str(data), out=str(tmp_path / "run"), pretrained=False,
-                image_size=32, batch_size=8, epochs=3, workers=0, tta=False)
-    return FinetuneConfig(**{**base, **kw})
 
 
 class Averaged(Callback):
@@ -65,27 +59,11 @@ def test_ema_is_what_validation_and_export_use_and_resume_continues_it_exactly(t
     assert [r["val_accuracy"] for r in straight.history] == [r["val_accuracy"] for r in resumed.history]
 
 
-class ListBatches:
-    """Fixed batches, the same every epoch."""
-
-    def __init__(self, batches):
-        self.batches, self.num_samples = batches, sum(len(y) for _, y in batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def _one_update(batches, accumulate: int) -> tuple[dict[str, torch.Tensor], int]:
     torch.manual_seed(0)
     model = zoo_adapt.create_model("resnet18", num_classes=3, pretrained=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.0)
-    loop = Loop(model, train=ListBatches(batches), val=None, classes=["a", "b", "c"], plan=[0],
+    loop = Loop(model, train=FixedBatches(batches), val=None, classes=["a", "b", "c"], plan=[0],
                 optimizer=optimizer, schedule=lambda step: 1.0, bn="frozen", eval_body=True,  # BN statistics fixed
                 accumulate=accumulate)
     loop.fit()
@@ -162,7 +140,7 @@ def test_lr_find_leaves_the_model_as_it_was(data):
     model.fc.requires_grad_(False)  # whatever was frozen stays so
     flags = [p.requires_grad for p in model.parameters()]
     g = torch.Generator().manual_seed(2)
-    batches = ListBatches([(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g))
+    batches = FixedBatches([(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g))
                            for _ in range(3)])
     curve = sweep(model, model, batches, strategy="two-stage", bn="train", steps=30)
     assert len(curve.lrs) >= 10 and curve.lrs == sorted(curve.lrs)
