@@ -16,7 +16,8 @@ from PIL import Image
 import zoo_adapt
 from zoo_adapt.config import FinetuneConfig
 from zoo_adapt.demo import build_demo
-from zoo_adapt.finetune import finetune, selection
+from zoo_adapt.finetune import finetune
+from zoo_adapt.run_notes import selection
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

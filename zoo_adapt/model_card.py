@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .errors import ZooAdaptError
-from .files import write_bytes, write_text
+from .files import write_text
 
 CARD, TIMM_CONFIG = "README.md", "config.json"
 
