@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -35,26 +34,16 @@ def test_list_json_has_every_backbone_with_its_facts(run_cli):
     assert lite0["weights_status"] == "bundled"
 
 
-def test_list_does_not_import_torch():
-    code = ("import sys; from zoo_adapt.cli import cli; cli.main(['list', '--json'], "
-            "standalone_mode=False); print('torch' in sys.modules, file=sys.stderr)")
+@pytest.mark.parametrize("command", [["list", "--json"], ["plugins", "--json"], ["methods"], ["trackers"]])
+def test_listing_commands_import_no_heavy_library(command):
+    """What makes `zoo-adapt list` quick, checked without a clock (a timed test fails on
+    a loaded machine): none of torch, torchvision, timm, numpy or PIL is imported."""
+    heavy = ("torch", "torchvision", "timm", "numpy", "PIL")
+    code = (f"import sys; from zoo_adapt.cli import cli; cli.main({command!r}, standalone_mode=False); "
+            f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stderr.strip().endswith("False")
-
-
-def _best_of(cmd, n=3):
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True, timeout=120)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def test_list_takes_under_half_the_time_of_importing_torch():
-    torch_import = _best_of([sys.executable, "-c", "import torch"])
-    listing = _best_of(ZOO + ["list", "--json"])
-    assert listing < 0.5 * torch_import, (listing, torch_import)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_info_vit_b16_json(run_cli):
