@@ -19,6 +19,8 @@ label-free scores of zoo_adapt/selection.py rank epochs; never to select).
     python benchmarks/domain_adaptation.py --seeds 0 --epochs 1 --scale 0.2 --image-size 32   # runs?
     python benchmarks/domain_adaptation.py --tasks photo --rows dann dann+geometric dann+warmup \
         dann+smoothing dann+augment dann+wide-disc         # which setting matters (docs/adaptation.md)
+    python benchmarks/domain_adaptation.py --rows reference-mcc   # MCC in the minimal loop: task or code?
+    python benchmarks/domain_adaptation.py --rows dann dann+ema    # does averaging the weights steady DANN?
     python benchmarks/domain_adaptation.py --report WORK [WORK ...]   # the tables again, from results.jsonl
 
 Each row's result is appended to WORK/results.jsonl as it finishes (--work WORK).
@@ -49,17 +51,22 @@ from zoo_adapt.inference import evaluate_folder  # noqa: E402
 
 ROWS = ("source-only", "reference", "dann", "mcc", "dann-before", "oracle")
 # One setting of the previous defaults put back at a time (`--rows` picks them; not in the default table).
+EXTRA = ("reference-mcc",)  # the minimal loop with MCC (Transfer-Learning-Library's loss) instead of DANN
+# Settings that might steady DANN where its last epoch swings (`--rows` picks them).
+STABILISERS = {"dann+ema": dict(ema=0.98)}
 ABLATIONS = {"dann+geometric": dict(lr_spread="geometric"), "dann+warmup": dict(warmup=0.1),
              "dann+smoothing": dict(label_smoothing=0.1), "dann+augment": dict(hflip=True, crop_scale=0.35),
              "dann+wide-disc": dict(adapt_options={"width": 1024, "lr_factor": 0.3})}
 LABELS = {"source-only": "source only (zoo-adapt)", "reference": "minimal DANN loop (dann_reference.py)",
+          "reference-mcc": "minimal loop with MCC (dann_reference.py --method mcc)",
           "dann": "zoo-adapt DANN", "mcc": "zoo-adapt MCC",
           "dann-before": "zoo-adapt DANN, previous rates, warm-up, smoothing, crops and flips",
           "oracle": "oracle (labelled target)",
           "dann+geometric": "zoo-adapt DANN, geometric body rates", "dann+warmup": "zoo-adapt DANN, 10% warm-up",
           "dann+smoothing": "zoo-adapt DANN, label smoothing 0.1",
           "dann+augment": "zoo-adapt DANN, random crops (35%) and flips",
-          "dann+wide-disc": "zoo-adapt DANN, 1024-wide discriminator at 0.3x the head's rate"}
+          "dann+wide-disc": "zoo-adapt DANN, 1024-wide discriminator at 0.3x the head's rate",
+          "dann+ema": "zoo-adapt DANN, EMA of the weights (--ema 0.98)"}
 # What --target-data now sets, spelt out for the runs that have no target data.
 RECIPE = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0, label_smoothing=0.0,
               hflip=False, crop_scale=1.0)
@@ -77,10 +84,11 @@ def build(task: str, work: Path, size: int, scale: float = 1.0) -> Path:
 
 def run(row: str, task: Path, out: Path, seed: int, args: argparse.Namespace) -> tuple[float, list[dict]]:
     """Train one row; returns (target test accuracy, per-epoch history of an adapted run)."""
-    if row == "reference":
+    if row in ("reference", "reference-mcc"):
         recipe = reference.Recipe(epochs=args.epochs, batch_size=args.batch_size, lr_body=args.lr_body,
                                   lr_head=args.lr, image_size=args.image_size)
-        return reference.train(task, seed, "dann", recipe, backbone=args.backbone, log=lambda s: None), []
+        method = "mcc" if row == "reference-mcc" else "dann"
+        return reference.train(task, seed, method, recipe, backbone=args.backbone, log=lambda s: None), []
     common = dict(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, seed=seed,
                   batch_size=args.batch_size, lr=args.lr, lr_body=args.lr_body, workers=0, tta=False,
                   out=str(out))
@@ -89,7 +97,7 @@ def run(row: str, task: Path, out: Path, seed: int, args: argparse.Namespace) ->
     elif row == "source-only":
         config = FinetuneConfig(data=str(task / "source"), **RECIPE, **common)
     else:
-        before = BEFORE if row == "dann-before" else ABLATIONS.get(row, {})
+        before = BEFORE if row == "dann-before" else {**ABLATIONS, **STABILISERS}.get(row, {})
         config = FinetuneConfig(data=str(task / "source"), target_data=str(task / "target" / "train"),
                                 target_val=str(task / "target" / "test"), adapt="mcc" if row == "mcc" else "dann",
                                 **before, **common)
@@ -180,8 +188,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["photo", "digits"], choices=("photo", "digits"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + tuple(ABLATIONS),
-                        help="rows to train; also " + ", ".join(ABLATIONS) + " (one previous default each)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA + tuple(ABLATIONS) + tuple(STABILISERS),
+                        help="rows to train; also reference-mcc, " + ", ".join(ABLATIONS)
+                        + " (one previous default each) and " + ", ".join(STABILISERS))
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=8, help="passes over the source set")
