@@ -26,8 +26,10 @@ label-free scores of zoo_adapt/selection.py rank epochs; never to select).
 Each row's result is appended to WORK/results.jsonl as it finishes (--work WORK).
 
 At the default size (64 px; photo: 800 source, 500 target, 500 test images; digits: all
-1 797) a run takes minutes on a GPU and the whole table hours on 2 CPU cores; at 32 px
-with a quarter of the images nothing learns the target (docs/adaptation.md).
+1 797 images, split 718 / 180 / 539 / 360) one run took 1.5 to 5 minutes on 2 CPU cores
+and a task's table 50 to 55 minutes (two tasks side by side, --threads 1 each); at 32 px
+with a quarter of the images nothing learns the target. The measured tables are in
+docs/adaptation.md, their raw results in benchmarks/results/domain_adaptation/.
 """
 from __future__ import annotations
 
@@ -238,9 +240,12 @@ def report(results: list[dict]) -> None:
         accuracies.setdefault((r["task"], r["row"]), []).append(r["accuracy"])
         if r["history"] and "target_accuracy_oracle" in r["history"][0]:
             histories[(r["task"], r["row"], r["seed"])] = r["history"]
+    order = list(ROWS + EXTRA + tuple(ABLATIONS) + tuple(STABILISERS))
+    tasks = list(dict.fromkeys(r["task"] for r in results))
     print("| task | row | target test accuracy, % (mean ± std (min, max; per seed)) |")
     print("| --- | --- | --- |")
-    for (task_name, row), accs in accuracies.items():
+    for (task_name, row), accs in sorted(accuracies.items(), key=lambda kv: (tasks.index(kv[0][0]),
+                                                                                order.index(kv[0][1]))):
         print(f"| {task_name} | {LABELS[row]} | {fmt(accs)} |")
     if histories:
         selection_report(histories)
