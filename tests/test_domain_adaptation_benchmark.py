@@ -38,3 +38,24 @@ def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
                            timeout=120, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout == table
+
+
+def test_readme_table_is_the_committed_measurement():
+    """The README's domain-adaptation table repeats what --report computes from the
+    committed results (benchmarks/results/domain_adaptation/results.jsonl)."""
+    out = subprocess.run([sys.executable, SCRIPT, "--report", str(ROOT / "benchmarks" / "results" /
+                                                                   "domain_adaptation")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in ("photo", "digits"):
+            mean_std = cells[2].split(" (")[0]
+            measured[(cells[0], cells[1])] = mean_std
+    readme = (ROOT / "README.md").read_text()
+    for label, row in (("source only", "source only (zoo-adapt)"), ("**zoo-adapt DANN**", "zoo-adapt DANN"),
+                       ("zoo-adapt MCC", "zoo-adapt MCC"), ("oracle (labelled target)", "oracle (labelled target)")):
+        line = next(l for l in readme.splitlines() if l.startswith(f"| {label} |"))
+        photo, digits = [c.strip().strip("*").split(" (")[0].strip("*") for c in line.strip("|").split("|")[1:3]]
+        assert (photo, digits) == (measured[("photo", row)], measured[("digits", row)]), label
