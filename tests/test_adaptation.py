@@ -164,6 +164,44 @@ def test_adapted_run_exports_a_plain_classifier(tmp_path, task, method, run_cli)
     assert scored["accuracy"] == pytest.approx(metrics["target_accuracy_oracle"])
 
 
+def test_whole_image_training_is_evaluated_on_whole_images(tmp_path, task):
+    """--target-data trains on whole images (crop scale 1), so the export, validation
+    and `evaluate` score whole images too (crop_pct 1), exactly as the minimal loop of
+    benchmarks/dann_reference.py does; random resized crops keep the backbone's crop_pct."""
+    import sys
+    from pathlib import Path
+
+    from zoo_adapt.export import read_card
+    from zoo_adapt.inference import evaluate_folder, load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dann_reference as reference
+
+    adapted = finetune(config(tmp_path, task, epochs=1, target_val=str(task / "target" / "test")), log=None)
+    card, _ = read_card(adapted.out / "model.safetensors")
+    assert card.normalization.crop_pct == 1.0
+    model, _ = load_model(adapted.out / "model.safetensors", torch.device("cpu"))
+    x, y, _ = reference.load_folder(task / "target" / "test", 32, card.classes)
+    with torch.no_grad():
+        whole = reference.accuracy(reference.Split(model, "fc"), x, y,
+                                   (card.normalization.mean, card.normalization.std))
+    assert evaluate_folder(adapted.out / "model.safetensors", task / "target" / "test",
+                           device="cpu").accuracy == pytest.approx(whole)
+    assert adapted.metrics["target_accuracy_oracle"] == pytest.approx(whole)
+    cropped = finetune(config(tmp_path, task, target_data=None, steps_per_epoch=None, epochs=1, out=str(tmp_path / "plain")), log=None)
+    plain_card, _ = read_card(cropped.out / "model.safetensors")
+    assert plain_card.normalization.crop_pct == zoo_adapt.create_model("resnet18", pretrained=False) \
+        .zoo_adapt.normalization.crop_pct < 1
+
+
+def test_per_epoch_target_figures_are_of_the_weight_average_with_ema(tmp_path, task):
+    """With --ema, validation and the export use the average: the epoch's label-free
+    scores and oracle must describe those weights too, not the raw ones."""
+    result = finetune(config(tmp_path, task, ema=0.5, target_val=str(task / "target" / "test")), log=None)
+    last = result.history[-1]
+    assert last["target_accuracy_oracle"] == pytest.approx(result.metrics["target_accuracy_oracle"])
+
+
 def test_target_folder_errors(tmp_path, task):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -42,9 +42,11 @@ class ModelCard:
 
 
 def export_model(model: nn.Module, path: str | Path, classes: list[str], image_size: int | None = None,
-                 extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+                 extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None,
+                 crop_pct: float | None = None) -> Path:
     """Write `model` (made by create_model) with its metadata, atomically; `state`:
-    weights to write instead of the model's own (a kept earlier epoch)."""
+    weights to write instead of the model's own (a kept earlier epoch); `image_size` and
+    `crop_pct`: the evaluation the model was fine-tuned for, if not the backbone's."""
     from .models import backbone_of, num_classes_of
 
     backbone = backbone_of(model)
@@ -53,7 +55,7 @@ def export_model(model: nn.Module, path: str | Path, classes: list[str], image_s
     norm = backbone.normalization
     size = image_size or norm.image_size
     norm = Normalization(norm.mean, norm.std, (norm.input_size[0], size, size), norm.interpolation,
-                         norm.crop_pct)
+                         norm.crop_pct if crop_pct is None else crop_pct)
     meta = {
         "format": FORMAT, "zoo_adapt_version": __version__,
         "backbone": backbone.name, "plugin": backbone.entry.plugin, "upstream": backbone.entry.upstream,

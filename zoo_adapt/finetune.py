@@ -38,6 +38,7 @@ from .run_notes import (TIE_IMAGES, imbalance_warnings, machine_notes, recipes_l
                         validation_metrics)
 from .run_folder import (ADAPTATION_FILE, CHECKPOINT, CHECKPOINT_FORMAT, MODEL_FILE, EpochRecorder, RunFolder,
                          config_text)
+from .transforms import run_normalization
 
 
 @dataclass
@@ -189,7 +190,8 @@ class Job:
         amp = c.precision == "bf16" or (c.precision == "auto" and device.type == "cuda")
         self.amp = amp
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
-        self.maker = FeedMaker(c, norm, c.image_size, device, self.procs)
+        self.norm = run_normalization(norm, c.image_size, c.crop_scale)  # what the export records
+        self.maker = FeedMaker(c, self.norm, c.image_size, device, self.procs)
         self.feeds = self.maker.feeds(self.data)
         self.adaptation, self.gap_before = None, None
         if c.target_data:
@@ -312,8 +314,8 @@ class Job:
         c = self.config
         if c.multi_label:
             extra_meta["multi_label"] = True
-        return export_model(self.model, path, self.data.classes, c.image_size,
-                            {"epoch": epoch, "hflip": c.hflip, **extra_meta}, state=state)
+        return export_model(self.model, path, self.data.classes, c.image_size, crop_pct=self.norm.crop_pct,
+                            extra={"epoch": epoch, "hflip": c.hflip, **extra_meta}, state=state)
 
     def finish(self, loop: Loop) -> dict[str, Any]:
         """After the last epoch: the kept model's final validation (and TTA; every process
@@ -370,7 +372,7 @@ class Job:
         elif c.analysis != "off" and data.val is not None:
             from .analysis import analyse
 
-            analyse(model, data.val, data.classes, model.zoo_adapt.normalization, c.image_size,
+            analyse(model, data.val, data.classes, self.norm, c.image_size,
                     folder.path("analysis"), device, cams=c.analysis, workers=workers,
                     title=f"{c.backbone} ({c.strategy})", log=self.log)
         if "onnx" in c.export:

@@ -5,6 +5,7 @@ Loader workers only decode, crop and resize PIL images and hand over uint8 tenso
 the device (`normalize`), as in timm's fast loader."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -18,6 +19,16 @@ from .backbone import Normalization
 _MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
           "nearest": InterpolationMode.NEAREST}
 RATIO = (3 / 4, 4 / 3)  # aspect ratios of the random resized crop, as torchvision's
+
+
+def run_normalization(norm: Normalization, image_size: int, crop_scale: float) -> Normalization:
+    """The backbone's normalization at the size a run trains at, with the evaluation crop
+    that matches its training crops: a run trained on whole images (`crop_scale` 1) is
+    evaluated on whole images too (crop_pct 1), so objects appear at the scale training
+    showed them (Touvron et al. 2019, "Fixing the train-test resolution discrepancy");
+    random resized crops keep the backbone's crop_pct, which offsets their zoom."""
+    crop_pct = 1.0 if crop_scale >= 1 else norm.crop_pct
+    return dataclasses.replace(norm, input_size=(norm.input_size[0], image_size, image_size), crop_pct=crop_pct)
 
 
 def interpolation(norm: Normalization) -> InterpolationMode:
