@@ -44,7 +44,8 @@ class Callback:
 
     def after_validate(self, loop, record) -> None:
         """After validation, before the best epoch is chosen: add validation-time figures
-        to `record.extra` (they land in the history and may be `loop.select`)."""
+        to `record.extra` (they land in the history and may be `loop.select`). The model
+        holds the weights validation scored (a weight average's, with one)."""
 
     def epoch_end(self, loop, record, improved: bool) -> None:
         """`record` is in `loop.history`; `improved` says whether it is the new best by

@@ -313,13 +313,13 @@ class Loop:
             trainable_groups=[i for i, t in enumerate(trainable_groups(self.model)) if t],
             lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
             images_per_second=self.seen * self.world / train_seconds, extra=means)
-        if self.val is not None:
-            with self.evaluated_weights():
+        with self.evaluated_weights():  # what callbacks measure after validation is of the same weights
+            if self.val is not None:
                 ev = self.validate()
-            record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
-            record.val_balanced_accuracy, record.val_macro_f1, record.val_map = (
-                ev.balanced_accuracy, ev.macro_f1, ev.map)
-        self._emit("after_validate", record)
+                record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
+                record.val_balanced_accuracy, record.val_macro_f1, record.val_map = (
+                    ev.balanced_accuracy, ev.macro_f1, ev.map)
+            self._emit("after_validate", record)
         record.seconds = time.perf_counter() - start
         self.history.append(record)
         self.epoch += 1
