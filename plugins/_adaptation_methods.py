@@ -1,4 +1,4 @@
-"""DANN and MCC as zoo-adapt AdaptationMethods (imported when a method is built)."""
+"""DANN, MCC and AdaBN as zoo-adapt AdaptationMethods (imported when a method is built)."""
 from __future__ import annotations
 
 import math
@@ -67,3 +67,15 @@ class MCC(AdaptationMethod):
         confusion = confusion / confusion.sum(dim=1, keepdim=True)  # category normalisation (rows)
         mcc = (confusion.sum() - confusion.trace()) / self.num_classes
         return self.weight * mcc, {"mcc_loss": mcc.detach()}
+
+
+class AdaBN(AdaptationMethod):
+    """No adaptation loss, and no target images in the training steps: the model trains
+    on the source alone, as source-only training does, and adapts through the BatchNorm
+    statistics it keeps, measured on the target images (--target-bn target, the default):
+    Li et al.'s AdaBN. Weights are never trained on target images."""
+
+    forwards_target = False
+
+    def loss(self, source_features, target_features, source_logits, target_logits, progress):
+        return source_logits.new_zeros(()), {}

@@ -1,5 +1,5 @@
-"""The built-in domain-adaptation methods: DANN (Ganin et al., JMLR 2016) and MCC
-(Jin et al., ECCV 2020). Registered like any third party's, with the options and figures
+"""The built-in domain-adaptation methods: DANN (Ganin et al., JMLR 2016), MCC (Jin et
+al., ECCV 2020) and AdaBN (Li et al., 2016). Registered like any third party's, with the options and figures
 each declares; the torch code is imported only when a method is built."""
 from zoo_adapt.plugin_api import hookimpl, option
 
@@ -33,9 +33,17 @@ def make_mcc(in_features, num_classes, config):
     return MCC(in_features, num_classes, config)
 
 
+def make_adabn(in_features, num_classes, config):
+    from ._adaptation_methods import AdaBN
+
+    return AdaBN(in_features, num_classes, config)
+
+
 @hookimpl
 def register_adaptation_methods(register):
     register("dann", make_dann, "domain discriminator behind a gradient-reversal layer on the pooled "
              "features (Ganin et al. 2016)", options=DANN_OPTIONS, figures=DANN_FIGURES)
     register("mcc", make_mcc, "minimum class confusion on target predictions, label-free "
              "(Jin et al. 2020)", options=MCC_OPTIONS, figures=MCC_FIGURES)
+    register("adabn", make_adabn, "source-only training, then BatchNorm statistics of the target images "
+             "(Li et al. 2016; needs --target-bn target, the default)", options=[], figures={})

@@ -202,6 +202,59 @@ def test_per_epoch_target_figures_are_of_the_weight_average_with_ema(tmp_path, t
     assert last["target_accuracy_oracle"] == pytest.approx(result.metrics["target_accuracy_oracle"])
 
 
+def test_bn_statistics_are_the_target_images_and_no_weight_changes():
+    from zoo_adapt.adaptation import bn_statistics_kept, estimate_bn_statistics
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2)).train()
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    images = torch.randn(24, 3, 8, 8) * 3 + 2
+    batches = [(images[i:i + 8], None) for i in range(0, 24, 8)]
+    with bn_statistics_kept(model):
+        assert estimate_bn_statistics(model, batches) == 2
+        first = model[0](images)
+        assert torch.allclose(model[1].running_mean, first.mean((0, 2, 3)), atol=1e-5)
+        per_batch = torch.stack([model[0](x).var((0, 2, 3)) for x, _ in batches]).mean(0)
+        assert torch.allclose(model[1].running_var, per_batch, rtol=1e-3)
+        changed = model[1].running_mean.clone()
+    assert not torch.allclose(model[1].running_mean, changed)  # restored after the block
+    assert model.training and model[1].momentum == 0.1
+    assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())
+
+
+def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task):
+    """--adapt adabn: the weights of source-only training (no target image in any step),
+    the BatchNorm statistics of the target images; --target-bn mixed keeps training's."""
+    from zoo_adapt.adaptation import estimate_bn_statistics, target_samples
+    from zoo_adapt.data import ImageDataset
+    from zoo_adapt.inference import load_model
+    from zoo_adapt.inputs import FeedMaker
+
+    same = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0,
+                label_smoothing=0.0, crop_scale=1.0, steps_per_epoch=None, lr=1e-2, lr_body=1e-3)
+    adabn = finetune(config(tmp_path, task, adapt="adabn", out=str(tmp_path / "adabn"), **same), log=None)
+    source = finetune(config(tmp_path, task, target_data=None, out=str(tmp_path / "source"), **same), log=None)
+    a, b = adabn.model.state_dict(), source.model.state_dict()
+    params = {k for k, _ in adabn.model.named_parameters()}
+    assert all(torch.equal(a[k], b[k]) for k in params)
+    stats = [k for k in a if k.endswith("running_mean")]
+    assert stats and all(not torch.allclose(a[k], b[k]) for k in stats)
+    def on_target(path):  # the export's BatchNorm statistics measured again on the target images
+        model, card = load_model(path, torch.device("cpu"))
+        maker = FeedMaker(config(tmp_path, task), card.normalization, 32, torch.device("cpu"))
+        estimate_bn_statistics(model, maker.evaluation(ImageDataset(target_samples(task / "target" / "train")),
+                                                       False))
+        return model.state_dict()
+
+    assert all(torch.allclose(on_target(adabn.out / "model.safetensors")[k], a[k], atol=1e-5) for k in stats)
+    assert adabn.metrics["adaptation"]["target_bn"] == "target"
+    mixed = finetune(config(tmp_path, task, target_bn="mixed", out=str(tmp_path / "mixed")), log=None)
+    assert mixed.metrics["adaptation"]["target_bn"] == "mixed"
+    kept = mixed.model.state_dict()
+    assert not all(torch.allclose(on_target(mixed.out / "model.safetensors")[k], kept[k], atol=1e-5) for k in stats)
+
+
 def test_target_folder_errors(tmp_path, task):
     empty = tmp_path / "empty"
     empty.mkdir()

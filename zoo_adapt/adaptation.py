@@ -12,6 +12,7 @@ logits; target labels are never read. `Adaptation` is the loop callback that doe
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The method base class lives apart (no engine imports) for plugins; re-exported here.
-from .adaptation_method import AdaptationMethod, GradientReversal, grad_reverse  # noqa: F401 (re-exported)
+from .adaptation_method import AdaptationMethod, GradientReversal, batch_norms, grad_reverse  # noqa: F401
 from .config import FinetuneConfig
 from .data import Samples, checked, image_files
 from .engine.callbacks import Callback
@@ -46,16 +47,19 @@ def target_samples(root: str | Path) -> Samples:
 
 
 class Adaptation(Callback):
-    """Adds a target batch to every step's forward pass and the method's loss to the
-    step's loss. After each validation it logs the label-free target scores
-    (selection.py) on `target_eval`, the unlabelled target images in evaluation form,
-    and, given labelled target images (`target_val`), the oracle accuracy, which selects
-    the kept epoch only with `select_with_target_labels`."""
+    """Adds a target batch to every step's forward pass (unless the method forwards
+    none) and the method's loss to the step's loss. After each validation it logs the
+    label-free target scores (selection.py) on `target_eval`, the unlabelled target
+    images in evaluation form, and, given labelled target images (`target_val`), the
+    oracle accuracy, which selects the kept epoch only with `select_with_target_labels`.
+    With `target_bn` those figures are of the model with BatchNorm statistics of the
+    target images, as the export will have them (`use_target_statistics`)."""
 
     def __init__(self, method: AdaptationMethod, target: Batches, target_eval: Batches | None = None,
-                 target_val: Batches | None = None, select_with_target_labels: bool = False):
+                 target_val: Batches | None = None, select_with_target_labels: bool = False,
+                 target_bn: bool = False):
         self.method, self.target, self.target_eval, self.target_val = method, target, target_eval, target_val
-        self.select_with_target_labels = select_with_target_labels
+        self.select_with_target_labels, self.target_bn = select_with_target_labels, target_bn
         self.figure_names: list[str] = []  # what the method's loss logged, in the order first seen
 
     def setup(self, loop) -> None:
@@ -64,13 +68,15 @@ class Adaptation(Callback):
             loop.select = "target_accuracy_oracle"
 
     def epoch_start(self, loop, epoch: int) -> None:
-        self.target.set_epoch(epoch)
-        self.batches = cycle(self.target, loop.steps_per_epoch)
+        if self.method.forwards_target:
+            self.target.set_epoch(epoch)
+            self.batches = cycle(self.target, loop.steps_per_epoch)
         self.method.train()
 
     def before_forward(self, loop, step) -> None:
-        xt, _ = next(self.batches)
-        step.x = torch.cat([step.x, xt])
+        if self.method.forwards_target:
+            xt, _ = next(self.batches)
+            step.x = torch.cat([step.x, xt])
 
     def after_loss(self, loop, step) -> None:
         n, features = step.n, self.features.value
@@ -82,11 +88,19 @@ class Adaptation(Callback):
             self.figure_names += [k for k in figures if k not in self.figure_names]
 
     def after_validate(self, loop, record) -> None:
-        if self.target_eval is not None:
-            probs = probabilities(loop.eval_network, self.target_eval, SCORED, loop.autocast)
-            record.extra.update(target_scores(probs))
-        if self.target_val is not None:
-            record.extra["target_accuracy_oracle"] = loop.validate(batches=self.target_val).accuracy
+        with bn_statistics_kept(loop.model) if self.target_bn else nullcontext():
+            if self.target_bn:
+                self.use_target_statistics(loop)
+            if self.target_eval is not None:
+                probs = probabilities(loop.eval_network, self.target_eval, SCORED, loop.autocast)
+                record.extra.update(target_scores(probs))
+            if self.target_val is not None:
+                record.extra["target_accuracy_oracle"] = loop.validate(batches=self.target_val).accuracy
+
+    def use_target_statistics(self, loop) -> int:
+        """The model's BatchNorm statistics measured on the target images (AdaBN); under
+        torchrun every process measures its shard and all take the average."""
+        return estimate_bn_statistics(loop.model, self.target_eval, loop.autocast, loop.all_reduce, loop.world)
 
     def close(self, loop) -> None:
         self.features.remove()
@@ -108,6 +122,51 @@ class Adaptation(Callback):
 
 
 SCORED = SND_LIMIT  # target images the label-free scores read each epoch
+
+
+def estimate_bn_statistics(model: nn.Module, batches: Batches, autocast=None, all_reduce=None, world: int = 1) -> int:
+    """AdaBN (Li et al. 2016): every BatchNorm layer's running mean and variance replaced
+    by their average over `batches` (the target images, evaluation view), with the rest
+    of the model in eval mode (no dropout or stochastic depth) and no weight changed, so
+    the model normalises target images with target statistics. `all_reduce` (a sum over
+    `world` processes, each with its shard) averages the processes' statistics. Returns
+    how many BatchNorm layers there are (0: nothing to do, a ViT say)."""
+    norms = [m for m in batch_norms(model) if m.running_mean is not None]
+    if not norms:
+        return 0
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    try:
+        with torch.no_grad(), (autocast or nullcontext)():
+            for x, _ in batches:
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if all_reduce is not None and world > 1:
+        for m in norms:
+            m.running_mean.copy_(all_reduce(m.running_mean.clone()) / world)
+            m.running_var.copy_(all_reduce(m.running_var.clone()) / world)
+    return len(norms)
+
+
+@contextmanager
+def bn_statistics_kept(model: nn.Module):
+    """The model's BatchNorm statistics as they are now, back after the block."""
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in batch_norms(model) if m.running_mean is not None]
+    try:
+        yield
+    finally:
+        for m, mean, var, count in saved:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
 
 
 def probabilities(network: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
@@ -202,7 +261,8 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
     if config.target_val:
         target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)
     method = make_method(config.adapt, model.zoo_adapt.head.in_features, len(classes), config).to(model_device(model))
-    adaptation = Adaptation(method, target_train, target_eval, target_val, config.select_with_target_labels)
+    adaptation = Adaptation(method, target_train, target_eval, target_val, config.select_with_target_labels,
+                            target_bn=config.target_bn == "target")
     adaptation.num_target = len(target)
     gap = None
     if procs is None or procs.main:
@@ -210,6 +270,9 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
         options = ", ".join(f"{k}={v}" for k, v in config.adapt_options.items())
         log(f"adapting to {len(target)} unlabelled target images ({config.target_data}) with {config.adapt}"
             f"{f' ({options})' if options else ''}; domain gap before (proxy A-distance): {gap:.2f}")
+        if not method.forwards_target and not adaptation.target_bn:
+            log(f"warning: {config.adapt} trains on no target image and --target-bn mixed keeps the source's "
+                "BatchNorm statistics: this run is source-only training (the target images are only scored)")
     return adaptation, gap
 
 
@@ -227,6 +290,7 @@ def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feed
     figures = list(dict.fromkeys([*adaptation.figure_names, *declared]))
     last = metrics["history"][-1] if metrics["history"] else {}
     metrics["adaptation"] = {"method": config.adapt, "options": dict(config.adapt_options),
+                             "target_bn": config.target_bn,
                              "target_data": str(config.target_data), "num_target": adaptation.num_target,
                              "figures": {k: declared.get(k, "") for k in figures},
                              **{k: last[k] for k in figures if k in last}}

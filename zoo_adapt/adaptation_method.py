@@ -32,7 +32,11 @@ class AdaptationMethod(nn.Module):
     `adapt_weight`...); `options` are the method's own, as its plugin declared them
     (`register(..., options=[option(...)])`), every one resolved: the given value,
     checked, or the default. Submodules (a domain classifier, say) train at the head's
-    learning rate; override `param_groups` for more."""
+    learning rate; override `param_groups` for more. A method whose loss needs no target
+    images in the step's forward pass sets `forwards_target = False`: the steps are then
+    the source's alone (BatchNorm sees source batches only)."""
+
+    forwards_target = True
 
     def __init__(self, in_features: int, num_classes: int, config: Any):
         super().__init__()
@@ -52,3 +56,7 @@ class AdaptationMethod(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "adaptation",
                  "group_index": -1}] if params else []
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

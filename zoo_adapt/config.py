@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant", "dann")
 BN_POLICIES = ("train", "frozen")
 SPREADS = ("geometric", "flat")
+BN_STATISTICS = ("target", "mixed")
 ON_OFF = ("auto", "on", "off")
 EXPORT_FORMATS = ("onnx",)
 # Options that moved into the dann method's own declaration (plugins/adaptation.py).
@@ -31,7 +32,7 @@ PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best
                   "warmup": 0.1, "label_smoothing": 0.1, "hflip": True, "crop_scale": 0.35}
 # Ganin et al.'s recipe: one body rate, no warm-up, plain cross-entropy, whole images.
 ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2, "lr_spread": "flat",
-                  "warmup": 0.0, "label_smoothing": 0.0, "hflip": False, "crop_scale": 1.0}
+                  "warmup": 0.0, "label_smoothing": 0.0, "hflip": False, "crop_scale": 1.0, "target_bn": "target"}
 
 
 def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
@@ -175,6 +176,10 @@ class FinetuneConfig:
                               adapting=True)
     adapt_options: dict[str, Any] = opt({}, "The adaptation method's own options (KEY=VALUE; `zoo-adapt methods "
                                         "NAME` lists them), checked when the run starts.", adapting=True)
+    target_bn: str | None = opt(None, "BatchNorm statistics the adapted model keeps: target (measured on the "
+                                "--target-data images after training: AdaBN, Li et al. 2016) | mixed (the running "
+                                "statistics of the mixed source and target training batches, as in Ganin et al.) "
+                                "[default: target].", choices=BN_STATISTICS, adapting=True)
     steps_per_epoch: int | None = opt(None, "With --target-data: steps per epoch [default: the longer loader].",
                                       low=1, adapting=True)
     select_with_target_labels: bool = opt(False, "Keep the epoch best on --target-val. This USES TARGET LABELS: "

@@ -285,7 +285,8 @@ class Job:
         extra_groups = []
         if self.adaptation is not None:
             pieces.append(self.adaptation)
-            steps = c.steps_per_epoch or max(steps, len(self.adaptation.target))
+            if self.adaptation.method.forwards_target:
+                steps = c.steps_per_epoch or max(steps, len(self.adaptation.target))
             extra_groups = self.adaptation.method.param_groups(c.head_lr, c.weight_decay)
         plan = freeze_plan(c.strategy, c.epochs, len(model.zoo_adapt.groups), c.head_epochs, c.unfreeze_every)
         groups = param_groups(model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay,
@@ -327,6 +328,11 @@ class Job:
         kept = recorder.kept_epoch or len(loop.history)
         if recorder.kept_state is not None:
             model.load_state_dict(recorder.kept_state)
+        if self.adaptation is not None and self.adaptation.target_bn:  # before every final figure and the export
+            layers = self.adaptation.use_target_statistics(loop)
+            self.log(f"BatchNorm statistics of the {self.adaptation.num_target} target images in {layers} layers "
+                     "(--target-bn target): the final figures and the export are of the target-normalised model"
+                     if layers else "--target-bn target: the model has no BatchNorm layer, nothing to recompute")
         metrics["kept_epoch"] = kept
         if feeds.val is not None:
             final = loop.validate()
