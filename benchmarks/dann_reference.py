@@ -11,9 +11,10 @@ Linear(F, 256)-ReLU-Dropout(0.5)-Linear(256, 256)-ReLU-Linear(256, 1) on the poo
 features, behind a gradient-reversal layer with lambda = 2 / (1 + exp(-10 p)) - 1; BCE
 with logits; a source batch and a target batch of the same size forwarded together (one
 batch, BatchNorm in train mode); a fixed number of passes over the source set; the last
-model kept; no target label read.
+model kept; no target label read. `--target-bn` adds Li et al.'s AdaBN after training
+(BatchNorm statistics of the target images), written here on its own too.
 
-    python benchmarks/dann_reference.py TASK_FOLDER --seeds 0 1 2 [--method dann|mcc|none]
+    python benchmarks/dann_reference.py TASK_FOLDER --seeds 0 1 2 [--method dann|mcc|none] [--target-bn]
 
 TASK_FOLDER is what zoo_adapt.demo.build_photo_shift / build_digit_shift write.
 """
@@ -46,6 +47,7 @@ class Recipe:
     gamma: float = 10.0
     image_size: int = 64
     mcc: float = 1.0  # the weight of MCC when the method is "mcc" (Transfer-Learning-Library's trade-off)
+    target_bn: bool = False  # after training, BatchNorm statistics of the target images (AdaBN, Li et al. 2016)
 
 
 def load_folder(root: Path, size: int, classes: list[str] | None = None):
@@ -152,6 +154,24 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 @torch.no_grad()
+def adabn(net: nn.Module, x: torch.Tensor, norm, batch: int = 64) -> None:
+    """Li et al.'s AdaBN: each BatchNorm layer's running mean and variance become their
+    average over the target images' batches; nothing else in train mode, no weight moves."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]  # batches that sample every class
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(0, len(x), batch):
+        net(normalize(x[i:i + batch], *norm))
+    for m in norms:
+        m.momentum = 0.1
+    net.eval()
+
+
+@torch.no_grad()
 def accuracy(net: Split, x: torch.Tensor, y: torch.Tensor, norm, batch: int = 128) -> float:
     net.eval()
     hits = sum((net(normalize(x[i:i + batch], *norm))[1].argmax(1) == y[i:i + batch]).sum().item()
@@ -197,6 +217,8 @@ def train(task: Path, seed: int, adapt: str | None = "dann", recipe: Recipe = Re
             step += 1
         means = {k: statistics.mean(f[k] for f in figures) for k in figures[0]}
         log(f"  epoch {epoch + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in means.items()))
+    if recipe.target_bn:
+        adabn(net, xt, norm)
     x_test, y_test, _ = load_folder(task / "target" / "test", recipe.image_size, classes)
     return accuracy(net, x_test, y_test, norm)
 
@@ -210,8 +232,9 @@ def main() -> None:
     parser.add_argument("--lr-body", type=float, default=1e-3)
     parser.add_argument("--lr-head", type=float, default=3e-3)
     parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--target-bn", action="store_true", help="then BatchNorm statistics of the target images")
     args = parser.parse_args()
-    recipe = Recipe(epochs=args.epochs, lr_body=args.lr_body, lr_head=args.lr_head)
+    recipe = Recipe(epochs=args.epochs, lr_body=args.lr_body, lr_head=args.lr_head, target_bn=args.target_bn)
     accs = []
     for seed in args.seeds:
         acc = train(args.task, seed, adapt=None if args.method == "none" else args.method, recipe=recipe,

@@ -256,7 +256,9 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
     target = ImageDataset(target_samples(config.target_data))
     held = maker.on_device(len(target), 0)
     target_train = maker.training(target, held, seed_offset=1)
-    target_eval = maker.evaluation(target, held)
+    # in a seeded random order: the BatchNorm statistics measured on it batch by batch (AdaBN) need batches
+    # that sample the whole target set, not runs of one folder's images
+    target_eval = maker.evaluation(target, held, shuffle=True)
     target_val = None
     if config.target_val:
         target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)

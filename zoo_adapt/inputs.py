@@ -191,9 +191,10 @@ class FeedMaker:
                              device=self.device, order=order, workers=self.workers,
                              channels_last=self.channels_last)
 
-    def evaluation(self, dataset: Dataset, held: bool) -> Batches:
+    def evaluation(self, dataset: Dataset, held: bool, shuffle: bool = False) -> Batches:
+        """Evaluation views in file order, or (`shuffle`) in one seeded random order."""
         batch = self.config.batch_size * 2
-        order = self.order(len(dataset), shuffle=False)
+        order = self.order(len(dataset), shuffle=shuffle, seed_offset=2 if shuffle else 0)
         if held:
             from .device_images import DeviceEvalImages
 
