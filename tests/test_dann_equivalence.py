@@ -8,6 +8,7 @@ import copy
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import zoo_adapt
@@ -79,3 +80,7 @@ def test_target_data_defaults_are_the_papers_recipe_and_given_values_win():
     assert [getattr(FinetuneConfig(), k) for k in recipe] == [0.1, 0.1, True, 0.35]
     given = FinetuneConfig(target_data="t", warmup=0.2, label_smoothing=0.1, hflip=True, crop_scale=0.5)
     assert [getattr(given, k) for k in recipe] == [0.2, 0.1, True, 0.5]
+    # issue 11's rates (the minimal loop's), and target BatchNorm statistics, which plain runs do not have
+    assert (adapting.head_lr, adapting.lr_body, adapting.target_bn) == (3e-3, 1e-3, "target")
+    assert FinetuneConfig(target_data="t", lr=1e-2).lr_body == pytest.approx(1e-2 / 3)
+    assert FinetuneConfig().target_bn is None

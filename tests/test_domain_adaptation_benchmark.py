@@ -18,7 +18,7 @@ def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
     work = tmp_path / "work"
     tiny = ["--tasks", "digits", "--seeds", "0", "1", "--epochs", "1", "--scale", "0.05", "--image-size", "32",
             "--threads", "1", "--work", str(work)]
-    rows = ["source-only", "reference", "dann", "dann+warmup"]
+    rows = ["source-only", "reference+adabn", "dann", "dann+warmup", "adabn"]
     proc = subprocess.run([sys.executable, SCRIPT, *tiny, "--rows", *rows],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -31,6 +31,9 @@ def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
     warm = tomllib.loads((work / "runs" / "digits-dann+warmup-0" / "config.toml").read_text())
     plain = tomllib.loads((work / "runs" / "digits-dann-0" / "config.toml").read_text())
     assert (warm["warmup"], plain["warmup"]) == (0.1, 0.0)  # the ablation row changed its one setting
+    assert (warm["target_bn"], plain["target_bn"]) == ("mixed", "target")  # ablations are of the paper's recipe
+    adabn = tomllib.loads((work / "runs" / "digits-adabn-0" / "config.toml").read_text())
+    assert adabn["adapt"] == "adabn"
 
     table = proc.stdout[proc.stdout.index("| task | row | target"):]
     assert "| digits | zoo-adapt DANN, 10% warm-up |" in table and "Label-free epoch selection" in table
@@ -40,9 +43,21 @@ def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
     assert again.stdout == table
 
 
+# The README table's rows (its first column) and the benchmark rows they show.
+README_ROWS = {"source only": "source-only", "minimal DANN loop, the paper's statistics": "reference",
+               "zoo-adapt DANN, the paper's statistics (`--target-bn mixed`)": "dann-mixed",
+               "minimal DANN loop, target statistics": "reference+adabn",
+               "**zoo-adapt DANN** (the defaults)": "dann", "zoo-adapt MCC": "mcc",
+               "zoo-adapt AdaBN (`--adapt adabn`)": "adabn", "oracle (labelled target)": "oracle"}
+
+
 def test_readme_table_is_the_committed_measurement():
     """The README's domain-adaptation table repeats what --report computes from the
-    committed results (benchmarks/results/domain_adaptation/results.jsonl)."""
+    committed results (benchmarks/results/domain_adaptation/results.jsonl): every row,
+    mean, spread and each seed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from domain_adaptation import LABELS
+
     out = subprocess.run([sys.executable, SCRIPT, "--report", str(ROOT / "benchmarks" / "results" /
                                                                    "domain_adaptation")],
                          capture_output=True, text=True, timeout=120)
@@ -51,11 +66,10 @@ def test_readme_table_is_the_committed_measurement():
     for line in out.stdout.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 3 and cells[0] in ("photo", "digits"):
-            mean_std = cells[2].split(" (")[0]
-            measured[(cells[0], cells[1])] = mean_std
+            mean_std, rest = cells[2].split(" (", 1)
+            measured[(cells[0], cells[1])] = f"{mean_std} ({rest.split('; ', 1)[1]}"  # without min and max
     readme = (ROOT / "README.md").read_text()
-    for label, row in (("source only", "source only (zoo-adapt)"), ("**zoo-adapt DANN**", "zoo-adapt DANN"),
-                       ("zoo-adapt MCC", "zoo-adapt MCC"), ("oracle (labelled target)", "oracle (labelled target)")):
+    for label, row in README_ROWS.items():
         line = next(l for l in readme.splitlines() if l.startswith(f"| {label} |"))
-        photo, digits = [c.strip().strip("*").split(" (")[0].strip("*") for c in line.strip("|").split("|")[1:3]]
-        assert (photo, digits) == (measured[("photo", row)], measured[("digits", row)]), label
+        photo, digits = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")[1:3]]
+        assert (photo, digits) == (measured[("photo", LABELS[row])], measured[("digits", LABELS[row])]), label

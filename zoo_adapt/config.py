@@ -30,8 +30,9 @@ SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "map")
 # has the measurements behind the second set).
 PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric",
                   "warmup": 0.1, "label_smoothing": 0.1, "hflip": True, "crop_scale": 0.35}
-# Ganin et al.'s recipe: one body rate, no warm-up, plain cross-entropy, whole images.
-ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 1e-2, "lr_spread": "flat",
+# Ganin et al.'s recipe at issue 11's rates (one body rate, no warm-up, plain cross-entropy, whole
+# images), and BatchNorm statistics of the target images.
+ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 3e-3, "lr_spread": "flat",
                   "warmup": 0.0, "label_smoothing": 0.0, "hflip": False, "crop_scale": 1.0, "target_bn": "target"}
 
 
@@ -87,11 +88,11 @@ class FinetuneConfig:
     epochs: int = opt(5, "Epochs in all (head-only epochs included).", low=1, resume="extend")
     head_epochs: int = opt(1, "two-stage: epochs training the head alone first.", low=0)
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
-    lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 1e-2 with --target-data]; "
+    lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 3e-3 with --target-data]; "
                            "auto: run the LR finder first (zoo-adapt lr-find) and use its suggestion.",
                            low=0, low_open=True, words=("auto",))
     lr_body: float | None = opt(None, "Stem learning rate; groups in between as --lr-spread says [default: "
-                                "lr/100; lr/10 with --target-data].", low=0, low_open=True)
+                                "lr/100; lr/3 with --target-data].", low=0, low_open=True)
     lr_spread: str | None = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
                                 "stem up to --lr at the head) | flat (--lr-body for all but the head) [default: "
                                 "geometric; flat with --target-data].", choices=SPREADS)
@@ -195,7 +196,7 @@ class FinetuneConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if adapting and self.lr_body is None and self.lr_decay is None and isinstance(self.head_lr, (int, float)):
-            self.lr_body = self.head_lr / 10  # docs/adaptation.md: lr/100 leaves DANN no room
+            self.lr_body = self.head_lr / 3  # the body at 1e-3, the head at 3e-3: docs/adaptation.md, "Rates"
 
     def validate(self) -> "FinetuneConfig":
         """Every value against its declaration, then the rules between options."""
@@ -211,7 +212,7 @@ class FinetuneConfig:
                 if getattr(self, key):
                     raise ZooAdaptError(f"--{key.replace('_', '-')} needs --target-data")
         if self.lr == "auto" and self.target_data:
-            raise ZooAdaptError("--lr auto is for plain fine-tuning; with --target-data give a number (default 1e-2)")
+            raise ZooAdaptError("--lr auto is for plain fine-tuning; with --target-data give a number (default 3e-3)")
         if self.select_with_target_labels and not self.target_val:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
         return self
