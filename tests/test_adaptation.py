@@ -253,6 +253,10 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task)
     assert mixed.metrics["adaptation"]["target_bn"] == "mixed"
     kept = mixed.model.state_dict()
     assert not all(torch.allclose(on_target(mixed.out / "model.safetensors")[k], kept[k], atol=1e-5) for k in stats)
+    said = []
+    finetune(config(tmp_path, task, adapt="adabn", target_bn="mixed", epochs=1, out=str(tmp_path / "plain")),
+             log=said.append)
+    assert any("this run is source-only training" in line for line in said)
 
 
 def test_target_folder_errors(tmp_path, task):
@@ -270,6 +274,8 @@ def test_target_folder_errors(tmp_path, task):
         config(tmp_path, task, select_with_target_labels=True).validate()
     with pytest.raises(ZooAdaptError, match="needs --target-data"):
         FinetuneConfig(target_val="x").validate()
+    with pytest.raises(ZooAdaptError, match="--target-bn needs --target-data"):
+        FinetuneConfig(target_bn="target").validate()
 
 
 def test_mcc_penalises_confusion_between_classes():

@@ -208,7 +208,7 @@ class FinetuneConfig:
             raise ZooAdaptError("give --data or --dataset, not both")
         self.check_labels()
         if not self.target_data:
-            for key in ("target_val", "select_with_target_labels", "steps_per_epoch"):
+            for key in ("target_val", "select_with_target_labels", "steps_per_epoch", "target_bn"):
                 if getattr(self, key):
                     raise ZooAdaptError(f"--{key.replace('_', '-')} needs --target-data")
         if self.lr == "auto" and self.target_data:
