@@ -1,6 +1,6 @@
 """The built-in domain-adaptation methods: DANN (Ganin et al., JMLR 2016), MCC (Jin et
-al., ECCV 2020) and AdaBN (Li et al., 2016). Registered like any third party's, with the options and figures
-each declares; the torch code is imported only when a method is built."""
+al., ECCV 2020) and AdaBN (Li et al., 2016). Registered like any third party's, with the
+options and figures each declares; the torch code is imported only when a method is built."""
 from zoo_adapt.plugin_api import hookimpl, option
 
 DANN_OPTIONS = [

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # The method base class lives apart (no engine imports) for plugins; re-exported here.
-from .adaptation_method import AdaptationMethod, GradientReversal, batch_norms, grad_reverse  # noqa: F401
+from .adaptation_method import (AdaptationMethod, GradientReversal, batch_norms,  # noqa: F401 (re-exported)
+                                grad_reverse)
 from .config import FinetuneConfig
 from .data import Samples, checked, image_files
 from .engine.callbacks import Callback
@@ -171,8 +172,6 @@ def bn_statistics_kept(model: nn.Module):
 
 def probabilities(network: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
     """Class probabilities of up to `limit` images, in eval mode (labels not read)."""
-    from contextlib import nullcontext
-
     out, count = [], 0
     was_training = network.training
     network.eval()
@@ -190,8 +189,6 @@ def probabilities(network: nn.Module, batches: Batches, limit: int, autocast=Non
 
 def pooled_features(model: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
     """The features the head receives, for up to `limit` images, in eval mode."""
-    from contextlib import nullcontext
-
     out, count = [], 0
     was_training = model.training
     model.eval()

@@ -59,4 +59,5 @@ class AdaptationMethod(nn.Module):
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of `model` (1d, 2d, 3d, synchronised), in module order."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
