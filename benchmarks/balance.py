@@ -4,7 +4,7 @@ side: balanced accuracy on a balanced validation set with and without balancing.
     python benchmarks/balance.py [--epochs 8] [--size 64] [--seeds 0 1 2]
 
 The data: two (or more) demo photographs, the rare one with 1/20 of the common one's
-training images (zoo_adapt.demo_sets.build_imbalanced); EfficientNet-Lite0, pretrained,
+training images (zoo_adapt.data.demo_sets.build_imbalanced); EfficientNet-Lite0, pretrained,
 linear probe on cached features (the head is what balancing acts on)."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo_sets import build_imbalanced
-from zoo_adapt.finetune import finetune
+from zoo_adapt.data.demo_sets import build_imbalanced
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
 
 VARIANTS = (("none", "accuracy"), ("sampler", "balanced_accuracy"), ("loss", "balanced_accuracy"))
 

@@ -16,7 +16,7 @@ model kept; no target label read. `--target-bn` adds Li et al.'s AdaBN after tra
 
     python benchmarks/dann_reference.py TASK_FOLDER --seeds 0 1 2 [--method dann|mcc|none] [--target-bn]
 
-TASK_FOLDER is what zoo_adapt.demo.build_photo_shift / build_digit_shift write.
+TASK_FOLDER is what zoo_adapt.data.demo.build_photo_shift / build_digit_shift write.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.finetune import finetune
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
 
 # row name -> FinetuneConfig options (the demo: no data given)
 ROWS = {

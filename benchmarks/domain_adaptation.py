@@ -50,10 +50,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dann_reference as reference  # noqa: E402
 
-from zoo_adapt.config import FinetuneConfig  # noqa: E402
-from zoo_adapt.demo import build_digit_shift, build_photo_shift  # noqa: E402
-from zoo_adapt.finetune import finetune  # noqa: E402
-from zoo_adapt.inference import evaluate_folder  # noqa: E402
+from zoo_adapt.data.demo import build_digit_shift, build_photo_shift  # noqa: E402
+from zoo_adapt.job.config import FinetuneConfig  # noqa: E402
+from zoo_adapt.job.finetune import finetune  # noqa: E402
+from zoo_adapt.ship.inference import evaluate_folder  # noqa: E402
 
 # The default table: what the issue asks for, and the paper's recipe against the defaults.
 ROWS = ("source-only", "reference", "dann-mixed", "reference+adabn", "dann", "mcc", "adabn", "oracle")

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.finetune import finetune, lr_find
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune, lr_find
 
 
 def main() -> None:

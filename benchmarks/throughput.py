@@ -55,7 +55,7 @@ PHOTOS: list[np.ndarray] = []
 
 
 def _load_photos() -> None:
-    from zoo_adapt.demo import photographs  # the 15 photographs of the demo, as RGB arrays
+    from zoo_adapt.data.demo import photographs  # the 15 photographs of the demo, as RGB arrays
 
     PHOTOS[:] = [p for _, p in sorted(photographs().items())]
 
@@ -319,7 +319,7 @@ def main(argv=None) -> None:
     data = build_data(a.data_dir.expanduser(), a.images, a.classes)  # before torch: workers fork a lighter process
     import torch
 
-    from zoo_adapt.pipeline import default_workers
+    from zoo_adapt.data.pipeline import default_workers
 
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"

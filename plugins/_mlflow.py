@@ -39,7 +39,7 @@ class MLflowTracker(Tracker):
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         created = self.client.create_run(experiment_id, run_name=run.name,
-                                         tags={"zoo_adapt.run_folder": str(run.out.resolve())})
+                                         tags={"zoo_adapt.job.run_folder": str(run.out.resolve())})
         self.run_id = created.info.run_id
         params = [Param(metric_key(k), str(v)[:6000]) for k, v in sorted(run.params.items())]
         for i in range(0, len(params), 100):

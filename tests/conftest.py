@@ -1,15 +1,53 @@
 """Shared fixtures. Everything runs on CPU, offline, from images that ship with
-scikit-image and scikit-learn."""
+scikit-image and scikit-learn, built once per test session (per xdist worker).
+
+Markers: `slow` (large backbones, torch.compile: `pytest -m slow`, see the README),
+`distributed` (two processes under torchrun), `cuda` (needs a GPU: `pytest -m cuda`,
+skipped without one)."""
 from __future__ import annotations
 
 import contextlib
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from zoo_adapt.cli import cli
-from zoo_adapt.testing import registered
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers.py, from any test folder
+
+from helpers import CLASSES  # noqa: E402
+
+from zoo_adapt.cli import cli  # noqa: E402
+from zoo_adapt.data.demo import build_demo, build_digit_shift  # noqa: E402
+from zoo_adapt.testing import registered  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA tests skip with a reason where torch sees no GPU (CI never needs one)."""
+    if "cuda" not in {m.name for item in items for m in item.iter_markers()}:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The demo's photographs as a small ImageFolder: 5 classes (CLASSES), 6 training and
+    4 validation patches each, train/ and val/."""
+    return build_demo(tmp_path_factory.mktemp("demo"), train_per_class=6, val_per_class=4, classes=CLASSES)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """The digits domain-shift task at 32 px, 120 images a split (source/, target/)."""
+    return build_digit_shift(tmp_path_factory.mktemp("digits"), size=32, limit=120)
 
 
 @pytest.fixture

@@ -12,18 +12,14 @@ import torchvision
 from safetensors.torch import load_file
 
 import zoo_adapt
-from zoo_adapt import ZooAdaptError, hookimpl
-from zoo_adapt.adaptation import (
-    AdaptationMethod,
-    GradientReversal,
-    grad_reverse,
-    proxy_a_distance,
-)
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo import build_digit_shift
-from zoo_adapt.engine import Callback
-from zoo_adapt.finetune import finetune
-from zoo_adapt.methods import adaptation_methods, make_method
+from zoo_adapt import Callback, ZooAdaptError, hookimpl
+from zoo_adapt.adapt.callback import proxy_a_distance
+from zoo_adapt.adapt.method import AdaptationMethod, GradientReversal, grad_reverse, make_method
+from zoo_adapt.data.demo import build_digit_shift
+from zoo_adapt.engine.runtime import Runtime
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+from zoo_adapt.zoo.methods import adaptation_methods
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +91,7 @@ def test_adapt_weight_zero_leaves_the_backbone_gradient_free_of_any_domain_term(
     torch.manual_seed(0)
     model = zoo_adapt.create_model("resnet18", num_classes=3, pretrained=False).eval()
     dann = _dann(in_features=512, weight=0.0, dropout=0.5)
-    from zoo_adapt.models import HeadFeatures
+    from zoo_adapt.model.build import HeadFeatures
 
     features = HeadFeatures(model)
     x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0])
@@ -171,8 +167,8 @@ def test_whole_image_training_is_evaluated_on_whole_images(tmp_path, task):
     import sys
     from pathlib import Path
 
-    from zoo_adapt.export import read_card
-    from zoo_adapt.inference import evaluate_folder, load_model
+    from zoo_adapt.ship.export import read_card
+    from zoo_adapt.ship.inference import evaluate_folder, load_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import dann_reference as reference
@@ -203,7 +199,7 @@ def test_per_epoch_target_figures_are_of_the_weight_average_with_ema(tmp_path, t
 
 
 def test_bn_statistics_are_the_target_images_and_no_weight_changes():
-    from zoo_adapt.adaptation import bn_statistics_kept, estimate_bn_statistics
+    from zoo_adapt.adapt.callback import bn_statistics_kept, estimate_bn_statistics
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
@@ -226,10 +222,10 @@ def test_bn_statistics_are_the_target_images_and_no_weight_changes():
 def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task):
     """--adapt adabn: the weights of source-only training (no target image in any step),
     the BatchNorm statistics of the target images; --target-bn mixed keeps training's."""
-    from zoo_adapt.adaptation import estimate_bn_statistics, target_samples
-    from zoo_adapt.data import ImageDataset
-    from zoo_adapt.inference import load_model
-    from zoo_adapt.inputs import FeedMaker
+    from zoo_adapt.adapt.callback import estimate_bn_statistics
+    from zoo_adapt.data.folders import ImageDataset, unlabelled_images
+    from zoo_adapt.job.inputs import FeedMaker
+    from zoo_adapt.ship.inference import load_model
 
     same = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0,
                 label_smoothing=0.0, crop_scale=1.0, steps_per_epoch=None, lr=1e-2, lr_body=1e-3)
@@ -242,8 +238,8 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task)
     assert stats and all(not torch.allclose(a[k], b[k]) for k in stats)
     def on_target(path):  # the export's BatchNorm statistics measured again on the target images
         model, card = load_model(path, torch.device("cpu"))
-        maker = FeedMaker(config(tmp_path, task), card.normalization, 32, torch.device("cpu"))
-        target = ImageDataset(target_samples(task / "target" / "train"))
+        maker = FeedMaker(config(tmp_path, task), card.normalization, Runtime(torch.device("cpu")))
+        target = ImageDataset(unlabelled_images(task / "target" / "train"))
         estimate_bn_statistics(model, maker.evaluation(target, False, shuffle=True))
         return model.state_dict()
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import zoo_adapt
-from zoo_adapt.analysis import _cams, analyse, find_cam_target, per_class_figures
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.data import ImageDataset, scan_folder
-from zoo_adapt.demo import build_demo
-from zoo_adapt.export import load_model
-from zoo_adapt.finetune import finetune
-from zoo_adapt.inference import iter_predictions
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.data.folders import ImageDataset, scan_folder
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+from zoo_adapt.ship.analysis import _cams, analyse, find_cam_target, per_class_figures
+from zoo_adapt.ship.export import load_model
+from zoo_adapt.ship.inference import iter_predictions
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -102,14 +102,14 @@ def test_cams_for_a_cnn_and_a_vit(tmp_path, data):
     pytest.importorskip("pytorch_grad_cam")
     from PIL import Image
 
-    from zoo_adapt.transforms import EvalTransform, normalize
+    from zoo_adapt.data.transforms import EvalTransform, normalize
 
     samples = scan_folder(data / "val", classes=list(CLASSES))
     for name, size in (("resnet18", 64), ("vit_t16", 64)):
         torch.manual_seed(0)
         model = zoo_adapt.create_model(name, num_classes=5, pretrained=False).eval()
         norm = model.zoo_adapt.normalization
-        transform = EvalTransform(norm, size)
+        transform = EvalTransform(norm.at(size))
         crops = [transform(Image.open(p).convert("RGB")) for p, _ in samples.items[:2]]
         target = find_cam_target(model, normalize(torch.stack(crops), norm))
         if name == "vit_t16":
@@ -126,7 +126,7 @@ def test_cams_for_a_cnn_and_a_vit(tmp_path, data):
 def test_analysis_of_a_model_loaded_from_its_file_equals_the_runs(run, data, tmp_path):
     model, card = load_model(run.out / "model.safetensors")
     dataset = ImageDataset(scan_folder(data / "val", classes=card.classes))
-    again = analyse(model, dataset, card.classes, card.normalization, card.image_size, tmp_path, cams="off")
+    again = analyse(model, dataset, card.classes, card.normalization, tmp_path, cams="off")
     saved = json.loads((run.out / "analysis" / "analysis.json").read_text())
     assert [c.f1 for c in again.per_class] == [c["f1"] for c in saved["per_class"]]
     assert [t["path"] for t in again.top_losses] == [t["path"] for t in saved["top_losses"]]

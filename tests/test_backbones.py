@@ -11,8 +11,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import zoo_adapt
 from zoo_adapt import testing
-from zoo_adapt.answers import describe
-from zoo_adapt.registry import entries
+from zoo_adapt.zoo.answers import describe
+from zoo_adapt.zoo.registry import entries
 
 NAMES = list(entries())
 N = 7

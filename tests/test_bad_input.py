@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from zoo_adapt.demo import build_demo
+from zoo_adapt.data.demo import build_demo
 
 ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
 
@@ -139,7 +139,7 @@ def test_torchvision_dataset_offline(tmp_path):
 def test_class_count_of_datasets_without_class_names():
     import numpy as np
 
-    from zoo_adapt.data import _num_labels
+    from zoo_adapt.data.folders import _num_labels
 
     class SVHNLike:  # torchvision's SVHN keeps labels as a numpy array and has no `classes`
         labels = np.array([0, 3, 9, 1])

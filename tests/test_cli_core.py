@@ -10,7 +10,7 @@ import pytest
 
 import zoo_adapt
 from zoo_adapt import ZooAdaptError
-from zoo_adapt.registry import entries
+from zoo_adapt.zoo.registry import entries
 
 ZOO = [sys.executable, "-c", "import sys; from zoo_adapt.cli import main; main()"]
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import zoo_adapt
-from zoo_adapt.adaptation import Adaptation
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.engine import Loop
-from zoo_adapt.engine.loop import SingleLabel
-from zoo_adapt.methods import make_method
-from zoo_adapt.optim import make_optimizer, param_groups, stage_schedule
+from zoo_adapt.adapt.callback import Adaptation
+from zoo_adapt.adapt.method import make_method
+from zoo_adapt.engine.loop import Loop
+from zoo_adapt.engine.tasks import SingleLabel
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.model.optim import make_optimizer, param_groups
+from zoo_adapt.model.recipes import stage_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import dann_reference as reference  # noqa: E402

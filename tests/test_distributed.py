@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoo_adapt.demo import build_demo, build_digit_shift
+from zoo_adapt.data.demo import build_demo, build_digit_shift
 
 pytestmark = pytest.mark.distributed
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -10,18 +10,19 @@ import torch
 from torch import nn
 
 import zoo_adapt
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.data import ImageDataset, scan_folder
-from zoo_adapt.demo import build_demo
-from zoo_adapt.device_images import DeviceEvalImages, DeviceImages, crop_resize, random_crop_boxes
-from zoo_adapt.engine import Callback, Loop
-from zoo_adapt.engine.loop import SingleLabel
-from zoo_adapt.export import read_card
-from zoo_adapt.feature_cache import FeatureBatches, extract_features
-from zoo_adapt.finetune import finetune
-from zoo_adapt.optim import make_optimizer, param_groups, stage_schedule
-from zoo_adapt.pipeline import EpochOrder, LoaderBatches, batch_sizes
-from zoo_adapt.transforms import EvalTransform
+from zoo_adapt import Callback, Loop
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.data.device_images import DeviceEvalImages, DeviceImages, crop_resize, random_crop_boxes
+from zoo_adapt.data.feature_cache import FeatureBatches, extract_features
+from zoo_adapt.data.folders import ImageDataset, scan_folder
+from zoo_adapt.data.pipeline import EpochOrder, LoaderBatches, batch_sizes
+from zoo_adapt.data.transforms import EvalTransform
+from zoo_adapt.engine.tasks import SingleLabel
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+from zoo_adapt.model.optim import make_optimizer, param_groups
+from zoo_adapt.model.recipes import stage_schedule
+from zoo_adapt.ship.export import read_card
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -89,13 +90,13 @@ def test_images_held_on_the_device_give_exact_eval_crops_and_random_training_cro
     samples = scan_folder(data / "val")
     dataset = ImageDataset(samples)
     norm = zoo_adapt.describe("resnet18").normalization
-    held = DeviceEvalImages(dataset, image_size=40, norm=norm, device=torch.device("cpu"), batch_size=4,
+    held = DeviceEvalImages(dataset, norm=norm.at(40), device=torch.device("cpu"), batch_size=4,
                             order=EpochOrder(len(dataset), shuffle=False))
-    loaded = LoaderBatches(dataset.with_transform(EvalTransform(norm, 40)), batch_size=4, norm=norm,
+    loaded = LoaderBatches(dataset.with_transform(EvalTransform(norm.at(40))), batch_size=4, norm=norm,
                            device=torch.device("cpu"), order=EpochOrder(len(dataset), shuffle=False), workers=0)
     for (xa, ya), (xb, yb) in zip(held, loaded):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    train = DeviceImages(dataset, image_size=40, norm=norm, device=torch.device("cpu"), batch_size=5,
+    train = DeviceImages(dataset, norm=norm.at(40), device=torch.device("cpu"), batch_size=5,
                          order=EpochOrder(len(dataset), shuffle=True), min_scale=0.35, hflip=True)
     train.set_epoch(0)
     first = [x for x, _ in train]
@@ -140,12 +141,12 @@ def test_a_probe_on_cached_features_equals_the_probe_on_images(data):
         torch.manual_seed(0)
         return zoo_adapt.create_model("resnet18", num_classes=5, pretrained=False)
 
-    images = LoaderBatches(dataset.with_transform(EvalTransform(norm, 32)), batch_size=8, norm=norm,
+    images = LoaderBatches(dataset.with_transform(EvalTransform(norm.at(32))), batch_size=8, norm=norm,
                            device=device, order=EpochOrder(len(dataset), shuffle=True, seed=4), workers=0)
     plain = model()
     _probe_loop(plain, images, None).fit()
     cached = model()
-    in_order = LoaderBatches(dataset.with_transform(EvalTransform(norm, 32)), batch_size=8, norm=norm,
+    in_order = LoaderBatches(dataset.with_transform(EvalTransform(norm.at(32))), batch_size=8, norm=norm,
                              device=device, order=EpochOrder(len(dataset), shuffle=False), workers=0)
     features, labels = extract_features(cached, in_order)
     batches = FeatureBatches(features, labels, batch_size=8, order=EpochOrder(len(dataset), shuffle=True, seed=4))
@@ -254,7 +255,7 @@ def test_a_wrapped_network_keeps_groups_freezing_and_export(tmp_path, data, stra
 def test_torch_compile_trains_and_exports_the_plain_model(tmp_path, data):
     """Dynamo's real wrapper (prefixed names, guards, a recompile when layers unfreeze);
     the eager backend skips inductor's C++ build, which takes minutes on a small CPU."""
-    from zoo_adapt.engine import Compile
+    from zoo_adapt.engine.callbacks import Compile
 
     result = finetune(config(tmp_path, data, strategy="two-stage", epochs=2, batch_size=7),  # one batch shape
                       callbacks=[Compile(backend="eager")], log=None)

@@ -8,17 +8,18 @@ import pytest
 import timm
 import torch
 import torchvision
+from helpers import small
 from safetensors.torch import load_file
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import zoo_adapt
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo import build_demo
-from zoo_adapt.evaluation import predict_proba, tta_views
-from zoo_adapt.export import load_model, read_card
-from zoo_adapt.finetune import finetune
-from zoo_adapt.engine import Callback, freeze_plan
-from helpers import small
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.engine.callbacks import Callback
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+from zoo_adapt.metrics.evaluation import predict_proba, tta_views
+from zoo_adapt.model.recipes import freeze_plan
+from zoo_adapt.ship.export import load_model, read_card
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 import zoo_adapt
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo import build_demo
-from zoo_adapt.finetune import finetune
-from zoo_adapt.run_notes import selection
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+from zoo_adapt.job.run_notes import selection
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -84,7 +84,7 @@ def _readme_block(marker: str) -> str:
 
 
 def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(lite0_run, data, tmp_path):
-    from zoo_adapt.inference import predict_paths
+    from zoo_adapt.ship.inference import predict_paths
 
     path = lite0_run / "model.safetensors"
     images = sorted((data / "val").rglob("*.png"))[:12]
@@ -112,7 +112,7 @@ def test_plain_torchvision_snippet(tmp_path, data):
     out = tmp_path / "tv"
     finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=48, data=str(data), out=str(out),
                             epochs=1, workers=0, tta=False), log=None)
-    from zoo_adapt.inference import predict_paths
+    from zoo_adapt.ship.inference import predict_paths
 
     images = sorted((data / "val").rglob("*.png"))[:6]
     expected = {r.path: dict(r.top) for r in predict_paths(out / "model.safetensors", images, top_k=6,

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from zoo_adapt import ZooAdaptError
-from zoo_adapt import data as data_
-from zoo_adapt.data import ImageDataset, image_files, scan_folder
-from zoo_adapt.images import check_image, open_image
+from zoo_adapt.data import folders as data_
+from zoo_adapt.data.folders import ImageDataset, image_files, scan_folder
+from zoo_adapt.data.images import check_image, open_image
 
 
 def photo(w=64, h=48, seed=0) -> Image.Image:
@@ -78,7 +78,7 @@ def test_sixteen_bit_png_keeps_its_grey_levels(tmp_path):
 
 
 def test_32_bit_modes_map_the_smallest_range_that_holds_them():
-    from zoo_adapt.images import to_rgb
+    from zoo_adapt.data.images import to_rgb
 
     def grey(a, mode):
         return np.asarray(to_rgb(Image.fromarray(a, mode)))[..., 0].tolist()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo_adapt.config import FinetuneConfig
 from zoo_adapt.errors import ZooAdaptError
-from zoo_adapt.inputs import load_datasets
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.inputs import load_datasets
 
 
 @pytest.fixture

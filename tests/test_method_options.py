@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from zoo_adapt import ZooAdaptError, hookimpl
-from zoo_adapt.config import FinetuneConfig, build_config
-from zoo_adapt.demo import build_digit_shift
-from zoo_adapt.finetune import finetune
-from zoo_adapt.methods import adaptation_methods, make_method, resolve_options
+from zoo_adapt.adapt.method import make_method
+from zoo_adapt.adapt.selection import soft_neighbourhood_density, target_scores
+from zoo_adapt.data.demo import build_digit_shift
+from zoo_adapt.job.config import FinetuneConfig, build_config
+from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import AdaptationMethod, option
-from zoo_adapt.registry import tomllib
-from zoo_adapt.selection import soft_neighbourhood_density, target_scores
+from zoo_adapt.zoo.methods import adaptation_methods, resolve_options
+from zoo_adapt.zoo.registry import tomllib
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,10 @@ def test_a_third_party_method_with_options_is_checked_recorded_and_plotted(tmp_p
         finetune(tiny(task, tmp_path / "bad", adapt="scaled", adapt_options={"mode": "median"}), log=None)
     assert not (tmp_path / "bad").exists()
     plotted = {}
-    import zoo_adapt.report as report
+    import zoo_adapt.job.adaptation as assembly
 
-    real = report.plot_adaptation
-    monkeypatch.setattr(report, "plot_adaptation", lambda gap, history, keys, path, **kw: (
+    real = assembly.plot_adaptation
+    monkeypatch.setattr(assembly, "plot_adaptation", lambda gap, history, keys, path, **kw: (
         plotted.update(keys=keys), real(gap, history, keys, path, **kw))[1])
     out = tmp_path / "run"
     result = finetune(tiny(task, out, adapt="scaled", adapt_options={"scale": 3}), log=None)

@@ -14,14 +14,15 @@ from safetensors.torch import load_file, save_file
 
 import zoo_adapt
 from zoo_adapt import ZooAdaptError
-from zoo_adapt.export import export_model, read_card
-from zoo_adapt.weights import read_checkpoint, read_state_dict
+from zoo_adapt.model.weights import read_checkpoint, read_state_dict
+from zoo_adapt.ship.export import export_model, read_card
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = zoo_adapt.create_model("resnet18", num_classes=3, pretrained=False)
-    return export_model(model, tmp_path_factory.mktemp("m") / "model.safetensors", ["a", "b", "c"], 32)
+    return export_model(model, tmp_path_factory.mktemp("m") / "model.safetensors", ["a", "b", "c"],
+                        model.zoo_adapt.normalization.at(32))
 
 
 def with_header(exported, tmp_path, **changes):
@@ -73,7 +74,7 @@ def test_a_good_export_reads_back_and_follows_the_umask(exported, tmp_path):
     old = os.umask(0o022)
     try:
         model = zoo_adapt.create_model("resnet18", num_classes=2, pretrained=False)
-        export_model(model, tmp_path / "model.safetensors", ["x", "y"], 32)
+        export_model(model, tmp_path / "model.safetensors", ["x", "y"], model.zoo_adapt.normalization.at(32))
     finally:
         os.umask(old)
     assert oct((tmp_path / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo_sets import build_imbalanced, build_multilabel
-from zoo_adapt.finetune import finetune
-from zoo_adapt.pipeline import EpochOrder
+from zoo_adapt.data.demo_sets import build_imbalanced, build_multilabel
+from zoo_adapt.data.pipeline import EpochOrder
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
 
 ML_CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -50,7 +50,7 @@ def test_multilabel_export_evaluate_predict_and_load_plain(multilabel_run, run_c
     from PIL import Image
 
     from zoo_adapt import load_plain
-    from zoo_adapt.export import read_card
+    from zoo_adapt.ship.export import read_card
 
     root, out, m = multilabel_run
     model_file = out / "model.safetensors"
@@ -118,8 +118,8 @@ def test_metrics_match_scikit_learn():
     import numpy as np
     from sklearn import metrics as skm
 
-    from zoo_adapt.evaluation import Tally
-    from zoo_adapt.multilabel import MultiLabelTally
+    from zoo_adapt.metrics.evaluation import Tally
+    from zoo_adapt.metrics.multilabel import MultiLabelTally
 
     rng = np.random.default_rng(0)
     y = torch.as_tensor(rng.integers(0, 4, 200))
@@ -145,18 +145,19 @@ def test_metrics_match_scikit_learn():
 
 
 def test_balance_weights_from_training_counts(tmp_path):
-    from zoo_adapt.data import ImageDataset, Samples
-    from zoo_adapt.engine.loop import MultiLabel, SingleLabel
-    from zoo_adapt.finetune import make_task
-    from zoo_adapt.inputs import FeedMaker
+    from zoo_adapt.data.folders import ImageDataset, Samples
+    from zoo_adapt.engine.runtime import Runtime
+    from zoo_adapt.engine.tasks import MultiLabel, SingleLabel
+    from zoo_adapt.job.finetune import make_task
+    from zoo_adapt.job.inputs import FeedMaker
 
     single = ImageDataset(Samples([(tmp_path / f"{i}", 0 if i < 8 else 1) for i in range(10)], ["a", "b"]))
-    maker = FeedMaker(FinetuneConfig(balance="sampler"), None, 32, torch.device("cpu"))
+    maker = FeedMaker(FinetuneConfig(balance="sampler"), None, Runtime(torch.device("cpu")))
     assert maker.sample_weights(single) == [1 / 8] * 8 + [1 / 2] * 2
     multi = ImageDataset(Samples([(tmp_path / f"{i}", y) for i, y in enumerate([(0,), (0, 1), (0,), ()])],
                                  ["a", "b"], multi_label=True))
     assert maker.sample_weights(multi) == [1 / 3, 1 / 1, 1 / 3, 1 / 1]  # rarest class; no label: a class of 1
-    assert FeedMaker(FinetuneConfig(), None, 32, torch.device("cpu")).sample_weights(single) is None
+    assert FeedMaker(FinetuneConfig(), None, Runtime(torch.device("cpu"))).sample_weights(single) is None
     task = make_task(FinetuneConfig(balance="loss"), [8, 2], 10)
     assert isinstance(task, SingleLabel) and task.class_weights.tolist() == pytest.approx([10 / 16, 10 / 4])
     task = make_task(FinetuneConfig(balance="loss", labels="x.csv", multi_label=True), [3, 1], 4)

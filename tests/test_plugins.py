@@ -15,13 +15,14 @@ from torch import nn
 
 import zoo_adapt
 from zoo_adapt import ZooAdaptError, hookimpl, override
-from zoo_adapt.answers import describe
+from zoo_adapt.adapt.method import make_method
 from zoo_adapt.errors import PluginError, ZooAdaptWarning
-from zoo_adapt.methods import adaptation_methods, make_method
 from zoo_adapt.plugin_api import IMAGENET, Head, LayerGroup, Normalization, Source
-from zoo_adapt.plugins import get_plugin_manager, installed_plugins, plugin_info
-from zoo_adapt.registry import entries, resolve
 from zoo_adapt.testing import check_backbone, registered
+from zoo_adapt.zoo.answers import describe
+from zoo_adapt.zoo.methods import adaptation_methods
+from zoo_adapt.zoo.plugins import get_plugin_manager, installed_plugins, plugin_info
+from zoo_adapt.zoo.registry import entries, resolve
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -266,8 +267,8 @@ def test_groups_out_of_order_are_rejected_not_trained(plugin):
 
 
 def test_export_names_the_weights_the_model_started_from(tmp_path):
-    from zoo_adapt.export import export_model
-    from zoo_adapt.weights import safetensors_metadata
+    from zoo_adapt.model.weights import safetensors_metadata
+    from zoo_adapt.ship.export import export_model
 
     model = zoo_adapt.create_model("resnet18", num_classes=2, pretrained=False)
     path = export_model(model, tmp_path / "scratch.safetensors", ["a", "b"])
@@ -335,7 +336,7 @@ def test_a_plugin_failing_to_register_is_broken_and_contained(plugin, run_cli):
 
 
 def _config():
-    from zoo_adapt.config import FinetuneConfig
+    from zoo_adapt.job.config import FinetuneConfig
 
     return FinetuneConfig()
 
@@ -346,7 +347,7 @@ class Methods:
 
     @hookimpl
     def register_adaptation_methods(self, register):
-        from zoo_adapt.adaptation_method import AdaptationMethod
+        from zoo_adapt.adapt.method import AdaptationMethod
 
         register(self.name, AdaptationMethod, "a method", override=self.override)
 
@@ -411,7 +412,7 @@ def test_plugin_api_imports_no_torch_and_its_method_base_no_engine():
 
     code = ("import sys, zoo_adapt.plugin_api, zoo_adapt_plugins.resnet, zoo_adapt_plugins.adaptation; "
             "print('torch' in sys.modules); from zoo_adapt.plugin_api import AdaptationMethod; "
-            "print(any(m.startswith(('zoo_adapt.engine', 'zoo_adapt.adaptation')) and m != "
-            "'zoo_adapt.adaptation_method' for m in sys.modules))")
+            "print(any(m.startswith(('zoo_adapt.engine', 'zoo_adapt.adapt.callback')) and m != "
+            "'zoo_adapt.adapt.method' for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False"], out.stderr

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from zoo_adapt.answers import describe
-from zoo_adapt.demo import build_demo
-from zoo_adapt.registry import tomllib
+from zoo_adapt.data.demo import build_demo
 from zoo_adapt.testing import registered
+from zoo_adapt.zoo.answers import describe
+from zoo_adapt.zoo.registry import tomllib
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]

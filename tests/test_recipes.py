@@ -4,19 +4,19 @@ and the learning-rate finder."""
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
+from helpers import FixedBatches, small
 
 import zoo_adapt
-from zoo_adapt.demo import build_demo
-from zoo_adapt.engine import Callback, Loop
-from zoo_adapt.engine.loop import SingleLabel
-from zoo_adapt.finetune import finetune
-from zoo_adapt.lr_find import suggest
-from helpers import FixedBatches, small
+from zoo_adapt import Callback, Loop
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.engine.lr_finder import suggest
+from zoo_adapt.engine.tasks import SingleLabel
+from zoo_adapt.job.finetune import finetune
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
@@ -30,7 +30,7 @@ class Averaged(Callback):
     """The loop's weight average and the model's own weights at the end."""
 
     def fit_end(self, loop):
-        self.average = {k: v.clone() for k, v in loop.averaged.module.state_dict().items()}
+        self.average = {k: v.clone() for k, v in loop.runtime.averaged.module.state_dict().items()}
         self.own = {k: v.clone() for k, v in loop.model.state_dict().items()}
 
 
@@ -132,7 +132,7 @@ def test_lr_find_on_pretrained_lite0_suggests_a_sane_rate_and_lr_auto_records_it
 
 
 def test_lr_find_leaves_the_model_as_it_was(data):
-    from zoo_adapt.lr_find import sweep
+    from zoo_adapt.engine.lr_finder import sweep
 
     torch.manual_seed(0)
     model = zoo_adapt.create_model("resnet18", num_classes=3, pretrained=False)
@@ -154,11 +154,11 @@ def test_timm_recipes_train_off_the_device_and_repeat_exactly(tmp_path, data):
     import numpy as np
     from PIL import Image
 
-    from zoo_adapt.augment import image_recipe
-    from zoo_adapt.models import create_model
+    from zoo_adapt.data.augment import image_recipe
+    from zoo_adapt.model.build import create_model
 
     norm = create_model("resnet18", pretrained=False).zoo_adapt.normalization
-    recipe = image_recipe("randaugment", 0.4, norm, 32)
+    recipe = image_recipe("randaugment", 0.4, norm.at(32))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     state = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
     views = [np.asarray(recipe(image, random.Random(seed))) for seed in (1, 1, 2)]

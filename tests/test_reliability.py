@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo import build_demo
-from zoo_adapt.finetune import finetune
-from zoo_adapt.run_folder import RunFolder
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+from zoo_adapt.job.run_folder import RunFolder
 
 ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
 TINY = ["--backbone", "resnet18", "--no-pretrained", "--image-size", "32", "--batch-size", "8", "--no-tta",
@@ -64,7 +64,7 @@ def consistent(out):
         metrics = json.loads(metrics_file.read_text())
         assert model_file.exists()
         assert metrics["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
-        from zoo_adapt.export import read_card
+        from zoo_adapt.ship.export import read_card
 
         _, meta = read_card(model_file)
         assert int(meta["epoch"]) == metrics["kept_epoch"]
@@ -78,7 +78,7 @@ def consistent(out):
 # boundary (no clean-up at all). Forking before any operation keeps the children safe.
 ZYGOTE = """
 import json, os, sys
-import torch, zoo_adapt.cli, zoo_adapt.finetune, zoo_adapt_plugins.efficientnet_lite0
+import torch, zoo_adapt.cli, zoo_adapt.job.finetune, zoo_adapt_plugins.efficientnet_lite0
 args, points = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 status = {}
 for n, out in points:
@@ -97,7 +97,7 @@ print(json.dumps(status))
 
 def test_a_run_killed_at_every_write_boundary_resumes_to_the_uninterrupted_result(tmp_path, data):
     """SIGKILL at each boundary in turn, then --resume: the result is the uninterrupted one."""
-    from zoo_adapt.config import build_config
+    from zoo_adapt.job.config import build_config
 
     args = ["finetune", "--backbone", "efficientnet_lite0", "--no-pretrained", "--image-size", "32", "--batch-size",
             "8", "--no-tta", "--workers", "0", "--data", str(data), "--epochs", "3", "--keep", "best", "--lr", "0.02"]
@@ -161,7 +161,7 @@ def test_a_signal_after_a_checkpoint_leaves_a_resumable_run_and_says_so(tmp_path
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_so_and_leaves_nothing(tmp_path, data):
-    from zoo_adapt.engine import Callback
+    from zoo_adapt import Callback
 
     class CtrlC(Callback):
         def step_end(self, loop, step):
@@ -175,8 +175,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_leaves_nothing(tmp_path,
 
 
 def test_ctrl_c_while_writing_the_results_is_finished_by_resume(tmp_path, data):
-    from zoo_adapt import files
-    from zoo_adapt.engine import Callback
+    from zoo_adapt import Callback, files
 
     finished = []
 
@@ -227,7 +226,7 @@ def test_an_overwrite_interrupted_at_start_never_mixes_old_checkpoint_and_new_op
     """Interrupted before it begins, an --overwrite has touched nothing (the old run is
     intact, its config.toml still its own); interrupted once it began, the old run is
     gone and nothing can be resumed."""
-    from zoo_adapt.engine import Callback
+    from zoo_adapt import Callback
 
     out = tmp_path / "run"
     assert zoo("finetune", *TINY, "--data", data, "--out", out, "--epochs", 1).returncode == 0

@@ -16,13 +16,13 @@ from torch import nn
 
 import zoo_adapt
 from zoo_adapt import ZooAdaptError, hookimpl
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.data import open_image, scan_folder
-from zoo_adapt.demo import build_demo
-from zoo_adapt.export import export_model, load_model
-from zoo_adapt.finetune import finetune
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.data.folders import open_image, scan_folder
+from zoo_adapt.data.transforms import eval_transform
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import IMAGENET, Head, LayerGroup, Normalization
-from zoo_adapt.transforms import eval_transform
+from zoo_adapt.ship.export import export_model, load_model
 
 CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
@@ -56,7 +56,7 @@ def onnx_run(tmp_path_factory, data):
 
 def real_images(data, norm, size, n=8):
     items = scan_folder(data / "val", classes=list(CLASSES)).items[:n]
-    transform = eval_transform(norm, size)
+    transform = eval_transform(norm.at(size))
     return torch.stack([transform(open_image(p)) for p, _ in items])
 
 
@@ -204,7 +204,7 @@ def test_push_refuses_a_folder_without_a_model(tmp_path, run_cli, offline):
 
 
 def test_push_when_the_network_fails_midway_is_one_line(timm_run, monkeypatch, offline):
-    from zoo_adapt import hub_push
+    from zoo_adapt.ship import push as hub_push
 
     monkeypatch.setattr(hub_push, "reachable", lambda host: True)  # DNS answered; the upload then fails
     with pytest.raises(ZooAdaptError, match=r"^cannot push .* to someone/demo: ") as caught:
@@ -214,7 +214,7 @@ def test_push_when_the_network_fails_midway_is_one_line(timm_run, monkeypatch, o
 
 def test_predict_output_streams_rows_over_a_large_folder(tmp_path_factory, timm_run, run_cli, monkeypatch):
     """300 images: rows reach the file batch by batch, as the predictions come."""
-    from zoo_adapt import inference
+    from zoo_adapt.ship import inference
 
     folder = build_demo(tmp_path_factory.mktemp("many"), train_per_class=20, val_per_class=1) / "train"
     seen = []

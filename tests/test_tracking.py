@@ -9,11 +9,10 @@ import json
 
 import pytest
 
-from zoo_adapt import ZooAdaptError, hookimpl
-from zoo_adapt.config import FinetuneConfig
-from zoo_adapt.demo import build_demo
-from zoo_adapt.engine import Callback
-from zoo_adapt.finetune import finetune
+from zoo_adapt import Callback, ZooAdaptError, hookimpl
+from zoo_adapt.data.demo import build_demo
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import Tracker
 from zoo_adapt.testing import registered
 
@@ -233,7 +232,7 @@ def test_missing_tracker_package_is_one_line_before_the_folder_is_touched(tmp_pa
 def test_the_built_in_trackers_name_their_extras(monkeypatch, builtin_trackers):
     import importlib.util
 
-    from zoo_adapt.trackers import check
+    from zoo_adapt.zoo.trackers import check
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (

@@ -10,7 +10,7 @@ from timm.data import ImageNetInfo
 
 import zoo_adapt
 from zoo_adapt import ZooAdaptError
-from zoo_adapt.transforms import eval_transform
+from zoo_adapt.data.transforms import eval_transform
 
 CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
 

@@ -1,4 +1,4 @@
 """`python -m zoo_adapt ...` is `zoo-adapt ...` (and what torchrun launches)."""
-from .cli import main
+from zoo_adapt.cli import main
 
 main()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError
 
 TMP_SUFFIX = ".zoo-tmp"
 on_boundary: Callable[[str], None] | None = None  # tests: called with a description at each boundary

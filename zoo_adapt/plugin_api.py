@@ -7,14 +7,14 @@ A plugin's name is its entry-point name (or the name given to register_plugin); 
 asked only about the backbones it serves, so it never checks `entry.plugin`."""
 from importlib import import_module
 
-from .backbone import IMAGENET, INCEPTION, CamTarget, Entry, Head, LayerGroup, Normalization, Source
-from .errors import ZooAdaptError
-from .hookspecs import hookimpl, override
-from .hub import download_failed, hf_hub_cached, reachable, torch_hub_checkpoint
-from .options import Option, option
-from .tracker_api import Tracker, TrackerRun
+from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.zoo.backbone import IMAGENET, INCEPTION, CamTarget, Entry, Head, LayerGroup, Normalization, Source
+from zoo_adapt.zoo.hookspecs import hookimpl, override
+from zoo_adapt.zoo.hub import download_failed, hf_hub_cached, reachable, torch_hub_checkpoint
+from zoo_adapt.zoo.options import Option, option
+from zoo_adapt.zoo.tracker_api import Tracker, TrackerRun
 
-_TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from .adaptation_method
+_TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from zoo_adapt.adapt.method
 
 __all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization", "Source", "CamTarget",
            "Tracker", "TrackerRun",
@@ -24,5 +24,5 @@ __all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization
 
 def __getattr__(name: str):
     if name in _TORCH:
-        return getattr(import_module(".adaptation_method", __package__), name)
+        return getattr(import_module("zoo_adapt.adapt.method"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

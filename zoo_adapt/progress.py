@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 EVERY = 10.0

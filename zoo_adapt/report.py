@@ -1,11 +1,16 @@
 """Plots of a run: training curves and the confusion matrix (matplotlib, no display)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+from zoo_adapt.files import write_bytes
 
-def _pyplot():
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display): imported on first use, as
+    matplotlib is heavy and most commands draw nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,12 +19,25 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, tight: bool = True) -> Path:
+    """The one way a figure is saved: laid out, written atomically as PNG (100 dpi),
+    closed. Returns the path."""
+    plt = pyplot()
+    if tight:
+        fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
                 extra: tuple[str, ...] = (), kept: int | None = None) -> Path:
     """Loss and accuracy per epoch, train and validation; dotted lines where more layers
     unfroze, a star on the kept epoch. `extra`: more per-epoch figures from the history,
     one panel each."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
@@ -51,17 +69,14 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
                      label=f"kept (epoch {kept})", zorder=5)
     axes[1].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
     """Rows: true class; columns: predicted; each row normalised to its class size."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(confusion, dtype=float)
     rows = m / np.maximum(m.sum(1, keepdims=True), 1)
     size = max(4.0, 0.45 * len(classes) + 2)
@@ -80,10 +95,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     total = int(m.sum())
     ax.set_title(title or f"Confusion matrix ({total} images; counts, colour = share of the true class)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: list[str], path: Path,
@@ -91,7 +103,7 @@ def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: 
     """An adapted run on one sheet: the proxy A-distance before and after, then one panel
     per epoch figure in `keys` (whatever the method logged, the label-free target scores
     and the oracle accuracy), so a third party's method is plotted like DANN."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in history)]
@@ -113,10 +125,7 @@ def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: 
     for ax in flat[len(keys) + 1:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def summary_lines(m: dict[str, Any], out) -> list[str]:
@@ -175,3 +184,23 @@ def per_class_lines(m: dict[str, Any], limit: int = 20) -> list[str]:
     if len(f1) > limit:
         lines.append(f"  ... {len(f1) - limit} more classes in metrics.json")
     return lines
+
+
+def plot_lr_curve(curve, path: Path, title: str = "") -> Path:
+    """The LR finder's curve (zoo_adapt.engine.lr_finder.LRCurve): loss against rate, the suggestions marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve.lrs, curve.raw, color="lightgrey", linewidth=0.8, label="loss per batch")
+    ax.plot(curve.lrs, curve.losses, color="tab:blue", label="smoothed loss")
+    for lr, name, colour in ((curve.suggestion, "suggestion (valley)", "tab:red"),
+                             (curve.steepest, "steepest descent", "tab:green")):
+        ax.axvline(lr, color=colour, linestyle="--", label=f"{name} {lr:.2g}")
+    ax.set_xscale("log")
+    low, high = min(curve.losses), max(curve.losses)
+    bottom = min(low, min(curve.raw))
+    ax.set_ylim(bottom - 0.05 * (high - bottom), min(high, low + 4 * (curve.losses[0] - low + 1e-3)))
+    ax.set_xlabel("head learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "learning-rate finder")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -13,18 +13,27 @@ copy of it is loaded too:
 """
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
-from .answers import describe
-from .backbone import backbone_of
-from .layers import group_parameters
-from .models import create_model, get_submodule, num_classes_of, set_submodule
-from .plugins import standing_in as registered
-from .routing import ask
+from zoo_adapt.adapt.method import AdaptationMethod, make_method
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.model.build import create_model, get_submodule, num_classes_of, set_submodule
+from zoo_adapt.model.layers import group_parameters
+from zoo_adapt.model.weights import read_state_dict
+from zoo_adapt.ship.export import export_model
+from zoo_adapt.zoo.answers import describe
+from zoo_adapt.zoo.backbone import backbone_of
+from zoo_adapt.zoo.plugins import standing_in as registered
+from zoo_adapt.zoo.routing import ask
+from zoo_adapt.zoo.tracker_api import Tracker, TrackerRun
+from zoo_adapt.zoo.trackers import build_tracker, check
 
 __all__ = ["registered", "check_backbone", "check_head_swap", "check_groups", "check_static_facts",
            "check_export", "check_adaptation_method", "check_tracker"]
@@ -90,9 +99,6 @@ def check_export(model: nn.Module, tmp_path: str | Path,
     """The exported model.safetensors loads strictly into the plain upstream model with N
     classes: `upstream(N)` when given (the zoo's own constructor), else the plugin's
     build_backbone with its original head replaced by an N-way nn.Linear."""
-    from .export import export_model
-    from .weights import read_state_dict
-
     live, n = backbone_of(model), num_classes_of(model)
     path = Path(tmp_path) / f"{live.name.replace('/', '_')}.safetensors"
     export_model(model, path, [f"class{i}" for i in range(n)])
@@ -116,10 +122,6 @@ def check_adaptation_method(name: str, in_features: int = 16, num_classes: int =
     plugin declared (an undeclared or out-of-range one raises ZooAdaptError), builds,
     gives a finite scalar loss and loggable figures from random features and logits,
     passes gradients back, and its state round-trips; returns it."""
-    from .adaptation_method import AdaptationMethod
-    from .config import FinetuneConfig
-    from .methods import make_method
-
     config = config or FinetuneConfig(adapt=name)
     torch.manual_seed(0)
     method = make_method(name, in_features, num_classes, config)
@@ -145,17 +147,10 @@ def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
     figures, an image, an artifact, finish); its state is plain data, and, with
     `resume`, a second tracker started from that state takes the run on. Returns the
     first tracker."""
-    import io
-
-    from PIL import Image
-
-    from .tracker_api import Tracker, TrackerRun
-    from .trackers import build, check
-
     out = Path(tmp_path) / "run"
     out.mkdir(parents=True, exist_ok=True)
     (info,) = check([name])
-    tracker = build(info)
+    tracker = build_tracker(info)
     assert isinstance(tracker, Tracker), f"{name}: the factory built {type(tracker).__name__}, not a Tracker"
     picture, artifact = out / "curves.png", out / "metrics.json"
     Image.new("RGB", (32, 24), (200, 30, 30)).save(picture)
@@ -172,7 +167,7 @@ def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
     assert torch.load(buffer, weights_only=True) == state, f"{name}: state_dict() must be plain data, not {state!r}"
     if resume:
         tracker.finish("interrupted")
-        tracker = build(info)
+        tracker = build_tracker(info)
         tracker.start(TrackerRun("run", out, out / name, params, resumed=True, state=state, step=2, epochs=2,
                                  classes=("a", "b")))
     tracker.log_metrics({"epoch/train_loss": 0.5, "epoch/val_accuracy": 1.0}, 2, "epoch")

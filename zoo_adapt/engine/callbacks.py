@@ -1,7 +1,8 @@
 """Callbacks: each behaviour of a run beyond the bare step (mixed precision, compile,
 progress, domain adaptation, the run folder, distributed training) is one object that
 hooks into the loop's named events and may carry state that is checkpointed with the
-run."""
+run. Those that change how the network runs (precision, compile, the weight average,
+DDP) say so in `loop.runtime` at setup."""
 from __future__ import annotations
 
 import re
@@ -9,6 +10,9 @@ import time
 from typing import Any
 
 import torch
+
+from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.progress import EVERY, Ticker
 
 
 class Callback:
@@ -23,7 +27,7 @@ class Callback:
         return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
 
     def setup(self, loop) -> None:
-        """Once, when the loop is made: wrap `loop.network`, set `loop.amp_dtype`, attach hooks."""
+        """Once, when the loop is made: fill in `loop.runtime` (precision, wrappers), attach hooks."""
 
     def epoch_start(self, loop, epoch: int) -> None:
         """The freeze boundary of the epoch is applied, the model is in train mode."""
@@ -65,13 +69,19 @@ class Callback:
 
 
 class MixedPrecision(Callback):
-    """bf16 autocast in training and evaluation (no loss scaling needed, unlike fp16)."""
+    """Autocast in training and evaluation: bf16 (no loss scaling needed), or fp16 with
+    a dynamic loss scaler (`torch.amp.GradScaler`) for GPUs without bf16; the scaler's
+    state is checkpointed with the loop's."""
+
+    order = -40
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16):
         self.dtype = dtype
 
     def setup(self, loop) -> None:
-        loop.amp_dtype = self.dtype
+        loop.runtime.autocast_dtype = self.dtype
+        if self.dtype == torch.float16:
+            loop.runtime.scaler = torch.amp.GradScaler(loop.device.type)
 
 
 class Compile(Callback):
@@ -91,8 +101,10 @@ class Compile(Callback):
         self._stage: int | None = None
 
     def setup(self, loop) -> None:
-        loop.add_wrapper(lambda network: torch.compile(network, mode=self.mode, backend=self.backend,
-                                                       dynamic=False))
+        loop.runtime.wrappers.append((self._compile, False))
+
+    def _compile(self, network):
+        return torch.compile(network, mode=self.mode, backend=self.backend, dynamic=False)
 
     def epoch_start(self, loop, epoch: int) -> None:
         self._timing = loop.plan[epoch] != self._stage
@@ -141,8 +153,6 @@ class Progress(Callback):
         self.ticker = None
 
     def epoch_start(self, loop, epoch: int) -> None:
-        from ..progress import EVERY, Ticker
-
         def figures():
             means = loop.running_means()
             return {"loss": f"{means['loss']:.3f}", "acc": f"{means['accuracy']:.1%}"} if means else {}
@@ -182,7 +192,7 @@ class WeightAverage(Callback):
     """An exponential moving average of the weights (timm's `ModelEmaV3`), updated after
     each optimizer step from the described model (`loop.model`, never a compiled or DDP
     wrapper: every process holds the same weights, so the same average). Validation, the
-    kept epoch and the export use the average (`loop.averaged`); its state is in the
+    kept epoch and the export use the average (`loop.runtime.averaged`); its state is in the
     checkpoint, so a resumed run continues it exactly. The decay warms up as timm's
     (1 - (1 + step) ** -2/3, capped at `decay`): a short fine-tuning run would otherwise
     average in mostly the starting weights."""
@@ -198,10 +208,10 @@ class WeightAverage(Callback):
         return "ema"
 
     def setup(self, loop) -> None:
-        from timm.utils import ModelEmaV3
+        from timm.utils import ModelEmaV3  # timm is heavy: only runs with --ema pay for it here
 
         self.ema = ModelEmaV3(loop.model, decay=self.decay, use_warmup=self.warmup)
-        loop.averaged = self.ema
+        loop.runtime.averaged = self.ema
 
     def step_end(self, loop, step) -> None:
         if step.update:
@@ -227,8 +237,6 @@ class EarlyStop(Callback):
         self.patience = patience
 
     def setup(self, loop) -> None:
-        from ..errors import ZooAdaptError
-
         if loop.val is None:
             raise ZooAdaptError("--early-stop needs validation images (a val/ folder or --val-split above 0)")
 

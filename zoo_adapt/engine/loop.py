@@ -4,8 +4,9 @@ events that callback objects hook into.
 The loop keeps two things apart. `model` is the described model, the plain upstream
 module carrying `model.zoo_adapt` (head, layer groups, normalization): freezing,
 per-group rates, checkpoints and export always use it. `network` is what runs forward
-in training and `eval_network` in evaluation: the model itself, or a compiled or
-distributed wrapper a callback puts around it in `setup`.
+in training and `eval_network` in evaluation: the model itself, or the wrappers of
+`runtime` (DDP, torch.compile) around it. How the network runs (processes, precision,
+wrappers, a weight average) is the `Runtime`'s, which callbacks fill in at `setup`.
 
 A step never waits for the GPU: losses and accuracies are summed on the device and
 read once per epoch (and when a progress display asks, at most about once a second);
@@ -16,19 +17,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import STRATEGIES
-from ..errors import ZooAdaptError
-from ..layers import freeze_to, group_parameters, trainable_groups
-from ..pipeline import Batches, cycle
-from .callbacks import Callback
+from zoo_adapt.data.pipeline import Batches, cycle
+from zoo_adapt.engine.callbacks import Callback
+from zoo_adapt.engine.runtime import Runtime
+from zoo_adapt.engine.tasks import SingleLabel
+from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.metrics.evaluation import evaluate
+from zoo_adapt.metrics.scores import Evaluation
+from zoo_adapt.model.layers import freeze_to, group_parameters, trainable_groups
+from zoo_adapt.seeds import global_seed, seed_everything
 
 
 @dataclass
@@ -76,85 +81,13 @@ class EpochRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EpochRecord":
+    def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names},
                    extra={k: v for k, v in d.items() if k not in names})
 
     def get(self, key: str):
         return self.to_dict().get(key)
-
-
-class SingleLabel:
-    """Cross-entropy (with label smoothing) on class indices, or on soft targets (rows
-    of class probabilities, as mixup and cutmix make them: their smoothing is already in
-    them); accuracy counts top-1 hits against the index or the largest target.
-    `class_weights` (--balance loss): each class's weight in the loss."""
-
-    multi_label = False
-
-    def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None):
-        self.label_smoothing = label_smoothing
-        self.class_weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights else None
-
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-        if y.is_floating_point():
-            losses = torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1)
-            if weight is None:
-                return losses.mean()
-            per_image = (y.float() * weight).sum(-1)  # a soft target's weight: its classes' weights, mixed
-            return (losses * per_image).sum() / per_image.sum()
-        return F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=self.label_smoothing)
-
-    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if y.is_floating_point():
-            y = y.argmax(-1)
-        return (logits.argmax(-1) == y).float().mean()
-
-
-class MultiLabel:
-    """Any number of classes per image: one sigmoid per class, binary cross-entropy on
-    0/1 label vectors. Accuracy: images whose whole label set is right at probability
-    0.5 (validation also reports mAP and F1 at per-class thresholds). `pos_weights`
-    (--balance loss): each class's weight on its positives."""
-
-    multi_label = True
-
-    def __init__(self, pos_weights: Sequence[float] | None = None):
-        self.pos_weights = torch.as_tensor(pos_weights, dtype=torch.float32) if pos_weights else None
-
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight = None if self.pos_weights is None else self.pos_weights.to(logits.device)
-        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=weight)
-
-    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ((logits > 0) == (y > 0.5)).all(-1).float().mean()
-
-
-def freeze_plan(strategy: str, epochs: int, n_groups: int, head_epochs: int = 1,
-                unfreeze_every: int = 1) -> list[int]:
-    """The freeze boundary (first trainable group) of each epoch."""
-    head = n_groups - 1
-    if strategy == "linear-probe":
-        return [head] * epochs
-    if strategy == "finetune":
-        return [0] * epochs
-    if strategy == "two-stage":
-        return [head if e < head_epochs else 0 for e in range(epochs)]
-    if strategy == "gradual":
-        return [max(0, head - e // unfreeze_every) for e in range(epochs)]
-    raise ZooAdaptError(f"unknown strategy {strategy!r}; choices: {', '.join(STRATEGIES)}")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Loop:
@@ -166,30 +99,31 @@ class Loop:
     `accumulate` N: the optimizer and the schedule step once every N micro-batches (the
     per-step events still come per micro-batch, `Step.update` marking the last of each
     group), each micro-batch's loss scaled by 1/N, so one update equals one of a batch N
-    times larger; the epoch's last group may be shorter and is scaled by its own size."""
+    times larger; the epoch's last group may be shorter and is scaled by its own size.
+    Under fp16 (`runtime.scaler`) the loss is scaled before backward and the optimizer
+    steps through the scaler, which skips a step whose gradients overflowed; the
+    skipped steps are counted in `skipped_steps`."""
 
     def __init__(self, model: nn.Module, *, train: Batches, val: Batches | None, classes: list[str],
                  plan: Sequence[int], optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
                  callbacks: Sequence[Callback] = (), task=None, seed: int = 0, bn: str = "train",
                  eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
-                 device: torch.device | None = None, check_every: int = 50, network: nn.Module | None = None,
+                 runtime: Runtime | None = None, check_every: int = 50, network: nn.Module | None = None,
                  tie_margin: float = 0.0, accumulate: int = 1):
         self.model = model
+        self.runtime = runtime or Runtime(next(model.parameters()).device)
+        self.device = self.runtime.device
         self.base_network = self.network = self.eval_network = network or model
-        self._wrappers: list[tuple[Callable[[nn.Module], nn.Module], bool]] = []
-        self.world = 1  # processes training together (set by the DataParallel callback)
-        self.all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # sums across them
         self.train, self.val, self.classes, self.plan = train, val, list(classes), list(plan)
         self.optimizer, self.task = optimizer, task or SingleLabel()
-        self.seed, self.bn, self.eval_body, self.select = seed, bn, eval_body, select
-        self.device = device or next(model.parameters()).device
+        self.seed, self.bn, self.eval_body = seed, bn, eval_body
+        self.select = select  # the history figure the kept epoch is chosen by (a callback may change it in setup)
         self.steps_per_epoch = steps_per_epoch or len(train)
         self.accumulate = max(1, accumulate)
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.accumulate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.groups = [name for name, _ in group_parameters(model)]
-        self.amp_dtype: torch.dtype | None = None  # set by the MixedPrecision callback
         self.check_every = check_every
         self.history: list[EpochRecord] = []
         self.best: tuple[float, int] | None = None  # (selection score, epoch) of the epoch to keep
@@ -199,26 +133,20 @@ class Loop:
         self.running: dict[str, torch.Tensor] = {}
         self.seen = 0
         self.stopped: str | None = None  # a callback's reason to end the run early
+        self.skipped_steps = 0  # fp16: optimizer steps the loss scaler skipped (overflowing gradients)
         self._micro = 0  # the batch's index in the epoch
-        self.averaged: nn.Module | None = None  # a weight average (EMA) evaluated and kept instead of the model
         self._emit("setup")
-
-    # -- what callbacks and the job read and change ---------------------------------
-    def add_wrapper(self, wrap: Callable[[nn.Module], nn.Module], train_only: bool = False) -> None:
-        """Run the network wrapped (compiled, distributed): wrappers apply in the order
-        they are added, to the training network and, unless `train_only`, to the
-        evaluation network; the described model is never wrapped."""
-        self._wrappers.append((wrap, train_only))
         self.rewrap()
 
+    # -- what callbacks and the job read and change ---------------------------------
     def rewrap(self) -> None:
-        """Build the wrapped networks again (after the set of trainable parameters changed)."""
-        train = evaluate = self.base_network
-        for wrap, train_only in self._wrappers:
-            train = wrap(train)
-            if not train_only:
-                evaluate = wrap(evaluate)
-        self.network, self.eval_network = train, evaluate
+        """Build the wrapped networks from `runtime.wrappers` again (after the set of
+        trainable parameters changed: DDP must be rebuilt then)."""
+        self.network, self.eval_network = self.runtime.wrap(self.base_network)
+
+    @property
+    def world(self) -> int:
+        return self.runtime.world
 
     @property
     def total_steps(self) -> int:
@@ -231,20 +159,19 @@ class Loop:
         return self.scheduler.last_epoch / max(1, self.total_steps)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.runtime.autocast()
 
     def kept_weights(self) -> dict[str, torch.Tensor]:
         """The weights validation scores and the export keeps: the model's own, or the
         average's (its state has the model's keys)."""
-        return (self.averaged.module if self.averaged is not None else self.model).state_dict()
+        averaged = self.runtime.averaged
+        return (averaged.module if averaged is not None else self.model).state_dict()
 
     @contextmanager
     def evaluated_weights(self):
         """For the duration the model holds `kept_weights` (copied in place, so every
         wrapper sharing its parameters sees them); its own weights come back after."""
-        if self.averaged is None:
+        if self.runtime.averaged is None:
             yield
             return
         own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -268,8 +195,8 @@ class Loop:
         keys = list(self.running)
         sums = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float64)
                             for k in keys] + [torch.tensor(float(self.seen), device=self.device, dtype=torch.float64)])
-        if everywhere and self.all_reduce is not None:
-            sums = self.all_reduce(sums)
+        if everywhere:
+            sums = self.runtime.sum(sums)
         *values, seen = sums.tolist()
         return {k: v / max(seen, 1) for k, v in zip(keys, values)}
 
@@ -285,7 +212,7 @@ class Loop:
 
     def _epoch(self) -> None:
         epoch = self.epoch
-        seed_everything(self.seed * 1000 + epoch)  # resumable: each epoch replays exactly
+        seed_everything(global_seed(self.seed, epoch))  # resumable: each epoch replays exactly
         self.train.set_epoch(epoch)
         freeze_to(self.model, self.plan[epoch], bn=self.bn)
         self.model.train(not self.eval_body)
@@ -297,7 +224,8 @@ class Loop:
             self._micro = i
             step = Step(x, y, update=i % self.accumulate == self.accumulate - 1 or i == self.steps_per_epoch - 1)
             self._step(step)
-            nonfinite |= ~torch.isfinite(step.loss.detach())
+            if self.runtime.scaler is None:  # under fp16 the scaler skips overflowing steps itself
+                nonfinite |= ~torch.isfinite(step.loss.detach())
             self.seen += step.n
             for key, value in step.figures.items():
                 value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
@@ -313,6 +241,8 @@ class Loop:
             trainable_groups=[i for i, t in enumerate(trainable_groups(self.model)) if t],
             lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
             images_per_second=self.seen * self.world / train_seconds, extra=means)
+        if self.runtime.scaler is not None:
+            record.extra["skipped_steps"] = self.skipped_steps
         with self.evaluated_weights():  # what callbacks measure after validation is of the same weights
             if self.val is not None:
                 ev = self.validate()
@@ -331,6 +261,7 @@ class Loop:
         synchronises only on its last), and on the group's last the update."""
         first = self._micro - self._micro % self.accumulate  # the group's first micro-batch in the epoch
         group = min(self.accumulate, self.steps_per_epoch - first)  # micro-batches in this update
+        scaler = self.runtime.scaler
         self._emit("before_forward", step)
         no_sync = getattr(self.network, "no_sync", None)
         with nullcontext() if step.update or no_sync is None else no_sync():
@@ -343,25 +274,30 @@ class Loop:
                 self._emit("after_loss", step)
             if self._micro == first:
                 self.optimizer.zero_grad(set_to_none=True)
-            (step.loss / group if group > 1 else step.loss).backward()
+            loss = step.loss / group if group > 1 else step.loss
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         self._emit("after_backward", step)
         if step.update:
-            self.optimizer.step()
+            if scaler is None:
+                self.optimizer.step()
+            else:
+                before = scaler.get_scale()  # the scaler's step reads the device anyway (its overflow check)
+                scaler.step(self.optimizer)
+                scaler.update()
+                self.skipped_steps += int(scaler.get_scale() < before)
             self.scheduler.step()
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
-        if self.all_reduce is not None:  # every process stops together
-            nonfinite = self.all_reduce(nonfinite.to(torch.int32))
+        if self.runtime.all_reduce is not None:  # every process stops together
+            nonfinite = self.runtime.all_reduce(nonfinite.to(torch.int32))
         if bool(nonfinite):
             raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: "
                                 "lower --lr")
 
     def validate(self, tta: bool = False, flip: bool = True, batches: Batches | None = None,
-                 network: nn.Module | None = None):
+                 network: nn.Module | None = None) -> Evaluation:
         """Evaluate `network` (default: the eval network) on `batches` (default: the
         validation batches)."""
-        from ..evaluation import evaluate
-
         was_training = self.model.training
         try:
             return evaluate(network or self.eval_network, batches or self.val, self.classes, tta=tta, flip=flip,
@@ -384,11 +320,11 @@ class Loop:
         return False
 
     def _current_lrs(self) -> dict[str, float]:
-        """The head's and the stem's rate at the end of the epoch."""
-        lrs = {}
+        """Every layer group's rate at the end of the epoch (and a method's own groups')."""
+        lrs: dict[str, float] = {}
         for g in self.optimizer.param_groups:
             lrs.setdefault(g.get("name", "extra"), g["lr"])
-        return {name: lrs[name] for name in (self.groups[0], self.groups[-1]) if name in lrs}
+        return lrs
 
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks:
@@ -397,12 +333,16 @@ class Loop:
     # -- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: the described model's weights (never a
-        wrapper's), optimizer, schedule, history, best, and each callback's state."""
-        return {"epoch": self.epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "history": [r.to_dict() for r in self.history], "best": self.best, "top": self.top,
-                "stopped": self.stopped,
-                "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
+        wrapper's), optimizer, schedule, the fp16 loss scaler, history, best, and each
+        callback's state."""
+        state = {"epoch": self.epoch, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "history": [r.to_dict() for r in self.history], "best": self.best, "top": self.top,
+                 "stopped": self.stopped, "skipped_steps": self.skipped_steps,
+                 "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
+        if self.runtime.scaler is not None:
+            state["scaler"] = self.runtime.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -413,6 +353,9 @@ class Loop:
         self.top = state.get("top", self.best[0] if self.best else None)
         self.epoch = state["epoch"]
         self.stopped = state.get("stopped")
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if self.runtime.scaler is not None and "scaler" in state:
+            self.runtime.scaler.load_state_dict(state["scaler"])
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
             if callback.name in saved:

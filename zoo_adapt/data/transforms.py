@@ -1,0 +1,123 @@
+"""Image transforms built from what the backbone's plugin reports.
+
+Loader workers only decode, crop and resize PIL images and hand over uint8 tensors
+(a quarter of the bytes of float32); conversion to float and normalization happen on
+the device (`normalize`), as in timm's fast loader."""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from zoo_adapt.data.images import to_rgb, upright
+from zoo_adapt.zoo.backbone import Normalization
+
+_MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+          "nearest": InterpolationMode.NEAREST}
+RATIO = (3 / 4, 4 / 3)  # aspect ratios of the random resized crop, as torchvision's
+
+
+def run_normalization(norm: Normalization, image_size: int, crop_scale: float) -> Normalization:
+    """The backbone's normalization at the size a run trains at, with the evaluation crop
+    that matches its training crops: a run trained on whole images (`crop_scale` 1) is
+    evaluated on whole images too (crop_pct 1), so objects appear at the scale training
+    showed them (Touvron et al. 2019, "Fixing the train-test resolution discrepancy");
+    random resized crops keep the backbone's crop_pct, which offsets their zoom."""
+    return norm.at(image_size, crop_pct=1.0 if crop_scale >= 1 else norm.crop_pct)
+
+
+def interpolation(norm: Normalization) -> InterpolationMode:
+    return _MODES.get(norm.interpolation, InterpolationMode.BILINEAR)
+
+
+class EvalTransform:
+    """Resize the shorter side to size / crop_pct, centre crop: timm's and torchvision's
+    eval recipe, giving a uint8 CHW tensor. `min_side` tells the decoder how much detail
+    is needed (see `images.open_image`)."""
+
+    def __init__(self, norm: Normalization):
+        self.size = norm.image_size
+        self.resize = self.min_side = norm.resize_size(self.size)
+        self.mode = interpolation(norm)
+
+    def __call__(self, image: Image.Image, rng=None) -> torch.Tensor:
+        image = TF.resize(image, self.resize, interpolation=self.mode, antialias=True)
+        return TF.pil_to_tensor(TF.center_crop(image, self.size))
+
+
+class TrainTransform:
+    """Random resized crop (fastai's min_scale 0.35: gentler than ImageNet's 0.08, which
+    suits small datasets and few epochs) and, unless the data forbids it, a horizontal
+    flip, then `recipe` (timm's augmentations, `zoo_adapt.augment`) if given; gives a
+    uint8 CHW tensor. The randomness comes from `rng` (one per image and epoch, see
+    `pipeline`), so it does not depend on which worker decodes the image."""
+
+    def __init__(self, norm: Normalization, min_scale: float = 0.35,
+                 hflip: bool = True, recipe=None):
+        self.size = norm.image_size
+        self.scale, self.hflip, self.mode = (min_scale, 1.0), hflip, interpolation(norm)
+        self.recipe = recipe
+        # the smallest crop keeps sqrt(min_scale * 3/4) of the shorter side
+        self.min_side = math.ceil(self.size / math.sqrt(min_scale * RATIO[0]))
+
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        rng = rng or random.Random()
+        top, left, h, w = crop_params(image.size[1], image.size[0], self.scale, rng)
+        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], interpolation=self.mode,
+                                antialias=True)
+        if self.hflip and rng.random() < 0.5:
+            image = TF.horizontal_flip(image)
+        if self.recipe is not None:
+            image = self.recipe(image, rng)
+        return TF.pil_to_tensor(image)
+
+
+def crop_params(height: int, width: int, scale: tuple[float, float], rng: random.Random) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop, drawn as torchvision's
+    RandomResizedCrop.get_params draws it, from `rng`."""
+    area = height * width
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    ratio = width / height
+    if ratio < RATIO[0]:
+        w, h = width, int(round(width / RATIO[0]))
+    elif ratio > RATIO[1]:
+        w, h = int(round(height * RATIO[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class Normalized:
+    """A uint8 transform followed by the normalization: PIL image in (any mode, EXIF
+    orientation applied as zoo-adapt reads files), float CHW out."""
+
+    def __init__(self, transform, norm: Normalization):
+        self.transform, self.norm = transform, norm
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return normalize(self.transform(to_rgb(upright(image)))[None], self.norm)[0]
+
+
+def eval_transform(norm: Normalization) -> Normalized:
+    """The exact evaluation preprocessing as one callable, for plain PyTorch use:
+    a PIL image in, a normalized float CHW tensor out."""
+    return Normalized(EvalTransform(norm), norm)
+
+
+def normalize(x: torch.Tensor, norm: Normalization, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NCHW on the device -> float32, normalized (the work timm's prefetcher does)."""
+    mean = torch.tensor([m * 255 for m in norm.mean], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor([s * 255 for s in norm.std], device=x.device).view(1, -1, 1, 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.float().sub_(mean).div_(std)

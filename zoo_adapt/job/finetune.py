@@ -1,0 +1,526 @@
+"""A fine-tuning job: data in, a run folder out (model.safetensors, metrics.json,
+history.csv, plots, config.toml, checkpoint.pt, a model card; optionally the error
+analysis, model.onnx and tracker logs). `zoo-adapt finetune` is a thin layer over `finetune()`.
+
+The job runs in explicit phases, each taking what the one before returned:
+
+1. `prepare`: everything checked and built, nothing written (the checkpoint to resume,
+   the model, the data, the batch sources, the runtime) -> `Prepared`;
+   `with_cached_features` swaps a linear probe's image batches for cached features and
+   `with_found_lr` runs the LR finder for `--lr auto`;
+2. `build`: the optimizer, schedule and callbacks around the loop -> `Built`;
+3. `begin`: the run folder is written for the first time (config.toml);
+4. the loop's epochs (`Loop.fit`), each leaving a checkpoint;
+5. `finish`: the kept model's final validation, the export, the metrics and plots,
+   and `ship`: the error analysis, other formats and the model card.
+
+A run is a list of epochs, each with a freeze boundary from the strategy; one optimizer
+holds every parameter with its layer group's rate, and the schedule restarts (warm-up
+included) whenever the boundary moves. Under torchrun every process runs the job on
+its shard of the data and rank 0 writes the folder (`zoo_adapt.engine.distributed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo_adapt.adapt.callback import Adaptation
+from zoo_adapt.data.demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
+from zoo_adapt.data.folders import class_counts, dataset_labels
+from zoo_adapt.data.pipeline import default_workers
+from zoo_adapt.data.transforms import run_normalization
+from zoo_adapt.engine import distributed
+from zoo_adapt.engine.batch_recipes import BatchRecipe
+from zoo_adapt.engine.callbacks import Callback, Compile, EarlyStop, MixedPrecision, Progress, WeightAverage
+from zoo_adapt.engine.device import autocast_dtype, prepare_device, resolve_device
+from zoo_adapt.engine.loop import Loop
+from zoo_adapt.engine.lr_finder import LRCurve, sweep
+from zoo_adapt.engine.processes import SINGLE, Processes
+from zoo_adapt.engine.runtime import Runtime
+from zoo_adapt.engine.tasks import MultiLabel, SingleLabel
+from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.job.adaptation import finish_adaptation, start_adaptation
+from zoo_adapt.job.config import FinetuneConfig, declarations, resolved_values
+from zoo_adapt.job.inputs import Datasets, FeedMaker, Feeds, is_demo, load_datasets
+from zoo_adapt.job.run_folder import (
+    ADAPTATION_FILE,
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    MODEL_FILE,
+    EpochRecorder,
+    RunFolder,
+    config_text,
+)
+from zoo_adapt.job.run_notes import (
+    TIE_IMAGES,
+    imbalance_warnings,
+    machine_notes,
+    recipes_line,
+    selection,
+    start_warnings,
+    validation_metrics,
+)
+from zoo_adapt.job.tracking import Tracking
+from zoo_adapt.model.build import create_model, num_classes_of, swap_head
+from zoo_adapt.model.optim import make_optimizer, param_groups
+from zoo_adapt.model.recipes import freeze_plan, stage_schedule
+from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, summary_lines
+from zoo_adapt.seeds import seed_everything
+from zoo_adapt.ship.analysis import analyse, require_cams
+from zoo_adapt.ship.export import export_model
+from zoo_adapt.ship.model_card import write_hub_files
+from zoo_adapt.ship.onnx_export import export_onnx, require_onnx
+from zoo_adapt.zoo.backbone import Normalization
+from zoo_adapt.zoo.methods import resolve_options
+from zoo_adapt.zoo.trackers import TrackerInfo, build_tracker
+from zoo_adapt.zoo.trackers import check as check_trackers
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module  # the kept epoch's weights
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    out: Path
+
+    @property
+    def kept_epoch(self) -> int:
+        return self.metrics["kept_epoch"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run, after the folder was left resumable (or clean)."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.message, self.signal_name = message, signal_name
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `Job.prepare` checked and built, before anything is written."""
+
+    config: FinetuneConfig  # every default resolved, as config.toml records it
+    model: nn.Module  # the described model, on the device, head swapped
+    data: Datasets
+    counts: list[int]  # training images per class
+    norm: Normalization  # the backbone's at the run's size and eval crop: what the export records
+    runtime: Runtime
+    maker: FeedMaker
+    feeds: Feeds
+    stored: dict[str, Any] | None  # the checkpoint a resumed run continues
+    adaptation: Adaptation | None = None  # with --target-data
+    gap_before: float | None = None  # the domain gap before training (rank 0)
+
+
+@dataclass(frozen=True)
+class Built:
+    """The loop of a run with the callbacks the job reads after it."""
+
+    loop: Loop
+    recorder: EpochRecorder
+    tracking: Tracking
+
+
+def resolve(config: FinetuneConfig, image_size: int) -> FinetuneConfig:
+    """The options with every default that depends on the backbone or on others filled
+    in, as config.toml records them."""
+    lr_body = config.lr_body
+    if lr_body is None and config.lr_decay is None and config.lr != "auto":  # auto: after the LR finder
+        lr_body = config.head_lr / 100
+    return dataclasses.replace(config, image_size=image_size, lr=config.head_lr, lr_body=lr_body)
+
+
+def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Log | None = print,
+             overwrite: bool = False) -> FinetuneResult:
+    """Run a fine-tuning job as configured; returns the model, per-epoch history and final metrics.
+
+    The exported model is the best epoch by validation accuracy (or the last, with
+    keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
+    checkpoint, a clean one); `resume=True` continues exactly where it stopped.
+    `callbacks`: more `zoo_adapt.Callback` objects for the loop."""
+    config = with_method_options(config.validate())
+    trackers = check_trackers(config.log)  # unknown names and missing packages: before anything is written
+    _check_extras(config)
+    procs = distributed.launched()
+    device = resolve_device(distributed.device_for(config.device, procs))
+    autocast_dtype(config.precision, device)  # fp16 on a CPU: refused before anything is built
+    procs = distributed.start(device)
+    try:
+        job = Job(config, procs, device, log if procs.main else None, overwrite, trackers if procs.main else [])
+        distributed.agree(procs, job.lock)
+        try:
+            return job.run(list(callbacks))
+        finally:
+            job.folder.release()
+    finally:
+        distributed.stop()
+
+
+def _check_extras(config: FinetuneConfig) -> None:
+    """What --export and --analysis need is installed (before anything is written)."""
+    if "onnx" in config.export:
+        require_onnx()
+    if config.analysis == "on":
+        require_cams()
+
+
+def with_method_options(config: FinetuneConfig) -> FinetuneConfig:
+    """With --target-data: the method's options checked against what its plugin
+    declared, defaults filled in (so config.toml records every value)."""
+    if not config.adapting:
+        return config
+    return dataclasses.replace(config, adapt_options=resolve_options(config.adapt, config.adapt_options))
+
+
+def lr_find(config: FinetuneConfig, log: Log | None = print) -> LRCurve:
+    """The LR finder on the model and data `config` describes (one process): returns
+    the curve and writes lr_find.png to `config.out`."""
+    config.validate()
+    if config.lr == "auto":
+        config = dataclasses.replace(config, lr=None)
+    device = resolve_device(config.device)
+    job = Job(config, SINGLE, device, log, overwrite=False)
+    prepared = job.with_cached_features(job.prepare())
+    curve = job.find_lr(prepared)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = prepared.config
+    path = plot_lr_curve(curve, out / "lr_find.png",
+                         title=f"{c.backbone} ({c.strategy}, first stage): learning-rate finder")
+    job.log(f"lr-find on {c.backbone}, {len(prepared.data.train)} training images, {c.image_size}px, strategy "
+            f"{c.strategy}: {len(curve.lrs)} steps, stopped because {curve.why_stopped}")
+    job.log(f"suggested head rate (--lr): {curve.suggestion:.3g} (valley); steepest descent at {curve.steepest:.3g}; "
+            f"curve in {path}")
+    return curve
+
+
+class Job:
+    """One run, phase by phase (see the module doc); every phase that can fail on bad
+    input runs on all processes under `distributed.agree`, so they fail together."""
+
+    def __init__(self, config: FinetuneConfig, procs: Processes, device: torch.device, log: Log | None,
+                 overwrite: bool, trackers: Sequence[TrackerInfo] = ()):
+        self.config, self.procs, self.device, self.overwrite = config, procs, device, overwrite
+        self.trackers = list(trackers)  # rank 0's: the other processes report nothing
+        self.log: Log = log or (lambda s: None)
+        self.folder = RunFolder(config.out)
+
+    def lock(self) -> None:
+        self.folder.precheck(self.config.resume, self.overwrite)
+        if self.procs.main:
+            self.folder.acquire()
+
+    # -- phase 1: check and build, write nothing -----------------------------------
+    def prepare(self) -> Prepared:
+        """Everything checked and built, nothing written: checkpoint, model, data, batches."""
+        c, device = self.config, self.device
+        prepare_device(device)
+        stored = self.folder.read_checkpoint(device) if c.resume else None
+        seed_everything(c.seed)
+        weights = c.weights if stored is None else None  # a resumed run's weights are in its checkpoint
+        model = create_model(c.backbone, pretrained=c.pretrained and stored is None, weights=weights)
+        backbone_norm = model.zoo_adapt.normalization
+        c = resolve(c, c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size))
+        data = load_datasets(c)
+        counts = class_counts(dataset_labels(data.train), len(data.classes))
+        if stored is not None:
+            _check_resumable(stored, c, data.classes, self.folder, self.procs.world)
+        if num_classes_of(model) != len(data.classes):
+            seed_everything(c.seed)
+            swap_head(model, len(data.classes))
+        model.to(device)
+        if c.sync_bn and self.procs.active:
+            model = distributed.sync_batchnorm(model, device)
+        cuda = device.type == "cuda"
+        if cuda:
+            model.to(memory_format=torch.channels_last)
+        runtime = Runtime(device, world=self.procs.world, autocast_dtype=autocast_dtype(c.precision, device),
+                          channels_last=cuda)
+        norm = run_normalization(backbone_norm, c.image_size, c.crop_scale)
+        maker = FeedMaker(c, norm, runtime, self.procs)
+        feeds = maker.feeds(data)
+        prepared = Prepared(c, model, data, counts, norm, runtime, maker, feeds, stored)
+        if c.target_data:
+            adaptation, gap = start_adaptation(c, model, data.classes, maker, feeds, self.log, self.procs)
+            prepared = dataclasses.replace(prepared, adaptation=adaptation, gap_before=gap)
+        return prepared
+
+    def with_cached_features(self, prepared: Prepared) -> Prepared:
+        """A linear probe trains its head on the frozen body's features, computed once."""
+        if not prepared.maker.wants_cache():
+            return prepared
+        return dataclasses.replace(prepared, feeds=prepared.maker.cached(prepared.data, prepared.feeds,
+                                                                         prepared.model))
+
+    def find_lr(self, prepared: Prepared) -> LRCurve:
+        """The LR finder's curve on the prepared model and training batches (every
+        process sweeps its own shard; all take rank 0's suggestion)."""
+        c = prepared.config
+        curve = sweep(prepared.model, prepared.feeds.network or prepared.model, prepared.feeds.train,
+                      strategy=c.strategy, bn=c.bn, optimizer=c.optimizer, momentum=c.momentum,
+                      weight_decay=c.weight_decay,
+                      body_ratio=(c.lr_body / c.head_lr) if c.lr_body and c.lr != "auto" else 0.01,
+                      lr_decay=c.lr_decay, label_smoothing=c.label_smoothing, autocast=prepared.runtime.autocast)
+        curve.suggestion = distributed.broadcast(curve.suggestion, self.procs)
+        return curve
+
+    def with_found_lr(self, prepared: Prepared, curve: LRCurve) -> Prepared:
+        """--lr auto: the finder's suggestion as the head rate, and the rates that follow from it."""
+        c = resolve(dataclasses.replace(prepared.config, lr=curve.suggestion), prepared.config.image_size)
+        self.log(f"lr-find: head rate {c.lr:.3g} (valley; steepest descent at {curve.steepest:.3g}; "
+                 f"{curve.why_stopped}); lr_find.png in {self.folder.out}")
+        return dataclasses.replace(prepared, config=c)
+
+    # -- phase 2: the loop and its callbacks ---------------------------------------
+    def build(self, prepared: Prepared, callbacks: Sequence[Callback]) -> Built:
+        c, model, feeds, procs = prepared.config, prepared.model, prepared.feeds, self.procs
+        runtime = prepared.runtime
+        pieces: list[Callback] = []
+        if runtime.autocast_dtype is not None:
+            pieces.append(MixedPrecision(runtime.autocast_dtype))
+        if procs.active:
+            pieces.append(distributed.DataParallel(procs))
+        if c.compile:
+            pieces.append(Compile())
+        if c.random_erase > 0 or c.mixup > 0 or c.cutmix > 0:
+            pieces.append(BatchRecipe(c.random_erase, c.mixup, c.cutmix, len(prepared.data.classes),
+                                      c.label_smoothing))
+        if c.ema:
+            pieces.append(WeightAverage(c.ema))
+        if c.early_stop:
+            pieces.append(EarlyStop(c.early_stop))
+        steps = len(feeds.train)
+        extra_groups = []
+        adaptation = prepared.adaptation
+        if adaptation is not None:
+            pieces.append(adaptation)
+            if adaptation.method.forwards_target:
+                steps = c.steps_per_epoch or max(steps, len(adaptation.target))
+            extra_groups = adaptation.method.param_groups(c.head_lr, c.weight_decay)
+        plan = freeze_plan(c.strategy, c.epochs, len(model.zoo_adapt.groups), c.head_epochs, c.unfreeze_every)
+        groups = param_groups(model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay,
+                              spread=c.lr_spread)
+        optimizer = make_optimizer(extra_groups + groups, c.optimizer, c.momentum, fused=self.device.type == "cuda")
+        recorder = EpochRecorder(self.folder, c.keep, {"format": CHECKPOINT_FORMAT, "config": resolved_values(c),
+                                                       "backbone": c.backbone, "classes": prepared.data.classes,
+                                                       "processes": procs.world},
+                                 lambda path, state, epoch: self.write_model(prepared, path, state, epoch),
+                                 lambda loop, finished: self.metrics(prepared, loop, finished), write=procs.main)
+        tracking = Tracking({t.name: build_tracker(t) for t in self.trackers}, self.folder.out,
+                            resolved_values(c), prepared.data.classes)
+        progress = [Progress(self.log)] if procs.main else []
+        num_val = len(prepared.data.val) if prepared.data.val is not None else 0
+        loop = Loop(model, train=feeds.train, val=feeds.val, classes=prepared.data.classes, plan=plan,
+                    optimizer=optimizer, schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule,
+                                                                 c.warmup), accumulate=c.accumulate,
+                    callbacks=[*pieces, recorder, tracking, *progress, *callbacks],
+                    task=make_task(c, prepared.counts, len(prepared.data.train)), seed=c.seed,
+                    select="val_" + c.selection_metric,
+                    bn="frozen" if c.strategy == "linear-probe" else c.bn, eval_body=c.strategy == "linear-probe",
+                    steps_per_epoch=steps, runtime=runtime, network=feeds.network,
+                    tie_margin=TIE_IMAGES / num_val if num_val else 0.0)
+        return Built(loop, recorder, tracking)
+
+    # -- the whole run ---------------------------------------------------------------
+    def run(self, callbacks: Sequence[Callback]) -> FinetuneResult:
+        prepared = self.with_cached_features(distributed.agree(self.procs, self.prepare))
+        curve = None
+        if self.config.lr == "auto":
+            curve = self.find_lr(prepared)
+            prepared = self.with_found_lr(prepared, curve)
+        self.announce(prepared)
+        built = self.build(prepared, callbacks)
+        loop = built.loop
+        if prepared.stored is not None:
+            loop.load_state_dict(prepared.stored)
+            self.log(f"resuming after epoch {loop.epoch} of {len(loop.plan)}")
+        self.begin(prepared, curve)
+        if prepared.stored is not None:
+            built.recorder.commit_outputs()  # model and metrics as the checkpoint says (a kill may have left them)
+        start = time.perf_counter()
+        with built.tracking.running():  # every tracker is told how the run ended
+            try:
+                loop.fit()
+                metrics = self.finish(prepared, built)
+            except KeyboardInterrupt as e:
+                raise self.interrupted(e, loop) from None
+            built.tracking.publish(self.folder.out, metrics)
+        metrics["train_seconds"] = time.perf_counter() - start
+        return FinetuneResult(prepared.model, metrics["history"], metrics, self.folder.out)
+
+    def announce(self, prepared: Prepared) -> None:
+        """The run's first lines: what trains on what, the recipes, the warnings."""
+        c, data, procs = prepared.config, prepared.data, self.procs
+        batch = f"batch {c.batch_size}" + (f" per process x {procs.world} = {c.batch_size * procs.world}"
+                                           if procs.active else "")
+        self.log(f"{c.backbone}: {len(data.classes)} classes, {len(data.train)} training and "
+                 f"{len(data.val) if data.val is not None else 0} validation images ({data.where}), "
+                 f"{c.image_size}px, {batch}, {self.device}, strategy {c.strategy}; {prepared.feeds.how}")
+        recipes = recipes_line(c)
+        if recipes:
+            self.log(f"recipes: {recipes}")
+        for warning in start_warnings(c, prepared.stored) + imbalance_warnings(c, prepared.counts, data.classes):
+            self.log(f"warning: {warning}")
+
+    # -- phase 3: the folder is written ------------------------------------------------
+    def begin(self, prepared: Prepared, curve: LRCurve | None) -> None:
+        c = prepared.config
+        if not self.procs.main:
+            return
+        self.folder.begin(config_text(resolved_values(c), machine_notes(c)), fresh=prepared.stored is None)
+        if curve is not None:
+            plot_lr_curve(curve, self.folder.path("lr_find.png"), title=f"{c.backbone}: learning-rate finder")
+
+    def write_model(self, prepared: Prepared, path: Path, state: dict | None, epoch: int, **extra_meta) -> Path:
+        c = prepared.config
+        if c.multi_label:
+            extra_meta["multi_label"] = True
+        return export_model(prepared.model, path, prepared.data.classes, prepared.norm,
+                            extra={"epoch": epoch, "hflip": c.hflip, **extra_meta}, state=state)
+
+    # -- phase 5: the end ----------------------------------------------------------------
+    def finish(self, prepared: Prepared, built: Built) -> dict[str, Any]:
+        """After the last epoch: the kept model's final validation (and TTA; every process
+        evaluates its shard), then, on rank 0, the export, the metrics and the plots."""
+        c, model, feeds, folder = prepared.config, prepared.model, prepared.feeds, self.folder
+        loop, recorder, adaptation = built.loop, built.recorder, prepared.adaptation
+        metrics = self.metrics(prepared, loop, finished=True)
+        kept = recorder.kept_epoch or len(loop.history)
+        if recorder.kept_state is not None:
+            model.load_state_dict(recorder.kept_state)
+        if adaptation is not None and adaptation.target_bn:  # before every final figure and the export
+            layers = adaptation.use_target_statistics(loop)
+            self.log(f"BatchNorm statistics of the {adaptation.num_target} target images in {layers} layers "
+                     "(--target-bn target): the final figures and the export are of the target-normalised model"
+                     if layers else "--target-bn target: the model has no BatchNorm layer, nothing to recompute")
+        metrics["kept_epoch"] = kept
+        if feeds.val is not None:
+            final = loop.validate()
+            metrics.update(validation_metrics(final))
+            if c.tta:
+                network = loop.eval_network if feeds.network is None else model
+                tta = loop.validate(tta=True, flip=c.hflip, batches=feeds.val_images, network=network)
+                metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
+                if tta.multi_label:
+                    metrics.update({"val_map_tta": tta.map})
+                else:
+                    metrics.update({"val_balanced_accuracy_tta": tta.balanced_accuracy})
+        metrics["selection"] = selection(loop, c, metrics)
+        if adaptation is not None:
+            finish_adaptation(adaptation, c, loop, feeds, prepared.gap_before, metrics,
+                              folder.path(ADAPTATION_FILE), write=self.procs.main)
+        if not self.procs.main:
+            return metrics
+        chosen = {"thresholds": metrics["thresholds"]} if "thresholds" in metrics else {}
+        folder.write_outputs(True, lambda path: self.write_model(prepared, path, None, kept, **chosen,
+                                                                 val_accuracy=metrics.get("val_accuracy")), metrics)
+        plot_curves(metrics["history"], folder.path("curves.png"), title=f"{c.backbone} ({c.strategy})", kept=kept)
+        if metrics.get("confusion_matrix"):
+            plot_confusion(metrics["confusion_matrix"], prepared.data.classes, folder.path("confusion_matrix.png"),
+                           title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
+                                 f"(counts; colour = share of the true class)")
+        self.ship(prepared)
+        for line in summary_lines(metrics, folder.out):
+            self.log(line)
+        return metrics
+
+    def ship(self, prepared: Prepared) -> None:
+        """What the run folder carries beyond the model: the error analysis, other export
+        formats, the model card and timm's config."""
+        c, model, data, folder, device = prepared.config, prepared.model, prepared.data, self.folder, self.device
+        workers = c.workers if c.workers is not None else default_workers(device)
+        if c.analysis != "off" and data.val is not None and c.multi_label:
+            self.log("error analysis skipped: it covers single-label models (per-class figures are in metrics.json)")
+        elif c.analysis != "off" and data.val is not None:
+            analyse(model, data.val, data.classes, prepared.norm, folder.path("analysis"), device, cams=c.analysis,
+                    workers=workers, title=f"{c.backbone} ({c.strategy})", log=self.log)
+        if "onnx" in c.export:
+            export_onnx(folder.path(MODEL_FILE), folder.path("model.onnx"), images=data.val, log=self.log)
+        write_hub_files(folder.out, model=model, log=self.log)
+
+    def interrupted(self, e: KeyboardInterrupt, loop: Loop) -> Interrupted:
+        """What an interrupt leaves, said truthfully (rank 0 speaks for the folder)."""
+        folder = self.folder
+        signal_name = getattr(e, "signal_name", "SIGINT")
+        how = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
+        resume = f"`zoo-adapt finetune --out {folder.out} --resume`"
+        if not folder.has_checkpoint():
+            if self.procs.main:
+                folder.discard()
+            return Interrupted(f"{how} in epoch 1, before the first checkpoint: nothing can be resumed yet, and "
+                               f"{folder.out} was cleaned up; start the run again", signal_name)
+        if loop.epoch >= len(loop.plan):
+            return Interrupted(f"{how} while writing the results; {folder.path(CHECKPOINT)} holds all "
+                               f"{len(loop.plan)} epochs: {resume} writes them", signal_name)
+        return Interrupted(f"{how} in epoch {loop.epoch + 1}; {folder.path(CHECKPOINT)} holds epoch {loop.epoch} "
+                           f"of {len(loop.plan)}: continue with {resume}", signal_name)
+
+    def metrics(self, prepared: Prepared, loop: Loop, finished: bool) -> dict[str, Any]:
+        c, data = prepared.config, prepared.data
+        history = [r.to_dict() for r in loop.history]
+        return {
+            "backbone": c.backbone, "strategy": c.strategy, "data": data.where,
+            "classes": data.classes, "num_train": len(data.train),
+            "num_val": len(data.val) if data.val is not None else 0,
+            "device": str(loop.device), "processes": self.procs.world, "batch_size": c.batch_size,
+            "global_batch_size": c.batch_size * self.procs.world,
+            "precision": loop.runtime.precision,
+            "epochs_done": len(history), "epochs": len(loop.plan), "checkpoint_epoch": loop.epoch,
+            "best_epoch": loop.best[1] if loop.best else None,
+            "select_metric": loop.select,
+            "best_score": loop.best[0] if loop.best else None,
+            "best_val_accuracy": loop.history[loop.best[1] - 1].val_accuracy if loop.best else None,
+            "class_counts_train": dict(zip(data.classes, prepared.counts)),
+            "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
+            "history": history, "finished": finished, "stopped_early": loop.stopped,
+            "ema_decay": c.ema, "accumulate": c.accumulate,
+            **({"skipped_steps": loop.skipped_steps} if loop.runtime.scaler is not None else {}),
+        }
+
+
+def make_task(config: FinetuneConfig, counts: list[int], num_train: int) -> SingleLabel | MultiLabel:
+    """The loss and accuracy of the run: single- or multi-label, with --balance loss's
+    weights from the training counts (single-label: n / (classes x count), so every
+    class weighs the same in all; multi-label: negatives / positives per class)."""
+    weighted = config.balance == "loss"
+    if config.multi_label:
+        return MultiLabel([(num_train - n) / max(n, 1) for n in counts] if weighted else None)
+    weights = [num_train / (len(counts) * max(n, 1)) for n in counts] if weighted else None
+    return SingleLabel(config.label_smoothing, weights)
+
+
+def _check_resumable(stored: dict[str, Any], config: FinetuneConfig, classes: list[str], folder: RunFolder,
+                     world: int) -> None:
+    """A checkpoint is only continued with the options it was made with, by as many
+    processes (another number would change the global batch)."""
+    trained_by = stored.get("processes", 1)
+    if trained_by != world:
+        how = (f"`torchrun --nproc-per-node {trained_by} -m zoo_adapt finetune --out {folder.out} --resume`"
+               if trained_by > 1 else f"`zoo-adapt finetune --out {folder.out} --resume` (without torchrun)")
+        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} was trained by {trained_by} process(es), not {world}; "
+                            f"resume it with {how}: another number would change the global batch")
+    if stored.get("backbone") != config.backbone or stored.get("classes") != classes:
+        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} is of another run (backbone {stored.get('backbone')!r}, "
+                            f"{len(stored.get('classes') or [])} classes); resume with the options it was started "
+                            "with, or start again with --overwrite")
+    made_with, now = stored.get("config", {}), resolved_values(config)
+    meta = declarations()
+    changed = [name for name in set(made_with) | set(now) if name in meta and meta[name].metadata["resume"] == "fixed"
+               and made_with.get(name) != now.get(name)]
+    if config.epochs < len(stored.get("history", [])):
+        raise ZooAdaptError(f"--epochs {config.epochs}: the run already has {len(stored['history'])} epochs")
+    if changed:
+        name = sorted(changed)[0]
+        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} was made with --{name.replace('_', '-')} "
+                            f"{made_with.get(name)!r}, not {now.get(name)!r}; a resumed run keeps the options it "
+                            "was started with (start a new run with another --out to change them)")

@@ -1,0 +1,166 @@
+"""Build a backbone through its plugin, load local weights, swap the head. The engine
+never looks at the architecture: plugins say where the head is."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo_adapt.errors import PluginError, ZooAdaptError
+from zoo_adapt.model.layers import group_parameters
+from zoo_adapt.model.weights import fit_report, looks_like_path, read_state_dict
+from zoo_adapt.zoo.answers import describe
+from zoo_adapt.zoo.backbone import Backbone, Entry, Head, backbone_of
+from zoo_adapt.zoo.registry import resolve
+from zoo_adapt.zoo.routing import ask
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as e:
+        raise ZooAdaptError(f"model has no submodule {path!r}") from e
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    owner = get_submodule(model, parent) if parent else model
+    if leaf.isdigit() and isinstance(owner, (nn.Sequential, nn.ModuleList)):
+        owner[int(leaf)] = module
+    else:
+        setattr(owner, leaf, module)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    return get_submodule(model, backbone_of(model).head.attr)
+
+
+class HeadFeatures:
+    """The features the head receives (the backbone's pooled output), captured by a
+    forward pre-hook on the head the plugin names: no architecture special cases. Use
+    as a context manager, or call `remove()`."""
+
+    def __init__(self, model: nn.Module):
+        self.value: torch.Tensor | None = None
+        self._handle = head_of(model).register_forward_pre_hook(self._keep)
+
+    def _keep(self, module, args) -> None:
+        self.value = args[0]
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> HeadFeatures:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def num_classes_of(model: nn.Module) -> int:
+    return head_of(model).out_features
+
+
+def swap_head(model: nn.Module, num_classes: int) -> nn.Linear:
+    """Replace the classifier with a fresh `num_classes`-way nn.Linear of the same width."""
+    if int(num_classes) < 1:
+        raise ZooAdaptError(f"num_classes must be at least 1, not {num_classes}")
+    head = backbone_of(model).head
+    old = get_submodule(model, head.attr)
+    new = nn.Linear(head.in_features, int(num_classes), bias=getattr(old, "bias", None) is not None)
+    new.to(device=old.weight.device, dtype=old.weight.dtype)
+    set_submodule(model, head.attr, new)
+    if isinstance(getattr(model, "num_classes", None), int):  # timm models keep this in sync
+        model.num_classes = int(num_classes)
+    return new
+
+
+def _live_head(model: nn.Module, backbone: Backbone) -> Head:
+    head = backbone.head
+    module = get_submodule(model, head.attr)
+    if not isinstance(module, nn.Linear):
+        raise ZooAdaptError(f"the head of {backbone.name!r} at {head.attr!r} is a "
+                            f"{type(module).__name__}; zoo-adapt swaps nn.Linear heads only")
+    if head.in_features not in (None, module.in_features):
+        raise ZooAdaptError(f"plugin {backbone.answered_by.get('backbone_head')!r} says the head "
+                            f"of {backbone.name!r} takes {head.in_features} features, the model "
+                            f"{module.in_features}")
+    return Head(head.attr, module.in_features)
+
+
+def create_model(name: str | Entry, num_classes: int | None = None, pretrained: bool = True,
+                 weights: str | Path | None = None) -> nn.Module:
+    """The plain upstream nn.Module (a torchvision or timm model), head swapped to
+    `num_classes` outputs when given.
+
+    `weights`: a zoo weights tag (torchvision's ``IMAGENET1K_V1``, a timm pretrained
+    tag) or a local .safetensors/.pth file, which is loaded instead of downloading.
+    A file whose head has another number of classes (a zoo-adapt export, say) sets
+    the number of classes unless `num_classes` is given, in which case only its body
+    is used. The result carries its description as ``model.zoo_adapt``.
+    """
+    entry = resolve(name) if isinstance(name, str) else name
+    file = None
+    if weights is not None:
+        if looks_like_path(str(weights)):
+            file = Path(weights)
+        else:
+            entry = dataclasses.replace(entry, weights=str(weights))
+    state = read_state_dict(file) if file else None
+    plugin, model = ask(entry, "build_backbone", pretrained=bool(pretrained and file is None))
+    if model is None:
+        raise PluginError(f"plugin {plugin!r} did not build backbone {entry.name!r} (build_backbone "
+                          "returned None)", plugin, "build_backbone")
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, "
+                          "not a torch.nn.Module", plugin, "build_backbone")
+    backbone = describe(entry, model)
+    initial = str(file) if file else (entry.weights or "default") if pretrained else None
+    backbone = dataclasses.replace(backbone, head=_live_head(model, backbone), initial_weights=initial,
+                                   answered_by={"build_backbone": plugin, **backbone.answered_by})
+    model.zoo_adapt = backbone
+    group_parameters(model)  # fail now, naming the plugin, if its groups are wrong
+    if state is not None:
+        state = _fit_state_dict(model, entry, state, file)
+        file_classes = state[f"{backbone.head.attr}.weight"].shape[0] \
+            if f"{backbone.head.attr}.weight" in state else None
+        if num_classes is None and file_classes not in (None, head_of(model).out_features):
+            num_classes = file_classes
+    if num_classes is not None:
+        swap_head(model, num_classes)
+    if state is not None:
+        _load(model, state, file)
+    return model
+
+
+def _fit_state_dict(model: nn.Module, entry: Entry, state: dict, file: Path) -> dict:
+    own = model.state_dict()
+    head = model.zoo_adapt.head.attr
+    if fit_report(own, state, skip=(head,)) is not None:
+        _, converted = ask(entry, "convert_state_dict", state_dict=state, model=model)
+        if converted is not None:
+            state = converted
+    problem = fit_report(own, state, skip=(head,))
+    if problem:
+        raise ZooAdaptError(f"weights file {file} does not fit backbone {entry.name!r}: {problem}")
+    return state
+
+
+def _load(model: nn.Module, state: dict, file: Path) -> None:
+    """Load the body strictly; the head only where its shape fits (else it stays new)."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if own[k].shape == v.shape}
+    missing, _ = model.load_state_dict(state, strict=False)
+    head = model.zoo_adapt.head.attr
+    if any(not (k == head or k.startswith(head + ".")) for k in missing):
+        raise ZooAdaptError(f"weights file {file} left parameters unset: {missing[:3]}")
+
+
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load with a one-line error naming `what` on any mismatch."""
+    problem = fit_report(model.state_dict(), state)
+    if problem:
+        raise ZooAdaptError(f"{what} does not fit the model: {problem}")
+    model.load_state_dict(state, strict=True)
