@@ -145,7 +145,8 @@ def zoo_adapt(a, data: Path, work: Path, label: str, name: str, flags: list[str]
     out = work / label
     cmd = [sys.executable, "-m", "zoo_adapt", "finetune", "--data", str(data / "images"), "--backbone", a.backbone,
            "--strategy", "finetune", "--no-pretrained", "--batch-size", str(a.batch_size), "--epochs", str(a.epochs),
-           "--image-size", str(a.image_size), "--out", str(out), "--overwrite", "--no-tta", "--val-split", "0.01",
+           "--image-size", str(a.image_size), "--out", str(out), "--overwrite", "--no-tta", "--analysis", "off",
+           "--val-split", "0.01",
            "--device", a.device, *(["--precision", "bf16"] if a.device == "cuda" else []),
            *(["--workers", str(a.workers)] if a.workers is not None else []), *flags, *shlex.split(a.zoo_args)]
     print(f"{name}: {shlex.join(cmd[1:])}", flush=True)

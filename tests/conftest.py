@@ -7,6 +7,7 @@ skipped without one)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 from pathlib import Path
@@ -15,12 +16,16 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers.py, from any test folder
-
-from helpers import CLASSES  # noqa: E402
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker process (and the processes it starts): two workers on two cores
+    # would otherwise each run torch's threads on both and spend the time switching
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from zoo_adapt.cli import cli  # noqa: E402
 from zoo_adapt.data.demo import build_demo, build_digit_shift  # noqa: E402
 from zoo_adapt.testing import registered  # noqa: E402
+
+from helpers import CLASSES  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

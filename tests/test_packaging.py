@@ -7,12 +7,13 @@ test run from the source tree still passes."""
 import sys
 from pathlib import Path
 
+from helpers import ROOT
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _packages_in(folder: Path, name: str) -> set[str]:

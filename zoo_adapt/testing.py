@@ -80,7 +80,9 @@ def check_groups(model: nn.Module) -> None:
 
 def check_static_facts(model: nn.Module) -> None:
     """What `zoo-adapt list` says without building (head, number of groups,
-    normalization) agrees with the built model, wherever the plugin says anything."""
+    normalization, and the parameters a registry entry declares for the upstream model
+    with its 1000-class ImageNet head) agrees with the built model, wherever the plugin
+    or the entry says anything."""
     live = backbone_of(model)
     static = describe(live.entry)
     if static.head is not None:
@@ -92,21 +94,31 @@ def check_static_facts(model: nn.Module) -> None:
     if static.normalization is not None:
         assert static.normalization == live.normalization, \
             f"static normalization {static.normalization} != {live.normalization}"
+    declared = live.entry.extra.get("params")
+    if declared is not None:
+        head = get_submodule(model, live.head.attr)
+        imagenet_head = head.in_features * 1000 + (1000 if head.bias is not None else 0)
+        built = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in head.parameters())
+        assert built + imagenet_head == declared, f"the entry declares {declared:,} parameters, the model has " \
+                                                  f"{built + imagenet_head:,} (with a 1000-class head)"
 
 
 def check_export(model: nn.Module, tmp_path: str | Path,
                  upstream: Callable[[int], nn.Module] | None = None) -> None:
     """The exported model.safetensors loads strictly into the plain upstream model with N
     classes: `upstream(N)` when given (the zoo's own constructor), else the plugin's
-    build_backbone with its original head replaced by an N-way nn.Linear."""
+    build_backbone with its original head replaced by an N-way nn.Linear. The file is
+    removed afterwards (large backbones write hundreds of megabytes)."""
     live, n = backbone_of(model), num_classes_of(model)
     path = Path(tmp_path) / f"{live.name.replace('/', '_')}.safetensors"
     export_model(model, path, [f"class{i}" for i in range(n)])
-    plain = upstream(n) if upstream else _plain_upstream(live, n)
     try:
+        plain = upstream(n) if upstream else _plain_upstream(live, n)
         plain.load_state_dict(read_state_dict(path), strict=True)
     except RuntimeError as e:
         raise AssertionError(f"the export does not load into the upstream model: {e}") from None
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _plain_upstream(live, num_classes: int) -> nn.Module:

@@ -34,6 +34,11 @@ def _stats(mean, std) -> str:
     return f"mean={list(mean)} std={list(std)}"
 
 
+def _millions(count) -> str:
+    """'25.6M' for a parameter count, '?' when the entry declares none."""
+    return f"{count / 1e6:.1f}M" if isinstance(count, int) else "?"
+
+
 def _card(backbone) -> dict:
     e, n, h = backbone.entry, backbone.normalization, backbone.head
     return {
@@ -41,7 +46,7 @@ def _card(backbone) -> dict:
         "upstream": e.upstream, "weights": backbone.source.weights or e.weights,
         "weights_status": backbone.source.status, "weights_location": backbone.source.location,
         "head": h.attr if h else None, "in_features": h.in_features if h else None,
-        "num_groups": backbone.num_groups,
+        "num_groups": backbone.num_groups, "params": e.extra.get("params"),
         "input_size": list(n.input_size) if n else None,
         "mean": list(n.mean) if n else None, "std": list(n.std) if n else None,
         "interpolation": n.interpolation if n else None, "crop_pct": n.crop_pct if n else None,
@@ -66,9 +71,10 @@ def list_(as_json: bool) -> None:
     if as_json:
         return _echo_json(cards)
     rows = [[c["name"], c["plugin"], c["source"], c["upstream"], c["head"] or "?",
-             c["num_groups"] or "?", "x".join(map(str, c["input_size"][1:])) if c["input_size"] else "?",
+             c["num_groups"] or "?", _millions(c["params"]),
+             "x".join(map(str, c["input_size"][1:])) if c["input_size"] else "?",
              _stats(c["mean"], c["std"]), c["weights_status"]] for c in cards]
-    click.echo(table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "INPUT",
+    click.echo(table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "PARAMS", "INPUT",
                        "STATS", "WEIGHTS"], rows))
     click.echo("\nWEIGHTS: bundled = shipped in an installed package, cached = downloaded "
                "before, download = needs the network (use --no-pretrained or --weights offline).")

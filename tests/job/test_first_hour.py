@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,32 +13,27 @@ import torch
 from PIL import Image
 
 import zoo_adapt
-from zoo_adapt.data.demo import build_demo
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.job.run_notes import selection
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from helpers import ROOT
+
+README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("first"), train_per_class=5, val_per_class=4,
-                      classes=("brick", "coffee", "grass", "moon", "rocket", "chelsea"))
-
-
-@pytest.fixture(scope="module")
-def lite0_run(data, tmp_path_factory):
+def lite0_run(demo, tmp_path_factory):
     """A real pretrained model, quickly: a cached linear probe of EfficientNet-Lite0."""
     out = tmp_path_factory.mktemp("lite0") / "run"
-    finetune(FinetuneConfig(data=str(data), out=str(out), strategy="linear-probe", epochs=3, image_size=96,
-                            workers=0, lr=1e-2), log=None)
+    finetune(FinetuneConfig(data=str(demo), out=str(out), strategy="linear-probe", epochs=3, image_size=96,
+                            workers=0, lr=1e-2, analysis="off"), log=None)
     return out
 
 
-def test_the_kept_epoch_is_said_returned_and_plotted(tmp_path, data):
+def test_the_kept_epoch_is_said_returned_and_plotted(tmp_path, demo):
     lines = []
-    result = finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, data=str(data),
+    result = finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo),
                                      out=str(tmp_path / "r"), epochs=3, workers=0, tta=False), log=lines.append)
     assert result.kept_epoch == result.metrics["kept_epoch"] and result.metrics["selection"]["rule"] == "best"
     assert re.search(r"kept epoch \d of 3 \(the best by val accuracy; epochs within 2 validation images", lines[-1])
@@ -57,9 +51,9 @@ def test_a_lead_within_noise_is_said():
     assert "note" not in loud
 
 
-def test_config_toml_holds_every_resolved_value_and_the_rerun_line_works(tmp_path, data, run_cli):
+def test_config_toml_holds_every_resolved_value_and_the_rerun_line_works(tmp_path, demo, run_cli):
     out = tmp_path / "run"
-    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", data, "--out", out,
+    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", demo, "--out", out,
                      "--epochs", 1, "--workers", 0)
     assert result.exit_code == 0, result.output
     text = (out / "config.toml").read_text()
@@ -83,11 +77,11 @@ def _readme_block(marker: str) -> str:
     return next(b for b in blocks if marker in b)
 
 
-def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(lite0_run, data, tmp_path):
+def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(lite0_run, demo, tmp_path):
     from zoo_adapt.ship.inference import predict_paths
 
     path = lite0_run / "model.safetensors"
-    images = sorted((data / "val").rglob("*.png"))[:12]
+    images = sorted((demo / "val").rglob("*.png"))[:12]
     photo = tmp_path / "rotated.jpg"  # a JPEG with an EXIF orientation tag: read upright everywhere
     exif = Image.Image().getexif()
     exif[0x0112] = 6
@@ -108,13 +102,13 @@ def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(l
         assert torch.allclose(theirs, want, atol=1e-4), image
 
 
-def test_plain_torchvision_snippet(tmp_path, data):
+def test_plain_torchvision_snippet(tmp_path, demo):
     out = tmp_path / "tv"
-    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=48, data=str(data), out=str(out),
+    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=48, analysis="off", data=str(demo), out=str(out),
                             epochs=1, workers=0, tta=False), log=None)
     from zoo_adapt.ship.inference import predict_paths
 
-    images = sorted((data / "val").rglob("*.png"))[:6]
+    images = sorted((demo / "val").rglob("*.png"))[:6]
     expected = {r.path: dict(r.top) for r in predict_paths(out / "model.safetensors", images, top_k=6,
                                                              device="cpu")}
     scope: dict = {}
@@ -126,13 +120,13 @@ def test_plain_torchvision_snippet(tmp_path, data):
         assert torch.allclose(scope["predict"](str(image)), want, atol=1e-4)
 
 
-def test_silent_defaults_now_say_so(tmp_path, data):
+def test_silent_defaults_now_say_so(tmp_path, demo):
     lines = []
-    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, data=str(data),
+    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo),
                             out=str(tmp_path / "r"), epochs=1, workers=0, tta=False), log=lines.append)
     assert any(line.startswith("warning: two-stage with --epochs 1") for line in lines)
     more = []
-    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, data=str(data),
+    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo),
                             out=str(tmp_path / "r"), epochs=2, workers=0, tta=False, resume=True), log=more.append)
     assert any("extends a run planned for 1" in line and "rate rises again" in line for line in more)
 
@@ -151,9 +145,9 @@ def test_progress_lines_when_not_in_a_terminal(capsys):
     assert lines and all(line.startswith("  validating: ") and "img/s" in line and "left" in line for line in lines)
 
 
-def test_evaluate_says_which_folder_and_info_says_which_weights(lite0_run, data, run_cli):
-    result = run_cli("evaluate", "--model", lite0_run / "model.safetensors", "--data", data)
-    assert result.exit_code == 0 and f"images in {data / 'val'}" in result.output
+def test_evaluate_says_which_folder_and_info_says_which_weights(lite0_run, demo, run_cli):
+    result = run_cli("evaluate", "--model", lite0_run / "model.safetensors", "--data", demo)
+    assert result.exit_code == 0 and f"images in {demo / 'val'}" in result.output
     info = run_cli("info", "timm/resnet10t")
     assert "weights None" not in info.output and "weights the library default" in info.output
 

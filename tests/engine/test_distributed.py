@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from zoo_adapt.data.demo import build_demo, build_digit_shift
 
+from helpers import ZOO
+
 pytestmark = pytest.mark.distributed
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             "-m", "zoo_adapt"]
-ZOO = [sys.executable, "-m", "zoo_adapt"]
-TINY = ["--device", "cpu", "--no-pretrained", "--image-size", "32", "--no-tta", "--workers", "0"]
+TINY = ["--device", "cpu", "--no-pretrained", "--image-size", "32", "--no-tta", "--workers", "0", "--analysis", "off"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_two_processes_write_one_coherent_run_folder(tmp_path, data):
     assert metrics["processes"] == 2 and metrics["num_val"] == 15 and metrics["num_train"] == 40
     assert sum(map(sum, metrics["confusion_matrix"])) == 15  # every validation image once, no padding
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "README.md", "analysis", "checkpoint.pt", "config.toml", "confusion_matrix.png", "curves.png",
+        "README.md", "checkpoint.pt", "config.toml", "confusion_matrix.png", "curves.png",
         "history.csv", "metrics.json", "model.safetensors"]
     import torchvision
 

@@ -15,23 +15,18 @@ import zoo_adapt
 from zoo_adapt import Callback, ZooAdaptError, hookimpl
 from zoo_adapt.adapt.callback import proxy_a_distance
 from zoo_adapt.adapt.method import AdaptationMethod, GradientReversal, grad_reverse, make_method
-from zoo_adapt.data.demo import build_digit_shift
 from zoo_adapt.engine.runtime import Runtime
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.zoo.methods import adaptation_methods
 
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    """120 digits: source on black, target on photo textures."""
-    return build_digit_shift(tmp_path_factory.mktemp("digits"), size=32, limit=120)
+from helpers import ROOT
 
 
-def config(tmp_path, task, **kw) -> FinetuneConfig:
-    base = dict(backbone="resnet18", pretrained=False, data=str(task / "source"),
-                target_data=str(task / "target" / "train"), image_size=32, batch_size=8, epochs=2,
-                steps_per_epoch=3, workers=0, tta=False, hflip=False, out=str(tmp_path / "run"))
+def config(tmp_path, digits, **kw) -> FinetuneConfig:
+    base = dict(backbone="resnet18", pretrained=False, data=str(digits / "source"),
+                target_data=str(digits / "target" / "train"), image_size=32, batch_size=8, epochs=2,
+                steps_per_epoch=3, workers=0, tta=False, hflip=False, analysis="off", out=str(tmp_path / "run"))
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -71,14 +66,14 @@ def test_backbone_gets_the_reversed_domain_gradient_and_the_classifier_the_norma
         assert torch.allclose(got, plain.grad, atol=1e-7)
 
 
-def test_lambda_schedule_at_the_first_and_last_step(tmp_path, task):
+def test_lambda_schedule_at_the_first_and_last_step(tmp_path, digits):
     seen = []
 
     class Recorder(Callback):
         def step_end(self, loop, step):
             seen.append(step.figures["lambda"])
 
-    finetune(config(tmp_path, task, adapt_weight=0.5, adapt_options={"gamma": 10.0}), log=None, callbacks=[Recorder()])
+    finetune(config(tmp_path, digits, adapt_weight=0.5, adapt_options={"gamma": 10.0}), log=None, callbacks=[Recorder()])
     total = 2 * 3
     assert len(seen) == total
     assert seen[0] == 0.0  # p = 0 at the first step
@@ -112,9 +107,9 @@ def test_adapt_weight_zero_leaves_the_backbone_gradient_free_of_any_domain_term(
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dann.parameters())  # it still learns
 
 
-def test_target_labels_are_never_read(tmp_path, task):
-    target = shutil.copytree(task / "target" / "train", tmp_path / "target")
-    first = finetune(config(tmp_path, task, target_data=str(target), out=str(tmp_path / "a")), log=None)
+def test_target_labels_are_never_read(tmp_path, digits):
+    target = shutil.copytree(digits / "target" / "train", tmp_path / "target")
+    first = finetune(config(tmp_path, digits, target_data=str(target), out=str(tmp_path / "a")), log=None)
     # rename the class folders and shuffle images between them: labels, if read, would change
     folders = sorted(p for p in target.iterdir() if p.is_dir())
     files = sorted(target.rglob("*.png"))
@@ -124,18 +119,18 @@ def test_target_labels_are_never_read(tmp_path, task):
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dest)
     assert len(folders) > 3
-    second = finetune(config(tmp_path, task, target_data=str(scrambled), out=str(tmp_path / "b")), log=None)
+    second = finetune(config(tmp_path, digits, target_data=str(scrambled), out=str(tmp_path / "b")), log=None)
     a, b = first.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("method", ["dann", "mcc"])
-def test_adapted_run_exports_a_plain_classifier(tmp_path, task, method, run_cli):
+def test_adapted_run_exports_a_plain_classifier(tmp_path, digits, method, run_cli):
     out = tmp_path / method
-    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", task / "source",
-                     "--target-data", task / "target" / "train", "--target-val", task / "target" / "test",
+    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", digits / "source",
+                     "--target-data", digits / "target" / "train", "--target-val", digits / "target" / "test",
                      "--adapt", method, "--image-size", 32, "--epochs", 2, "--steps-per-epoch", 3,
-                     "--batch-size", 8, "--no-hflip", "--out", out)
+                     "--batch-size", 8, "--no-hflip", "--analysis", "off", "--out", out)
     assert result.exit_code == 0, result.output
     assert "ORACLE" in result.output
     plain = torchvision.models.resnet18(num_classes=10)
@@ -156,44 +151,43 @@ def test_adapted_run_exports_a_plain_classifier(tmp_path, task, method, run_cli)
     assert metrics["kept_epoch"] == 2  # the last epoch: selection never uses target labels by default
     assert (out / "adaptation.png").is_file()
     scored = json.loads(run_cli("evaluate", "--model", out / "model.safetensors", "--data",
-                                task / "target" / "test", "--json").output)
+                                digits / "target" / "test", "--json").output)
     assert scored["accuracy"] == pytest.approx(metrics["target_accuracy_oracle"])
 
 
-def test_whole_image_training_is_evaluated_on_whole_images(tmp_path, task):
+def test_whole_image_training_is_evaluated_on_whole_images(tmp_path, digits):
     """--target-data trains on whole images (crop scale 1), so the export, validation
     and `evaluate` score whole images too (crop_pct 1), exactly as the minimal loop of
     benchmarks/dann_reference.py does; random resized crops keep the backbone's crop_pct."""
     import sys
-    from pathlib import Path
 
     from zoo_adapt.ship.export import read_card
     from zoo_adapt.ship.inference import evaluate_folder, load_model
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     import dann_reference as reference
 
-    adapted = finetune(config(tmp_path, task, epochs=1, target_val=str(task / "target" / "test")), log=None)
+    adapted = finetune(config(tmp_path, digits, epochs=1, target_val=str(digits / "target" / "test")), log=None)
     card, _ = read_card(adapted.out / "model.safetensors")
     assert card.normalization.crop_pct == 1.0
     model, _ = load_model(adapted.out / "model.safetensors", torch.device("cpu"))
-    x, y, _ = reference.load_folder(task / "target" / "test", 32, card.classes)
+    x, y, _ = reference.load_folder(digits / "target" / "test", 32, card.classes)
     with torch.no_grad():
         whole = reference.accuracy(reference.Split(model, "fc"), x, y,
                                    (card.normalization.mean, card.normalization.std))
-    assert evaluate_folder(adapted.out / "model.safetensors", task / "target" / "test",
+    assert evaluate_folder(adapted.out / "model.safetensors", digits / "target" / "test",
                            device="cpu").accuracy == pytest.approx(whole)
     assert adapted.metrics["target_accuracy_oracle"] == pytest.approx(whole)
-    cropped = finetune(config(tmp_path, task, target_data=None, steps_per_epoch=None, epochs=1, out=str(tmp_path / "plain")), log=None)
+    cropped = finetune(config(tmp_path, digits, target_data=None, steps_per_epoch=None, epochs=1, out=str(tmp_path / "plain")), log=None)
     plain_card, _ = read_card(cropped.out / "model.safetensors")
     assert plain_card.normalization.crop_pct == zoo_adapt.create_model("resnet18", pretrained=False) \
         .zoo_adapt.normalization.crop_pct < 1
 
 
-def test_per_epoch_target_figures_are_of_the_weight_average_with_ema(tmp_path, task):
+def test_per_epoch_target_figures_are_of_the_weight_average_with_ema(tmp_path, digits):
     """With --ema, validation and the export use the average: the epoch's label-free
     scores and oracle must describe those weights too, not the raw ones."""
-    result = finetune(config(tmp_path, task, ema=0.5, target_val=str(task / "target" / "test")), log=None)
+    result = finetune(config(tmp_path, digits, ema=0.5, target_val=str(digits / "target" / "test")), log=None)
     last = result.history[-1]
     assert last["target_accuracy_oracle"] == pytest.approx(result.metrics["target_accuracy_oracle"])
 
@@ -219,7 +213,7 @@ def test_bn_statistics_are_the_target_images_and_no_weight_changes():
     assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())
 
 
-def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task):
+def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, digits):
     """--adapt adabn: the weights of source-only training (no target image in any step),
     the BatchNorm statistics of the target images; --target-bn mixed keeps training's."""
     from zoo_adapt.adapt.callback import estimate_bn_statistics
@@ -228,9 +222,9 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task)
     from zoo_adapt.ship.inference import load_model
 
     same = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0,
-                label_smoothing=0.0, crop_scale=1.0, steps_per_epoch=None, lr=1e-2, lr_body=1e-3)
-    adabn = finetune(config(tmp_path, task, adapt="adabn", out=str(tmp_path / "adabn"), **same), log=None)
-    source = finetune(config(tmp_path, task, target_data=None, out=str(tmp_path / "source"), **same), log=None)
+                label_smoothing=0.0, crop_scale=1.0, steps_per_epoch=None, lr=1e-2, lr_body=1e-3, epochs=1)
+    adabn = finetune(config(tmp_path, digits, adapt="adabn", out=str(tmp_path / "adabn"), **same), log=None)
+    source = finetune(config(tmp_path, digits, target_data=None, out=str(tmp_path / "source"), **same), log=None)
     a, b = adabn.model.state_dict(), source.model.state_dict()
     params = {k for k, _ in adabn.model.named_parameters()}
     assert all(torch.equal(a[k], b[k]) for k in params)
@@ -238,36 +232,36 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, task)
     assert stats and all(not torch.allclose(a[k], b[k]) for k in stats)
     def on_target(path):  # the export's BatchNorm statistics measured again on the target images
         model, card = load_model(path, torch.device("cpu"))
-        maker = FeedMaker(config(tmp_path, task), card.normalization, Runtime(torch.device("cpu")))
-        target = ImageDataset(unlabelled_images(task / "target" / "train"))
+        maker = FeedMaker(config(tmp_path, digits), card.normalization, Runtime(torch.device("cpu")))
+        target = ImageDataset(unlabelled_images(digits / "target" / "train"))
         estimate_bn_statistics(model, maker.evaluation(target, False, shuffle=True))
         return model.state_dict()
 
     assert all(torch.allclose(on_target(adabn.out / "model.safetensors")[k], a[k], atol=1e-5) for k in stats)
     assert adabn.metrics["adaptation"]["target_bn"] == "target"
-    mixed = finetune(config(tmp_path, task, target_bn="mixed", out=str(tmp_path / "mixed")), log=None)
+    mixed = finetune(config(tmp_path, digits, target_bn="mixed", out=str(tmp_path / "mixed")), log=None)
     assert mixed.metrics["adaptation"]["target_bn"] == "mixed"
     kept = mixed.model.state_dict()
     assert not all(torch.allclose(on_target(mixed.out / "model.safetensors")[k], kept[k], atol=1e-5) for k in stats)
     said = []
-    finetune(config(tmp_path, task, adapt="adabn", target_bn="mixed", epochs=1, out=str(tmp_path / "plain")),
+    finetune(config(tmp_path, digits, adapt="adabn", target_bn="mixed", epochs=1, out=str(tmp_path / "plain")),
              log=said.append)
     assert any("this run is source-only training" in line for line in said)
 
 
-def test_target_folder_errors(tmp_path, task):
+def test_target_folder_errors(tmp_path, digits):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ZooAdaptError, match="target folder .* holds no images"):
-        finetune(config(tmp_path, task, target_data=str(empty)), log=None)
+        finetune(config(tmp_path, digits, target_data=str(empty)), log=None)
     with pytest.raises(ZooAdaptError, match="target folder not found"):
-        finetune(config(tmp_path, task, target_data=str(tmp_path / "nope")), log=None, overwrite=True)
-    broken = shutil.copytree(task / "target" / "train", tmp_path / "broken")
+        finetune(config(tmp_path, digits, target_data=str(tmp_path / "nope")), log=None, overwrite=True)
+    broken = shutil.copytree(digits / "target" / "train", tmp_path / "broken")
     (broken / "junk.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(ZooAdaptError, match="cannot read image .*junk.png"):
-        finetune(config(tmp_path, task, target_data=str(broken)), log=None, overwrite=True)
+        finetune(config(tmp_path, digits, target_data=str(broken)), log=None, overwrite=True)
     with pytest.raises(ZooAdaptError, match="needs --target-val"):
-        config(tmp_path, task, select_with_target_labels=True).validate()
+        config(tmp_path, digits, select_with_target_labels=True).validate()
     with pytest.raises(ZooAdaptError, match="needs --target-data"):
         FinetuneConfig(target_val="x").validate()
     with pytest.raises(ZooAdaptError, match="--target-bn needs --target-data"):
@@ -311,14 +305,14 @@ class ZeroMethod:
         return Null()
 
 
-def test_third_party_method_is_listed_and_used(tmp_path, task, plugin, run_cli):
+def test_third_party_method_is_listed_and_used(tmp_path, digits, plugin, run_cli):
     plugin(ZeroMethod(), "nullmethod")
     listed = {m["name"]: m for m in json.loads(run_cli("methods", "--json").output)}
     assert listed["null"]["plugin"] == "nullmethod" and {"dann", "mcc"} <= set(listed)
-    result = finetune(config(tmp_path, task, adapt="null"), log=None)
+    result = finetune(config(tmp_path, digits, adapt="null"), log=None)
     assert "progress" in result.history[-1]
     with pytest.raises(ZooAdaptError, match="unknown adaptation method 'nope'"):
-        finetune(config(tmp_path, task, adapt="nope", out=str(tmp_path / "x")), log=None)
+        finetune(config(tmp_path, digits, adapt="nope", out=str(tmp_path / "x")), log=None)
 
 
 def test_builtin_methods_come_from_a_plugin():

@@ -1,6 +1,7 @@
 """Every registered backbone, randomly initialised at a small input: the checks any
 plugin's backbone must pass (zoo_adapt.testing: head swap, layer groups, static facts,
-export), then freezing and per-group rates."""
+export), then freezing and per-group rates. Backbones above 40M parameters run in the
+slow tier (`pytest -m slow`), built one at a time."""
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,10 @@ from zoo_adapt import testing
 from zoo_adapt.zoo.answers import describe
 from zoo_adapt.zoo.registry import entries
 
-NAMES = list(entries())
 N = 7
+LARGE = 40_000_000  # parameters: larger backbones are in the slow tier (pytest -m slow)
+NAMES = [pytest.param(name, marks=[pytest.mark.slow] if entry.extra.get("params", 0) > LARGE else [])
+         for name, entry in entries().items()]
 
 
 @pytest.fixture(scope="module", params=NAMES)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,12 +11,7 @@ import zoo_adapt
 from zoo_adapt import ZooAdaptError
 from zoo_adapt.zoo.registry import entries
 
-ZOO = [sys.executable, "-c", "import sys; from zoo_adapt.cli import main; main()"]
-
-
-def zoo(*args, env=None):
-    return subprocess.run(ZOO + list(args), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+from helpers import zoo
 
 
 def test_list_json_has_every_backbone_with_its_facts(run_cli):

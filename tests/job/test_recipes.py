@@ -9,21 +9,14 @@ import pytest
 import tomllib
 import torch
 import torch.nn.functional as F
-from helpers import FixedBatches, small
 
 import zoo_adapt
 from zoo_adapt import Callback, Loop
-from zoo_adapt.data.demo import build_demo
 from zoo_adapt.engine.lr_finder import suggest
 from zoo_adapt.engine.tasks import SingleLabel
 from zoo_adapt.job.finetune import finetune
 
-CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("recipes"), train_per_class=6, val_per_class=4, classes=CLASSES)
+from helpers import FixedBatches, small
 
 
 class Averaged(Callback):
@@ -34,9 +27,9 @@ class Averaged(Callback):
         self.own = {k: v.clone() for k, v in loop.model.state_dict().items()}
 
 
-def test_ema_is_what_validation_and_export_use_and_resume_continues_it_exactly(tmp_path, data):
+def test_ema_is_what_validation_and_export_use_and_resume_continues_it_exactly(tmp_path, demo):
     seen = Averaged()
-    straight = finetune(small(tmp_path, data, out=str(tmp_path / "a"), keep="last", ema=0.9, accumulate=2),
+    straight = finetune(small(tmp_path, demo, out=str(tmp_path / "a"), keep="last", ema=0.9, accumulate=2),
                         callbacks=[seen], log=None)
     kept = straight.model.state_dict()
     assert all(torch.equal(kept[k], seen.average[k]) for k in kept)  # the export is the average...
@@ -48,7 +41,7 @@ def test_ema_is_what_validation_and_export_use_and_resume_continues_it_exactly(t
             if loop.epoch == 2 and loop.seen > 8:
                 raise KeyboardInterrupt
 
-    config = small(tmp_path, data, out=str(tmp_path / "b"), keep="last", ema=0.9, accumulate=2)
+    config = small(tmp_path, demo, out=str(tmp_path / "b"), keep="last", ema=0.9, accumulate=2)
     with pytest.raises(KeyboardInterrupt):
         finetune(config, callbacks=[Interrupt()], log=None)
     assert "ema" in torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["callbacks"]
@@ -81,9 +74,9 @@ def test_one_accumulated_update_equals_one_update_of_the_larger_batch():
     assert not all(torch.allclose(big[k], unaccumulated[k], atol=1e-6) for k in big)  # the test can tell
 
 
-def test_early_stop_ends_the_run_says_why_and_a_resume_does_not_continue_it(tmp_path, data):
+def test_early_stop_ends_the_run_says_why_and_a_resume_does_not_continue_it(tmp_path, demo):
     lines = []
-    config = small(tmp_path, data, epochs=8, early_stop=2, lr=1e-9, strategy="finetune", schedule="constant")
+    config = small(tmp_path, demo, epochs=8, early_stop=2, lr=1e-9, strategy="finetune", schedule="constant")
     result = finetune(config, log=lines.append)
     assert len(result.history) == 3  # the score never beats epoch 1: two epochs without improvement
     assert result.metrics["stopped_early"].startswith("early stop after epoch 3 of 8")
@@ -112,17 +105,18 @@ def test_valley_suggestion_sits_on_the_falling_stretch_of_a_curve():
     assert 1e-4 < valley < 1e-2 and 1e-4 < steepest < 1e-2
 
 
-def test_lr_find_on_pretrained_lite0_suggests_a_sane_rate_and_lr_auto_records_it(tmp_path, data, run_cli):
+def test_lr_find_on_pretrained_lite0_suggests_a_sane_rate_and_lr_auto_records_it(tmp_path, demo, run_cli):
     out = tmp_path / "find"
-    result = run_cli("lr-find", "--data", data, "--image-size", 64, "--batch-size", 8, "--workers", 0,
+    result = run_cli("lr-find", "--data", demo, "--image-size", 32, "--batch-size", 8, "--workers", 0,
                      "--out", out)
     assert result.exit_code == 0, result.output
     assert "suggested head rate (--lr):" in result.output and (out / "lr_find.png").stat().st_size > 0
     suggested = float(result.output.split("suggested head rate (--lr): ")[1].split()[0])
     assert 1e-5 < suggested < 1.0
     run = tmp_path / "auto"
-    result = run_cli("finetune", "--data", data, "--backbone", "resnet18", "--no-pretrained", "--image-size", 32,
-                     "--batch-size", 8, "--workers", 0, "--epochs", 1, "--no-tta", "--lr", "auto", "--out", run)
+    result = run_cli("finetune", "--data", demo, "--backbone", "resnet18", "--no-pretrained", "--image-size", 32,
+                     "--batch-size", 8, "--workers", 0, "--epochs", 1, "--no-tta", "--analysis", "off", "--lr", "auto",
+                     "--out", run)
     assert result.exit_code == 0, result.output
     chosen = float(result.output.split("lr-find: head rate ")[1].split()[0])
     recorded = tomllib.loads((run / "config.toml").read_text())
@@ -131,7 +125,7 @@ def test_lr_find_on_pretrained_lite0_suggests_a_sane_rate_and_lr_auto_records_it
     assert (run / "lr_find.png").is_file() and "lr-find: head rate" in result.output
 
 
-def test_lr_find_leaves_the_model_as_it_was(data):
+def test_lr_find_leaves_the_model_as_it_was(demo):
     from zoo_adapt.engine.lr_finder import sweep
 
     torch.manual_seed(0)
@@ -148,7 +142,7 @@ def test_lr_find_leaves_the_model_as_it_was(data):
     assert [p.requires_grad for p in model.parameters()] == flags and model.training
 
 
-def test_timm_recipes_train_off_the_device_and_repeat_exactly(tmp_path, data):
+def test_timm_recipes_train_off_the_device_and_repeat_exactly(tmp_path, demo):
     import random
 
     import numpy as np
@@ -167,15 +161,15 @@ def test_timm_recipes_train_off_the_device_and_repeat_exactly(tmp_path, data):
     assert torch.equal(torch.get_rng_state(), state[2])  # the global generators are left alone
 
     lines = []
-    result = finetune(small(tmp_path, data, epochs=1, augment="rand-m7-n2-mstd0.5", color_jitter=0.4,
+    result = finetune(small(tmp_path, demo, epochs=1, augment="rand-m7-n2-mstd0.5", color_jitter=0.4,
                             random_erase=0.5, mixup=0.2, cutmix=1.0, data_on_device="on"), log=lines.append)
     assert result.history[0]["train_loss"] > 0 and result.metrics["val_accuracy"] is not None
     assert any("not held on the device" in line for line in lines)
     assert any(line.startswith("recipes: rand-m7-n2-mstd0.5") and "mixup 0.2" in line for line in lines)
 
 
-def test_an_unknown_augmentation_is_one_line(run_cli, tmp_path, data):
-    result = run_cli("finetune", "--data", data, "--backbone", "resnet18", "--no-pretrained", "--image-size", 32,
+def test_an_unknown_augmentation_is_one_line(run_cli, tmp_path, demo):
+    result = run_cli("finetune", "--data", demo, "--backbone", "resnet18", "--no-pretrained", "--image-size", 32,
                      "--augment", "sharpen-a-lot", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "--augment 'sharpen-a-lot' is not a recipe timm knows" in result.output
     assert "Traceback" not in result.output

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +19,10 @@ from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.model.optim import make_optimizer, param_groups
 from zoo_adapt.model.recipes import stage_schedule
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from helpers import ROOT, FixedBatches
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import dann_reference as reference  # noqa: E402
-from helpers import FixedBatches
 
 STEPS, SEED = 2, 3
 

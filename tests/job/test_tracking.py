@@ -10,23 +10,15 @@ import json
 import pytest
 
 from zoo_adapt import Callback, ZooAdaptError, hookimpl
-from zoo_adapt.data.demo import build_demo
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import Tracker
 from zoo_adapt.testing import registered
 
-CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("data"), train_per_class=6, val_per_class=4, classes=CLASSES)
-
-
-def config(out, data, **kw) -> FinetuneConfig:
+def config(out, demo, **kw) -> FinetuneConfig:
     """resnet18 from scratch at 32 px, 2 epochs of 4 steps: seconds."""
-    base = dict(backbone="resnet18", data=str(data), out=str(out), pretrained=False, image_size=32, batch_size=8,
+    base = dict(backbone="resnet18", data=str(demo), out=str(out), pretrained=False, image_size=32, batch_size=8,
                 epochs=2, workers=0, tta=False, analysis="off")
     return FinetuneConfig(**{**base, **kw})
 
@@ -41,7 +33,7 @@ def builtin_trackers():
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, data, builtin_trackers):
+def tracked(tmp_path_factory, demo, builtin_trackers):
     """One run followed by all three built-in trackers (W&B offline, MLflow in a local store)."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
@@ -53,7 +45,7 @@ def tracked(tmp_path_factory, data, builtin_trackers):
         mp.delenv("WANDB_DIR", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", (tmp / "mlruns").as_uri())
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "zoo-adapt-tests")
-        result = finetune(config(tmp / "run", data, log=["tensorboard", "mlflow", "wandb"], strategy="finetune",
+        result = finetune(config(tmp / "run", demo, log=["tensorboard", "mlflow", "wandb"], strategy="finetune",
                                  lr_decay=0.5), log=None)
     return result, tmp
 
@@ -168,7 +160,7 @@ class FlakyPlugin:
         register("flaky", Flaky)
 
 
-def test_third_party_tracker_plugin_receives_the_figures(tmp_path, data, plugin, run_cli):
+def test_third_party_tracker_plugin_receives_the_figures(tmp_path, demo, plugin, run_cli):
     """Beside it, a tracker failing mid-run: reported once, the others and training go on."""
     recorder = plugin(RecorderPlugin(), "recorder_plugin")
     plugin(FlakyPlugin(), "flaky_plugin")
@@ -176,7 +168,7 @@ def test_third_party_tracker_plugin_receives_the_figures(tmp_path, data, plugin,
     assert {"name": "recorder", "plugin": "recorder_plugin"}.items() <= next(
         t for t in listed if t["name"] == "recorder").items()
     with pytest.warns(UserWarning, match="--log flaky: the tracker failed in log_metrics .*server went away") as w:
-        result = finetune(config(tmp_path / "run", data, log=["flaky", "recorder"], strategy="finetune"), log=None)
+        result = finetune(config(tmp_path / "run", demo, log=["flaky", "recorder"], strategy="finetune"), log=None)
     assert len([x for x in w if "--log flaky" in str(x.message)]) == 1
     assert result.metrics["finished"] and (result.out / "model.safetensors").is_file()
     calls = recorder.calls
@@ -196,7 +188,7 @@ def test_third_party_tracker_plugin_receives_the_figures(tmp_path, data, plugin,
     assert ("artifact", "README.md", True) in calls
 
 
-def test_a_resumed_run_gives_the_tracker_its_state_back(tmp_path, data, plugin):
+def test_a_resumed_run_gives_the_tracker_its_state_back(tmp_path, demo, plugin):
     recorder = plugin(RecorderPlugin(), "recorder_plugin")
 
     class Interrupt(Callback):
@@ -204,7 +196,7 @@ def test_a_resumed_run_gives_the_tracker_its_state_back(tmp_path, data, plugin):
             if loop.epoch == 1:
                 raise KeyboardInterrupt
 
-    cfg = config(tmp_path / "run", data, log=["recorder"])
+    cfg = config(tmp_path / "run", demo, log=["recorder"])
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, callbacks=[Interrupt()], log=None)
     assert recorder.calls[-1] == ("finish", "interrupted")
@@ -216,14 +208,14 @@ def test_a_resumed_run_gives_the_tracker_its_state_back(tmp_path, data, plugin):
     assert [c[1] for c in recorder.calls if c[0] == "step"] == [5, 6, 7, 8]
 
 
-def test_missing_tracker_package_is_one_line_before_the_folder_is_touched(tmp_path, data, plugin, run_cli):
+def test_missing_tracker_package_is_one_line_before_the_folder_is_touched(tmp_path, demo, plugin, run_cli):
     plugin(RecorderPlugin(requires=("zoo_adapt_no_such_module",)), "recorder_plugin")
     out = tmp_path / "run"
     with pytest.raises(ZooAdaptError, match="--log recorder needs the package 'zoo_adapt_no_such_module'.*"
                                             "pip install zoo-adapt-recorder"):
-        finetune(config(out, data, log=["recorder"]), log=None)
+        finetune(config(out, demo, log=["recorder"]), log=None)
     assert not out.exists()
-    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", data, "--out", out,
+    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", demo, "--out", out,
                      "--log", "nope")
     assert result.exit_code == 1 and "--log nope: no such tracker" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
@@ -242,7 +234,7 @@ def test_the_built_in_trackers_name_their_extras(monkeypatch, builtin_trackers):
             check([name])
 
 
-def test_two_plugins_registering_one_tracker_name_are_both_named(tmp_path, data, plugin):
+def test_two_plugins_registering_one_tracker_name_are_both_named(tmp_path, demo, plugin):
     class Twin:
         @hookimpl
         def register_trackers(self, register):
@@ -253,7 +245,7 @@ def test_two_plugins_registering_one_tracker_name_are_both_named(tmp_path, data,
     with pytest.warns(UserWarning):
         with pytest.raises(ZooAdaptError, match="tracker 'twin' is claimed by both plugin 'twin_a'.*"
                                                 "and plugin 'twin_b'"):
-            finetune(config(tmp_path / "run", data, log=["twin"]), log=None)
+            finetune(config(tmp_path / "run", demo, log=["twin"]), log=None)
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "mlflow", "wandb"])

@@ -19,7 +19,7 @@ ML_CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
 def lite0(**kw) -> FinetuneConfig:
     return FinetuneConfig(backbone="efficientnet_lite0", image_size=64, strategy="linear-probe", batch_size=16,
-                          **kw)
+                          analysis="off", **kw)
 
 
 @pytest.fixture(scope="module")

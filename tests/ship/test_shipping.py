@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,43 +23,38 @@ from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import IMAGENET, Head, LayerGroup, Normalization
 from zoo_adapt.ship.export import export_model, load_model
 
-CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
-ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
+from helpers import CLASSES, ZOO
+
 ONNX_TOLERANCE = 1e-4  # largest |logit difference| between onnxruntime and PyTorch on real images
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("data"), train_per_class=6, val_per_class=4, classes=CLASSES)
-
-
-@pytest.fixture(scope="module")
-def timm_run(tmp_path_factory, data):
+def timm_run(tmp_path_factory, demo):
     """A timm backbone (EfficientNet-Lite0, random start, 32 px, 1 epoch)."""
     out = tmp_path_factory.mktemp("timm_run")
-    return finetune(FinetuneConfig(backbone="efficientnet_lite0", data=str(data), out=str(out), pretrained=False,
+    return finetune(FinetuneConfig(backbone="efficientnet_lite0", data=str(demo), out=str(out), pretrained=False,
                                    image_size=32, batch_size=8, epochs=1, workers=0, tta=False, analysis="off"),
                     log=None, overwrite=True)
 
 
 @pytest.fixture(scope="module")
-def onnx_run(tmp_path_factory, data):
+def onnx_run(tmp_path_factory, demo):
     """finetune --export onnx (ResNet-18: the quickest real network to export)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     out = tmp_path_factory.mktemp("onnx_run")
-    return finetune(FinetuneConfig(backbone="resnet18", data=str(data), out=str(out), pretrained=False,
+    return finetune(FinetuneConfig(backbone="resnet18", data=str(demo), out=str(out), pretrained=False,
                                    image_size=32, batch_size=8, epochs=1, workers=0, tta=False, analysis="off",
                                    export=["onnx"]), log=None, overwrite=True)
 
 
-def real_images(data, norm, size, n=8):
-    items = scan_folder(data / "val", classes=list(CLASSES)).items[:n]
+def real_images(demo, norm, size, n=8):
+    items = scan_folder(demo / "val", classes=list(CLASSES)).items[:n]
     transform = eval_transform(norm.at(size))
     return torch.stack([transform(open_image(p)) for p, _ in items])
 
 
-def test_onnx_export_equals_pytorch_under_onnxruntime(onnx_run, data):
+def test_onnx_export_equals_pytorch_under_onnxruntime(onnx_run, demo):
     import onnx
     import onnxruntime
 
@@ -71,7 +65,7 @@ def test_onnx_export_equals_pytorch_under_onnxruntime(onnx_run, data):
     assert json.loads(props["classes"]) == list(CLASSES) and json.loads(props["input_size"]) == [3, 32, 32]
     assert json.loads(props["mean"]) == list(card.normalization.mean) and "outside" in props["normalization"]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = real_images(data, card.normalization, 32)
+    x = real_images(demo, card.normalization, 32)
     for batch in (x, x[:1], x[:5]):  # the batch dimension is dynamic
         with torch.no_grad():
             expected = model(batch).numpy()
@@ -80,17 +74,17 @@ def test_onnx_export_equals_pytorch_under_onnxruntime(onnx_run, data):
         assert np.abs(got - expected).max() < ONNX_TOLERANCE
 
 
-def test_export_command_folds_the_normalization_and_reports_the_difference(onnx_run, data, run_cli, tmp_path):
+def test_export_command_folds_the_normalization_and_reports_the_difference(onnx_run, demo, run_cli, tmp_path):
     import onnxruntime
 
     out = tmp_path / "folded.onnx"
     result = run_cli("export", "--model", onnx_run.out / "model.safetensors", "--format", "onnx", "--out", out,
-                     "--fold-normalization", "--data", data / "val", "--json")
+                     "--fold-normalization", "--data", demo / "val", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["real_images"] and report["images"] == 8 and report["max_abs_diff"] < ONNX_TOLERANCE
     model, card = load_model(onnx_run.out / "model.safetensors")
-    x = real_images(data, card.normalization, 32)
+    x = real_images(demo, card.normalization, 32)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     mean, std = torch.tensor(card.normalization.mean).view(3, 1, 1), torch.tensor(card.normalization.std).view(3, 1, 1)
     rgb = x * std + mean  # back to RGB in [0, 1]: what the folded model takes
@@ -168,7 +162,7 @@ def data_name(run):
                             .rstrip("/").rsplit("/train", 1)[0])
 
 
-def test_plain_timm_loads_the_run_folder_with_the_same_logits(timm_run, data):
+def test_plain_timm_loads_the_run_folder_with_the_same_logits(timm_run, demo):
     import timm
 
     plain = timm.create_model(f"local-dir:{timm_run.out}", pretrained=True).eval()
@@ -177,7 +171,7 @@ def test_plain_timm_loads_the_run_folder_with_the_same_logits(timm_run, data):
     config = timm.data.resolve_model_data_config(plain)
     assert config["input_size"] == (3, 32, 32) and tuple(config["mean"]) == card.normalization.mean
     assert config["crop_pct"] == card.normalization.crop_pct
-    x = real_images(data, card.normalization, 32)
+    x = real_images(demo, card.normalization, 32)
     with torch.no_grad():
         assert torch.equal(plain(x), ours(x))
 
@@ -242,11 +236,11 @@ def test_predict_output_streams_rows_over_a_large_folder(tmp_path_factory, timm_
     assert len({r["path"] for r in rows}) == 300
 
 
-def test_predict_output_keeps_going_past_unreadable_files(timm_run, data, run_cli, tmp_path):
+def test_predict_output_keeps_going_past_unreadable_files(timm_run, demo, run_cli, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_text("not a picture")
     output = tmp_path / "p.csv"
-    result = run_cli("predict", "--model", timm_run.out / "model.safetensors", data / "val" / "moon", bad,
+    result = run_cli("predict", "--model", timm_run.out / "model.safetensors", demo / "val" / "moon", bad,
                      "--output", output)
     assert result.exit_code == 1
     with open(output, newline="") as f:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SCRIPT = str(ROOT / "benchmarks" / "domain_adaptation.py")
 
 

@@ -13,7 +13,6 @@ import torch
 from zoo_adapt import ZooAdaptError, hookimpl
 from zoo_adapt.adapt.method import make_method
 from zoo_adapt.adapt.selection import soft_neighbourhood_density, target_scores
-from zoo_adapt.data.demo import build_digit_shift
 from zoo_adapt.job.config import FinetuneConfig, build_config
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import AdaptationMethod, option
@@ -21,15 +20,10 @@ from zoo_adapt.zoo.methods import adaptation_methods, resolve_options
 from zoo_adapt.zoo.registry import tomllib
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return build_digit_shift(tmp_path_factory.mktemp("digits"), size=32, limit=120)
-
-
-def tiny(task, out, **kw) -> FinetuneConfig:
-    base = dict(backbone="resnet18", pretrained=False, data=str(task / "source"),
-                target_data=str(task / "target" / "train"), image_size=32, batch_size=8, epochs=2,
-                steps_per_epoch=2, workers=0, tta=False, hflip=False, out=str(out))
+def tiny(digits, out, **kw) -> FinetuneConfig:
+    base = dict(backbone="resnet18", pretrained=False, data=str(digits / "source"),
+                target_data=str(digits / "target" / "train"), image_size=32, batch_size=8, epochs=2,
+                steps_per_epoch=2, workers=0, tta=False, hflip=False, analysis="off", out=str(out))
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -60,10 +54,10 @@ def test_options_resolve_with_defaults_and_are_checked():
         resolve_options("mcc", {"lr": 1e-3})
 
 
-def test_a_misspelt_option_is_one_line_before_anything_is_written(tmp_path, task, run_cli):
+def test_a_misspelt_option_is_one_line_before_anything_is_written(tmp_path, digits, run_cli):
     out = tmp_path / "run"
-    args = ["finetune", "--backbone", "resnet18", "--no-pretrained", "--data", task / "source", "--target-data",
-            task / "target" / "train", "--image-size", 32, "--out", out]
+    args = ["finetune", "--backbone", "resnet18", "--no-pretrained", "--data", digits / "source", "--target-data",
+            digits / "target" / "train", "--image-size", 32, "--out", out]
     result = run_cli(*args, "--adapt-option", "widht=64")
     assert result.exit_code == 1 and not out.exists()
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -105,10 +99,10 @@ class Scaled:
         return Method(in_features, num_classes, config)
 
 
-def test_a_third_party_method_with_options_is_checked_recorded_and_plotted(tmp_path, task, plugin, monkeypatch):
+def test_a_third_party_method_with_options_is_checked_recorded_and_plotted(tmp_path, digits, plugin, monkeypatch):
     plugin(Scaled(), "scaledmethod")
     with pytest.raises(ZooAdaptError, match="'mode' of adaptation method 'scaled' must be one of mean, max"):
-        finetune(tiny(task, tmp_path / "bad", adapt="scaled", adapt_options={"mode": "median"}), log=None)
+        finetune(tiny(digits, tmp_path / "bad", adapt="scaled", adapt_options={"mode": "median"}), log=None)
     assert not (tmp_path / "bad").exists()
     plotted = {}
     import zoo_adapt.job.adaptation as assembly
@@ -117,7 +111,7 @@ def test_a_third_party_method_with_options_is_checked_recorded_and_plotted(tmp_p
     monkeypatch.setattr(assembly, "plot_adaptation", lambda gap, history, keys, path, **kw: (
         plotted.update(keys=keys), real(gap, history, keys, path, **kw))[1])
     out = tmp_path / "run"
-    result = finetune(tiny(task, out, adapt="scaled", adapt_options={"scale": 3}), log=None)
+    result = finetune(tiny(digits, out, adapt="scaled", adapt_options={"scale": 3}), log=None)
     assert result.history[-1]["scale_seen"] == 3.0
     stored = tomllib.loads((out / "config.toml").read_text())
     assert stored["adapt_options"] == {"scale": 3.0, "mode": "mean"}

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from zoo_adapt.data.demo import build_demo
 from zoo_adapt.testing import registered
 from zoo_adapt.zoo.answers import describe
 from zoo_adapt.zoo.registry import tomllib
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
-ZOO = [sys.executable, "-c", "from zoo_adapt.cli import main; main()"]
+from helpers import ROOT, ZOO
+
+DOCS = ROOT / "docs" / "plugins.md"
 
 
 def install(site: Path, dist: str, entry_points: dict[str, str], files: dict[str, str],
@@ -52,16 +52,10 @@ def ok_json(out: subprocess.CompletedProcess):
     return json.loads(out.stdout)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("data"), train_per_class=4, val_per_class=2,
-                      classes=("brick", "grass", "moon"))
-
-
 def train(site: Path, out: Path, data: Path, *args: str) -> dict:
     """A one-epoch fine-tune at 32 pixels from random weights; its metrics."""
     done = zoo(site, "finetune", "--no-pretrained", "--data", str(data), "--out", str(out), "--epochs", "1",
-               "--image-size", "32", "--batch-size", "4", "--no-tta", *args)
+               "--image-size", "32", "--batch-size", "4", "--no-tta", "--analysis", "off", *args)
     assert done.returncode == 0, done.stderr
     assert (out / "model.safetensors").is_file()
     return json.loads((out / "metrics.json").read_text())
@@ -75,7 +69,7 @@ def guide_files(section: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("section", ["A complete backbone plugin", "A complete adaptation method",
                                      "A complete tracker"])
-def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, section, data):
+def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, section, demo):
     """Written from the guide alone: installed, its own test (zoo_adapt.testing) passes,
     zoo-adapt lists it, and a fine-tune with it runs and exports."""
     files = guide_files(section)
@@ -100,13 +94,13 @@ def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, s
         info = ok_json(zoo(site, "info", "mobilenet_v3_small", "--json"))
         assert info["head"] == "classifier.3" and info["in_features"] == 1024
         assert len(info["groups"]) == 14 and info["groups"][-1]["name"] == "head"
-        metrics = train(site, tmp_path / "run", data, "--backbone", "mobilenet_v3_small")
+        metrics = train(site, tmp_path / "run", demo, "--backbone", "mobilenet_v3_small")
         assert metrics["val_accuracy"] is not None
     elif "jsonl" in plugin:
         assert shown[plugin]["trackers"] == ["jsonl"]
         listed = {t["name"]: t for t in ok_json(zoo(site, "trackers", "--json"))}
         assert listed["jsonl"]["plugin"] == plugin and not listed["jsonl"]["missing"]
-        train(site, tmp_path / "run", data, "--backbone", "resnet18", "--log", "jsonl", "--analysis", "off")
+        train(site, tmp_path / "run", demo, "--backbone", "resnet18", "--log", "jsonl")
         lines = [json.loads(line) for line in open(tmp_path / "run" / "jsonl" / "metrics.jsonl")]
         assert lines[0]["params"]["log"] == "jsonl" and lines[-1] == {"status": "finished"}
         assert any(r.get("scope") == "step" and "step/lr/head" in r for r in lines)
@@ -116,8 +110,8 @@ def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, s
         assert methods["coral"]["plugin"] == plugin and {"dann", "mcc"} <= set(methods)
         shown = ok_json(zoo(site, "methods", "coral", "--json"))
         assert [o["name"] for o in shown["options"]] == ["start"] and "coral_gap" in shown["figures"]
-        metrics = train(site, tmp_path / "run", data, "--backbone", "resnet18", "--target-data",
-                        str(data / "val"), "--adapt", "coral", "--steps-per-epoch", "2", "--adapt-option", "start=0.5")
+        metrics = train(site, tmp_path / "run", demo, "--backbone", "resnet18", "--target-data",
+                        str(demo / "val"), "--adapt", "coral", "--steps-per-epoch", "2", "--adapt-option", "start=0.5")
         assert "coral_gap" in metrics["history"][-1] and metrics["adaptation"]["options"] == {"start": 0.5}
         assert (tmp_path / "run" / "adaptation.png").is_file()
 
@@ -211,7 +205,7 @@ def site(tmp_path_factory):
     return site
 
 
-def test_broken_and_colliding_plugins_are_reported_once_and_contained(site, data, tmp_path):
+def test_broken_and_colliding_plugins_are_reported_once_and_contained(site, demo, tmp_path):
     out = zoo(site, "list", "--json")
     cards = {c["name"]: c for c in ok_json(out)}
     warnings = out.stderr.strip().splitlines()
@@ -240,7 +234,7 @@ def test_broken_and_colliding_plugins_are_reported_once_and_contained(site, data
     assert out.returncode == 1 and "Traceback" in out.stderr and "zoo_adapt_crashy.py" in out.stderr
     out = zoo(site, "info", "clashnet")
     assert out.returncode == 1 and "zoo-adapt-clash-a 0.1.0" in out.stderr and "zoo-adapt-clash-b" in out.stderr
-    metrics = train(site, tmp_path / "run", data, "--backbone", "resnet18")  # a built-in still trains
+    metrics = train(site, tmp_path / "run", demo, "--backbone", "resnet18")  # a built-in still trains
     assert metrics["val_accuracy"] is not None
 
 

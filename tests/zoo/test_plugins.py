@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +23,9 @@ from zoo_adapt.zoo.methods import adaptation_methods
 from zoo_adapt.zoo.plugins import get_plugin_manager, installed_plugins, plugin_info
 from zoo_adapt.zoo.registry import entries, resolve
 
-PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+from helpers import ROOT
+
+PLUGINS = ROOT / "plugins"
 
 
 class TinyNet(nn.Module):
@@ -82,7 +83,7 @@ def test_third_party_plugin_builds_passes_the_checks_and_shows_in_list(plugin, r
     assert listed["tinynet"]["num_groups"] == 3 and listed["tinynet"]["head"] == "fc"
     assert "toyzoo" in {p["name"] for p in json.loads(run_cli("plugins", "--json").output)}
     zoo_adapt.unregister_plugin("toyzoo")
-    assert "tinynet" not in json.loads(run_cli("list", "--json").output)
+    assert "tinynet" not in {c["name"] for c in json.loads(run_cli("list", "--json").output)}
 
 
 class Greedy:

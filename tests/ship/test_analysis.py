@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import zoo_adapt
-from zoo_adapt.data.demo import build_demo
 from zoo_adapt.data.folders import ImageDataset, scan_folder
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
@@ -18,19 +17,14 @@ from zoo_adapt.ship.analysis import _cams, analyse, find_cam_target, per_class_f
 from zoo_adapt.ship.export import load_model
 from zoo_adapt.ship.inference import iter_predictions
 
-CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
+from helpers import CLASSES
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("data"), train_per_class=6, val_per_class=4, classes=CLASSES)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, data):
+def run(tmp_path_factory, demo):
     """A run whose analysis ran at its end (resnet18 from scratch, 64 px: a 2x2 final map)."""
     out = tmp_path_factory.mktemp("run")
-    return finetune(FinetuneConfig(backbone="resnet18", data=str(data), out=str(out), pretrained=False,
+    return finetune(FinetuneConfig(backbone="resnet18", data=str(demo), out=str(out), pretrained=False,
                                    image_size=64, batch_size=8, epochs=1, workers=0, tta=False,
                                    strategy="finetune"), log=None, overwrite=True)
 
@@ -49,11 +43,11 @@ def test_the_run_folder_holds_the_analysis(run):
     assert all(t["path"].endswith(".png") for t in analysis["top_losses"])
 
 
-def test_per_class_figures_match_a_direct_computation(run, data):
+def test_per_class_figures_match_a_direct_computation(run, demo):
     """Predictions made here, independently, and scikit-learn's figures from them."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    samples = scan_folder(data / "val", classes=list(CLASSES))
+    samples = scan_folder(demo / "val", classes=list(CLASSES))
     predicted = [CLASSES.index(p.top[0][0]) for p in iter_predictions(
         run.out / "model.safetensors", [p for p, _ in samples.items], top_k=1, device="cpu")]
     truth = samples.labels()
@@ -84,27 +78,27 @@ def test_per_class_figures_without_predictions_or_examples():
     assert figures[2].recall is None and figures[2].support == 0
 
 
-def test_analyse_command(run, data, run_cli, tmp_path):
-    result = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", data, "--out", tmp_path / "a",
+def test_analyse_command(run, demo, run_cli, tmp_path):
+    result = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", demo, "--out", tmp_path / "a",
                      "--top", 4, "--cams", "off", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["num_images"] == 20 and len(report["top_losses"]) == 4  # data/ has val/: its held-out split
     assert (tmp_path / "a" / "top_losses.png").is_file() and not (tmp_path / "a" / "cams.png").exists()
-    text = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", data / "val", "--out",
+    text = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", demo / "val", "--out",
                    tmp_path / "b", "--cams", "off")
     assert text.exit_code == 0 and "precision" in text.output and "most confused" in text.output
     bad = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", tmp_path / "missing")
     assert bad.exit_code == 1 and "not found" in bad.output
 
 
-def test_cams_for_a_cnn_and_a_vit(tmp_path, data):
+def test_cams_for_a_cnn_and_a_vit(tmp_path, demo):
     pytest.importorskip("pytorch_grad_cam")
     from PIL import Image
 
     from zoo_adapt.data.transforms import EvalTransform, normalize
 
-    samples = scan_folder(data / "val", classes=list(CLASSES))
+    samples = scan_folder(demo / "val", classes=list(CLASSES))
     for name, size in (("resnet18", 64), ("vit_t16", 64)):
         torch.manual_seed(0)
         model = zoo_adapt.create_model(name, num_classes=5, pretrained=False).eval()
@@ -123,9 +117,9 @@ def test_cams_for_a_cnn_and_a_vit(tmp_path, data):
         assert all(p.grad is None for p in model.parameters())
 
 
-def test_analysis_of_a_model_loaded_from_its_file_equals_the_runs(run, data, tmp_path):
+def test_analysis_of_a_model_loaded_from_its_file_equals_the_runs(run, demo, tmp_path):
     model, card = load_model(run.out / "model.safetensors")
-    dataset = ImageDataset(scan_folder(data / "val", classes=card.classes))
+    dataset = ImageDataset(scan_folder(demo / "val", classes=card.classes))
     again = analyse(model, dataset, card.classes, card.normalization, tmp_path, cams="off")
     saved = json.loads((run.out / "analysis" / "analysis.json").read_text())
     assert [c.f1 for c in again.per_class] == [c["f1"] for c in saved["per_class"]]
