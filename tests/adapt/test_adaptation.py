@@ -140,7 +140,8 @@ def test_adapted_run_exports_a_plain_classifier(tmp_path, digits, method, run_cl
         assert beside and all(k.startswith("domain_classifier.") for k in beside)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["proxy_a_distance"]) == {"before", "after"}
-    assert 0 <= metrics["proxy_a_distance"]["before"] <= 2
+    # digits on black against digits on photo textures: a linear classifier tells them apart before training
+    assert metrics["proxy_a_distance"]["before"] > 0.5
     assert "target_accuracy_oracle" in metrics and "target labels" in metrics["target_accuracy_oracle_note"]
     epoch = metrics["history"][-1]
     assert "target_accuracy_oracle" in epoch and "val_accuracy" in epoch

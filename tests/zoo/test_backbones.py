@@ -88,3 +88,20 @@ def test_static_facts_match_the_built_model(model):
 def test_export_loads_into_the_plain_upstream_model(model, tmp_path):
     b = model.zoo_adapt
     testing.check_export(model, tmp_path, upstream=lambda n: plain_upstream(b.source.library, b.entry.upstream, n))
+
+
+TORCHVISION = [name for name, entry in entries().items() if entry.plugin in ("resnet", "efficientnet")]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_recipes_are_torchvisions_own(name):
+    """The preprocessing the plugins report for torchvision's weights is what
+    `weights.transforms()` does: the plugins' tables are checked against torchvision,
+    not against themselves."""
+    entry = entries()[name]
+    norm = describe(entry).normalization
+    recipe = torchvision.models.get_model_weights(entry.upstream)[entry.weights].transforms()
+    assert list(norm.mean) == pytest.approx(list(recipe.mean)) and list(norm.std) == pytest.approx(list(recipe.std))
+    assert norm.image_size == recipe.crop_size[0]
+    assert norm.resize_size() == recipe.resize_size[0]
+    assert norm.interpolation == recipe.interpolation.value
