@@ -32,13 +32,13 @@ def build(entry: Entry, pretrained: bool):
     try:
         return torchvision.models.get_model(entry.upstream, weights=weights)
     except OSError as e:  # URLError and friends: no network
-        raise download_failed(entry.name, f"torchvision {entry.upstream} {weights.name}",
+        raise download_failed(entry.name, f"torchvision {entry.upstream} {getattr(weights, 'name', wanted)}",
                               getattr(e, "reason", e)) from None
 
 
 def source(entry: Entry, files: dict[tuple[str, str], str]) -> Source:
     weights = tag(entry)
-    filename = files.get((entry.upstream, weights))
+    filename = files.get((entry.upstream, weights)) if weights else None
     path = torch_hub_checkpoint(filename) if filename else None
     status = "cached" if path and path.is_file() else "download"
     return Source("torchvision", weights or "DEFAULT", status, str(path) if path else None)

@@ -24,7 +24,7 @@ from torch import nn
 
 from zoo_adapt.adapt.method import AdaptationMethod, make_method
 from zoo_adapt.job.config import FinetuneConfig
-from zoo_adapt.model.build import create_model, get_submodule, num_classes_of, set_submodule
+from zoo_adapt.model.build import create_model, get_submodule, head_of, num_classes_of, set_submodule
 from zoo_adapt.model.layers import group_parameters
 from zoo_adapt.model.weights import read_state_dict
 from zoo_adapt.ship.export import export_model
@@ -53,7 +53,7 @@ def check_backbone(name: str, tmp_path: str | Path, num_classes: int = 3, image_
 
 def check_head_swap(model: nn.Module, num_classes: int, image_size: int = 64) -> None:
     """The swapped head gives `num_classes` outputs, and the plugin's head width is right."""
-    head = backbone_of(model).head
+    head = backbone_of(model).built_head
     live = get_submodule(model, head.attr)
     assert isinstance(live, nn.Linear) and live.out_features == num_classes, \
         f"head {head.attr!r} is {live}, not an nn.Linear with {num_classes} outputs"
@@ -73,7 +73,7 @@ def check_groups(model: nn.Module) -> None:
     order = [owner[n] for n in names]
     late = next((n for n, a, b in zip(names[1:], order, order[1:]) if b < a), None)
     assert late is None, f"groups must run stem to head in parameter order; {late!r} comes back to an earlier group"
-    head = backbone_of(model).head.attr
+    head = backbone_of(model).built_head.attr
     assert all(owner[n] == len(groups) - 1 for n in names if n.startswith(head + ".")), \
         f"the last group ({groups[-1][0]!r}) must hold the head {head!r}"
 
@@ -86,9 +86,10 @@ def check_static_facts(model: nn.Module) -> None:
     live = backbone_of(model)
     static = describe(live.entry)
     if static.head is not None:
-        assert static.head.attr == live.head.attr, f"static head {static.head.attr!r} != {live.head.attr!r}"
-        assert static.head.in_features in (None, live.head.in_features), \
-            f"static head width {static.head.in_features} != {live.head.in_features}"
+        built = live.built_head
+        assert static.head.attr == built.attr, f"static head {static.head.attr!r} != {built.attr!r}"
+        assert static.head.in_features in (None, built.in_features), \
+            f"static head width {static.head.in_features} != {built.in_features}"
     if static.num_groups is not None:
         assert static.num_groups == live.num_groups, f"static {static.num_groups} groups != {live.num_groups}"
     if static.normalization is not None:
@@ -96,11 +97,11 @@ def check_static_facts(model: nn.Module) -> None:
             f"static normalization {static.normalization} != {live.normalization}"
     declared = live.entry.extra.get("params")
     if declared is not None:
-        head = get_submodule(model, live.head.attr)
-        imagenet_head = head.in_features * 1000 + (1000 if head.bias is not None else 0)
-        built = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in head.parameters())
-        assert built + imagenet_head == declared, f"the entry declares {declared:,} parameters, the model has " \
-                                                  f"{built + imagenet_head:,} (with a 1000-class head)"
+        linear = head_of(model)
+        imagenet_head = linear.in_features * 1000 + (1000 if linear.bias is not None else 0)
+        body = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in linear.parameters())
+        assert body + imagenet_head == declared, f"the entry declares {declared:,} parameters, the model has " \
+                                                 f"{body + imagenet_head:,} (with a 1000-class head)"
 
 
 def check_export(model: nn.Module, tmp_path: str | Path,
@@ -123,8 +124,9 @@ def check_export(model: nn.Module, tmp_path: str | Path,
 
 def _plain_upstream(live, num_classes: int) -> nn.Module:
     _, plain = ask(live.entry, "build_backbone", pretrained=False)
-    old = get_submodule(plain, live.head.attr)
-    set_submodule(plain, live.head.attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    old = get_submodule(plain, live.built_head.attr)
+    assert isinstance(old, nn.Linear), f"the head {live.built_head.attr!r} of the plain model is not an nn.Linear"
+    set_submodule(plain, live.built_head.attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
     return plain
 
 
@@ -138,7 +140,7 @@ def check_adaptation_method(name: str, in_features: int = 16, num_classes: int =
     torch.manual_seed(0)
     method = make_method(name, in_features, num_classes, config)
     inputs = [torch.randn(batch, k, requires_grad=True) for k in (in_features, in_features, num_classes, num_classes)]
-    loss, figures = method.loss(*inputs, 0.5)
+    loss, figures = method.loss(inputs[0], inputs[1], inputs[2], inputs[3], 0.5)
     assert isinstance(method, AdaptationMethod)
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss), f"loss {loss!r}"
     assert isinstance(figures, dict) and all(isinstance(v, (int, float, torch.Tensor)) for v in figures.values()), \

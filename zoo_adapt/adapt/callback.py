@@ -62,8 +62,9 @@ class Adaptation(Callback):
             step.x = torch.cat([step.x, xt])
 
     def after_loss(self, loop, step) -> None:
-        n, features = step.n, self.features.value
-        extra, figures = self.method.loss(features[:n], features[n:], step.logits[:n], step.logits[n:],
+        n, features, logits = step.n, self.features.value, step.logits
+        assert features is not None and logits is not None  # after the forward pass
+        extra, figures = self.method.loss(features[:n], features[n:], logits[:n], logits[n:],
                                           loop.progress)
         step.loss = step.loss + extra
         step.figures.update(figures)
@@ -83,6 +84,8 @@ class Adaptation(Callback):
     def use_target_statistics(self, loop) -> int:
         """The model's BatchNorm statistics measured on the target images (AdaBN); under
         torchrun every process measures its shard and all take the average."""
+        if self.target_eval is None:
+            return 0
         return estimate_bn_statistics(loop.model, self.target_eval, loop.autocast, loop.runtime.all_reduce,
                                       loop.world)
 
@@ -131,24 +134,29 @@ def estimate_bn_statistics(model: nn.Module, batches: Batches, autocast=None, al
             m.momentum = momentum
         model.train(was_training)
     if all_reduce is not None and world > 1:
-        for m in norms:
-            m.running_mean.copy_(all_reduce(m.running_mean.clone()) / world)
-            m.running_var.copy_(all_reduce(m.running_var.clone()) / world)
+        for mean, var in _statistics(norms):
+            mean.copy_(all_reduce(mean.clone()) / world)
+            var.copy_(all_reduce(var.clone()) / world)
     return len(norms)
 
 
 @contextmanager
 def bn_statistics_kept(model: nn.Module):
     """The model's BatchNorm statistics as they are now, back after the block."""
-    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in batch_norms(model) if m.running_mean is not None]
+    live = [t for m in batch_norms(model) if m.running_mean is not None
+            for t in (m.running_mean, m.running_var, m.num_batches_tracked) if t is not None]
+    saved = [t.clone() for t in live]
     try:
         yield
     finally:
-        for m, mean, var, count in saved:
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
+        for t, value in zip(live, saved):
+            t.copy_(value)
+
+
+def _statistics(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(running mean, running variance) of each BatchNorm layer that tracks them."""
+    return [(m.running_mean, m.running_var) for m in norms
+            if m.running_mean is not None and m.running_var is not None]
 
 
 def probabilities(network: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
@@ -177,6 +185,7 @@ def pooled_features(model: nn.Module, batches: Batches, limit: int, autocast=Non
         with torch.no_grad(), HeadFeatures(model) as hook, (autocast or nullcontext)():
             for x, _ in batches:
                 model(x)
+                assert hook.value is not None  # the head ran
                 out.append(hook.value.float().flatten(1).cpu())
                 count += len(x)
                 if count >= limit:

@@ -143,4 +143,4 @@ def _unexpected(e: Exception) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

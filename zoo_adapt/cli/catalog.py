@@ -3,12 +3,14 @@
 trackers). No torch, except `info`, which builds the model."""
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from zoo_adapt.cli.tables import json_text, table
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.zoo.answers import describe
-from zoo_adapt.zoo.backbone import IMAGENET, INCEPTION, Backbone, Source
+from zoo_adapt.zoo.backbone import IMAGENET, INCEPTION, Backbone, Source, backbone_of
 from zoo_adapt.zoo.methods import adaptation_methods, method_info
 from zoo_adapt.zoo.plugins import installed_plugins
 from zoo_adapt.zoo.registry import entries
@@ -97,11 +99,11 @@ def info(name: str, as_json: bool) -> None:
     from zoo_adapt.model.layers import group_parameters
 
     model = create_model(name, pretrained=False)
-    card = _card(model.zoo_adapt)
+    card = _card(backbone_of(model))
     card["groups"] = [{"name": g, "num_params": sum(p.numel() for _, p in params),
                        "num_tensors": len(params)} for g, params in group_parameters(model)]
     card["num_params"] = sum(g["num_params"] for g in card["groups"])
-    card["answered_by"] = model.zoo_adapt.answered_by
+    card["answered_by"] = backbone_of(model).answered_by
     if as_json:
         return _echo_json(card)
     click.echo(f"{card['name']}: {card['description']}")
@@ -137,7 +139,7 @@ def plugins(as_json: bool) -> None:
     trackers_: dict[str, list[str]] = {}
     for t in installed_trackers().values():
         trackers_.setdefault(t.plugin, []).append(t.name)
-    infos = [{"name": p.name, "module": p.module, "distribution": p.distribution,
+    infos: list[dict[str, Any]] = [{"name": p.name, "module": p.module, "distribution": p.distribution,
               "version": p.version, "status": p.status, "problem": p.problem, "hooks": list(p.hooks),
               "backbones": served.get(p.name, []), "methods": methods_.get(p.name, []),
               "trackers": trackers_.get(p.name, []),

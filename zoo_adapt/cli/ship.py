@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -21,7 +22,7 @@ def register(cli: click.Group) -> None:
 def trackers(as_json: bool) -> None:
     """Installed experiment trackers (for finetune --log NAME) and whether their package
     is installed."""
-    found = [{"name": t.name, "plugin": t.plugin, "description": t.description, "requires": list(t.requires),
+    found: list[dict[str, Any]] = [{"name": t.name, "plugin": t.plugin, "description": t.description, "requires": list(t.requires),
               "missing": t.missing(), "install": t.install, "replaces": list(t.replaces)}
              for t in installed().values()]
     if as_json:

@@ -110,7 +110,7 @@ def _digit_masks(size: int) -> tuple[np.ndarray, np.ndarray]:
         raise ZooAdaptError("the digit datasets need scikit-learn: pip install 'zoo-adapt[demo]'") from e
     digits = load_digits()
     masks = np.stack([np.asarray(Image.fromarray((d / 16 * 255).astype(np.uint8)).resize(
-        (size, size), Image.BILINEAR), dtype=np.float32) / 255 for d in digits.images])
+        (size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255 for d in digits.images])
     return masks, digits.target
 
 
@@ -119,7 +119,7 @@ def digit_on_photo(mask: np.ndarray, photo: np.ndarray, rng: np.random.Generator
     size = mask.shape[0]
     side = int(rng.integers(size, max(size + 1, min(photo.shape[:2]) // 3)))
     y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
-    patch = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR),
+    patch = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BILINEAR),
                        dtype=np.float32)
     return np.abs(patch - mask[..., None] * 255).astype(np.uint8)
 
@@ -205,7 +205,7 @@ def build_photo_shift(root: str | Path, size: int = 64, seed: int = 0, per_class
             folder = root / domain / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i, crop in enumerate(crops):
-                image = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
+                image = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC))
                 if domain == "target":
                     image = degrade(image, rng)
                 Image.fromarray(image).save(folder / f"{split}_{name}_{i:03d}.png")

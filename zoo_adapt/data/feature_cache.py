@@ -30,6 +30,7 @@ def extract_features(model: nn.Module, batches: Batches, autocast=nullcontext) -
         with HeadFeatures(model) as hook, autocast():
             for x, y in batches:
                 model(x)
+                assert hook.value is not None  # the head ran
                 features.append(hook.value.flatten(1).float())
                 labels.append(y)
     finally:
@@ -63,13 +64,15 @@ class FeatureBatches:
             yield self.features[view, index], self.labels[index]
 
 
-def cached_views(model: nn.Module, train_eval: Batches, train_augmented: Batches | None, views: int,
+def cached_views(model: nn.Module, train_eval: Batches | None, train_augmented: Batches | None, views: int,
                  autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     """(views x N x width features, labels): the eval view when `views` is 1, else
     `views` passes of the augmented training batches (which must be in a fixed order)."""
     if views == 1:
+        assert train_eval is not None
         features, labels = extract_features(model, train_eval, autocast)
         return features[None], labels
+    assert train_augmented is not None
     passes = []
     for v in range(views):
         train_augmented.set_epoch(v)

@@ -10,9 +10,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from zoo_adapt.data.images import check_image, check_images, open_image  # noqa: F401 (decoding lives in images.py)
@@ -110,7 +111,8 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None,
                             f" (model classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
     _check_class_folders(root, found)
     index = {name: i for i, name in enumerate(names)}
-    items, owner = [], {}
+    items: list[tuple[Path, Any]] = []
+    owner: dict[str, Path] = {}
     for name in found:
         files = _image_files(root / name)
         if not files and classes is None:
@@ -232,6 +234,21 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return Samples(sorted(train), samples.classes, samples.skipped), Samples(sorted(val), samples.classes)
 
 
+class ImageSource(Protocol):
+    """Labelled images as the batch sources read them: an ImageDataset (files), or a
+    torchvision dataset wrapped by Transformed."""
+
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+    def with_transform(self, transform: Callable) -> ImageSource: ...
+
+    def raw(self, i: int, min_side: int | None = None) -> tuple[Image.Image, Any]: ...
+
+
 class ImageDataset(Dataset):
     """Images from paths with a transform; decoding errors name the file."""
 
@@ -244,7 +261,7 @@ class ImageDataset(Dataset):
     def with_transform(self, transform: Callable | None) -> ImageDataset:
         return ImageDataset(self.samples, transform)
 
-    def raw(self, i: int, min_side: int | None = None):
+    def raw(self, i: int, min_side: int | None = None) -> tuple[Image.Image, Any]:
         """(the decoded PIL image, label), before the transform; `min_side`: the shorter
         side needed (large JPEGs decode faster below their full size). A multi-label
         image's label is a 0/1 float vector over the classes."""
@@ -264,7 +281,7 @@ class ImageDataset(Dataset):
 class Transformed(Dataset):
     """Another dataset's (image, label) pairs through a transform (for torchvision datasets)."""
 
-    def __init__(self, base: Dataset, transform: Callable, classes: list[str]):
+    def __init__(self, base: Any, transform: Callable | None, classes: list[str]):
         self.base, self.transform, self.classes = base, transform, classes
 
     def __len__(self) -> int:
@@ -273,14 +290,14 @@ class Transformed(Dataset):
     def with_transform(self, transform: Callable) -> Transformed:
         return Transformed(self.base, transform, self.classes)
 
-    def raw(self, i: int, min_side: int | None = None):
+    def raw(self, i: int, min_side: int | None = None) -> tuple[Image.Image, Any]:
         image, label = self.base[i]
         return image.convert("RGB"), int(label)
 
     def __getitem__(self, key):
         i, rng = _key(key)
         image, label = self.raw(i)
-        return self.transform(image, rng), label
+        return (self.transform(image, rng) if self.transform else image), label
 
 
 def multi_hot(ids, num_classes: int):
@@ -332,7 +349,7 @@ TORCHVISION_DATASETS: dict[str, tuple[str, dict, dict]] = {
 }
 
 
-def torchvision_dataset(name: str, root: str | Path, train_tf: Callable, val_tf: Callable):
+def torchvision_dataset(name: str, root: str | Path, train_tf: Callable | None, val_tf: Callable | None):
     """(train, val, classes) of a torchvision dataset, downloading into `root` when online."""
     key = name.lower().replace("_", "-")
     if key not in TORCHVISION_DATASETS:

@@ -62,7 +62,8 @@ def read_rows(file: str | Path, root: str | Path | None, columns: LabelColumns) 
                 if name not in where:
                     raise ZooAdaptError(f"{file} has no column {name!r} (its columns: {', '.join(header)}); "
                                         f"name the column with {flag}")
-            rows, seen = [], {}
+            rows: list[Row] = []
+            seen: dict[str, int] = {}
             for cells in reader:
                 if not any(c.strip() for c in cells):
                     continue

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from zoo_adapt.data.folders import worker_error
+from zoo_adapt.data.folders import ImageSource, worker_error
 from zoo_adapt.data.transforms import EvalTransform, normalize
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.seeds import epoch_seed, image_seed
@@ -130,15 +130,15 @@ class LoaderBatches:
     there. On CUDA the next batch is copied and normalized on a side stream while the
     current one trains (timm's prefetcher); workers persist across epochs."""
 
-    def __init__(self, dataset: Dataset, *, batch_size: int, norm: Normalization | None,
+    def __init__(self, dataset: ImageSource, *, batch_size: int, norm: Normalization | None,
                  device: torch.device, order: EpochOrder, workers: int, channels_last: bool = False):
         self.dataset, self.order, self.device, self.norm = dataset, order, device, norm
         self.channels_last = channels_last
         self.num_samples = len(order)
         cuda = device.type == "cuda"
-        extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
-        self.loader = DataLoader(dataset, batch_sampler=EpochBatches(order, batch_size, seeded=True),
-                                 num_workers=workers, pin_memory=cuda, **extra)
+        self.loader: DataLoader = DataLoader(dataset, batch_sampler=EpochBatches(order, batch_size, seeded=True),  # type: ignore[arg-type]
+                                 num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
+                                 prefetch_factor=4 if workers > 0 else None)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -176,7 +176,7 @@ class LoaderBatches:
             raise worker_error(e) from None
 
 
-def eval_batches(dataset: Dataset, norm: Normalization, device: torch.device, *, batch_size: int,
+def eval_batches(dataset: ImageSource, norm: Normalization, device: torch.device, *, batch_size: int,
                  workers: int, order: EpochOrder | None = None, channels_last: bool = False) -> LoaderBatches:
     """Evaluation views of `dataset` (an ImageDataset, or any dataset with
     `with_transform`) as batches on `device`: the image's exact eval crop

@@ -3,6 +3,8 @@ applies it (after normalization): random erasing and mixup/cutmix, as a loop cal
 (Per-image recipes run in the loader workers: zoo_adapt.data.augment.)"""
 from __future__ import annotations
 
+from typing import Any
+
 from zoo_adapt.engine.callbacks import Callback
 
 
@@ -21,7 +23,7 @@ class BatchRecipe(Callback):
         self.random_erase, self.num_classes, self.smoothing = random_erase, num_classes, label_smoothing
         self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
                          num_classes=num_classes) if mixup > 0 or cutmix > 0 else None
-        self.eraser = None
+        self.eraser: Any = None  # timm's RandomErasing, made at setup
 
     def setup(self, loop) -> None:
         from timm.data.random_erasing import RandomErasing

@@ -150,7 +150,7 @@ class Progress(Callback):
 
     def __init__(self, log=print, every: float | None = None, stream=None):
         self.log, self.every, self.stream = log or (lambda s: None), every, stream
-        self.ticker = None
+        self.ticker: Ticker | None = None
 
     def epoch_start(self, loop, epoch: int) -> None:
         def figures():
@@ -161,7 +161,8 @@ class Progress(Callback):
                              every=self.every or EVERY, stream=self.stream, figures=figures)
 
     def step_end(self, loop, step) -> None:
-        self.ticker.update(step.n * loop.world)
+        if self.ticker is not None:
+            self.ticker.update(step.n * loop.world)
 
     def epoch_end(self, loop, record, improved: bool) -> None:
         self._close()
@@ -201,7 +202,7 @@ class WeightAverage(Callback):
 
     def __init__(self, decay: float, warmup: bool = True):
         self.decay, self.warmup = decay, warmup
-        self.ema = None
+        self.ema: Any = None  # timm's ModelEmaV3, made at setup
 
     @property
     def name(self) -> str:

@@ -130,7 +130,7 @@ class Loop:
         self.top: float | None = None  # the highest selection score so far
         self.tie_margin = tie_margin  # scores this close to the highest count as ties: the later epoch wins
         self.epoch = 0
-        self.running: dict[str, torch.Tensor] = {}
+        self.running: dict[str, torch.Tensor | float] = {}
         self.seen = 0
         self.stopped: str | None = None  # a callback's reason to end the run early
         self.skipped_steps = 0  # fp16: optimizer steps the loss scaler skipped (overflowing gradients)
@@ -165,7 +165,9 @@ class Loop:
         """The weights validation scores and the export keeps: the model's own, or the
         average's (its state has the model's keys)."""
         averaged = self.runtime.averaged
-        return (averaged.module if averaged is not None else self.model).state_dict()
+        kept = averaged.module if averaged is not None else self.model
+        assert isinstance(kept, nn.Module)
+        return kept.state_dict()
 
     @contextmanager
     def evaluated_weights(self):
@@ -224,7 +226,7 @@ class Loop:
             self._micro = i
             step = Step(x, y, update=i % self.accumulate == self.accumulate - 1 or i == self.steps_per_epoch - 1)
             self._step(step)
-            if self.runtime.scaler is None:  # under fp16 the scaler skips overflowing steps itself
+            if self.runtime.scaler is None and step.loss is not None:  # under fp16 the scaler skips overflows itself
                 nonfinite |= ~torch.isfinite(step.loss.detach())
             self.seen += step.n
             for key, value in step.figures.items():
@@ -300,7 +302,10 @@ class Loop:
         validation batches)."""
         was_training = self.model.training
         try:
-            return evaluate(network or self.eval_network, batches or self.val, self.classes, tta=tta, flip=flip,
+            source = batches or self.val
+            if source is None:
+                raise ZooAdaptError("nothing to validate on: the run has no validation images")
+            return evaluate(network or self.eval_network, source, self.classes, tta=tta, flip=flip,
                             autocast=self.autocast, progress="test-time augmentation" if tta else "validating",
                             multi_label=getattr(self.task, "multi_label", False))
         finally:

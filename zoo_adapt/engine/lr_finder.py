@@ -26,6 +26,7 @@ from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.model.layers import freeze_to
 from zoo_adapt.model.optim import make_optimizer, param_groups
 from zoo_adapt.model.recipes import freeze_plan
+from zoo_adapt.zoo.backbone import backbone_of
 
 START, END, STEPS = 1e-7, 10.0, 100  # fastai's defaults
 BETA = 0.98  # smoothing of the loss (fastai's)
@@ -49,17 +50,17 @@ class LRCurve:
 
 def sweep(model: torch.nn.Module, network: torch.nn.Module, batches: Batches, *, strategy: str, bn: str,
           optimizer: str = "adamw", momentum: float = 0.9, weight_decay: float = 0.01, body_ratio: float = 0.01,
-          lr_decay: float | None = None, label_smoothing: float = 0.0, autocast: Callable = None,
+          lr_decay: float | None = None, label_smoothing: float = 0.0, autocast: Callable | None = None,
           start: float = START, end: float = END, steps: int = STEPS, log=None) -> LRCurve:
     """Run the sweep on `network` (which runs `model`, or its head on cached features)
     and return the curve; `model`'s weights and buffers are as before afterwards.
     `body_ratio`: the stem's rate over the head's (the groups between spread as in a
     run), or `lr_decay` per group."""
-    autocast = autocast or nullcontext
+    autocast = nullcontext if autocast is None else autocast
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
-    plan = freeze_plan(strategy, 1, len(model.zoo_adapt.groups))
+    plan = freeze_plan(strategy, 1, len(backbone_of(model).built_groups))
     freeze_to(model, plan[0], bn="frozen" if strategy == "linear-probe" else bn)
     model.train(strategy != "linear-probe")
     groups = param_groups(model, 1.0, lr_body=None if lr_decay else body_ratio, lr_decay=lr_decay,

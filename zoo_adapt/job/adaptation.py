@@ -15,6 +15,7 @@ from zoo_adapt.data.folders import ImageDataset, scan_folder, unlabelled_images
 from zoo_adapt.engine.processes import Processes
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.inputs import FeedMaker, Feeds
+from zoo_adapt.model.build import head_of
 from zoo_adapt.report import plot_adaptation
 from zoo_adapt.zoo.methods import method_info
 
@@ -24,7 +25,7 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
     """What a fine-tuning job adds when given --target-data: the target batches (each
     process its shard), the method, the oracle's labelled target images; and the domain
     gap before training (measured by rank 0)."""
-    target = ImageDataset(unlabelled_images(config.target_data))
+    target = ImageDataset(unlabelled_images(str(config.target_data)))
     held = maker.on_device(len(target), 0)
     target_train = maker.training(target, held, seed_offset=1)
     # in a seeded random order: the BatchNorm statistics measured on it batch by batch (AdaBN) need batches
@@ -33,7 +34,7 @@ def start_adaptation(config: FinetuneConfig, model: nn.Module, classes: list[str
     target_val = None
     if config.target_val:
         target_val = maker.evaluation(ImageDataset(scan_folder(config.target_val, classes=classes)), held)
-    method = make_method(config.adapt, model.zoo_adapt.head.in_features, len(classes), config).to(maker.device)
+    method = make_method(config.adapt, head_of(model).in_features, len(classes), config).to(maker.device)
     adaptation = Adaptation(method, target_train, target_eval, target_val, config.select_with_target_labels,
                             target_bn=config.target_bn == "target", num_target=len(target))
     gap = None
@@ -71,7 +72,8 @@ def finish_adaptation(adaptation: Adaptation, config: FinetuneConfig, loop, feed
             else "measured with target labels (--target-val): a figure for reporting, not used for selection")
     if not write:
         return
-    after = domain_gap(model, feeds.val_images or feeds.train, adaptation.target_eval, config.seed, autocast)
+    target = adaptation.target_eval or adaptation.target
+    after = domain_gap(model, feeds.val_images or feeds.train, target, config.seed, autocast)
     metrics["proxy_a_distance"] = {"before": gap_before, "after": after}
     scores = [k for k in ("target_snd", "target_entropy", "target_class_balance", "target_accuracy_oracle")
               if k in last]

@@ -87,7 +87,7 @@ class FinetuneConfig:
                                     "balanced_accuracy | macro_f1 | map (multi-label) [default: accuracy; map with "
                                     "--multi-label].", choices=SELECT_METRICS)
     # what trains, and how fast
-    strategy: str | None = opt(None, "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune "
+    strategy: str = opt(None, "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune "
                                "with --target-data].", choices=tuple(STRATEGIES))
     epochs: int = opt(5, "Epochs in all (head-only epochs included).", low=1, resume="extend")
     head_epochs: int = opt(1, "two-stage: epochs training the head alone first.", low=0)
@@ -97,7 +97,7 @@ class FinetuneConfig:
                            low=0, low_open=True, words=("auto",))
     lr_body: float | None = opt(None, "Stem learning rate; groups in between as --lr-spread says [default: "
                                 "lr/100; lr/3 with --target-data].", low=0, low_open=True)
-    lr_spread: str | None = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
+    lr_spread: str = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
                                 "stem up to --lr at the head) | flat (--lr-body for all but the head) [default: "
                                 "geometric; flat with --target-data].", choices=tuple(SPREADS))
     lr_decay: float | None = opt(None, "Instead of --lr-body: layer-wise decay, each group gets this times the one "
@@ -106,17 +106,17 @@ class FinetuneConfig:
     batch_size: int = opt(32, "Batch size (per process under torchrun).", low=1)
     optimizer: str = opt("adamw", "adamw | sgd.", choices=tuple(OPTIMIZERS))
     momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
-    schedule: str | None = opt(None, "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
+    schedule: str = opt(None, "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
                                "layers unfreeze [default: onecycle; dann with --target-data].", choices=tuple(SCHEDULES))
-    warmup: float | None = opt(None, "Warm-up, as a fraction of each stage's steps [default: 0.1; 0 with "
+    warmup: float = opt(None, "Warm-up, as a fraction of each stage's steps [default: 0.1; 0 with "
                                "--target-data].", low=0, high=1)
-    label_smoothing: float | None = opt(None, "Label smoothing of the cross-entropy [default: 0.1; 0 with "
+    label_smoothing: float = opt(None, "Label smoothing of the cross-entropy [default: 0.1; 0 with "
                                         "--target-data].", low=0, high=1, high_open=True)
     image_size: int | None = opt(None, "Training and evaluation size [default: the backbone's; 160 for the demo].",
                                  low=8)
-    hflip: bool | None = opt(None, "Random horizontal flips in training and TTA (off for digits, text) [default: "
+    hflip: bool = opt(None, "Random horizontal flips in training and TTA (off for digits, text) [default: "
                              "on; off with --target-data].")
-    crop_scale: float | None = opt(None, "Smallest area fraction kept by the random resized crop (1: whole "
+    crop_scale: float = opt(None, "Smallest area fraction kept by the random resized crop (1: whole "
                                    "images) [default: 0.35; 1 with --target-data].", low=0, high=1, low_open=True)
     bn: str = opt("train", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
                   choices=tuple(BN_POLICIES))
@@ -155,7 +155,7 @@ class FinetuneConfig:
     pretrained: bool = opt(True, "Start from the zoo's pretrained weights.")
     weights: str | None = opt(None, "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file.")
     # what is kept and reported
-    keep: str | None = opt(None, "Exported epoch: best (by --select-metric on source validation) | last [default: "
+    keep: str = opt(None, "Exported epoch: best (by --select-metric on source validation) | last [default: "
                            "best; last with --target-data].", choices=("best", "last"))
     tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
     log: list[str] = opt([], "Follow the run in an experiment tracker (repeatable): tensorboard | mlflow | wandb | a "
@@ -191,6 +191,9 @@ class FinetuneConfig:
                                           "an oracle, not a deployable setting.", adapting=True)
 
     def __post_init__(self) -> None:
+        """Fill in the defaults that depend on other options: the fields annotated without
+        None but declared with a None default (strategy, schedule, ...) always hold a value
+        afterwards."""
         for key in ("log", "export"):  # repeatable: given as a tuple by the CLI, kept once each, in order
             if isinstance(getattr(self, key), (list, tuple)):
                 setattr(self, key, list(dict.fromkeys(getattr(self, key))))

@@ -77,7 +77,7 @@ from zoo_adapt.ship.analysis import analyse, require_cams
 from zoo_adapt.ship.export import export_model
 from zoo_adapt.ship.model_card import write_hub_files
 from zoo_adapt.ship.onnx_export import export_onnx, require_onnx
-from zoo_adapt.zoo.backbone import Normalization
+from zoo_adapt.zoo.backbone import Normalization, backbone_of
 from zoo_adapt.zoo.methods import resolve_options
 from zoo_adapt.zoo.trackers import TrackerInfo, build_tracker
 from zoo_adapt.zoo.trackers import check as check_trackers
@@ -229,8 +229,9 @@ class Job:
         seed_everything(c.seed)
         weights = c.weights if stored is None else None  # a resumed run's weights are in its checkpoint
         model = create_model(c.backbone, pretrained=c.pretrained and stored is None, weights=weights)
-        backbone_norm = model.zoo_adapt.normalization
-        c = resolve(c, c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size))
+        backbone_norm = backbone_of(model).built_normalization
+        size = c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size)
+        c = resolve(c, size)
         data = load_datasets(c)
         counts = class_counts(dataset_labels(data.train), len(data.classes))
         if stored is not None:
@@ -246,7 +247,7 @@ class Job:
             model.to(memory_format=torch.channels_last)
         runtime = Runtime(device, world=self.procs.world, autocast_dtype=autocast_dtype(c.precision, device),
                           channels_last=cuda)
-        norm = run_normalization(backbone_norm, c.image_size, c.crop_scale)
+        norm = run_normalization(backbone_norm, size, c.crop_scale)
         maker = FeedMaker(c, norm, runtime, self.procs)
         feeds = maker.feeds(data)
         prepared = Prepared(c, model, data, counts, norm, runtime, maker, feeds, stored)
@@ -276,7 +277,7 @@ class Job:
 
     def with_found_lr(self, prepared: Prepared, curve: LRCurve) -> Prepared:
         """--lr auto: the finder's suggestion as the head rate, and the rates that follow from it."""
-        c = resolve(dataclasses.replace(prepared.config, lr=curve.suggestion), prepared.config.image_size)
+        c = resolve(dataclasses.replace(prepared.config, lr=curve.suggestion), prepared.norm.image_size)
         self.log(f"lr-find: head rate {c.lr:.3g} (valley; steepest descent at {curve.steepest:.3g}; "
                  f"{curve.why_stopped}); lr_find.png in {self.folder.out}")
         return dataclasses.replace(prepared, config=c)
@@ -307,7 +308,7 @@ class Job:
             if adaptation.method.forwards_target:
                 steps = c.steps_per_epoch or max(steps, len(adaptation.target))
             extra_groups = adaptation.method.param_groups(c.head_lr, c.weight_decay)
-        plan = freeze_plan(c.strategy, c.epochs, len(model.zoo_adapt.groups), c.head_epochs, c.unfreeze_every)
+        plan = freeze_plan(c.strategy, c.epochs, len(backbone_of(model).built_groups), c.head_epochs, c.unfreeze_every)
         groups = param_groups(model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay,
                               spread=c.lr_spread)
         optimizer = make_optimizer(extra_groups + groups, c.optimizer, c.momentum, fused=self.device.type == "cuda")

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
-from torch.utils.data import Dataset
 
 from zoo_adapt.data import folders
 from zoo_adapt.data import label_file as label_files
@@ -30,8 +29,8 @@ from zoo_adapt.zoo.backbone import Normalization
 class Datasets:
     """Decoded images with labels (transforms come later, once the image size is known)."""
 
-    train: Dataset
-    val: Dataset | None
+    train: folders.ImageSource
+    val: folders.ImageSource | None
     classes: list[str]
     where: str
 
@@ -55,7 +54,7 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
     if is_demo(config):
         root = build_demo(demo_root())
     else:
-        root = Path(config.data)
+        root = Path(str(config.data))
     if not root.exists():
         raise ZooAdaptError(f"data folder not found: {root}")
     train_dir, val_dir = folders.split_dirs(root)
@@ -83,7 +82,7 @@ def label_columns(config: FinetuneConfig) -> label_files.LabelColumns:
 def _from_label_file(config: FinetuneConfig) -> Datasets:
     """Training and validation images from a label file: its val rows (else its test
     rows, as a test/ folder counts as validation), else a held-out fraction."""
-    file = Path(config.labels)
+    file = Path(str(config.labels))
     rows = label_files.read_rows(file, config.data, label_columns(config))
     classes = label_files.training_classes(rows, file)
     train_rows, val_rows, test_rows = label_files.split_rows(rows)
@@ -148,7 +147,7 @@ class FeedMaker:
         return EpochOrder(n, shuffle=shuffle, seed=self.config.seed + seed_offset, rank=self.procs.rank,
                           world=self.procs.world, pad=shuffle, weights=weights)
 
-    def sample_weights(self, dataset: Dataset) -> list[float] | None:
+    def sample_weights(self, dataset: folders.ImageSource) -> list[float] | None:
         """--balance sampler: each training image's weight, 1 / its class's count
         (multi-label: of its rarest class; an image without labels counts as a class
         of its own)."""
@@ -166,7 +165,7 @@ class FeedMaker:
             return False
         return choice == "on" or (choice == "auto" and fits(num_train, num_eval, self.norm, self.device))
 
-    def training(self, dataset: Dataset, held: bool, seed_offset: int = 0, shuffle: bool = True,
+    def training(self, dataset: folders.ImageSource, held: bool, seed_offset: int = 0, shuffle: bool = True,
                  balanced: bool = False) -> Batches:
         """`balanced`: the labelled training set, drawn with --balance sampler's weights."""
         c = self.config
@@ -181,7 +180,7 @@ class FeedMaker:
         return LoaderBatches(dataset.with_transform(tf), batch_size=c.batch_size, norm=self.norm,
                              device=self.device, order=order, workers=self.workers, channels_last=channels_last)
 
-    def evaluation(self, dataset: Dataset, held: bool, shuffle: bool = False) -> Batches:
+    def evaluation(self, dataset: folders.ImageSource, held: bool, shuffle: bool = False) -> Batches:
         """Evaluation views in file order, or (`shuffle`) in one seeded random order."""
         batch = self.config.batch_size * 2
         order = self.order(len(dataset), shuffle=shuffle, seed_offset=2 if shuffle else 0)

@@ -168,7 +168,7 @@ class Tracking(Callback):
             self._send("log_metrics", numbers, step, "step")
 
     def _rates(self, loop, scope: str) -> dict[str, float]:
-        rates = {}
+        rates: dict[str, float] = {}
         for group in loop.optimizer.param_groups:
             rates.setdefault(f"{scope}/lr/{group.get('name', 'extra')}", float(group["lr"]))
         return rates

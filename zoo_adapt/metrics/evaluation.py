@@ -6,7 +6,7 @@ device until the end (one read per evaluation, not per batch). Multi-label model
 thresholds."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from contextlib import nullcontext
 
 import torch
@@ -104,9 +104,9 @@ def evaluate(model: nn.Module, batches: Iterable, classes: list[str], tta: bool 
     `progress`: a name to show progress under (long evaluations). `multi_label`: 0/1
     label vectors, scored at `thresholds` (None: each class's best F1 on these images)."""
     model.eval()
-    tally = None
-    make = MultiLabelTally if multi_label else Tally
-    total = len(batches) if hasattr(batches, "__len__") else 0
+    tally: Tally | MultiLabelTally | None = None
+    make: type[Tally] | type[MultiLabelTally] = MultiLabelTally if multi_label else Tally
+    total = len(batches) if isinstance(batches, Sized) else 0
     for x, y in track(batches, total, progress or "", count=lambda b: len(b[1]), enabled=bool(progress and total)):
         probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip, multi_label=multi_label)
         if tally is None:
@@ -115,4 +115,6 @@ def evaluate(model: nn.Module, batches: Iterable, classes: list[str], tta: bool 
     if tally is None:
         tally = make(len(classes), next(model.parameters()).device)
     tally.all_reduce()
-    return tally.result(classes, thresholds) if multi_label else tally.result(classes)
+    if isinstance(tally, MultiLabelTally):
+        return tally.result(classes, thresholds)
+    return tally.result(classes)

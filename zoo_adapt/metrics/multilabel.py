@@ -75,7 +75,7 @@ class MultiLabelTally:
         probs, labels = probs_t.numpy().astype(np.float64), labels_t.numpy() > 0.5
         count = len(probs)
         chosen = thresholds is None
-        if chosen:
+        if thresholds is None:
             thresholds = [best_threshold(probs[:, i], labels[:, i]) for i in range(self.n)]
         said = probs >= np.asarray(thresholds)[None, :]
         ap, precision, recall, f1 = {}, {}, {}, {}

@@ -4,13 +4,14 @@ the reports."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class Evaluation:
     num_images: int
     accuracy: float
-    top5: float
+    top5: float | None  # None for multi-label models
     loss: float
     per_class: dict[str, float | None]
     confusion: list[list[int]]
@@ -28,8 +29,8 @@ class Evaluation:
     thresholds_chosen_here: bool = False
     multi_label: bool = False
 
-    def to_dict(self) -> dict:
-        out = {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
                "balanced_accuracy": self.balanced_accuracy, "macro_f1": self.macro_f1,
                "num_images": self.num_images, "per_class_accuracy": self.per_class,
                "per_class_precision": self.precision, "per_class_recall": self.recall,

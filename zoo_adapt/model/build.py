@@ -34,7 +34,10 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def head_of(model: nn.Module) -> nn.Linear:
-    return get_submodule(model, backbone_of(model).head.attr)
+    module = get_submodule(model, backbone_of(model).built_head.attr)
+    if not isinstance(module, nn.Linear):
+        raise ZooAdaptError(f"the head of {backbone_of(model).name!r} is a {type(module).__name__}, not an nn.Linear")
+    return module
 
 
 class HeadFeatures:
@@ -67,18 +70,18 @@ def swap_head(model: nn.Module, num_classes: int) -> nn.Linear:
     """Replace the classifier with a fresh `num_classes`-way nn.Linear of the same width."""
     if int(num_classes) < 1:
         raise ZooAdaptError(f"num_classes must be at least 1, not {num_classes}")
-    head = backbone_of(model).head
-    old = get_submodule(model, head.attr)
-    new = nn.Linear(head.in_features, int(num_classes), bias=getattr(old, "bias", None) is not None)
+    attr = backbone_of(model).built_head.attr
+    old = head_of(model)
+    new = nn.Linear(old.in_features, int(num_classes), bias=old.bias is not None)
     new.to(device=old.weight.device, dtype=old.weight.dtype)
-    set_submodule(model, head.attr, new)
+    set_submodule(model, attr, new)
     if isinstance(getattr(model, "num_classes", None), int):  # timm models keep this in sync
-        model.num_classes = int(num_classes)
+        setattr(model, "num_classes", int(num_classes))  # noqa: B010
     return new
 
 
 def _live_head(model: nn.Module, backbone: Backbone) -> Head:
-    head = backbone.head
+    head = backbone.built_head
     module = get_submodule(model, head.attr)
     if not isinstance(module, nn.Linear):
         raise ZooAdaptError(f"the head of {backbone.name!r} at {head.attr!r} is a "
@@ -120,24 +123,24 @@ def create_model(name: str | Entry, num_classes: int | None = None, pretrained: 
     initial = str(file) if file else (entry.weights or "default") if pretrained else None
     backbone = dataclasses.replace(backbone, head=_live_head(model, backbone), initial_weights=initial,
                                    answered_by={"build_backbone": plugin, **backbone.answered_by})
-    model.zoo_adapt = backbone
+    setattr(model, "zoo_adapt", backbone)  # noqa: B010 (the description travels with the module)
     group_parameters(model)  # fail now, naming the plugin, if its groups are wrong
-    if state is not None:
+    if state is not None and file is not None:
         state = _fit_state_dict(model, entry, state, file)
-        file_classes = state[f"{backbone.head.attr}.weight"].shape[0] \
-            if f"{backbone.head.attr}.weight" in state else None
+        head_key = f"{backbone.built_head.attr}.weight"
+        file_classes = state[head_key].shape[0] if head_key in state else None
         if num_classes is None and file_classes not in (None, head_of(model).out_features):
             num_classes = file_classes
     if num_classes is not None:
         swap_head(model, num_classes)
-    if state is not None:
+    if state is not None and file is not None:
         _load(model, state, file)
     return model
 
 
 def _fit_state_dict(model: nn.Module, entry: Entry, state: dict, file: Path) -> dict:
     own = model.state_dict()
-    head = model.zoo_adapt.head.attr
+    head = backbone_of(model).built_head.attr
     if fit_report(own, state, skip=(head,)) is not None:
         _, converted = ask(entry, "convert_state_dict", state_dict=state, model=model)
         if converted is not None:
@@ -153,7 +156,7 @@ def _load(model: nn.Module, state: dict, file: Path) -> None:
     own = model.state_dict()
     state = {k: v for k, v in state.items() if own[k].shape == v.shape}
     missing, _ = model.load_state_dict(state, strict=False)
-    head = model.zoo_adapt.head.attr
+    head = backbone_of(model).built_head.attr
     if any(not (k == head or k.startswith(head + ".")) for k in missing):
         raise ZooAdaptError(f"weights file {file} left parameters unset: {missing[:3]}")
 

@@ -15,7 +15,7 @@ def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
     every parameter exactly once, in the model's parameter order (groups listed head
     first would otherwise freeze the head and train the stem, silently)."""
     backbone = backbone_of(model)
-    groups = backbone.groups or ()
+    groups = backbone.built_groups
     out: list[tuple[str, list]] = [(g.name, []) for g in groups]
     blame = f"layer groups of {backbone.name!r} (plugin {backbone.answered_by.get('backbone_groups')!r})"
     latest = 0
@@ -32,7 +32,7 @@ def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
     empty = [n for n, params in out if not params]
     if empty:
         raise ZooAdaptError(f"{blame}: group {empty[0]!r} holds no parameter")
-    head = backbone.head.attr
+    head = backbone.built_head.attr
     head_params = [n for n, _ in model.named_parameters() if n.startswith(head + ".")]
     if not out or not head_params or any(n not in dict(out[-1][1]) for n in head_params):
         raise ZooAdaptError(f"{blame}: the last group must hold the head {head!r}")
@@ -73,7 +73,6 @@ def freeze_to(model: nn.Module, k: int, bn: str = "train") -> nn.Module:
             for p in module.parameters(recurse=False):
                 p.requires_grad_(True)
         _keep_bn_eval(module, frozen_group and bn == "frozen")
-    model.zoo_adapt_frozen_to = k
     return model
 
 
@@ -104,7 +103,7 @@ def _keep_bn_eval(module: nn.Module, keep: bool) -> None:
     """Keep a BatchNorm layer on its running statistics whatever model.train() says."""
     handle = getattr(module, "_zoo_adapt_eval_hook", None)
     if keep and handle is None:
-        module._zoo_adapt_eval_hook = module.register_forward_pre_hook(_force_eval)
+        setattr(module, "_zoo_adapt_eval_hook", module.register_forward_pre_hook(_force_eval))  # noqa: B010
         module.training = False
     elif not keep and handle is not None:
         handle.remove()

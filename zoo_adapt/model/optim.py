@@ -43,8 +43,7 @@ def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
 
 def make_optimizer(groups: list[dict], name: str = "adamw", momentum: float = 0.9, fused: bool = False):
     """AdamW or SGD over `groups`; `fused` (CUDA only) runs each step as one kernel."""
-    kw = {"fused": True} if fused else {}
     choose("optimizer", name, OPTIMIZERS)
     if name == "adamw":
-        return torch.optim.AdamW(groups, **kw)
-    return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0, **kw)
+        return torch.optim.AdamW(groups, fused=fused or None)
+    return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0, fused=fused or None)

@@ -111,19 +111,18 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
     transform = EvalTransform(norm)
     batches = eval_batches(dataset, norm, device, batch_size=batch_size, workers=workers)
     model.eval()
-    labels, predicted, p_pred, p_true = [], [], [], []
+    parts: dict[str, list[torch.Tensor]] = {"labels": [], "predicted": [], "p_pred": [], "p_true": []}
     for x, y in batches:
         probs = predict_proba(model, x, autocast=device.type == "cuda")
         y = y.to(probs.device)
         top1 = probs.max(-1)
-        labels.append(y.cpu())
-        predicted.append(top1.indices.cpu())
-        p_pred.append(top1.values.cpu())
-        p_true.append(probs.gather(1, y[:, None])[:, 0].cpu())
-    if not labels:
+        parts["labels"].append(y.cpu())
+        parts["predicted"].append(top1.indices.cpu())
+        parts["p_pred"].append(top1.values.cpu())
+        parts["p_true"].append(probs.gather(1, y[:, None])[:, 0].cpu())
+    if not parts["labels"]:
         raise ZooAdaptError("nothing to analyse: no images")
-    labels, predicted = torch.cat(labels).numpy(), torch.cat(predicted).numpy()
-    p_pred, p_true = torch.cat(p_pred).numpy(), torch.cat(p_true).numpy()
+    labels, predicted, p_pred, p_true = (torch.cat(parts[k]).numpy() for k in ("labels", "predicted", "p_pred", "p_true"))
     n = len(classes)
     confusion = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
     figures = per_class_figures(confusion, classes)
@@ -132,7 +131,7 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
     order = np.argsort(-losses, kind="stable")[:top]
     paths = _paths(dataset)
     result = Analysis(
-        num_images=len(labels), accuracy=float((labels == predicted).mean()),
+        num_images=len(labels), accuracy=float(np.mean(labels == predicted)),
         macro_f1=float(np.mean(f1s)) if f1s else None, per_class=figures,
         confused=most_confused(confusion, classes),
         top_losses=[{"index": int(i), "path": paths[i] if paths else None, "true": classes[labels[i]],
@@ -166,7 +165,7 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
 
 
 def summary(result: Analysis, out: Path) -> str:
-    worst = min((c for c in result.per_class if c.f1 is not None), key=lambda c: c.f1, default=None)
+    worst = min((c for c in result.per_class if c.f1 is not None), key=lambda c: c.f1 or 0.0, default=None)
     confused = result.confused[0] if result.confused else None
     parts = [f"analysis: {result.num_images} images, accuracy {result.accuracy:.1%}"
              + (f", macro F1 {result.macro_f1:.3f}" if result.macro_f1 is not None else "")]
@@ -235,7 +234,7 @@ def find_cam_target(model: nn.Module, x: torch.Tensor) -> CamTarget | None:
             raise ZooAdaptError(f"plugin {backbone.entry.plugin!r}: backbone_cam_target must return a CamTarget, "
                                 f"not {type(answer).__name__}")
         return answer
-    head = backbone.head.attr
+    head = backbone.built_head.attr
     found: list[str] = []
     hooks = []
     for name, module in model.named_modules():

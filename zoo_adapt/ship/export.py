@@ -54,12 +54,12 @@ def export_model(model: nn.Module, path: str | Path, classes: list[str], normali
     backbone = backbone_of(model)
     if num_classes_of(model) != len(classes):
         raise ZooAdaptError(f"{len(classes)} class names for a model with {num_classes_of(model)} outputs")
-    norm = normalization or backbone.normalization
+    norm = normalization or backbone.built_normalization
     meta = {
         "format": FORMAT, "zoo_adapt_version": __version__,
         "backbone": backbone.name, "plugin": backbone.entry.plugin, "upstream": backbone.entry.upstream,
         "library": backbone.source.library, "pretrained_weights": str(backbone.initial_weights),
-        "entry": json.dumps(backbone.entry.to_dict()), "head": backbone.head.attr,
+        "entry": json.dumps(backbone.entry.to_dict()), "head": backbone.built_head.attr,
         "num_classes": str(len(classes)), "classes": json.dumps(list(classes)),
         "mean": json.dumps(list(norm.mean)), "std": json.dumps(list(norm.std)),
         "input_size": json.dumps(list(norm.input_size)), "interpolation": norm.interpolation,

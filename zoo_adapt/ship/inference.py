@@ -5,7 +5,7 @@ import csv
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -58,6 +58,8 @@ def evaluate_folder(model_path: str | Path, data: str | Path | None, tta: bool =
     elif card.multi_label:
         raise ZooAdaptError(f"{model_path} is a multi-label model: evaluate it on a label file (--labels)")
     else:
+        if data is None:
+            raise ZooAdaptError("give --data (a labelled folder) or --labels (a label file)")
         folder = labelled_folder(data)
         samples = scan_folder(folder, classes=card.classes)
     dev = resolve_device(device)
@@ -77,7 +79,7 @@ class Prediction:
     class at or above its threshold (possibly none) and `top` all classes."""
 
     path: str
-    top: list[tuple[str, float]] | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)  # empty when `error`
     error: str | None = None
     labels: list[tuple[str, float]] | None = None
 

@@ -55,7 +55,8 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return self.model((x - mean) / std)
 
 
 @dataclass
@@ -119,6 +120,8 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, images=No
                                         opset_version=opset, external_data=False, verbose=False)
     except Exception as e:
         raise ZooAdaptError(f"cannot export {card.backbone} ({card.entry.upstream}) to ONNX: {export_error(e)}") from e
+    if program is None:
+        raise ZooAdaptError(f"cannot export {card.backbone} to ONNX: torch.onnx.export returned no program")
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(card, fold_normalization))
     data = proto.SerializeToString()

@@ -27,7 +27,7 @@ def describe(backbone: str | Entry, model: Any = None) -> Backbone:
             return None
         if isinstance(value, list) and kind is tuple:
             value = tuple(value)
-        if not isinstance(value, kind) or (kind is tuple and not all(
+        if not isinstance(value, kind) or (isinstance(value, tuple) and not all(
                 isinstance(g, LayerGroup) for g in value)):
             raise PluginError(f"plugin {plugin!r} answered {hook} for {entry.name!r} with "
                               f"{type(value).__name__}, not {kind.__name__}", plugin, hook)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from zoo_adapt.errors import ZooAdaptError
 
@@ -139,6 +139,29 @@ class Backbone:
     @property
     def name(self) -> str:
         return self.entry.name
+
+    # A built model's description always has a head, normalization and groups (create_model
+    # refuses a plugin that leaves one out); these say so to the type checker.
+    @property
+    def built_head(self) -> Head:
+        return _described(self.head, self.name, "head")
+
+    @property
+    def built_normalization(self) -> Normalization:
+        return _described(self.normalization, self.name, "normalization")
+
+    @property
+    def built_groups(self) -> tuple[LayerGroup, ...]:
+        return _described(self.groups, self.name, "layer groups")
+
+
+T = TypeVar("T")
+
+
+def _described(value: T | None, name: str, what: str) -> T:
+    if value is None:
+        raise ZooAdaptError(f"backbone {name!r} was described without building it: its {what} is unknown")
+    return value
 
 
 def backbone_of(model: Any) -> Backbone:

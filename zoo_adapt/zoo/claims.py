@@ -79,6 +79,7 @@ def settle(claims: Iterable[Claim], what: str, report: Callable[[str], None] | N
                        + (" or re-point the name in a registry file (--registry FILE)" if "backbone" in what else ""))
             out.contested[name] = message
             out.problems.append(message)
-    for problem in out.problems if report else ():
-        report(problem)
+    if report is not None:
+        for problem in out.problems:
+            report(problem)
     return out

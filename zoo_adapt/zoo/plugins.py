@@ -213,11 +213,13 @@ def disabled(names: Iterable[str]) -> Iterator[None]:
         report(f"--disable-plugin {n}: no plugin of that name is installed")
     kept: dict[str, tuple[Any, PluginInfo]] = {}
     _blocked_here.extend(names)
-    for n in names if _pm else ():
-        obj = _pm.get_plugin(n)
+    pm = _pm
+    for n in names if pm is not None else ():
+        assert pm is not None
+        obj = pm.get_plugin(n)
         if obj is not None:
-            kept[n] = (_pm.unregister(name=n), _infos[n])
-        _pm.set_blocked(n)
+            kept[n] = (pm.unregister(name=n), _infos[n])
+        pm.set_blocked(n)
         if n in _infos:
             _infos[n] = replace(_infos[n], status="disabled", problem="disabled (--disable-plugin)")
     generation += 1

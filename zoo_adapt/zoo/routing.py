@@ -15,7 +15,7 @@ from typing import Any
 from zoo_adapt.errors import PluginError, ZooAdaptError, first_line
 from zoo_adapt.zoo.backbone import Entry
 from zoo_adapt.zoo.claims import Claim
-from zoo_adapt.zoo.plugins import get_plugin_manager, installed_plugins, mark_broken, plugin_info, require
+from zoo_adapt.zoo.plugins import PluginInfo, get_plugin_manager, installed_plugins, mark_broken, plugin_info, require
 
 
 def route(entry: Entry, hook: str) -> str:
@@ -77,7 +77,7 @@ def registrations(hook: str, build: Callable[..., tuple[str, Any, bool]]) -> lis
     claims: dict[str, list[Claim]] = {}
 
     def kwargs_for(plugin: str):
-        info = plugin_info(plugin)
+        info = plugin_info(plugin) or PluginInfo(plugin)
 
         def register(*args: Any, **kwargs: Any) -> None:
             try:
