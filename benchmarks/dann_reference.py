@@ -18,6 +18,7 @@ model kept; no target label read. `--target-bn` adds Li et al.'s AdaBN after tra
 
 TASK_FOLDER is what zoo_adapt.data.demo.build_photo_shift / build_digit_shift write.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,14 @@ class ReverseGradient(torch.autograd.Function):
 
 
 def discriminator(features: int, hidden: int = 256, dropout: float = 0.5) -> nn.Module:
-    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    return nn.Sequential(
+        nn.Linear(features, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 1),
+    )
 
 
 class Split(nn.Module):
@@ -117,8 +124,9 @@ def mcc_loss(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     return (confusion.sum() - confusion.trace()) / probs.shape[1]
 
 
-def dann_step(net: Split, disc: nn.Module | None, opt, base_lrs, xs, ys, xt, p: float, gamma: float = 10.0,
-              mcc: float = 0.0) -> dict:
+def dann_step(
+    net: Split, disc: nn.Module | None, opt, base_lrs, xs, ys, xt, p: float, gamma: float = 10.0, mcc: float = 0.0
+) -> dict:
     """One step at progress p (the fraction of steps done): rates annealed, then source
     and target forwarded together, cross-entropy on the source plus the discriminator's
     BCE behind the reversal layer. `disc` None (or `xt` None): source only. `mcc` > 0:
@@ -165,7 +173,7 @@ def adabn(net: nn.Module, x: torch.Tensor, norm, batch: int = 64) -> None:
         m.momentum = None
         m.train()
     for i in range(0, len(x), batch):
-        net(normalize(x[i:i + batch], *norm))
+        net(normalize(x[i : i + batch], *norm))
     for m in norms:
         m.momentum = 0.1
     net.eval()
@@ -174,13 +182,21 @@ def adabn(net: nn.Module, x: torch.Tensor, norm, batch: int = 64) -> None:
 @torch.no_grad()
 def accuracy(net: Split, x: torch.Tensor, y: torch.Tensor, norm, batch: int = 128) -> float:
     net.eval()
-    hits = sum((net(normalize(x[i:i + batch], *norm))[1].argmax(1) == y[i:i + batch]).sum().item()
-               for i in range(0, len(x), batch))
+    hits = sum(
+        (net(normalize(x[i : i + batch], *norm))[1].argmax(1) == y[i : i + batch]).sum().item()
+        for i in range(0, len(x), batch)
+    )
     return hits / len(x)
 
 
-def train(task: Path, seed: int, adapt: str | None = "dann", recipe: Recipe = Recipe(),
-          backbone: str = "efficientnet_lite0", log=print) -> float:
+def train(
+    task: Path,
+    seed: int,
+    adapt: str | None = "dann",
+    recipe: Recipe = Recipe(),
+    backbone: str = "efficientnet_lite0",
+    log=print,
+) -> float:
     """Train on task/source/train (+ the unlabelled task/target/train); the last model's
     accuracy on task/target/test."""
     from zoo_adapt import create_model
@@ -205,15 +221,27 @@ def train(task: Path, seed: int, adapt: str | None = "dann", recipe: Recipe = Re
         order = torch.randperm(len(xs), generator=g)
         figures = []
         for i in range(steps_per_epoch):
-            batch = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            batch = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
             xt_batch = None
             if adapt:
                 if len(target_stream) < len(batch):
                     target_stream = torch.cat([target_stream, torch.randperm(len(xt), generator=g)])
-                picked, target_stream = target_stream[:len(batch)], target_stream[len(batch):]
+                picked, target_stream = target_stream[: len(batch)], target_stream[len(batch) :]
                 xt_batch = normalize(xt[picked], *norm)
-            figures.append(dann_step(net, disc, opt, base_lrs, normalize(xs[batch], *norm), ys[batch], xt_batch,
-                                     step / total, recipe.gamma, recipe.mcc if adapt == "mcc" else 0.0))
+            figures.append(
+                dann_step(
+                    net,
+                    disc,
+                    opt,
+                    base_lrs,
+                    normalize(xs[batch], *norm),
+                    ys[batch],
+                    xt_batch,
+                    step / total,
+                    recipe.gamma,
+                    recipe.mcc if adapt == "mcc" else 0.0,
+                )
+            )
             step += 1
         means = {k: statistics.mean(f[k] for f in figures) for k in figures[0]}
         log(f"  epoch {epoch + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in means.items()))
@@ -237,8 +265,9 @@ def main() -> None:
     recipe = Recipe(epochs=args.epochs, lr_body=args.lr_body, lr_head=args.lr_head, target_bn=args.target_bn)
     accs = []
     for seed in args.seeds:
-        acc = train(args.task, seed, adapt=None if args.method == "none" else args.method, recipe=recipe,
-                    backbone=args.backbone)
+        acc = train(
+            args.task, seed, adapt=None if args.method == "none" else args.method, recipe=recipe, backbone=args.backbone
+        )
         accs.append(100 * acc)
         print(f"seed {seed}: target accuracy {acc:.1%}", flush=True)
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0

@@ -4,6 +4,7 @@ test-time augmentation: the README's demo table.
     python benchmarks/demo.py                 # every row (about 10 minutes on 2 CPU cores)
     python benchmarks/demo.py --rows two-stage
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ def main() -> None:
         config = FinetuneConfig(out=str(work / f"run{i}"), seed=args.seed, **ROWS[name])
         start = time.perf_counter()
         m = finetune(config, log=None, overwrite=True).metrics
-        print(f"| {name} | {m['epochs']} | {m['val_accuracy']:.1%} | {m['val_accuracy_tta']:.1%} | "
-              f"{time.perf_counter() - start:.0f} s |", flush=True)
+        print(
+            f"| {name} | {m['epochs']} | {m['val_accuracy']:.1%} | {m['val_accuracy_tta']:.1%} | "
+            f"{time.perf_counter() - start:.0f} s |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ and a task's table (8 rows, 3 seeds) 53 to 56 minutes, the two tasks side by sid
 target. The measured tables are in
 docs/adaptation.md, their raw results in benchmarks/results/domain_adaptation/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,32 +64,51 @@ EXTRA = ("reference-mcc", "dann-before", "dann@1e-2")
 # Settings that might steady DANN where its last epoch swings.
 STABILISERS = {"dann+ema": dict(ema=0.98)}
 # One setting of the previous defaults put back at a time (the paper's BatchNorm statistics, as they were measured).
-ABLATIONS = {"dann+geometric": dict(lr_spread="geometric"), "dann+warmup": dict(warmup=0.1),
-             "dann+smoothing": dict(label_smoothing=0.1), "dann+augment": dict(hflip=True, crop_scale=0.35),
-             "dann+wide-disc": dict(adapt_options={"width": 1024, "lr_factor": 0.3})}
-LABELS = {"source-only": "source only (zoo-adapt)",
-          "reference": "minimal DANN loop (dann_reference.py; the paper: mixed BatchNorm statistics)",
-          "dann-mixed": "zoo-adapt DANN, --target-bn mixed (the paper's recipe)",
-          "reference+adabn": "minimal DANN loop, then target BatchNorm statistics (dann_reference.py --target-bn)",
-          "dann": "zoo-adapt DANN (the --target-data defaults: target BatchNorm statistics)",
-          "mcc": "zoo-adapt MCC (the defaults)",
-          "adabn": "zoo-adapt AdaBN (--adapt adabn: source-only training, target BatchNorm statistics)",
-          "oracle": "oracle (labelled target)",
-          "reference-mcc": "minimal loop with MCC (dann_reference.py --method mcc)",
-          "dann-before": "zoo-adapt DANN, previous rates, warm-up, smoothing, crops and flips",
-          "dann@1e-2": "zoo-adapt DANN, head and discriminator at 1e-2 (body 1e-3)",
-          "dann+geometric": "zoo-adapt DANN, geometric body rates", "dann+warmup": "zoo-adapt DANN, 10% warm-up",
-          "dann+smoothing": "zoo-adapt DANN, label smoothing 0.1",
-          "dann+augment": "zoo-adapt DANN, random crops (35%) and flips",
-          "dann+wide-disc": "zoo-adapt DANN, 1024-wide discriminator at 0.3x the head's rate",
-          "dann+ema": "zoo-adapt DANN, EMA of the weights (--ema 0.98)"}
+ABLATIONS = {
+    "dann+geometric": dict(lr_spread="geometric"),
+    "dann+warmup": dict(warmup=0.1),
+    "dann+smoothing": dict(label_smoothing=0.1),
+    "dann+augment": dict(hflip=True, crop_scale=0.35),
+    "dann+wide-disc": dict(adapt_options={"width": 1024, "lr_factor": 0.3}),
+}
+LABELS = {
+    "source-only": "source only (zoo-adapt)",
+    "reference": "minimal DANN loop (dann_reference.py; the paper: mixed BatchNorm statistics)",
+    "dann-mixed": "zoo-adapt DANN, --target-bn mixed (the paper's recipe)",
+    "reference+adabn": "minimal DANN loop, then target BatchNorm statistics (dann_reference.py --target-bn)",
+    "dann": "zoo-adapt DANN (the --target-data defaults: target BatchNorm statistics)",
+    "mcc": "zoo-adapt MCC (the defaults)",
+    "adabn": "zoo-adapt AdaBN (--adapt adabn: source-only training, target BatchNorm statistics)",
+    "oracle": "oracle (labelled target)",
+    "reference-mcc": "minimal loop with MCC (dann_reference.py --method mcc)",
+    "dann-before": "zoo-adapt DANN, previous rates, warm-up, smoothing, crops and flips",
+    "dann@1e-2": "zoo-adapt DANN, head and discriminator at 1e-2 (body 1e-3)",
+    "dann+geometric": "zoo-adapt DANN, geometric body rates",
+    "dann+warmup": "zoo-adapt DANN, 10% warm-up",
+    "dann+smoothing": "zoo-adapt DANN, label smoothing 0.1",
+    "dann+augment": "zoo-adapt DANN, random crops (35%) and flips",
+    "dann+wide-disc": "zoo-adapt DANN, 1024-wide discriminator at 0.3x the head's rate",
+    "dann+ema": "zoo-adapt DANN, EMA of the weights (--ema 0.98)",
+}
 # What --target-data now sets, spelt out for the runs that have no target data.
-RECIPE = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0, label_smoothing=0.0,
-              hflip=False, crop_scale=1.0)
+RECIPE = dict(
+    strategy="finetune",
+    schedule="dann",
+    keep="last",
+    lr_spread="flat",
+    warmup=0.0,
+    label_smoothing=0.0,
+    hflip=False,
+    crop_scale=1.0,
+)
 BEFORE = dict(lr_spread="geometric", warmup=0.1, label_smoothing=0.1, hflip=True, crop_scale=0.35, target_bn="mixed")
 # Options of the adapted rows beyond the defaults.
-OPTIONS = {"dann-mixed": dict(target_bn="mixed"), "dann-before": BEFORE,
-           **{row: {**o, "target_bn": "mixed"} for row, o in ABLATIONS.items()}, **STABILISERS}
+OPTIONS = {
+    "dann-mixed": dict(target_bn="mixed"),
+    "dann-before": BEFORE,
+    **{row: {**o, "target_bn": "mixed"} for row, o in ABLATIONS.items()},
+    **STABILISERS,
+}
 METHODS = {"mcc": "mcc", "adabn": "adabn"}  # the others: dann
 SCORES = ("target_snd", "target_entropy", "target_class_balance")
 
@@ -104,21 +124,42 @@ def build(task: str, work: Path, size: int, scale: float = 1.0) -> Path:
 def run(row: str, task: Path, out: Path, seed: int, args: argparse.Namespace) -> tuple[float, list[dict]]:
     """Train one row; returns (target test accuracy, per-epoch history of an adapted run)."""
     if row.startswith("reference"):
-        recipe = reference.Recipe(epochs=args.epochs, batch_size=args.batch_size, lr_body=args.lr_body,
-                                  lr_head=args.lr, image_size=args.image_size, target_bn=row == "reference+adabn")
+        recipe = reference.Recipe(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr_body=args.lr_body,
+            lr_head=args.lr,
+            image_size=args.image_size,
+            target_bn=row == "reference+adabn",
+        )
         method = "mcc" if row == "reference-mcc" else "dann"
         return reference.train(task, seed, method, recipe, backbone=args.backbone, log=lambda s: None), []
     rates = dict(lr=1e-2, lr_body=1e-3) if row == "dann@1e-2" else dict(lr=args.lr, lr_body=args.lr_body)
-    common = dict(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, seed=seed,
-                  batch_size=args.batch_size, workers=0, tta=False, analysis="off", out=str(out), **rates)
+    common = dict(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=seed,
+        batch_size=args.batch_size,
+        workers=0,
+        tta=False,
+        analysis="off",
+        out=str(out),
+        **rates,
+    )
     if row == "oracle":  # labelled target images, trained and scored as source-only is
         config = FinetuneConfig(data=str(task / "target"), **RECIPE, **common)
     elif row == "source-only":
         config = FinetuneConfig(data=str(task / "source"), **RECIPE, **common)
     else:
-        config = FinetuneConfig(data=str(task / "source"), target_data=str(task / "target" / "train"),
-                                target_val=str(task / "target" / "test"), adapt=METHODS.get(row, "dann"),
-                                **OPTIONS.get(row, {}), **common)
+        config = FinetuneConfig(
+            data=str(task / "source"),
+            target_data=str(task / "target" / "train"),
+            target_val=str(task / "target" / "test"),
+            adapt=METHODS.get(row, "dann"),
+            **OPTIONS.get(row, {}),
+            **common,
+        )
     finetune(config, log=None, overwrite=True)
     score = evaluate_folder(out / "model.safetensors", task / "target" / "test", device="cpu")
     history = json.loads((out / "metrics.json").read_text())["history"]
@@ -142,8 +183,11 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def fmt(accs: list[float]) -> str:
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    return (f"{statistics.mean(accs):.1f} ± {spread:.1f} (min {min(accs):.1f}, max {max(accs):.1f}; "
-            + " / ".join(f"{a:.1f}" for a in accs) + ")")
+    return (
+        f"{statistics.mean(accs):.1f} ± {spread:.1f} (min {min(accs):.1f}, max {max(accs):.1f}; "
+        + " / ".join(f"{a:.1f}" for a in accs)
+        + ")"
+    )
 
 
 def settings_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
@@ -157,8 +201,11 @@ def settings_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
     if not by_seed:
         return
     print("\nLabel-free choice of setting (adapted rows of one task and seed, last epoch)")
-    print("| task | seed | settings | DANN (default) | best (oracle) | " +
-          " | ".join(f"{s}: rho / picked" for s in SCORES) + " |")
+    print(
+        "| task | seed | settings | DANN (default) | best (oracle) | "
+        + " | ".join(f"{s}: rho / picked" for s in SCORES)
+        + " |"
+    )
     print("| --- " * (5 + len(SCORES)) + "|")
     for (task, seed), rows in sorted(by_seed.items()):
         oracle = {row: 100 * h[-1]["target_accuracy_oracle"] for row, h in rows.items()}
@@ -168,8 +215,10 @@ def settings_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
             values = {row: sign * h[-1][score] for row, h in rows.items()}
             picked = max(values, key=values.get)
             cells.append(f"{spearman(list(values.values()), list(oracle.values())):+.2f} / {oracle[picked]:.1f}")
-        print(f"| {task} | {seed} | {len(rows)} | {oracle.get('dann', float('nan')):.1f} | "
-              f"{max(oracle.values()):.1f} | " + " | ".join(cells) + " |")
+        print(
+            f"| {task} | {seed} | {len(rows)} | {oracle.get('dann', float('nan')):.1f} | "
+            f"{max(oracle.values()):.1f} | " + " | ".join(cells) + " |"
+        )
 
 
 def selection_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
@@ -177,8 +226,11 @@ def selection_report(histories: dict[tuple[str, str, int], list[dict]]) -> None:
     (Spearman), and what picking its best epoch would give against keeping the last;
     then the mean over a task's runs."""
     print("\nLabel-free epoch selection (per adapted run; oracle = target test accuracy per epoch)")
-    print("| task | row | seed | last epoch | best epoch (oracle) | " +
-          " | ".join(f"{s}: rho / picked" for s in SCORES) + " |")
+    print(
+        "| task | row | seed | last epoch | best epoch (oracle) | "
+        + " | ".join(f"{s}: rho / picked" for s in SCORES)
+        + " |"
+    )
     print("| --- " * (5 + len(SCORES)) + "|")
     per_task: dict[str, list[list[float]]] = {}
     for (task, row, seed), history in sorted(histories.items()):
@@ -206,20 +258,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["photo", "digits"], choices=("photo", "digits"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA + tuple(ABLATIONS) + tuple(STABILISERS),
-                        help="rows to train; also reference-mcc, " + ", ".join(ABLATIONS)
-                        + " (one previous default each) and " + ", ".join(STABILISERS))
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(ROWS),
+        choices=ROWS + EXTRA + tuple(ABLATIONS) + tuple(STABILISERS),
+        help="rows to train; also reference-mcc, "
+        + ", ".join(ABLATIONS)
+        + " (one previous default each) and "
+        + ", ".join(STABILISERS),
+    )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=8, help="passes over the source set")
     parser.add_argument("--batch-size", type=int, default=32, help="per domain")
-    parser.add_argument("--lr", type=float, default=3e-3, help="head (and discriminator) rate (issue 11's, the default)")
+    parser.add_argument(
+        "--lr", type=float, default=3e-3, help="head (and discriminator) rate (issue 11's, the default)"
+    )
     parser.add_argument("--lr-body", type=float, default=1e-3, help="body rate (issue 11's, the default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the images (a quick check: 0.2)")
     parser.add_argument("--work", type=Path, default=None, help="folder for data and runs [a temporary one]")
-    parser.add_argument("--report", type=Path, nargs="+", metavar="WORK",
-                        help="train nothing: print the tables from the results.jsonl of earlier --work folders")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="WORK",
+        help="train nothing: print the tables from the results.jsonl of earlier --work folders",
+    )
     args = parser.parse_args()
     if args.report:
         report([json.loads(line) for work in args.report for line in (work / "results.jsonl").read_text().splitlines()])
@@ -227,9 +293,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="zoo-adapt-da-"))
-    print(f"{args.backbone} (ImageNet weights) at {args.image_size}px, {args.epochs} passes over the source set, "
-          f"batch {args.batch_size} per domain, head {args.lr:g}, body {args.lr_body:g}, seeds {args.seeds}; "
-          f"results in {work / 'results.jsonl'}", flush=True)
+    print(
+        f"{args.backbone} (ImageNet weights) at {args.image_size}px, {args.epochs} passes over the source set, "
+        f"batch {args.batch_size} per domain, head {args.lr:g}, body {args.lr_body:g}, seeds {args.seeds}; "
+        f"results in {work / 'results.jsonl'}",
+        flush=True,
+    )
     started, results = time.perf_counter(), []
     for task_name in args.tasks:
         task = build(task_name, work, args.image_size, args.scale)
@@ -237,13 +306,21 @@ def main() -> None:
             for row in args.rows:
                 start = time.perf_counter()
                 acc, history = run(row, task, work / "runs" / f"{task_name}-{row}-{seed}", seed, args)
-                result = dict(task=task_name, row=row, seed=seed, accuracy=100 * acc,
-                              seconds=round(time.perf_counter() - start, 1), history=history)
+                result = dict(
+                    task=task_name,
+                    row=row,
+                    seed=seed,
+                    accuracy=100 * acc,
+                    seconds=round(time.perf_counter() - start, 1),
+                    history=history,
+                )
                 results.append(result)
                 with open(work / "results.jsonl", "a") as f:
                     f.write(json.dumps(result) + "\n")
-                print(f"{task_name} seed {seed} {row:<12} target accuracy {acc:.1%}  ({result['seconds']:.0f}s)",
-                      flush=True)
+                print(
+                    f"{task_name} seed {seed} {row:<12} target accuracy {acc:.1%}  ({result['seconds']:.0f}s)",
+                    flush=True,
+                )
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     report(results)
 
@@ -260,8 +337,9 @@ def report(results: list[dict]) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in results))
     print("| task | row | target test accuracy, % (mean ± std (min, max; per seed)) |")
     print("| --- | --- | --- |")
-    for (task_name, row), accs in sorted(accuracies.items(), key=lambda kv: (tasks.index(kv[0][0]),
-                                                                                order.index(kv[0][1]))):
+    for (task_name, row), accs in sorted(
+        accuracies.items(), key=lambda kv: (tasks.index(kv[0][0]), order.index(kv[0][1]))
+    ):
         print(f"| {task_name} | {LABELS[row]} | {fmt(accs)} |")
     if histories:
         selection_report(histories)

@@ -7,6 +7,7 @@ validation accuracy and loss beside the suggestion, with the ratio suggestion / 
 
     python benchmarks/lr_find.py [--epochs 3] [--rates 3e-4,1e-3,3e-3,1e-2,3e-2] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,18 +32,28 @@ def main() -> None:
 
     start = time.perf_counter()
     curve = lr_find(FinetuneConfig(backbone=args.backbone, out=str(out / "lr_find")), log=print)
-    print(f"lr-find: {time.perf_counter() - start:.0f} s, suggestion {curve.suggestion:.3g}, "
-          f"steepest {curve.steepest:.3g}", flush=True)
+    print(
+        f"lr-find: {time.perf_counter() - start:.0f} s, suggestion {curve.suggestion:.3g}, "
+        f"steepest {curve.steepest:.3g}",
+        flush=True,
+    )
 
     rows = []
     for rate in rates:
         start = time.perf_counter()
-        result = finetune(FinetuneConfig(backbone=args.backbone, lr=rate, epochs=args.epochs, tta=False,
-                                         out=str(out / f"lr_{rate:g}")), log=None)
+        result = finetune(
+            FinetuneConfig(
+                backbone=args.backbone, lr=rate, epochs=args.epochs, tta=False, out=str(out / f"lr_{rate:g}")
+            ),
+            log=None,
+        )
         m = result.metrics
         rows.append((rate, m["val_accuracy"], m["val_loss"], m["kept_epoch"]))
-        print(f"lr {rate:.3g}: val accuracy {m['val_accuracy']:.1%}, val loss {m['val_loss']:.3f} (epoch "
-              f"{m['kept_epoch']}), {time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"lr {rate:.3g}: val accuracy {m['val_accuracy']:.1%}, val loss {m['val_loss']:.3f} (epoch "
+            f"{m['kept_epoch']}), {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
 
     best = max(rows, key=lambda r: (r[1], -r[2]))  # accuracy first, then the lower loss
     print()
@@ -52,9 +63,11 @@ def main() -> None:
         print(f"{rate:>10.3g} {acc:>8.1%} {loss:>9.3f}{marks}")
     ratio = curve.suggestion / best[0]
     print(f"{'suggested':>10} {curve.suggestion:>8.3g}  (valley; steepest {curve.steepest:.3g})")
-    print(f"suggestion / best rate = {ratio:.2f} (factor {max(ratio, 1 / ratio):.1f}; "
-          f"{'within' if max(ratio, 1 / ratio) <= 3 else 'outside'} 3x); "
-          f"{abs(math.log10(ratio)):.2f} decades")
+    print(
+        f"suggestion / best rate = {ratio:.2f} (factor {max(ratio, 1 / ratio):.1f}; "
+        f"{'within' if max(ratio, 1 / ratio) <= 3 else 'outside'} 3x); "
+        f"{abs(math.log10(ratio)):.2f} decades"
+    )
 
 
 if __name__ == "__main__":

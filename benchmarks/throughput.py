@@ -25,6 +25,7 @@ ratio to zoo-adapt's (loader workers) mean after the first epoch.
     python benchmarks/throughput.py --device cuda --backbone resnet50 --timm-train /path/to/train.py --compile
     python benchmarks/throughput.py --device cpu --tiny    # smoke test, well under a minute on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,16 @@ from pathlib import Path
 import numpy as np
 
 VERSION = 1  # bump when the data recipe changes
-TIMM_NAMES = {"resnet50": "resnet50", "resnet18": "resnet18", "vit_b16": "vit_base_patch16_224",
-              "efficientnet_lite0": "efficientnet_lite0"}
-DEFAULTS = dict(backbone="resnet50", images=12800, classes=100, image_size=224, batch_size=256, epochs=3,
-                plain_batch_size=64)
-TINY = dict(backbone="resnet18", images=48, classes=4, image_size=64, batch_size=16, epochs=2,
-            plain_batch_size=16)
+TIMM_NAMES = {
+    "resnet50": "resnet50",
+    "resnet18": "resnet18",
+    "vit_b16": "vit_base_patch16_224",
+    "efficientnet_lite0": "efficientnet_lite0",
+}
+DEFAULTS = dict(
+    backbone="resnet50", images=12800, classes=100, image_size=224, batch_size=256, epochs=3, plain_batch_size=64
+)
+TINY = dict(backbone="resnet18", images=48, classes=4, image_size=64, batch_size=16, epochs=2, plain_batch_size=16)
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 PHOTOS: list[np.ndarray] = []
 
@@ -74,7 +79,7 @@ def _make_image(job: tuple[str, int, int, int]) -> None:
     ch = min(h, round(cw / aspect))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     width = int(rng.integers(480, 521))
-    image = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((width, round(width * 0.75)), Image.BILINEAR)
+    image = Image.fromarray(photo[y : y + ch, x : x + cw]).resize((width, round(width * 0.75)), Image.BILINEAR)
     perm = list(itertools.permutations(range(3)))[(label // len(PHOTOS)) % 6]
     mix = np.eye(3)[list(perm)] * np.random.default_rng([seed, label]).uniform(0.75, 1.25, 3)[:, None]
     pixels = np.asarray(image, np.float32) @ mix.T.astype(np.float32) * rng.uniform(0.8, 1.2)
@@ -97,8 +102,10 @@ def build_data(root: Path, images: int, classes: int, seed: int = 0) -> Path:
     for split, count, offset in (("images", images, 0), ("holdout", holdout * classes, images)):
         for c in range(classes):
             (folder / split / f"class_{c:03d}").mkdir(parents=True, exist_ok=True)
-        jobs += [(str(folder / split / f"class_{i % classes:03d}" / f"{i:06d}.jpg"), i % classes, offset + i, seed)
-                 for i in range(count)]
+        jobs += [
+            (str(folder / split / f"class_{i % classes:03d}" / f"{i:06d}.jpg"), i % classes, offset + i, seed)
+            for i in range(count)
+        ]
     print(f"building {len(jobs)} JPEGs in {folder} ...", flush=True)
     start, _ = time.perf_counter(), _load_photos()
     if len(jobs) < 500 or cores() == 1:
@@ -116,8 +123,13 @@ def build_data(root: Path, images: int, classes: int, seed: int = 0) -> Path:
 def row(name: str, rates: list[float] = (), note: str = "", warm: float | None = None) -> dict:
     """`rates`: images/s of each epoch; or `warm`: one rate of warm steps (no epochs)."""
     after = rates[1:] or rates
-    return {"name": name, "epoch_rates": list(rates), "after_first": sum(after) / len(after) if after else None,
-            "warm": max(rates) if rates else warm, "note": note}
+    return {
+        "name": name,
+        "epoch_rates": list(rates),
+        "after_first": sum(after) / len(after) if after else None,
+        "warm": max(rates) if rates else warm,
+        "note": note,
+    }
 
 
 def cores() -> int:
@@ -143,12 +155,39 @@ def run_logged(cmd: list[str], log: Path) -> int:
 
 def zoo_adapt(a, data: Path, work: Path, label: str, name: str, flags: list[str]) -> dict:
     out = work / label
-    cmd = [sys.executable, "-m", "zoo_adapt", "finetune", "--data", str(data / "images"), "--backbone", a.backbone,
-           "--strategy", "finetune", "--no-pretrained", "--batch-size", str(a.batch_size), "--epochs", str(a.epochs),
-           "--image-size", str(a.image_size), "--out", str(out), "--overwrite", "--no-tta", "--analysis", "off",
-           "--val-split", "0.01",
-           "--device", a.device, *(["--precision", "bf16"] if a.device == "cuda" else []),
-           *(["--workers", str(a.workers)] if a.workers is not None else []), *flags, *shlex.split(a.zoo_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoo_adapt",
+        "finetune",
+        "--data",
+        str(data / "images"),
+        "--backbone",
+        a.backbone,
+        "--strategy",
+        "finetune",
+        "--no-pretrained",
+        "--batch-size",
+        str(a.batch_size),
+        "--epochs",
+        str(a.epochs),
+        "--image-size",
+        str(a.image_size),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-tta",
+        "--analysis",
+        "off",
+        "--val-split",
+        "0.01",
+        "--device",
+        a.device,
+        *(["--precision", "bf16"] if a.device == "cuda" else []),
+        *(["--workers", str(a.workers)] if a.workers is not None else []),
+        *flags,
+        *shlex.split(a.zoo_args),
+    ]
     print(f"{name}: {shlex.join(cmd[1:])}", flush=True)
     if run_logged(cmd, work / f"{label}.log"):
         return row(name, note=f"failed, see {work / label}.log")
@@ -158,8 +197,10 @@ def zoo_adapt(a, data: Path, work: Path, label: str, name: str, flags: list[str]
     return row(name, [h["images_per_second"] for h in history], (found[1] if found else "") + compiled)
 
 
-TIMM_LINE = re.compile(r"Train: (\d+) \[.*?Time: ([\d.]+)s,\s*([\d.]+)/s\s+\(([\d.]+)s,\s*([\d.]+)/s\)"
-                       r".*?Data: ([\d.]+) \(([\d.]+)\)")
+TIMM_LINE = re.compile(
+    r"Train: (\d+) \[.*?Time: ([\d.]+)s,\s*([\d.]+)/s\s+\(([\d.]+)s,\s*([\d.]+)/s\)"
+    r".*?Data: ([\d.]+) \(([\d.]+)\)"
+)
 
 
 def timm(a, data: Path, work: Path, workers: int) -> list[dict]:
@@ -169,21 +210,62 @@ def timm(a, data: Path, work: Path, workers: int) -> list[dict]:
     from zoo_adapt import resolve
 
     model = TIMM_NAMES.get(a.backbone) or resolve(a.backbone).upstream
-    cmd = [sys.executable, a.timm_train, "--data-dir", str(data), "--train-split", "images", "--val-split", "holdout",
-           "--model", model, "--num-classes", str(a.classes), "--img-size", str(a.image_size), "-b", str(a.batch_size),
-           "--epochs", str(a.epochs), "-j", str(workers), "--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.01",
-           "--warmup-epochs", "0", "--scale", "0.35", "1", "--color-jitter", "0", "--device", a.device,
-           "--output", str(work / "timm"), "--checkpoint-hist", "1",
-           *(["--amp", "--amp-dtype", "bfloat16", "--channels-last", "--pin-mem"] if a.device == "cuda" else [])]
+    cmd = [
+        sys.executable,
+        a.timm_train,
+        "--data-dir",
+        str(data),
+        "--train-split",
+        "images",
+        "--val-split",
+        "holdout",
+        "--model",
+        model,
+        "--num-classes",
+        str(a.classes),
+        "--img-size",
+        str(a.image_size),
+        "-b",
+        str(a.batch_size),
+        "--epochs",
+        str(a.epochs),
+        "-j",
+        str(workers),
+        "--opt",
+        "adamw",
+        "--lr",
+        "2e-3",
+        "--weight-decay",
+        "0.01",
+        "--warmup-epochs",
+        "0",
+        "--scale",
+        "0.35",
+        "1",
+        "--color-jitter",
+        "0",
+        "--device",
+        a.device,
+        "--output",
+        str(work / "timm"),
+        "--checkpoint-hist",
+        "1",
+        *(["--amp", "--amp-dtype", "bfloat16", "--channels-last", "--pin-mem"] if a.device == "cuda" else []),
+    ]
     print(f"timm: {shlex.join(cmd[1:])}", flush=True)
     log = work / "timm.log"
     if run_logged(cmd, log):
         return [row(n, note=f"failed, see {log}") for n in names]
     last = {int(m[1]): m for m in TIMM_LINE.finditer(log.read_text())}  # each epoch's last line: its averages
     epochs = [last[e] for e in sorted(last)]  # m[4]: average step time, m[5]: its rate, m[7]: average data wait
-    return [row(names[0], [float(m[5]) for m in epochs], f"-j {workers}" if epochs else f"no rates in {log}"),
-            row(names[1], [float(m[5]) * float(m[4]) / max(float(m[4]) - float(m[7]), 1e-9) for m in epochs],
-                "step time minus logged data wait" if epochs else f"no rates in {log}")]
+    return [
+        row(names[0], [float(m[5]) for m in epochs], f"-j {workers}" if epochs else f"no rates in {log}"),
+        row(
+            names[1],
+            [float(m[5]) * float(m[4]) / max(float(m[4]) - float(m[7]), 1e-9) for m in epochs],
+            "step time minus logged data wait" if epochs else f"no rates in {log}",
+        ),
+    ]
 
 
 def plain_loop(a, data: Path) -> dict:
@@ -197,10 +279,17 @@ def plain_loop(a, data: Path) -> dict:
     name = f"plain loop (batch {a.plain_batch_size}, 0 workers, fp32)"
     print(f"{name} ...", flush=True)
     torch.manual_seed(0)
-    tf = transforms.Compose([transforms.RandomResizedCrop(a.image_size), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize(*IMAGENET)])
-    loader = DataLoader(datasets.ImageFolder(str(data / "images"), tf), batch_size=a.plain_batch_size,
-                        shuffle=True, num_workers=0)
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(a.image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(*IMAGENET),
+        ]
+    )
+    loader = DataLoader(
+        datasets.ImageFolder(str(data / "images"), tf), batch_size=a.plain_batch_size, shuffle=True, num_workers=0
+    )
     model = create_model(a.backbone, num_classes=a.classes, pretrained=False).to(a.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
@@ -271,30 +360,45 @@ def device_name(device: str) -> str:
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     found = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    return (f"{found[1] if found else 'unknown CPU'}, {cores()} cores (torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads)")
+    return (
+        f"{found[1] if found else 'unknown CPU'}, {cores()} cores (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)"
+    )
 
 
 def table(rows: list[dict], base: float | None) -> str:
     fmt = lambda v: "-" if v is None else f"{v:,.1f}"  # noqa: E731
     ratio = lambda v: "-" if v is None or not base else f"{v / base:.2f}x"  # noqa: E731
     lines = [["run", "img/s after 1st epoch", "warm img/s", "vs zoo-adapt", "warm vs zoo-adapt", "note"]]
-    lines += [[r["name"], fmt(r["after_first"]), fmt(r["warm"]), ratio(r["after_first"]), ratio(r["warm"]),
-               r["note"]] for r in rows]
+    lines += [
+        [r["name"], fmt(r["after_first"]), fmt(r["warm"]), ratio(r["after_first"]), ratio(r["warm"]), r["note"]]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.rjust(w) if 0 < i < 5 else c.ljust(w) for i, (c, w) in
-                               enumerate(zip(line, widths))).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(c.rjust(w) if 0 < i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        for line in lines
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    for flag, kind, what in (("--backbone", str, "zoo-adapt backbone"), ("--images", int, "images in all"),
-                             ("--classes", int, "classes"), ("--image-size", int, "training size in px"),
-                             ("--batch-size", int, "batch of zoo-adapt, timm and the model alone"),
-                             ("--plain-batch-size", int, "batch of the plain loop"), ("--epochs", int, "epochs")):
-        p.add_argument(flag, type=kind, help=f"{what} [default: {DEFAULTS[flag[2:].replace('-', '_')]}; "
-                       f"--tiny: {TINY[flag[2:].replace('-', '_')]}]")
+    for flag, kind, what in (
+        ("--backbone", str, "zoo-adapt backbone"),
+        ("--images", int, "images in all"),
+        ("--classes", int, "classes"),
+        ("--image-size", int, "training size in px"),
+        ("--batch-size", int, "batch of zoo-adapt, timm and the model alone"),
+        ("--plain-batch-size", int, "batch of the plain loop"),
+        ("--epochs", int, "epochs"),
+    ):
+        p.add_argument(
+            flag,
+            type=kind,
+            help=f"{what} [default: {DEFAULTS[flag[2:].replace('-', '_')]}; "
+            f"--tiny: {TINY[flag[2:].replace('-', '_')]}]",
+        )
     p.add_argument("--plain-steps", type=int, help="plain loop: at most this many steps an epoch")
     p.add_argument("--workers", type=int, help="loader processes of zoo-adapt and timm [default: zoo-adapt's]")
     p.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "zoo-adapt" / "bench")
@@ -329,33 +433,45 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="throughput-bench-"))  # run folders and logs; kept if a run fails
     rows["zoo_adapt"] = zoo_adapt(a, data, work, "zoo", "zoo-adapt finetune", ["--data-on-device", "off"])
     rows["zoo_adapt_device_held"] = (
-        row("zoo-adapt, --data-on-device on", note="skipped (--skip-device-held)") if a.skip_device_held else
-        zoo_adapt(a, data, work, "zoo-held", "zoo-adapt, --data-on-device on", ["--data-on-device", "on"]))
+        row("zoo-adapt, --data-on-device on", note="skipped (--skip-device-held)")
+        if a.skip_device_held
+        else zoo_adapt(a, data, work, "zoo-held", "zoo-adapt, --data-on-device on", ["--data-on-device", "on"])
+    )
     rows["zoo_adapt_compile"] = (
         zoo_adapt(a, data, work, "zoo-compile", "zoo-adapt, --compile", ["--data-on-device", "off", "--compile"])
-        if a.compile else row("zoo-adapt, --compile", note="not asked (--compile)"))
+        if a.compile
+        else row("zoo-adapt, --compile", note="not asked (--compile)")
+    )
     rows["timm"], rows["timm_data_ready"] = timm(a, data, work, workers)
     rows["plain_loop"] = plain_loop(a, data)
     rows["model_eager"] = model_alone(a, compiled=False)
     if a.device == "cuda":
         torch.cuda.empty_cache()
-    rows["model_compiled"] = (row("model alone, torch.compile", note="skipped (--no-compile-model)")
-                              if a.no_compile_model else model_alone(a, compiled=True))
+    rows["model_compiled"] = (
+        row("model alone, torch.compile", note="skipped (--no-compile-model)")
+        if a.no_compile_model
+        else model_alone(a, compiled=True)
+    )
     device, settings = device_name(a.device), {**vars(a), "workers": workers, "data": data}
     print(f"\ndevice: {device}")
-    print(f"{a.backbone}, {a.images:,} JPEGs in {a.classes} classes ({data}), {a.image_size} px, batch "
-          f"{a.batch_size}, {a.epochs} epochs, {'bf16' if a.device == 'cuda' else 'fp32'}, {workers} loader workers")
+    print(
+        f"{a.backbone}, {a.images:,} JPEGs in {a.classes} classes ({data}), {a.image_size} px, batch "
+        f"{a.batch_size}, {a.epochs} epochs, {'bf16' if a.device == 'cuda' else 'fp32'}, {workers} loader workers"
+    )
     print(table(list(rows.values()), rows["zoo_adapt"]["after_first"]))
     seconds = time.perf_counter() - started
-    print(f"\nimages/s: mean over epochs 2..{a.epochs} and the best epoch (model alone: warm steps only); "
-          f"ratios to zoo-adapt's mean after the first epoch. {seconds:.0f} s in all.")
+    print(
+        f"\nimages/s: mean over epochs 2..{a.epochs} and the best epoch (model alone: warm steps only); "
+        f"ratios to zoo-adapt's mean after the first epoch. {seconds:.0f} s in all."
+    )
     if any(r["note"].startswith("failed") for r in rows.values()):
         print(f"logs of the runs kept in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     if a.json:
-        a.json.write_text(json.dumps(dict(device=device, settings=settings, rows=rows, seconds=seconds), indent=2,
-                                     default=str))
+        a.json.write_text(
+            json.dumps(dict(device=device, settings=settings, rows=rows, seconds=seconds), indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

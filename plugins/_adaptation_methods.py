@@ -1,4 +1,5 @@
 """DANN, MCC and AdaBN as zoo-adapt AdaptationMethods (imported when a method is built)."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The MLflow tracker: one MLflow run per zoo-adapt run, in $MLFLOW_TRACKING_URI (any
 server or store) or, when that is not set, a local file store ./mlruns. The experiment
 is $MLFLOW_EXPERIMENT_NAME or "zoo-adapt". A resumed run continues its MLflow run."""
+
 from __future__ import annotations
 
 import os
@@ -38,12 +39,13 @@ class MLflowTracker(Tracker):
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "zoo-adapt"
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-        created = self.client.create_run(experiment_id, run_name=run.name,
-                                         tags={"zoo_adapt.job.run_folder": str(run.out.resolve())})
+        created = self.client.create_run(
+            experiment_id, run_name=run.name, tags={"zoo_adapt.job.run_folder": str(run.out.resolve())}
+        )
         self.run_id = created.info.run_id
         params = [Param(metric_key(k), str(v)[:6000]) for k, v in sorted(run.params.items())]
         for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log_metrics(self, metrics, step, scope):
         from mlflow.entities import Metric

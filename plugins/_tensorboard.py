@@ -1,4 +1,5 @@
 """The TensorBoard tracker: event files in RUN/tensorboard/, read by `tensorboard --logdir`."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,5 +1,6 @@
 """Shared by the plugins that build timm models: creation with a pretrained tag,
 normalization from timm's pretrained_cfg, cache status of the Hugging Face hub."""
+
 from __future__ import annotations
 
 import difflib
@@ -39,10 +40,13 @@ def build(entry: Entry, pretrained: bool, tag: str | None, **kwargs):
 
 def normalization(model) -> Normalization:
     cfg = model.pretrained_cfg
-    return Normalization(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                         input_size=tuple(cfg["input_size"]),
-                         interpolation=cfg.get("interpolation") or "bicubic",
-                         crop_pct=float(cfg.get("crop_pct") or 0.875))
+    return Normalization(
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        input_size=tuple(cfg["input_size"]),
+        interpolation=cfg.get("interpolation") or "bicubic",
+        crop_pct=float(cfg.get("crop_pct") or 0.875),
+    )
 
 
 def source(entry: Entry) -> Source:
@@ -50,5 +54,6 @@ def source(entry: Entry) -> Source:
         return Source("timm", None, "download")
     repo = f"timm/{entry.upstream}.{entry.weights}"
     path = hf_hub_cached(repo)
-    return Source("timm", entry.weights, "cached" if path else "download",
-                  str(path) if path else f"https://huggingface.co/{repo}")
+    return Source(
+        "timm", entry.weights, "cached" if path else "download", str(path) if path else f"https://huggingface.co/{repo}"
+    )

@@ -1,5 +1,6 @@
 """Shared by the torchvision plugins: building with a weights enum, the weights tag an
 entry means, cache status."""
+
 from __future__ import annotations
 
 from zoo_adapt.plugin_api import Entry, Source, ZooAdaptError, download_failed, torch_hub_checkpoint
@@ -27,13 +28,15 @@ def build(entry: Entry, pretrained: bool):
         weights = enum[wanted] if pretrained else None
     except (ValueError, KeyError):
         choices = ", ".join(w.name for w in enum) if "enum" in locals() else "?"
-        raise ZooAdaptError(f"torchvision has no weights {wanted!r} for {entry.upstream} "
-                            f"(choices: {choices})") from None
+        raise ZooAdaptError(
+            f"torchvision has no weights {wanted!r} for {entry.upstream} (choices: {choices})"
+        ) from None
     try:
         return torchvision.models.get_model(entry.upstream, weights=weights)
     except OSError as e:  # URLError and friends: no network
-        raise download_failed(entry.name, f"torchvision {entry.upstream} {getattr(weights, 'name', wanted)}",
-                              getattr(e, "reason", e)) from None
+        raise download_failed(
+            entry.name, f"torchvision {entry.upstream} {getattr(weights, 'name', wanted)}", getattr(e, "reason", e)
+        ) from None
 
 
 def source(entry: Entry, files: dict[tuple[str, str], str]) -> Source:

@@ -2,6 +2,7 @@
 "zoo-adapt", written under RUN/wandb/ unless $WANDB_DIR says otherwise. Offline
 (WANDB_MODE=offline) it needs no network or account; `wandb sync RUN/wandb/offline-run-*`
 uploads it later. A resumed run continues its W&B run."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,13 @@ class WandbTracker(Tracker):
     def start(self, run):
         import wandb
 
-        kwargs = dict(project=os.environ.get("WANDB_PROJECT") or "zoo-adapt", name=run.name,
-                      config=dict(run.params), reinit="create_new", settings=wandb.Settings(console="off"))
+        kwargs = dict(
+            project=os.environ.get("WANDB_PROJECT") or "zoo-adapt",
+            name=run.name,
+            config=dict(run.params),
+            reinit="create_new",
+            settings=wandb.Settings(console="off"),
+        )
         if not os.environ.get("WANDB_DIR"):
             kwargs["dir"] = str(run.out)
         if run.state.get("run_id"):

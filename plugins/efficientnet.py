@@ -1,5 +1,6 @@
 """torchvision EfficientNet-B0..B7 and EfficientNetV2-S/M/L. The names users type and
 their default weights are in registry.toml; here are the architecture facts."""
+
 from __future__ import annotations
 
 from zoo_adapt.plugin_api import (
@@ -65,9 +66,11 @@ def backbone_head(entry):
 @hookimpl
 def backbone_groups(entry):
     stages = _arch(entry)[1]
-    return ([LayerGroup("stem", ("features.0",))]
-            + [LayerGroup(f"stage{i}", (f"features.{i}",)) for i in range(1, stages + 1)]
-            + [LayerGroup("head_conv", (f"features.{stages + 1}",)), LayerGroup("head", ("classifier",))])
+    return (
+        [LayerGroup("stem", ("features.0",))]
+        + [LayerGroup(f"stage{i}", (f"features.{i}",)) for i in range(1, stages + 1)]
+        + [LayerGroup("head_conv", (f"features.{stages + 1}",)), LayerGroup("head", ("classifier",))]
+    )
 
 
 @hookimpl
@@ -79,8 +82,7 @@ def backbone_normalization(entry, model):
     if recipe is None:
         raise ZooAdaptError(f"torchvision has no weights {tag!r} for {entry.upstream}")
     crop, resize, interpolation, stats, _ = recipe
-    return Normalization(**stats, input_size=(3, crop, crop), interpolation=interpolation,
-                         crop_pct=crop / resize)
+    return Normalization(**stats, input_size=(3, crop, crop), interpolation=interpolation, crop_pct=crop / resize)
 
 
 @hookimpl

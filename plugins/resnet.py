@@ -1,5 +1,6 @@
 """torchvision ResNet-18/34/50/101/152 with torchvision's weight enums. The names users
 type and their default weights are in registry.toml; here are the architecture facts."""
+
 from __future__ import annotations
 
 from zoo_adapt.plugin_api import IMAGENET, Head, LayerGroup, Normalization, ZooAdaptError, hookimpl
@@ -42,17 +43,20 @@ def backbone_head(entry):
 @hookimpl
 def backbone_groups(entry):
     _width(entry)
-    return ([LayerGroup("stem", ("conv1", "bn1"))]
-            + [LayerGroup(f"layer{i}", (f"layer{i}",)) for i in range(1, 5)]
-            + [LayerGroup("head", ("fc",))])
+    return (
+        [LayerGroup("stem", ("conv1", "bn1"))]
+        + [LayerGroup(f"layer{i}", (f"layer{i}",)) for i in range(1, 5)]
+        + [LayerGroup("head", ("fc",))]
+    )
 
 
 @hookimpl
 def backbone_normalization(entry, model):
     tag = _torchvision.tag(entry, model)
     if tag:
-        return Normalization(**IMAGENET, input_size=(3, 224, 224), interpolation="bilinear",
-                             crop_pct=224 / RESIZE.get(tag, 256))
+        return Normalization(
+            **IMAGENET, input_size=(3, 224, 224), interpolation="bilinear", crop_pct=224 / RESIZE.get(tag, 256)
+        )
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 timm's own metadata (pretrained_cfg, get_classifier, group_matcher), so one plugin
 serves every timm architecture. Static facts for `zoo-adapt list` come from the
 registry entry (head, in_features, num_groups, mean, std, ...)."""
+
 from __future__ import annotations
 
 import os

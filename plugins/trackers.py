@@ -1,6 +1,7 @@
 """The built-in experiment trackers (`zoo-adapt finetune --log NAME`): TensorBoard,
 MLflow and Weights & Biases, registered like any third party's. Each tracker's package
 is an extra of zoo-adapt and is imported only when a run uses it."""
+
 from zoo_adapt.plugin_api import hookimpl
 
 
@@ -24,11 +25,26 @@ def make_wandb():
 
 @hookimpl
 def register_trackers(register):
-    register("tensorboard", make_tensorboard, "TensorBoard event files in RUN/tensorboard/: scalars per step and "
-             "epoch, learning rates per group, the plots as images", requires=("tensorboard",),
-             install='pip install "zoo-adapt[tensorboard]"')
-    register("mlflow", make_mlflow, "MLflow run: options as params, metrics, plots and run files as artifacts; "
-             "$MLFLOW_TRACKING_URI or ./mlruns", requires=("mlflow",), install='pip install "zoo-adapt[mlflow]"')
-    register("wandb", make_wandb, "Weights & Biases run (WANDB_MODE=offline writes RUN/wandb/ without a "
-             "network): config, metrics, images, the run files as a model artifact", requires=("wandb",),
-             install='pip install "zoo-adapt[wandb]"')
+    register(
+        "tensorboard",
+        make_tensorboard,
+        "TensorBoard event files in RUN/tensorboard/: scalars per step and "
+        "epoch, learning rates per group, the plots as images",
+        requires=("tensorboard",),
+        install='pip install "zoo-adapt[tensorboard]"',
+    )
+    register(
+        "mlflow",
+        make_mlflow,
+        "MLflow run: options as params, metrics, plots and run files as artifacts; $MLFLOW_TRACKING_URI or ./mlruns",
+        requires=("mlflow",),
+        install='pip install "zoo-adapt[mlflow]"',
+    )
+    register(
+        "wandb",
+        make_wandb,
+        "Weights & Biases run (WANDB_MODE=offline writes RUN/wandb/ without a "
+        "network): config, metrics, images, the run files as a model artifact",
+        requires=("wandb",),
+        install='pip install "zoo-adapt[wandb]"',
+    )

@@ -2,6 +2,7 @@
 registry.toml. One layer group per transformer block, so layer-wise learning-rate decay
 works as in BEiT/MAE fine-tuning. Any timm VisionTransformer can be used as
 `vit/<timm name>`."""
+
 from __future__ import annotations
 
 from zoo_adapt.plugin_api import INCEPTION, CamTarget, Head, LayerGroup, Normalization, ZooAdaptError, hookimpl
@@ -31,8 +32,10 @@ def build_backbone(entry, pretrained):
     # model's shapes, so exports load into timm.create_model(name, num_classes=N).
     model = _timm.build(entry, pretrained, entry.weights, dynamic_img_size=True)
     if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
-        raise ZooAdaptError(f"plugin {entry.plugin} serves timm Vision Transformers; {entry.upstream!r} is "
-                            f"not one (try timm/{entry.upstream})")
+        raise ZooAdaptError(
+            f"plugin {entry.plugin} serves timm Vision Transformers; {entry.upstream!r} is "
+            f"not one (try timm/{entry.upstream})"
+        )
     return model
 
 
@@ -47,9 +50,11 @@ def backbone_head(entry, model):
 def backbone_groups(entry, model):
     shape = _shape(entry, model)
     if shape:
-        return ([LayerGroup("embed", ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"))]
-                + [LayerGroup(f"block{i}", (f"blocks.{i}",)) for i in range(shape[1])]
-                + [LayerGroup("neck", ("norm", "fc_norm", "attn_pool")), LayerGroup("head", ("head",))])
+        return (
+            [LayerGroup("embed", ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre"))]
+            + [LayerGroup(f"block{i}", (f"blocks.{i}",)) for i in range(shape[1])]
+            + [LayerGroup("neck", ("norm", "fc_norm", "attn_pool")), LayerGroup("head", ("head",))]
+        )
 
 
 @hookimpl

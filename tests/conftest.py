@@ -4,6 +4,7 @@ scikit-image and scikit-learn, built once per test session (per xdist worker).
 Markers: `slow` (large backbones, torch.compile: `pytest -m slow`, see the README),
 `distributed` (two processes under torchrun), `cuda` (needs a GPU: `pytest -m cuda`,
 skipped without one)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -71,6 +72,7 @@ def plugin():
     """Register test plugins for one test (zoo_adapt.testing.registered, as a plugin's
     own tests would), unregister them afterwards."""
     with contextlib.ExitStack() as stack:
+
         def register(obj, name):
             stack.enter_context(registered(obj, name))
             return obj
@@ -81,6 +83,7 @@ def plugin():
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No network and empty weight caches, even on a machine that has both."""
+
     def refuse(*args, **kwargs):
         raise OSError("[Errno -2] Name or service not known")
 

@@ -15,7 +15,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-
 def _packages_in(folder: Path, name: str) -> set[str]:
     found = set()
     for init in folder.rglob("__init__.py"):

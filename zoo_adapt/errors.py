@@ -1,6 +1,7 @@
 """The one exception type users see: the CLI prints its message as a single line and
 exits 1. A plugin's failure is a ZooAdaptError too (PluginError), naming the plugin,
 so that one broken plugin reads as one line, not as zoo-adapt's traceback."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ so tests can stop a run exactly there (`on_boundary`, in-process) or kill it
 `ZOO_ADAPT_CRASH_LOG=FILE` recording the boundaries passed). File-system errors (a full
 disk, no permission, a read-only folder) become one-line ZooAdaptErrors naming the file.
 """
+
 from __future__ import annotations
 
 import os

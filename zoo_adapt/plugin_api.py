@@ -5,6 +5,7 @@ first use, and only their module, never the training loop.
 
 A plugin's name is its entry-point name (or the name given to register_plugin); it is
 asked only about the backbones it serves, so it never checks `entry.plugin`."""
+
 from importlib import import_module
 
 from zoo_adapt.errors import ZooAdaptError
@@ -16,10 +17,28 @@ from zoo_adapt.zoo.tracker_api import Tracker, TrackerRun
 
 _TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from zoo_adapt.adapt.method
 
-__all__ = ["hookimpl", "override", "Entry", "Head", "LayerGroup", "Normalization", "Source", "CamTarget",
-           "Tracker", "TrackerRun",
-           "IMAGENET", "INCEPTION", "ZooAdaptError", "download_failed", "torch_hub_checkpoint",
-           "hf_hub_cached", "reachable", "option", "Option", *sorted(_TORCH)]
+__all__ = [
+    "hookimpl",
+    "override",
+    "Entry",
+    "Head",
+    "LayerGroup",
+    "Normalization",
+    "Source",
+    "CamTarget",
+    "Tracker",
+    "TrackerRun",
+    "IMAGENET",
+    "INCEPTION",
+    "ZooAdaptError",
+    "download_failed",
+    "torch_hub_checkpoint",
+    "hf_hub_cached",
+    "reachable",
+    "option",
+    "Option",
+    *sorted(_TORCH),
+]
 
 
 def __getattr__(name: str):

@@ -2,6 +2,7 @@
 person watching: a bar in a terminal; elsewhere (a log file, a notebook, CI) a line every
 `every` seconds with the rate and the time left. Always on stderr, so stdout keeps only
 results."""
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,15 @@ class Ticker:
     `items`). `figures()` is asked for the figures to show at most once a second in a
     terminal or once per line elsewhere (it may read the GPU)."""
 
-    def __init__(self, total: int, desc: str, unit: str = "img", every: float = EVERY, stream=None,
-                 figures: Callable[[], dict[str, str]] | None = None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "img",
+        every: float = EVERY,
+        stream=None,
+        figures: Callable[[], dict[str, str]] | None = None,
+    ):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.stream = stream or sys.stderr
         self.figures = figures or (lambda: {})
@@ -62,8 +70,11 @@ class Ticker:
             left = (self.total - self.steps) * elapsed / self.steps
             shown = "".join(f" {k} {v}" for k, v in self.figures().items())
             rate = f" | {self.items / elapsed:.0f} {self.unit}/s" if self.items else ""
-            print(f"  {self.desc}: {self.steps}/{self.total}{shown}{rate}, {format_seconds(left)} left",
-                  file=self.stream, flush=True)
+            print(
+                f"  {self.desc}: {self.steps}/{self.total}{shown}{rate}, {format_seconds(left)} left",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -71,8 +82,9 @@ class Ticker:
             self.bar = None
 
 
-def track(items: Iterable[T], total: int, desc: str, count: Callable[[T], int] = lambda x: 0,
-          enabled: bool = True) -> Iterator[T]:
+def track(
+    items: Iterable[T], total: int, desc: str, count: Callable[[T], int] = lambda x: 0, enabled: bool = True
+) -> Iterator[T]:
     """`items`, with a Ticker over them."""
     if not enabled:
         yield from items

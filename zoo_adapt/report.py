@@ -1,4 +1,5 @@
 """Plots of a run: training curves and the confusion matrix (matplotlib, no display)."""
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,9 @@ def save_figure(fig, path: Path, tight: bool = True) -> Path:
     return Path(path)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
-                extra: tuple[str, ...] = (), kept: int | None = None) -> Path:
+def plot_curves(
+    history: list[dict[str, Any]], path: Path, title: str = "", extra: tuple[str, ...] = (), kept: int | None = None
+) -> Path:
     """Loss and accuracy per epoch, train and validation; dotted lines where more layers
     unfroze, a star on the kept epoch. `extra`: more per-epoch figures from the history,
     one panel each."""
@@ -60,13 +62,24 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
     for prev, cur in zip(history, history[1:]):
         if prev["frozen_to"] != cur["frozen_to"]:
             for ax in axes:
-                ax.axvline(cur["epoch"] - 0.5, color="grey", linestyle=":",
-                           label=None if unfrozen or ax is not axes[1] else "more layers unfrozen")
+                ax.axvline(
+                    cur["epoch"] - 0.5,
+                    color="grey",
+                    linestyle=":",
+                    label=None if unfrozen or ax is not axes[1] else "more layers unfrozen",
+                )
             unfrozen = True
     kept_row = next((r for r in history if r["epoch"] == kept), None)
     if kept_row is not None and kept_row.get("val_accuracy") is not None:
-        axes[1].plot([kept], [kept_row["val_accuracy"]], "*", color="tab:red", markersize=14,
-                     label=f"kept (epoch {kept})", zorder=5)
+        axes[1].plot(
+            [kept],
+            [kept_row["val_accuracy"]],
+            "*",
+            color="tab:red",
+            markersize=14,
+            label=f"kept (epoch {kept})",
+            zorder=5,
+        )
     axes[1].legend()
     fig.suptitle(title)
     return save_figure(fig, path)
@@ -88,18 +101,25 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if m[i, j]:
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rows[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     total = int(m.sum())
-    ax.set_title(title or f"Confusion matrix ({total} images; counts, colour = share of the true class)",
-                 fontsize=10)
+    ax.set_title(title or f"Confusion matrix ({total} images; counts, colour = share of the true class)", fontsize=10)
     return save_figure(fig, path)
 
 
-def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: list[str], path: Path,
-                    title: str = "") -> Path:
+def plot_adaptation(
+    gap: dict[str, float], history: list[dict[str, Any]], keys: list[str], path: Path, title: str = ""
+) -> Path:
     """An adapted run on one sheet: the proxy A-distance before and after, then one panel
     per epoch figure in `keys` (whatever the method logged, the label-free target scores
     and the oracle accuracy), so a third party's method is plotted like DANN."""
@@ -116,13 +136,15 @@ def plot_adaptation(gap: dict[str, float], history: list[dict[str, Any]], keys: 
     flat[0].set_title("proxy A-distance (0 same, 2 separable)", fontsize=9)
     epochs = [r["epoch"] for r in history]
     for ax, key in zip(flat[1:], keys):
-        ax.plot(epochs, [r.get(key) for r in history], "o-",
-                color="tab:red" if key == "target_accuracy_oracle" else None)
-        ax.set_title(key.replace("_", " ") + (" (uses target labels)" if key == "target_accuracy_oracle" else ""),
-                     fontsize=9)
+        ax.plot(
+            epochs, [r.get(key) for r in history], "o-", color="tab:red" if key == "target_accuracy_oracle" else None
+        )
+        ax.set_title(
+            key.replace("_", " ") + (" (uses target labels)" if key == "target_accuracy_oracle" else ""), fontsize=9
+        )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in flat[len(keys) + 1:]:
+    for ax in flat[len(keys) + 1 :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
@@ -134,15 +156,19 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
     lines = []
     if "proxy_a_distance" in m:
         gap = m["proxy_a_distance"]
-        oracle = (f"; target accuracy {m['target_accuracy_oracle']:.1%} (ORACLE: measured with target labels)"
-                  if m.get("target_accuracy_oracle") is not None else "")
+        oracle = (
+            f"; target accuracy {m['target_accuracy_oracle']:.1%} (ORACLE: measured with target labels)"
+            if m.get("target_accuracy_oracle") is not None
+            else ""
+        )
         lines.append(f"domain gap (proxy A-distance) {gap['before']:.2f} -> {gap['after']:.2f}{oracle}")
     selection = m.get("selection", {})
     if m.get("stopped_early"):
         lines.append(f"stopped: {m['stopped_early']}")
     if m.get("val_accuracy") is None:
-        return lines + [f"done: no validation set; kept the last epoch ({m['kept_epoch']}); model in "
-                        f"{out}/model.safetensors"]
+        return lines + [
+            f"done: no validation set; kept the last epoch ({m['kept_epoch']}); model in {out}/model.safetensors"
+        ]
     tta = ""
     if m.get("val_accuracy_tta") is not None:
         tta = f", with TTA {m['val_accuracy_tta']:.1%}"
@@ -155,14 +181,21 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
     kept = f"kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); results in {out}/"
     if m.get("val_map") is not None:
         tta = f", with TTA {m['val_map_tta']:.1%}" if m.get("val_map_tta") is not None else ""
-        lines.append(f"val mAP {m['val_map']:.1%}{tta}; at per-class thresholds chosen on these images: macro F1 "
-                     f"{m['val_macro_f1'] or 0:.1%}, micro F1 {m['val_micro_f1'] or 0:.1%}, all labels right "
-                     f"{m['val_accuracy']:.1%}; on {m['num_val']} {what} images; {kept}")
+        lines.append(
+            f"val mAP {m['val_map']:.1%}{tta}; at per-class thresholds chosen on these images: macro F1 "
+            f"{m['val_macro_f1'] or 0:.1%}, micro F1 {m['val_micro_f1'] or 0:.1%}, all labels right "
+            f"{m['val_accuracy']:.1%}; on {m['num_val']} {what} images; {kept}"
+        )
     else:
-        balanced = (f"; balanced accuracy {m['val_balanced_accuracy']:.1%}, macro F1 {m['val_macro_f1']:.1%}"
-                    if m.get("val_balanced_accuracy") is not None else "")
-        lines.append(f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}){balanced} on "
-                     f"{m['num_val']} {what} images; {kept}")
+        balanced = (
+            f"; balanced accuracy {m['val_balanced_accuracy']:.1%}, macro F1 {m['val_macro_f1']:.1%}"
+            if m.get("val_balanced_accuracy") is not None
+            else ""
+        )
+        lines.append(
+            f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}){balanced} on "
+            f"{m['num_val']} {what} images; {kept}"
+        )
     return lines
 
 
@@ -179,8 +212,10 @@ def per_class_lines(m: dict[str, Any], limit: int = 20) -> list[str]:
 
     lines = [f"  {'class':<{width}}  precision  recall      F1"]
     for name in names:
-        lines.append(f"  {name:<{width}}     {pct(m['per_class_precision'].get(name))}  {pct(m['per_class_recall'].get(name))}"
-                     f"  {pct(f1.get(name))}")
+        lines.append(
+            f"  {name:<{width}}     {pct(m['per_class_precision'].get(name))}  {pct(m['per_class_recall'].get(name))}"
+            f"  {pct(f1.get(name))}"
+        )
     if len(f1) > limit:
         lines.append(f"  ... {len(f1) - limit} more classes in metrics.json")
     return lines
@@ -192,8 +227,10 @@ def plot_lr_curve(curve, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(curve.lrs, curve.raw, color="lightgrey", linewidth=0.8, label="loss per batch")
     ax.plot(curve.lrs, curve.losses, color="tab:blue", label="smoothed loss")
-    for lr, name, colour in ((curve.suggestion, "suggestion (valley)", "tab:red"),
-                             (curve.steepest, "steepest descent", "tab:green")):
+    for lr, name, colour in (
+        (curve.suggestion, "suggestion (valley)", "tab:red"),
+        (curve.steepest, "steepest descent", "tab:green"),
+    ):
         ax.axvline(lr, color=colour, linestyle="--", label=f"{name} {lr:.2g}")
     ax.set_xscale("log")
     low, high = min(curve.losses), max(curve.losses)

@@ -3,6 +3,7 @@ one process) the process's rank, so a resumed run replays exactly what an
 uninterrupted one would have drawn, and processes under torchrun agree on what they
 share. The rules live here, once; the numbers are part of what makes a run
 reproducible, so they never change."""
+
 from __future__ import annotations
 
 import random

@@ -11,6 +11,7 @@ copy of it is loaded too:
         with registered(my_plugin, "mine"):  # "mine": the plugin's entry-point name
             check_backbone("my_backbone", tmp_path)
 """
+
 from __future__ import annotations
 
 import io
@@ -35,12 +36,25 @@ from zoo_adapt.zoo.routing import ask
 from zoo_adapt.zoo.tracker_api import Tracker, TrackerRun
 from zoo_adapt.zoo.trackers import build_tracker, check
 
-__all__ = ["registered", "check_backbone", "check_head_swap", "check_groups", "check_static_facts",
-           "check_export", "check_adaptation_method", "check_tracker"]
+__all__ = [
+    "registered",
+    "check_backbone",
+    "check_head_swap",
+    "check_groups",
+    "check_static_facts",
+    "check_export",
+    "check_adaptation_method",
+    "check_tracker",
+]
 
 
-def check_backbone(name: str, tmp_path: str | Path, num_classes: int = 3, image_size: int = 64,
-                   upstream: Callable[[int], nn.Module] | None = None) -> nn.Module:
+def check_backbone(
+    name: str,
+    tmp_path: str | Path,
+    num_classes: int = 3,
+    image_size: int = 64,
+    upstream: Callable[[int], nn.Module] | None = None,
+) -> nn.Module:
     """Every check below on backbone `name`, built with random weights; returns the model."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, pretrained=False)
@@ -55,8 +69,9 @@ def check_head_swap(model: nn.Module, num_classes: int, image_size: int = 64) ->
     """The swapped head gives `num_classes` outputs, and the plugin's head width is right."""
     head = backbone_of(model).built_head
     live = get_submodule(model, head.attr)
-    assert isinstance(live, nn.Linear) and live.out_features == num_classes, \
+    assert isinstance(live, nn.Linear) and live.out_features == num_classes, (
         f"head {head.attr!r} is {live}, not an nn.Linear with {num_classes} outputs"
+    )
     assert head.in_features == live.in_features, f"head width {head.in_features} != {live.in_features}"
     with torch.no_grad():
         out = model.eval()(torch.randn(2, 3, image_size, image_size))
@@ -74,8 +89,9 @@ def check_groups(model: nn.Module) -> None:
     late = next((n for n, a, b in zip(names[1:], order, order[1:]) if b < a), None)
     assert late is None, f"groups must run stem to head in parameter order; {late!r} comes back to an earlier group"
     head = backbone_of(model).built_head.attr
-    assert all(owner[n] == len(groups) - 1 for n in names if n.startswith(head + ".")), \
+    assert all(owner[n] == len(groups) - 1 for n in names if n.startswith(head + ".")), (
         f"the last group ({groups[-1][0]!r}) must hold the head {head!r}"
+    )
 
 
 def check_static_facts(model: nn.Module) -> None:
@@ -88,24 +104,27 @@ def check_static_facts(model: nn.Module) -> None:
     if static.head is not None:
         built = live.built_head
         assert static.head.attr == built.attr, f"static head {static.head.attr!r} != {built.attr!r}"
-        assert static.head.in_features in (None, built.in_features), \
+        assert static.head.in_features in (None, built.in_features), (
             f"static head width {static.head.in_features} != {built.in_features}"
+        )
     if static.num_groups is not None:
         assert static.num_groups == live.num_groups, f"static {static.num_groups} groups != {live.num_groups}"
     if static.normalization is not None:
-        assert static.normalization == live.normalization, \
+        assert static.normalization == live.normalization, (
             f"static normalization {static.normalization} != {live.normalization}"
+        )
     declared = live.entry.extra.get("params")
     if declared is not None:
         linear = head_of(model)
         imagenet_head = linear.in_features * 1000 + (1000 if linear.bias is not None else 0)
         body = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in linear.parameters())
-        assert body + imagenet_head == declared, f"the entry declares {declared:,} parameters, the model has " \
-                                                 f"{body + imagenet_head:,} (with a 1000-class head)"
+        assert body + imagenet_head == declared, (
+            f"the entry declares {declared:,} parameters, the model has "
+            f"{body + imagenet_head:,} (with a 1000-class head)"
+        )
 
 
-def check_export(model: nn.Module, tmp_path: str | Path,
-                 upstream: Callable[[int], nn.Module] | None = None) -> None:
+def check_export(model: nn.Module, tmp_path: str | Path, upstream: Callable[[int], nn.Module] | None = None) -> None:
     """The exported model.safetensors loads strictly into the plain upstream model with N
     classes: `upstream(N)` when given (the zoo's own constructor), else the plugin's
     build_backbone with its original head replaced by an N-way nn.Linear. The file is
@@ -130,8 +149,7 @@ def _plain_upstream(live, num_classes: int) -> nn.Module:
     return plain
 
 
-def check_adaptation_method(name: str, in_features: int = 16, num_classes: int = 3, batch: int = 4,
-                            config: Any = None):
+def check_adaptation_method(name: str, in_features: int = 16, num_classes: int = 3, batch: int = 4, config: Any = None):
     """Method `name`, with `config`'s adapt_options resolved against the options its
     plugin declared (an undeclared or out-of-range one raises ZooAdaptError), builds,
     gives a finite scalar loss and loggable figures from random features and logits,
@@ -143,8 +161,9 @@ def check_adaptation_method(name: str, in_features: int = 16, num_classes: int =
     loss, figures = method.loss(inputs[0], inputs[1], inputs[2], inputs[3], 0.5)
     assert isinstance(method, AdaptationMethod)
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss), f"loss {loss!r}"
-    assert isinstance(figures, dict) and all(isinstance(v, (int, float, torch.Tensor)) for v in figures.values()), \
+    assert isinstance(figures, dict) and all(isinstance(v, (int, float, torch.Tensor)) for v in figures.values()), (
         f"figures must be a dict of numbers or tensors, not {figures!r}"
+    )
     loss.backward()
     grads = [t.grad for t in [*inputs, *method.parameters()] if t.grad is not None]
     assert any(g.abs().sum() > 0 for g in grads), "the loss passes no gradient to features, logits or the method"
@@ -182,8 +201,9 @@ def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
     if resume:
         tracker.finish("interrupted")
         tracker = build_tracker(info)
-        tracker.start(TrackerRun("run", out, out / name, params, resumed=True, state=state, step=2, epochs=2,
-                                 classes=("a", "b")))
+        tracker.start(
+            TrackerRun("run", out, out / name, params, resumed=True, state=state, step=2, epochs=2, classes=("a", "b"))
+        )
     tracker.log_metrics({"epoch/train_loss": 0.5, "epoch/val_accuracy": 1.0}, 2, "epoch")
     tracker.log_metrics({"final/val_accuracy": 1.0}, 2, "final")
     tracker.log_image("curves", picture, 2)

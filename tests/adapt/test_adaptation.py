@@ -1,5 +1,6 @@
 """Domain adaptation: the reversal layer, DANN's gradients and schedule, MCC, target
 labels never read, exports, the proxy A-distance and pluggable methods."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,21 @@ from helpers import ROOT
 
 
 def config(tmp_path, digits, **kw) -> FinetuneConfig:
-    base = dict(backbone="resnet18", pretrained=False, data=str(digits / "source"),
-                target_data=str(digits / "target" / "train"), image_size=32, batch_size=8, epochs=2,
-                steps_per_epoch=3, workers=0, tta=False, hflip=False, analysis="off", out=str(tmp_path / "run"))
+    base = dict(
+        backbone="resnet18",
+        pretrained=False,
+        data=str(digits / "source"),
+        target_data=str(digits / "target" / "train"),
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        steps_per_epoch=3,
+        workers=0,
+        tta=False,
+        hflip=False,
+        analysis="off",
+        out=str(tmp_path / "run"),
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -40,7 +53,9 @@ def test_gradient_reversal_returns_minus_lambda_times_the_gradient():
 
 
 def _dann(in_features=16, weight=1.0, dropout=0.0):
-    cfg = FinetuneConfig(target_data="t", adapt_weight=weight, adapt_options={"width": 8, "depth": 1, "dropout": dropout})
+    cfg = FinetuneConfig(
+        target_data="t", adapt_weight=weight, adapt_options={"width": 8, "depth": 1, "dropout": dropout}
+    )
     return make_method("dann", in_features, 3, cfg)
 
 
@@ -73,7 +88,9 @@ def test_lambda_schedule_at_the_first_and_last_step(tmp_path, digits):
         def step_end(self, loop, step):
             seen.append(step.figures["lambda"])
 
-    finetune(config(tmp_path, digits, adapt_weight=0.5, adapt_options={"gamma": 10.0}), log=None, callbacks=[Recorder()])
+    finetune(
+        config(tmp_path, digits, adapt_weight=0.5, adapt_options={"gamma": 10.0}), log=None, callbacks=[Recorder()]
+    )
     total = 2 * 3
     assert len(seen) == total
     assert seen[0] == 0.0  # p = 0 at the first step
@@ -127,10 +144,33 @@ def test_target_labels_are_never_read(tmp_path, digits):
 @pytest.mark.parametrize("method", ["dann", "mcc"])
 def test_adapted_run_exports_a_plain_classifier(tmp_path, digits, method, run_cli):
     out = tmp_path / method
-    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", digits / "source",
-                     "--target-data", digits / "target" / "train", "--target-val", digits / "target" / "test",
-                     "--adapt", method, "--image-size", 32, "--epochs", 2, "--steps-per-epoch", 3,
-                     "--batch-size", 8, "--no-hflip", "--analysis", "off", "--out", out)
+    result = run_cli(
+        "finetune",
+        "--backbone",
+        "resnet18",
+        "--no-pretrained",
+        "--data",
+        digits / "source",
+        "--target-data",
+        digits / "target" / "train",
+        "--target-val",
+        digits / "target" / "test",
+        "--adapt",
+        method,
+        "--image-size",
+        32,
+        "--epochs",
+        2,
+        "--steps-per-epoch",
+        3,
+        "--batch-size",
+        8,
+        "--no-hflip",
+        "--analysis",
+        "off",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "ORACLE" in result.output
     plain = torchvision.models.resnet18(num_classes=10)
@@ -151,8 +191,9 @@ def test_adapted_run_exports_a_plain_classifier(tmp_path, digits, method, run_cl
         assert "mcc_loss" in epoch
     assert metrics["kept_epoch"] == 2  # the last epoch: selection never uses target labels by default
     assert (out / "adaptation.png").is_file()
-    scored = json.loads(run_cli("evaluate", "--model", out / "model.safetensors", "--data",
-                                digits / "target" / "test", "--json").output)
+    scored = json.loads(
+        run_cli("evaluate", "--model", out / "model.safetensors", "--data", digits / "target" / "test", "--json").output
+    )
     assert scored["accuracy"] == pytest.approx(metrics["target_accuracy_oracle"])
 
 
@@ -174,15 +215,23 @@ def test_whole_image_training_is_evaluated_on_whole_images(tmp_path, digits):
     model, _ = load_model(adapted.out / "model.safetensors", torch.device("cpu"))
     x, y, _ = reference.load_folder(digits / "target" / "test", 32, card.classes)
     with torch.no_grad():
-        whole = reference.accuracy(reference.Split(model, "fc"), x, y,
-                                   (card.normalization.mean, card.normalization.std))
-    assert evaluate_folder(adapted.out / "model.safetensors", digits / "target" / "test",
-                           device="cpu").accuracy == pytest.approx(whole)
+        whole = reference.accuracy(
+            reference.Split(model, "fc"), x, y, (card.normalization.mean, card.normalization.std)
+        )
+    assert evaluate_folder(
+        adapted.out / "model.safetensors", digits / "target" / "test", device="cpu"
+    ).accuracy == pytest.approx(whole)
     assert adapted.metrics["target_accuracy_oracle"] == pytest.approx(whole)
-    cropped = finetune(config(tmp_path, digits, target_data=None, steps_per_epoch=None, epochs=1, out=str(tmp_path / "plain")), log=None)
+    cropped = finetune(
+        config(tmp_path, digits, target_data=None, steps_per_epoch=None, epochs=1, out=str(tmp_path / "plain")),
+        log=None,
+    )
     plain_card, _ = read_card(cropped.out / "model.safetensors")
-    assert plain_card.normalization.crop_pct == zoo_adapt.create_model("resnet18", pretrained=False) \
-        .zoo_adapt.normalization.crop_pct < 1
+    assert (
+        plain_card.normalization.crop_pct
+        == zoo_adapt.create_model("resnet18", pretrained=False).zoo_adapt.normalization.crop_pct
+        < 1
+    )
 
 
 def test_per_epoch_target_figures_are_of_the_weight_average_with_ema(tmp_path, digits):
@@ -197,11 +246,17 @@ def test_bn_statistics_are_the_target_images_and_no_weight_changes():
     from zoo_adapt.adapt.callback import bn_statistics_kept, estimate_bn_statistics
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                torch.nn.Dropout(0.5), torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2)).train()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Conv2d(4, 2, 1),
+        torch.nn.BatchNorm2d(2),
+    ).train()
     weights = {k: v.clone() for k, v in model.named_parameters()}
     images = torch.randn(24, 3, 8, 8) * 3 + 2
-    batches = [(images[i:i + 8], None) for i in range(0, 24, 8)]
+    batches = [(images[i : i + 8], None) for i in range(0, 24, 8)]
     with bn_statistics_kept(model):
         assert estimate_bn_statistics(model, batches) == 2
         first = model[0](images)
@@ -222,8 +277,19 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, digit
     from zoo_adapt.job.inputs import FeedMaker
     from zoo_adapt.ship.inference import load_model
 
-    same = dict(strategy="finetune", schedule="dann", keep="last", lr_spread="flat", warmup=0.0,
-                label_smoothing=0.0, crop_scale=1.0, steps_per_epoch=None, lr=1e-2, lr_body=1e-3, epochs=1)
+    same = dict(
+        strategy="finetune",
+        schedule="dann",
+        keep="last",
+        lr_spread="flat",
+        warmup=0.0,
+        label_smoothing=0.0,
+        crop_scale=1.0,
+        steps_per_epoch=None,
+        lr=1e-2,
+        lr_body=1e-3,
+        epochs=1,
+    )
     adabn = finetune(config(tmp_path, digits, adapt="adabn", out=str(tmp_path / "adabn"), **same), log=None)
     source = finetune(config(tmp_path, digits, target_data=None, out=str(tmp_path / "source"), **same), log=None)
     a, b = adabn.model.state_dict(), source.model.state_dict()
@@ -231,6 +297,7 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, digit
     assert all(torch.equal(a[k], b[k]) for k in params)
     stats = [k for k in a if k.endswith("running_mean")]
     assert stats and all(not torch.allclose(a[k], b[k]) for k in stats)
+
     def on_target(path):  # the export's BatchNorm statistics measured again on the target images
         model, card = load_model(path, torch.device("cpu"))
         maker = FeedMaker(config(tmp_path, digits), card.normalization, Runtime(torch.device("cpu")))
@@ -245,8 +312,10 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, digit
     kept = mixed.model.state_dict()
     assert not all(torch.allclose(on_target(mixed.out / "model.safetensors")[k], kept[k], atol=1e-5) for k in stats)
     said = []
-    finetune(config(tmp_path, digits, adapt="adabn", target_bn="mixed", epochs=1, out=str(tmp_path / "plain")),
-             log=said.append)
+    finetune(
+        config(tmp_path, digits, adapt="adabn", target_bn="mixed", epochs=1, out=str(tmp_path / "plain")),
+        log=said.append,
+    )
     assert any("this run is source-only training" in line for line in said)
 
 

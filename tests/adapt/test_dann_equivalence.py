@@ -2,6 +2,7 @@
 Adaptation callback, the dann plugin, the optimizer groups and the `dann` schedule)
 leave the same weights as two steps of the minimal loop written from the paper
 (benchmarks/dann_reference.py), from the same weights and batches."""
+
 from __future__ import annotations
 
 import copy
@@ -36,14 +37,23 @@ def test_two_engine_steps_equal_two_steps_of_the_minimal_loop():
 
     # the engine, configured as the paper: one body rate, the discriminator at the head's
     ours = copy.deepcopy(model)
-    config = FinetuneConfig(target_data="t",
-                            adapt_options={"width": 256, "depth": 2, "dropout": 0.5, "lr_factor": 1.0})
+    config = FinetuneConfig(target_data="t", adapt_options={"width": 256, "depth": 2, "dropout": 0.5, "lr_factor": 1.0})
     method = make_method("dann", 512, 3, config)
     groups = method.param_groups(recipe.lr_head, 0.0) + param_groups(
-        ours, recipe.lr_head, lr_body=recipe.lr_body, spread="flat", weight_decay=0.0)
-    loop = Loop(ours, train=FixedBatches(source), val=None, classes=["a", "b", "c"], plan=[0],
-                optimizer=make_optimizer(groups), schedule=stage_schedule([0], STEPS, "dann", warmup=0.0),
-                callbacks=[Adaptation(method, FixedBatches(target))], task=SingleLabel(0.0), seed=SEED)
+        ours, recipe.lr_head, lr_body=recipe.lr_body, spread="flat", weight_decay=0.0
+    )
+    loop = Loop(
+        ours,
+        train=FixedBatches(source),
+        val=None,
+        classes=["a", "b", "c"],
+        plan=[0],
+        optimizer=make_optimizer(groups),
+        schedule=stage_schedule([0], STEPS, "dann", warmup=0.0),
+        callbacks=[Adaptation(method, FixedBatches(target))],
+        task=SingleLabel(0.0),
+        seed=SEED,
+    )
     discriminator = copy.deepcopy(method.domain_classifier)
     loop.fit()
 

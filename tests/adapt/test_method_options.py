@@ -3,6 +3,7 @@ shown by `zoo-adapt methods NAME`, checked before a run writes anything (a missp
 is one line naming the method and the closest key), recorded resolved in config.toml and
 metrics.json; what a method logs is plotted, whoever wrote it; the label-free target
 scores are logged every epoch."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,21 @@ from zoo_adapt.zoo.registry import tomllib
 
 
 def tiny(digits, out, **kw) -> FinetuneConfig:
-    base = dict(backbone="resnet18", pretrained=False, data=str(digits / "source"),
-                target_data=str(digits / "target" / "train"), image_size=32, batch_size=8, epochs=2,
-                steps_per_epoch=2, workers=0, tta=False, hflip=False, analysis="off", out=str(out))
+    base = dict(
+        backbone="resnet18",
+        pretrained=False,
+        data=str(digits / "source"),
+        target_data=str(digits / "target" / "train"),
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        steps_per_epoch=2,
+        workers=0,
+        tta=False,
+        hflip=False,
+        analysis="off",
+        out=str(out),
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -56,13 +69,27 @@ def test_options_resolve_with_defaults_and_are_checked():
 
 def test_a_misspelt_option_is_one_line_before_anything_is_written(tmp_path, digits, run_cli):
     out = tmp_path / "run"
-    args = ["finetune", "--backbone", "resnet18", "--no-pretrained", "--data", digits / "source", "--target-data",
-            digits / "target" / "train", "--image-size", 32, "--out", out]
+    args = [
+        "finetune",
+        "--backbone",
+        "resnet18",
+        "--no-pretrained",
+        "--data",
+        digits / "source",
+        "--target-data",
+        digits / "target" / "train",
+        "--image-size",
+        32,
+        "--out",
+        out,
+    ]
     result = run_cli(*args, "--adapt-option", "widht=64")
     assert result.exit_code == 1 and not out.exists()
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["Error: adaptation method 'dann' has no option 'widht' (did you mean 'width'?); its options: "
-                     "width, depth, dropout, gamma, lr_factor (zoo-adapt methods dann)"]
+    assert lines == [
+        "Error: adaptation method 'dann' has no option 'widht' (did you mean 'width'?); its options: "
+        "width, depth, dropout, gamma, lr_factor (zoo-adapt methods dann)"
+    ]
     config = tmp_path / "c.toml"
     config.write_text("[adapt_options]\ntemprature = 2.0\n")
     result = run_cli(*args, "--adapt", "mcc", "--config", config)
@@ -84,10 +111,16 @@ class Scaled:
 
     @hookimpl
     def register_adaptation_methods(self, register):
-        register("scaled", self.build, "a test method", options=[
-            option("scale", 1.0, "A multiplier.", low=0),
-            option("mode", "mean", "How target features are summarised.", choices=("mean", "max")),
-        ], figures={"scale_seen": "the scale the method was built with"})
+        register(
+            "scaled",
+            self.build,
+            "a test method",
+            options=[
+                option("scale", 1.0, "A multiplier.", low=0),
+                option("mode", "mean", "How target features are summarised.", choices=("mean", "max")),
+            ],
+            figures={"scale_seen": "the scale the method was built with"},
+        )
 
     @staticmethod
     def build(in_features, num_classes, config):
@@ -108,8 +141,11 @@ def test_a_third_party_method_with_options_is_checked_recorded_and_plotted(tmp_p
     import zoo_adapt.job.adaptation as assembly
 
     real = assembly.plot_adaptation
-    monkeypatch.setattr(assembly, "plot_adaptation", lambda gap, history, keys, path, **kw: (
-        plotted.update(keys=keys), real(gap, history, keys, path, **kw))[1])
+    monkeypatch.setattr(
+        assembly,
+        "plot_adaptation",
+        lambda gap, history, keys, path, **kw: (plotted.update(keys=keys), real(gap, history, keys, path, **kw))[1],
+    )
     out = tmp_path / "run"
     result = finetune(tiny(digits, out, adapt="scaled", adapt_options={"scale": 3}), log=None)
     assert result.history[-1]["scale_seen"] == 3.0
@@ -119,7 +155,8 @@ def test_a_third_party_method_with_options_is_checked_recorded_and_plotted(tmp_p
     assert metrics["adaptation"]["options"] == {"scale": 3.0, "mode": "mean"}
     assert metrics["adaptation"]["figures"]["scale_seen"] == "the scale the method was built with"
     assert {"scale_seen", "extra_figure", "target_snd", "target_entropy", "target_class_balance"} <= set(
-        plotted["keys"])
+        plotted["keys"]
+    )
     assert (out / "adaptation.png").is_file()
     for epoch in metrics["history"]:  # the label-free scores, every epoch
         assert 0 <= epoch["target_entropy"] <= 1 and 0 <= epoch["target_class_balance"] <= 1

@@ -2,6 +2,7 @@
 its smoke-test size: every kind of row trains, each result lands in results.jsonl as it
 finishes, and --report rebuilds the same tables from that file. Accuracies at this size
 mean nothing and are not judged."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,27 @@ SCRIPT = str(ROOT / "benchmarks" / "domain_adaptation.py")
 
 def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
     work = tmp_path / "work"
-    tiny = ["--tasks", "digits", "--seeds", "0", "1", "--epochs", "1", "--scale", "0.05", "--image-size", "32",
-            "--threads", "1", "--work", str(work)]
+    tiny = [
+        "--tasks",
+        "digits",
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+        "--scale",
+        "0.05",
+        "--image-size",
+        "32",
+        "--threads",
+        "1",
+        "--work",
+        str(work),
+    ]
     rows = ["source-only", "reference+adabn", "dann", "dann+warmup", "adabn"]
-    proc = subprocess.run([sys.executable, SCRIPT, *tiny, "--rows", *rows],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *tiny, "--rows", *rows], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
@@ -36,20 +53,26 @@ def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
     adabn = tomllib.loads((work / "runs" / "digits-adabn-0" / "config.toml").read_text())
     assert adabn["adapt"] == "adabn"
 
-    table = proc.stdout[proc.stdout.index("| task | row | target"):]
+    table = proc.stdout[proc.stdout.index("| task | row | target") :]
     assert "| digits | zoo-adapt DANN, 10% warm-up |" in table and "Label-free epoch selection" in table
-    again = subprocess.run([sys.executable, SCRIPT, "--report", str(work)], capture_output=True, text=True,
-                           timeout=120, cwd=tmp_path)
+    again = subprocess.run(
+        [sys.executable, SCRIPT, "--report", str(work)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout == table
 
 
 # The README table's rows (its first column) and the benchmark rows they show.
-README_ROWS = {"source only": "source-only", "minimal DANN loop, the paper's statistics": "reference",
-               "zoo-adapt DANN, the paper's statistics (`--target-bn mixed`)": "dann-mixed",
-               "minimal DANN loop, target statistics": "reference+adabn",
-               "**zoo-adapt DANN** (the defaults)": "dann", "zoo-adapt MCC": "mcc",
-               "zoo-adapt AdaBN (`--adapt adabn`)": "adabn", "oracle (labelled target)": "oracle"}
+README_ROWS = {
+    "source only": "source-only",
+    "minimal DANN loop, the paper's statistics": "reference",
+    "zoo-adapt DANN, the paper's statistics (`--target-bn mixed`)": "dann-mixed",
+    "minimal DANN loop, target statistics": "reference+adabn",
+    "**zoo-adapt DANN** (the defaults)": "dann",
+    "zoo-adapt MCC": "mcc",
+    "zoo-adapt AdaBN (`--adapt adabn`)": "adabn",
+    "oracle (labelled target)": "oracle",
+}
 
 
 def test_readme_table_is_the_committed_measurement():
@@ -59,9 +82,12 @@ def test_readme_table_is_the_committed_measurement():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from domain_adaptation import LABELS
 
-    out = subprocess.run([sys.executable, SCRIPT, "--report", str(ROOT / "benchmarks" / "results" /
-                                                                   "domain_adaptation")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, SCRIPT, "--report", str(ROOT / "benchmarks" / "results" / "domain_adaptation")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     measured = {}
     for line in out.stdout.splitlines():
@@ -71,6 +97,6 @@ def test_readme_table_is_the_committed_measurement():
             measured[(cells[0], cells[1])] = f"{mean_std} ({rest.split('; ', 1)[1]}"  # without min and max
     readme = (ROOT / "README.md").read_text()
     for label, row in README_ROWS.items():
-        line = next(l for l in readme.splitlines() if l.startswith(f"| {label} |"))
+        line = next(text for text in readme.splitlines() if text.startswith(f"| {label} |"))
         photo, digits = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")[1:3]]
         assert (photo, digits) == (measured[("photo", LABELS[row])], measured[("digits", LABELS[row])]), label

@@ -1,5 +1,6 @@
 """The throughput benchmark (benchmarks/throughput.py) runs end to end at its smoke-test
 size on the CPU and reports positive rates; the rates themselves are not judged."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,22 @@ from helpers import ROOT
 def test_tiny_run_prints_table_and_writes_json(tmp_path):
     out = tmp_path / "throughput.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", "cpu", "--tiny",
-         "--data-dir", str(tmp_path / "data"), "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
     assert "device: " in text and "img/s after 1st epoch" in text and "warm img/s" in text

@@ -1,5 +1,6 @@
 """Bad input, as a user meets it on the command line: one line on stderr, a non-zero exit,
 no traceback."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,16 +13,45 @@ from helpers import one_line_error, zoo
 @pytest.fixture(scope="module")
 def model_file(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    done = zoo("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", demo, "--out", out,
-               "--overwrite", "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--no-tta",
-               "--analysis", "off")
+    done = zoo(
+        "finetune",
+        "--backbone",
+        "resnet18",
+        "--no-pretrained",
+        "--data",
+        demo,
+        "--out",
+        out,
+        "--overwrite",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--no-tta",
+        "--analysis",
+        "off",
+    )
     assert done.returncode == 0, done.stderr
     return out / "model.safetensors"
 
 
 def finetune(*args, **kw):
-    return zoo("finetune", "--backbone", "resnet18", "--no-pretrained", "--image-size", "32",
-               "--epochs", "1", "--analysis", "off", *args, **kw)
+    return zoo(
+        "finetune",
+        "--backbone",
+        "resnet18",
+        "--no-pretrained",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--analysis",
+        "off",
+        *args,
+        **kw,
+    )
 
 
 def test_missing_data_folder(tmp_path):
@@ -64,8 +94,7 @@ def test_class_mismatch_between_folder_and_model(tmp_path, model_file, demo):
     other = tmp_path / "other"
     shutil.copytree(demo / "val" / "moon", other / "sky")
     shutil.copytree(demo / "val" / "brick", other / "brick")
-    one_line_error(zoo("evaluate", "--model", model_file, "--data", other),
-                   "classes the model does not know: sky")
+    one_line_error(zoo("evaluate", "--model", model_file, "--data", other), "classes the model does not know: sky")
 
 
 def test_corrupt_image_in_predict_is_reported_and_others_still_predicted(tmp_path, model_file, demo):
@@ -78,8 +107,11 @@ def test_corrupt_image_in_predict_is_reported_and_others_still_predicted(tmp_pat
 
 
 def test_unknown_backbone_and_bad_option(tmp_path, demo):
-    one_line_error(zoo("finetune", "--backbone", "resnt50", "--data", demo, "--out", tmp_path / "o"),
-                   "unknown backbone 'resnt50'", "resnet50")
+    one_line_error(
+        zoo("finetune", "--backbone", "resnt50", "--data", demo, "--out", tmp_path / "o"),
+        "unknown backbone 'resnt50'",
+        "resnet50",
+    )
     one_line_error(finetune("--data", demo, "--strategy", "linear", "--out", tmp_path / "o"), "--strategy")
     one_line_error(zoo("evaluate", "--data", demo), "Missing option '--model'", code=2)  # click's usage error
 
@@ -89,8 +121,13 @@ def test_existing_run_is_not_overwritten(model_file, demo):
 
 
 def test_pretrained_download_offline(tmp_path, demo):
-    offline = {"TORCH_HOME": str(tmp_path / "th"), "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-               "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    offline = {
+        "TORCH_HOME": str(tmp_path / "th"),
+        "HF_HUB_CACHE": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
     for backbone in ("resnet18", "vit_t16"):
         result = zoo("finetune", "--backbone", backbone, "--data", demo, "--out", tmp_path / backbone, env=offline)
         one_line_error(result, "cannot download pretrained weights", "--no-pretrained", "--weights")
@@ -99,15 +136,21 @@ def test_pretrained_download_offline(tmp_path, demo):
 def test_unreadable_weights_file(tmp_path, demo):
     bad = tmp_path / "w.pth"
     bad.write_bytes(bytes(range(256)) * 4)
-    line = one_line_error(finetune("--data", demo, "--out", tmp_path / "o", "--weights", bad),
-                          "cannot read weights file", "never unpickles")
+    line = one_line_error(
+        finetune("--data", demo, "--out", tmp_path / "o", "--weights", bad),
+        "cannot read weights file",
+        "never unpickles",
+    )
     assert "weights_only" not in line  # torch's advice to load it unsafely is not repeated
 
 
 def test_torchvision_dataset_offline(tmp_path):
     env = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-    one_line_error(finetune("--dataset", "cifar10", "--data-dir", tmp_path / "c", "--out", tmp_path / "o",
-                            env=env), "cannot get dataset cifar10", "--data")
+    one_line_error(
+        finetune("--dataset", "cifar10", "--data-dir", tmp_path / "c", "--out", tmp_path / "o", env=env),
+        "cannot get dataset cifar10",
+        "--data",
+    )
     one_line_error(finetune("--dataset", "imagenet", "--out", tmp_path / "o"), "unknown dataset 'imagenet'")
 
 
@@ -134,8 +177,12 @@ def test_predict_reports_each_bad_file_in_one_line_and_predicts_the_others(tmp_p
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stdout.splitlines() == [f"{good}: " + result.stdout.split(": ", 1)[1].strip()]
     errors = result.stderr.splitlines()
-    assert errors == [f"Error: cannot read image {tmp_path / 'missing.jpg'}: no such file",
-                      "Error: cannot read image /dev/null: not a regular file", errors[2], errors[3]]
+    assert errors == [
+        f"Error: cannot read image {tmp_path / 'missing.jpg'}: no such file",
+        "Error: cannot read image /dev/null: not a regular file",
+        errors[2],
+        errors[3],
+    ]
     assert "bomb.png" in errors[2] and "decompression bomb" in errors[2] and "corrupt.jpg" in errors[3]
 
 
@@ -143,8 +190,7 @@ def test_top_k_and_batch_size_must_be_positive(model_file, demo):
     good = next((demo / "val" / "moon").glob("*.png"))
     one_line_error(zoo("predict", "--model", model_file, "--top-k", "0", good), "--top-k", "x>=1", code=2)
     one_line_error(zoo("predict", "--model", model_file, "--top-k", "-2", good), "--top-k", code=2)
-    one_line_error(zoo("evaluate", "--model", model_file, "--data", demo, "--batch-size", "0"), "--batch-size",
-                   code=2)
+    one_line_error(zoo("evaluate", "--model", model_file, "--data", demo, "--batch-size", "0"), "--batch-size", code=2)
 
 
 def test_crafted_model_header_is_one_line_in_evaluate(tmp_path, model_file, demo):
@@ -156,10 +202,16 @@ def test_crafted_model_header_is_one_line_in_evaluate(tmp_path, model_file, demo
     tensors = load_file(model_file)
     save_file(tensors, tmp_path / "classes.safetensors", metadata={**meta, "classes": "5"})
     save_file(tensors, tmp_path / "size.safetensors", metadata={**meta, "input_size": "[3]"})
-    one_line_error(zoo("evaluate", "--model", tmp_path / "classes.safetensors", "--data", demo),
-                   "classes.safetensors", "'classes' must be a JSON list")
-    one_line_error(zoo("predict", "--model", tmp_path / "size.safetensors", demo / "val"),
-                   "size.safetensors", "'input_size' must be [3, N, N]")
+    one_line_error(
+        zoo("evaluate", "--model", tmp_path / "classes.safetensors", "--data", demo),
+        "classes.safetensors",
+        "'classes' must be a JSON list",
+    )
+    one_line_error(
+        zoo("predict", "--model", tmp_path / "size.safetensors", demo / "val"),
+        "size.safetensors",
+        "'input_size' must be [3, N, N]",
+    )
 
 
 def test_truncated_jpeg_in_val_stops_the_run_before_training(tmp_path, demo):
@@ -183,6 +235,20 @@ def test_a_split_that_holds_out_nothing_is_refused(tmp_path, demo):
     for cls in ("brick", "grass"):
         (one / cls).mkdir(parents=True)
         shutil.copy(next((demo / "train" / cls).iterdir()), one / cls)
-    one_line_error(zoo("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", one,
-                       "--out", tmp_path / "o", "--image-size", "32"), "holds out no image", "--val-split 0")
+    one_line_error(
+        zoo(
+            "finetune",
+            "--backbone",
+            "resnet18",
+            "--no-pretrained",
+            "--data",
+            one,
+            "--out",
+            tmp_path / "o",
+            "--image-size",
+            "32",
+        ),
+        "holds out no image",
+        "--val-split 0",
+    )
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
 """`zoo-adapt list / info / plugins`, user registries and the one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def test_list_json_has_every_backbone_with_its_facts(run_cli):
     cards = json.loads(result.output)
     assert [c["name"] for c in cards] == list(entries())
     for c in cards:
-        assert {"name", "plugin", "source", "head", "num_groups", "input_size", "mean", "std",
-                "weights_status"} <= set(c)
+        assert {"name", "plugin", "source", "head", "num_groups", "input_size", "mean", "std", "weights_status"} <= set(
+            c
+        )
         assert c["head"] and c["num_groups"] >= 2 and len(c["input_size"]) == 3
         assert c["weights_status"] in ("bundled", "cached", "download", "missing")
     lite0 = next(c for c in cards if c["name"] == "efficientnet_lite0")
@@ -33,8 +35,10 @@ def test_listing_commands_import_no_heavy_library(command):
     """What makes `zoo-adapt list` quick, checked without a clock (a timed test fails on
     a loaded machine): none of torch, torchvision, timm, numpy or PIL is imported."""
     heavy = ("torch", "torchvision", "timm", "numpy", "PIL")
-    code = (f"import sys; from zoo_adapt.cli import cli; cli.main({command!r}, standalone_mode=False); "
-            f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)")
+    code = (
+        f"import sys; from zoo_adapt.cli import cli; cli.main({command!r}, standalone_mode=False); "
+        f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1] == "[]"
@@ -43,8 +47,7 @@ def test_listing_commands_import_no_heavy_library(command):
 def test_info_vit_b16_json(run_cli):
     info = json.loads(run_cli("info", "vit_b16", "--json").output)
     assert info["name"] == "vit_b16" and info["head"] == "head" and info["in_features"] == 768
-    assert [g["name"] for g in info["groups"]] == (
-        ["embed"] + [f"block{i}" for i in range(12)] + ["neck", "head"])
+    assert [g["name"] for g in info["groups"]] == (["embed"] + [f"block{i}" for i in range(12)] + ["neck", "head"])
     assert sum(g["num_params"] for g in info["groups"]) == 86_567_656  # ViT-B/16, 1000 classes
     assert info["mean"] == [0.5, 0.5, 0.5] and info["std"] == [0.5, 0.5, 0.5]
     assert info["input_size"] == [3, 224, 224]

@@ -1,6 +1,7 @@
 """Images read right: one decoder for training, evaluation and prediction (EXIF
 orientation, 16-bit and other modes, transparency), a start-up check that really
 decodes, and class folders that are links. Every image is built here, a few pixels big."""
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,10 @@ def test_exif_orientation_is_applied_for_every_reader(tmp_path):
     exif[0x0112] = 6
     (tmp_path / "c").mkdir()
     Image.fromarray(a).save(tmp_path / "c" / "phone.jpg", quality=95, exif=exif)
-    for image in (open_image(tmp_path / "c" / "phone.jpg"),
-                  ImageDataset(scan_folder(tmp_path)).raw(0)[0]):  # what loader workers and held images use
+    for image in (
+        open_image(tmp_path / "c" / "phone.jpg"),
+        ImageDataset(scan_folder(tmp_path)).raw(0)[0],
+    ):  # what loader workers and held images use
         upright = np.asarray(image).astype(int)
         assert image.size == (20, 40)  # width 20, height 40: turned upright
         assert upright[5, 10, 0] > 200 > upright[5, 10, 2]  # red on top
@@ -125,12 +128,14 @@ def test_transparency_is_composited_on_white(tmp_path):
 
 def bomb_png(path, side: int) -> None:
     """A tiny PNG whose header claims side x side pixels."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [10_000, 20_000])  # PIL warns for the first, raises for the second

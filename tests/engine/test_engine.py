@@ -1,6 +1,7 @@
 """The engine's pieces: epoch orders and shards, batches that drop no image, crops drawn
 on the device, exact eval crops held on the device, the feature cache, a loop that
 never waits for the device inside a step, and a wrapped (compiled) network."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,18 @@ from helpers import CLASSES
 
 
 def config(tmp_path, demo, **kw) -> FinetuneConfig:
-    base = dict(backbone="resnet18", data=str(demo), out=str(tmp_path / "run"), pretrained=False,
-                image_size=32, batch_size=8, epochs=2, workers=0, tta=False, analysis="off")
+    base = dict(
+        backbone="resnet18",
+        data=str(demo),
+        out=str(tmp_path / "run"),
+        pretrained=False,
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        tta=False,
+        analysis="off",
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -84,14 +95,32 @@ def test_images_held_on_the_device_give_exact_eval_crops_and_random_training_cro
     samples = scan_folder(demo / "val")
     dataset = ImageDataset(samples)
     norm = zoo_adapt.describe("resnet18").normalization
-    held = DeviceEvalImages(dataset, norm=norm.at(40), device=torch.device("cpu"), batch_size=4,
-                            order=EpochOrder(len(dataset), shuffle=False))
-    loaded = LoaderBatches(dataset.with_transform(EvalTransform(norm.at(40))), batch_size=4, norm=norm,
-                           device=torch.device("cpu"), order=EpochOrder(len(dataset), shuffle=False), workers=0)
+    held = DeviceEvalImages(
+        dataset,
+        norm=norm.at(40),
+        device=torch.device("cpu"),
+        batch_size=4,
+        order=EpochOrder(len(dataset), shuffle=False),
+    )
+    loaded = LoaderBatches(
+        dataset.with_transform(EvalTransform(norm.at(40))),
+        batch_size=4,
+        norm=norm,
+        device=torch.device("cpu"),
+        order=EpochOrder(len(dataset), shuffle=False),
+        workers=0,
+    )
     for (xa, ya), (xb, yb) in zip(held, loaded):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    train = DeviceImages(dataset, norm=norm.at(40), device=torch.device("cpu"), batch_size=5,
-                         order=EpochOrder(len(dataset), shuffle=True), min_scale=0.35, hflip=True)
+    train = DeviceImages(
+        dataset,
+        norm=norm.at(40),
+        device=torch.device("cpu"),
+        batch_size=5,
+        order=EpochOrder(len(dataset), shuffle=True),
+        min_scale=0.35,
+        hflip=True,
+    )
     train.set_epoch(0)
     first = [x for x, _ in train]
     train.set_epoch(0)
@@ -111,8 +140,7 @@ def test_both_data_paths_train_and_count_every_image(tmp_path, demo, on_device):
         def epoch_end(self, loop, record, improved):
             seen.append(loop.seen)
 
-    result = finetune(config(tmp_path, demo, data_on_device=on_device, batch_size=8), callbacks=[Count()],
-                      log=None)
+    result = finetune(config(tmp_path, demo, data_on_device=on_device, batch_size=8), callbacks=[Count()], log=None)
     assert seen == [30, 30]  # 30 training images at batch 8: 8, 8, 8, 6 - none dropped
     assert result.metrics["num_train"] == 30 and result.metrics["num_val"] == 20
 
@@ -120,9 +148,19 @@ def test_both_data_paths_train_and_count_every_image(tmp_path, demo, on_device):
 def _probe_loop(model, train, val, seed=0):
     plan = [len(zoo_adapt.group_parameters(model)) - 1] * 3
     optimizer = make_optimizer(param_groups(model, 1e-2, weight_decay=0.01))
-    return Loop(model, train=train, val=val, classes=list(CLASSES), plan=plan, optimizer=optimizer,
-                schedule=stage_schedule(plan, len(train), "onecycle", 0.1), task=SingleLabel(0.1),
-                bn="frozen", eval_body=True, seed=seed)
+    return Loop(
+        model,
+        train=train,
+        val=val,
+        classes=list(CLASSES),
+        plan=plan,
+        optimizer=optimizer,
+        schedule=stage_schedule(plan, len(train), "onecycle", 0.1),
+        task=SingleLabel(0.1),
+        bn="frozen",
+        eval_body=True,
+        seed=seed,
+    )
 
 
 def test_a_probe_on_cached_features_equals_the_probe_on_images(demo):
@@ -135,13 +173,25 @@ def test_a_probe_on_cached_features_equals_the_probe_on_images(demo):
         torch.manual_seed(0)
         return zoo_adapt.create_model("resnet18", num_classes=5, pretrained=False)
 
-    images = LoaderBatches(dataset.with_transform(EvalTransform(norm.at(32))), batch_size=8, norm=norm,
-                           device=device, order=EpochOrder(len(dataset), shuffle=True, seed=4), workers=0)
+    images = LoaderBatches(
+        dataset.with_transform(EvalTransform(norm.at(32))),
+        batch_size=8,
+        norm=norm,
+        device=device,
+        order=EpochOrder(len(dataset), shuffle=True, seed=4),
+        workers=0,
+    )
     plain = model()
     _probe_loop(plain, images, None).fit()
     cached = model()
-    in_order = LoaderBatches(dataset.with_transform(EvalTransform(norm.at(32))), batch_size=8, norm=norm,
-                             device=device, order=EpochOrder(len(dataset), shuffle=False), workers=0)
+    in_order = LoaderBatches(
+        dataset.with_transform(EvalTransform(norm.at(32))),
+        batch_size=8,
+        norm=norm,
+        device=device,
+        order=EpochOrder(len(dataset), shuffle=False),
+        workers=0,
+    )
     features, labels = extract_features(cached, in_order)
     batches = FeatureBatches(features, labels, batch_size=8, order=EpochOrder(len(dataset), shuffle=True, seed=4))
     loop = _probe_loop(cached, batches, None)
@@ -154,10 +204,25 @@ def test_a_probe_on_cached_features_equals_the_probe_on_images(demo):
 
 def test_feature_cache_matches_the_uncached_probe_within_noise_and_later_epochs_are_cheap(tmp_path, demo):
     cached_runs, plain_runs = BodyRuns(), BodyRuns()
-    cached = finetune(config(tmp_path, demo, strategy="linear-probe", epochs=6, out=str(tmp_path / "c"),
-                             image_size=48, lr=1e-2), callbacks=[cached_runs], log=None)
-    plain = finetune(config(tmp_path, demo, strategy="linear-probe", epochs=6, out=str(tmp_path / "p"),
-                            image_size=48, lr=1e-2, feature_cache=False), callbacks=[plain_runs], log=None)
+    cached = finetune(
+        config(tmp_path, demo, strategy="linear-probe", epochs=6, out=str(tmp_path / "c"), image_size=48, lr=1e-2),
+        callbacks=[cached_runs],
+        log=None,
+    )
+    plain = finetune(
+        config(
+            tmp_path,
+            demo,
+            strategy="linear-probe",
+            epochs=6,
+            out=str(tmp_path / "p"),
+            image_size=48,
+            lr=1e-2,
+            feature_cache=False,
+        ),
+        callbacks=[plain_runs],
+        log=None,
+    )
     assert abs(cached.metrics["val_accuracy"] - plain.metrics["val_accuracy"]) <= 0.2
     # what makes later epochs cheap, counted rather than timed: the body never runs in a training step
     assert cached_runs.in_steps == 0 and plain_runs.in_steps >= 6
@@ -252,8 +317,11 @@ def test_torch_compile_trains_and_exports_the_plain_model(tmp_path, demo):
     the eager backend skips inductor's C++ build, which takes minutes on a small CPU."""
     from zoo_adapt.engine.callbacks import Compile
 
-    result = finetune(config(tmp_path, demo, strategy="two-stage", epochs=2, batch_size=6),  # one batch shape
-                      callbacks=[Compile(backend="eager")], log=None)
+    result = finetune(
+        config(tmp_path, demo, strategy="two-stage", epochs=2, batch_size=6),  # one batch shape
+        callbacks=[Compile(backend="eager")],
+        log=None,
+    )
     assert "compile_seconds" in result.history[-1]
     assert [r["frozen_to"] for r in result.history] == [5, 0]
     import torchvision

@@ -1,5 +1,6 @@
 """Fine-tuning mechanics on small real images: strategies, rates, export, resume, TTA,
 and one real transfer test with the pretrained EfficientNet-Lite0."""
+
 from __future__ import annotations
 
 import json
@@ -48,15 +49,25 @@ class FirstRates(Callback):
 
 
 # resnet18's layer groups: stem, layer1..layer4, head (5); the first trainable group per epoch
-@pytest.mark.parametrize("strategy, extra, plan", [
-    ("linear-probe", {}, [5, 5, 5]), ("finetune", {}, [0, 0, 0]), ("two-stage", {"head_epochs": 1}, [5, 0, 0]),
-    ("gradual", {"epochs": 4, "unfreeze_every": 1}, [5, 4, 3, 2])])
+@pytest.mark.parametrize(
+    "strategy, extra, plan",
+    [
+        ("linear-probe", {}, [5, 5, 5]),
+        ("finetune", {}, [0, 0, 0]),
+        ("two-stage", {"head_epochs": 1}, [5, 0, 0]),
+        ("gradual", {"epochs": 4, "unfreeze_every": 1}, [5, 4, 3, 2]),
+    ],
+)
 def test_each_strategy_trains_exactly_its_parameters(tmp_path, demo, strategy, extra, plan):
     snaps = Snapshots()
     result = finetune(small(tmp_path, demo, strategy=strategy, **extra), callbacks=[snaps], log=None)
     groups = zoo_adapt.group_parameters(result.model)
-    bn = {f"{m}.{p}" for m, mod in result.model.named_modules() if isinstance(mod, _BatchNorm)
-          for p, _ in mod.named_parameters(recurse=False)}
+    bn = {
+        f"{m}.{p}"
+        for m, mod in result.model.named_modules()
+        if isinstance(mod, _BatchNorm)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
     assert len(snaps.changed) == len(plan)
     for epoch, (changed, first) in enumerate(zip(snaps.changed, plan)):
         trainable = {n for i, (_, ps) in enumerate(groups) if i >= first for n, _ in ps}
@@ -69,8 +80,7 @@ def test_each_strategy_trains_exactly_its_parameters(tmp_path, demo, strategy, e
 
 def test_discriminative_rates_reach_the_optimizer(tmp_path, demo):
     grab = FirstRates()
-    finetune(small(tmp_path, demo, strategy="finetune", lr=1e-2, lr_body=1e-4, epochs=1),
-             callbacks=[grab], log=None)
+    finetune(small(tmp_path, demo, strategy="finetune", lr=1e-2, lr_body=1e-4, epochs=1), callbacks=[grab], log=None)
     seen = grab.rates
     names = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     expected = [1e-4 * 100 ** (i / 5) for i in range(6)]
@@ -79,11 +89,10 @@ def test_discriminative_rates_reach_the_optimizer(tmp_path, demo):
 
 def test_layerwise_decay_reaches_the_optimizer(tmp_path, demo):
     grab = FirstRates()
-    finetune(small(tmp_path, demo, strategy="finetune", lr=1e-2, lr_decay=0.5, epochs=1),
-             callbacks=[grab], log=None)
+    finetune(small(tmp_path, demo, strategy="finetune", lr=1e-2, lr_decay=0.5, epochs=1), callbacks=[grab], log=None)
     rates = grab.rates
     assert rates["head"] == pytest.approx(1e-2) and rates["layer4"] == pytest.approx(5e-3)
-    assert rates["stem"] == pytest.approx(1e-2 * 0.5 ** 5)
+    assert rates["stem"] == pytest.approx(1e-2 * 0.5**5)
 
 
 @pytest.mark.parametrize("backbone, library", [("resnet18", "torchvision"), ("efficientnet_lite0", "timm")])
@@ -94,8 +103,11 @@ def test_export_loads_into_the_plain_upstream_model_with_identical_logits(tmp_pa
     assert card.classes == list(CLASSES) and meta["library"] == library
     assert json.loads(meta["input_size"]) == [3, 32, 32]
     assert json.loads(meta["mean"]) == list(result.model.zoo_adapt.normalization.mean)
-    plain = (torchvision.models.get_model(backbone, num_classes=5) if library == "torchvision"
-             else timm.create_model(backbone, num_classes=5))
+    plain = (
+        torchvision.models.get_model(backbone, num_classes=5)
+        if library == "torchvision"
+        else timm.create_model(backbone, num_classes=5)
+    )
     plain.load_state_dict(load_file(path), strict=True)
     x = torch.randn(3, 3, 32, 32)
     reloaded, _ = load_model(path)
@@ -147,8 +159,10 @@ def test_tta_changes_predictions_only_through_its_averaging():
 
 def test_config_file_supplies_options_and_flags_win(tmp_path, demo, run_cli):
     config = tmp_path / "job.toml"
-    config.write_text(f'backbone = "resnet18"\ndata = "{demo}"\nepochs = 2\nimage-size = 32\n'
-                      'pretrained = false\nbatch-size = 8\ntta = false\nstrategy = "finetune"\nanalysis = "off"\n')
+    config.write_text(
+        f'backbone = "resnet18"\ndata = "{demo}"\nepochs = 2\nimage-size = 32\n'
+        'pretrained = false\nbatch-size = 8\ntta = false\nstrategy = "finetune"\nanalysis = "off"\n'
+    )
     out = tmp_path / "run"
     result = run_cli("finetune", "--config", config, "--epochs", 1, "--out", out)
     assert result.exit_code == 0, result.output
@@ -168,12 +182,34 @@ def test_config_file_supplies_options_and_flags_win(tmp_path, demo, run_cli):
 
 def test_finetune_command_writes_every_output(tmp_path, demo, run_cli):
     out = tmp_path / "run"
-    result = run_cli("finetune", "--backbone", "resnet18", "--data", demo, "--out", out,
-                     "--no-pretrained", "--image-size", 32, "--epochs", 2, "--batch-size", 8, "--analysis", "off")
+    result = run_cli(
+        "finetune",
+        "--backbone",
+        "resnet18",
+        "--data",
+        demo,
+        "--out",
+        out,
+        "--no-pretrained",
+        "--image-size",
+        32,
+        "--epochs",
+        2,
+        "--batch-size",
+        8,
+        "--analysis",
+        "off",
+    )
     assert result.exit_code == 0, result.output
     assert "val_accuracy" in result.output.splitlines()[-1]
-    for name in ("model.safetensors", "metrics.json", "curves.png", "confusion_matrix.png",
-                 "config.toml", "checkpoint.pt"):
+    for name in (
+        "model.safetensors",
+        "metrics.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "config.toml",
+        "checkpoint.pt",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_val"] == 20 and metrics["finished"]
@@ -183,12 +219,14 @@ def test_finetune_command_writes_every_output(tmp_path, demo, run_cli):
     assert len(metrics["history"]) == 2 and metrics["history"][0]["val_top5"] is not None
     assert set(metrics["per_class_accuracy"]) == set(CLASSES)
     assert "val_accuracy_tta" in metrics
-    evaluated = json.loads(run_cli("evaluate", "--model", out / "model.safetensors", "--data",
-                                   demo / "val", "--json").output)
+    evaluated = json.loads(
+        run_cli("evaluate", "--model", out / "model.safetensors", "--data", demo / "val", "--json").output
+    )
     assert evaluated["num_images"] == 20
     assert evaluated["accuracy"] == pytest.approx(metrics["val_accuracy"])
-    predicted = json.loads(run_cli("predict", "--model", out / "model.safetensors",
-                                   demo / "val" / "moon", "--json", "--top-k", 2).output)
+    predicted = json.loads(
+        run_cli("predict", "--model", out / "model.safetensors", demo / "val" / "moon", "--json", "--top-k", 2).output
+    )
     assert len(predicted) == 4 and all(len(p["top"]) == 2 for p in predicted)
     assert all(p["prediction"] in CLASSES for p in predicted)
 
@@ -200,14 +238,28 @@ def test_single_folder_is_split_stratified_and_seeded(tmp_path, demo):
 
 def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp_path_factory):
     """Real transfer: 8 classes, 5 photographs' patches each to learn from."""
-    data = build_demo(tmp_path_factory.mktemp("fewshot"), train_per_class=5, val_per_class=10,
-                      classes=("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "moon", "rocket"))
+    data = build_demo(
+        tmp_path_factory.mktemp("fewshot"),
+        train_per_class=5,
+        val_per_class=10,
+        classes=("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "moon", "rocket"),
+    )
     scores = {}
     for pretrained in (True, False):
-        config = FinetuneConfig(backbone="efficientnet_lite0", data=str(data), pretrained=pretrained,
-                                strategy="linear-probe", epochs=6, image_size=96, batch_size=8,
-                                lr=5e-3, workers=0, tta=False, analysis="off",
-                                out=str(tmp_path_factory.mktemp("probe")))
+        config = FinetuneConfig(
+            backbone="efficientnet_lite0",
+            data=str(data),
+            pretrained=pretrained,
+            strategy="linear-probe",
+            epochs=6,
+            image_size=96,
+            batch_size=8,
+            lr=5e-3,
+            workers=0,
+            tta=False,
+            analysis="off",
+            out=str(tmp_path_factory.mktemp("probe")),
+        )
         scores[pretrained] = finetune(config, log=None, overwrite=True).metrics["val_accuracy"]
     assert scores[True] >= 0.7, scores
     assert scores[True] - scores[False] >= 0.3, scores

@@ -2,6 +2,7 @@
 config.toml with every resolved value and a rerun line that works, plain timm and
 torchvision loading that matches `zoo-adapt predict`, warnings for silent defaults, and
 progress where nothing showed before."""
+
 from __future__ import annotations
 
 import json
@@ -26,15 +27,38 @@ README = ROOT / "README.md"
 def lite0_run(demo, tmp_path_factory):
     """A real pretrained model, quickly: a cached linear probe of EfficientNet-Lite0."""
     out = tmp_path_factory.mktemp("lite0") / "run"
-    finetune(FinetuneConfig(data=str(demo), out=str(out), strategy="linear-probe", epochs=3, image_size=96,
-                            workers=0, lr=1e-2, analysis="off"), log=None)
+    finetune(
+        FinetuneConfig(
+            data=str(demo),
+            out=str(out),
+            strategy="linear-probe",
+            epochs=3,
+            image_size=96,
+            workers=0,
+            lr=1e-2,
+            analysis="off",
+        ),
+        log=None,
+    )
     return out
 
 
 def test_the_kept_epoch_is_said_returned_and_plotted(tmp_path, demo):
     lines = []
-    result = finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo),
-                                     out=str(tmp_path / "r"), epochs=3, workers=0, tta=False), log=lines.append)
+    result = finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            pretrained=False,
+            image_size=32,
+            analysis="off",
+            data=str(demo),
+            out=str(tmp_path / "r"),
+            epochs=3,
+            workers=0,
+            tta=False,
+        ),
+        log=lines.append,
+    )
     assert result.kept_epoch == result.metrics["kept_epoch"] and result.metrics["selection"]["rule"] == "best"
     assert re.search(r"kept epoch \d of 3 \(the best by val accuracy; epochs within 2 validation images", lines[-1])
     assert (tmp_path / "r" / "curves.png").stat().st_size > 10_000
@@ -46,18 +70,33 @@ def test_a_lead_within_noise_is_said():
     config = FinetuneConfig(keep="best")
     note = selection(loop, config, {"kept_epoch": 1, "num_val": 42})["note"]
     assert "leads the last epoch 2 by 2.4% (1 of 42 validation images), within the noise" in note
-    loud = selection(SimpleNamespace(history=history, best=(0.90, 1), select="val_accuracy"), config,
-                     {"kept_epoch": 1, "num_val": 420})
+    loud = selection(
+        SimpleNamespace(history=history, best=(0.90, 1), select="val_accuracy"),
+        config,
+        {"kept_epoch": 1, "num_val": 420},
+    )
     assert "note" not in loud
 
 
 def test_config_toml_holds_every_resolved_value_and_the_rerun_line_works(tmp_path, demo, run_cli):
     out = tmp_path / "run"
-    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", demo, "--out", out,
-                     "--epochs", 1, "--workers", 0)
+    result = run_cli(
+        "finetune",
+        "--backbone",
+        "resnet18",
+        "--no-pretrained",
+        "--data",
+        demo,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--workers",
+        0,
+    )
     assert result.exit_code == 0, result.output
     text = (out / "config.toml").read_text()
-    for key in ("lr = 0.002", "lr_body = 2e-05", "image_size = 224", "epochs = 1", "strategy = \"two-stage\""):
+    for key in ("lr = 0.002", "lr_body = 2e-05", "image_size = 224", "epochs = 1", 'strategy = "two-stage"'):
         assert key in text, key
     keys = {line.split(" = ")[0] for line in text.splitlines() if " = " in line and not line.startswith("#")}
     assert not {"target_data", "adapt"} & keys  # adaptation options only when adapting
@@ -104,16 +143,31 @@ def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(l
 
 def test_plain_torchvision_snippet(tmp_path, demo):
     out = tmp_path / "tv"
-    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=48, analysis="off", data=str(demo), out=str(out),
-                            epochs=1, workers=0, tta=False), log=None)
+    finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            pretrained=False,
+            image_size=48,
+            analysis="off",
+            data=str(demo),
+            out=str(out),
+            epochs=1,
+            workers=0,
+            tta=False,
+        ),
+        log=None,
+    )
     from zoo_adapt.ship.inference import predict_paths
 
     images = sorted((demo / "val").rglob("*.png"))[:6]
-    expected = {r.path: dict(r.top) for r in predict_paths(out / "model.safetensors", images, top_k=6,
-                                                             device="cpu")}
+    expected = {r.path: dict(r.top) for r in predict_paths(out / "model.safetensors", images, top_k=6, device="cpu")}
     scope: dict = {}
-    exec(_readme_block("# plain torchvision: the export").replace('"runs/mine/model.safetensors"',
-                                                       repr(str(out / "model.safetensors"))), scope)
+    exec(
+        _readme_block("# plain torchvision: the export").replace(
+            '"runs/mine/model.safetensors"', repr(str(out / "model.safetensors"))
+        ),
+        scope,
+    )
     classes = json.loads(scope["meta"]["classes"])
     for image in images:
         want = torch.tensor([expected[str(image)][c] for c in classes])
@@ -122,12 +176,37 @@ def test_plain_torchvision_snippet(tmp_path, demo):
 
 def test_silent_defaults_now_say_so(tmp_path, demo):
     lines = []
-    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo),
-                            out=str(tmp_path / "r"), epochs=1, workers=0, tta=False), log=lines.append)
+    finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            pretrained=False,
+            image_size=32,
+            analysis="off",
+            data=str(demo),
+            out=str(tmp_path / "r"),
+            epochs=1,
+            workers=0,
+            tta=False,
+        ),
+        log=lines.append,
+    )
     assert any(line.startswith("warning: two-stage with --epochs 1") for line in lines)
     more = []
-    finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo),
-                            out=str(tmp_path / "r"), epochs=2, workers=0, tta=False, resume=True), log=more.append)
+    finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            pretrained=False,
+            image_size=32,
+            analysis="off",
+            data=str(demo),
+            out=str(tmp_path / "r"),
+            epochs=2,
+            workers=0,
+            tta=False,
+            resume=True,
+        ),
+        log=more.append,
+    )
     assert any("extends a run planned for 1" in line and "rate rises again" in line for line in more)
 
 

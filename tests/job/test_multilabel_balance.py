@@ -2,6 +2,7 @@
 evaluate, predict, load_plain) and the effect of --balance on a 1:20 imbalanced set.
 EfficientNet-Lite0 with its real pretrained weights, linear probe on cached features at
 64 px: small enough for CI, real enough that the numbers mean something."""
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,19 @@ ML_CLASSES = ("brick", "coffee", "grass", "moon", "rocket")
 
 
 def lite0(**kw) -> FinetuneConfig:
-    return FinetuneConfig(backbone="efficientnet_lite0", image_size=64, strategy="linear-probe", batch_size=16,
-                          analysis="off", **kw)
+    return FinetuneConfig(
+        backbone="efficientnet_lite0", image_size=64, strategy="linear-probe", batch_size=16, analysis="off", **kw
+    )
 
 
 @pytest.fixture(scope="module")
 def multilabel_run(tmp_path_factory):
     root = build_multilabel(tmp_path_factory.mktemp("ml"), ML_CLASSES, train=60, val=40)
     out = root / "run"
-    result = finetune(lite0(labels=str(root / "labels.csv"), data=str(root), multi_label=True, epochs=8,
-                            lr=1e-2, out=str(out)), log=None)
+    result = finetune(
+        lite0(labels=str(root / "labels.csv"), data=str(root), multi_label=True, epochs=8, lr=1e-2, out=str(out)),
+        log=None,
+    )
     return root, out, result.metrics
 
 
@@ -56,8 +60,9 @@ def test_multilabel_export_evaluate_predict_and_load_plain(multilabel_run, run_c
     model_file = out / "model.safetensors"
     card, _ = read_card(model_file)
     assert card.multi_label and card.thresholds == pytest.approx(m["thresholds"])
-    scored = json.loads(run_cli("evaluate", "--model", model_file, "--labels", root / "labels.csv", "--data", root,
-                                "--json").output)
+    scored = json.loads(
+        run_cli("evaluate", "--model", model_file, "--labels", root / "labels.csv", "--data", root, "--json").output
+    )
     assert scored["map"] == pytest.approx(m["val_map"], abs=1e-6)  # the same val rows, the stored thresholds
     assert scored["macro_f1"] == pytest.approx(m["val_macro_f1"], abs=1e-6)
     image = root / "val" / "0000.png"
@@ -101,11 +106,21 @@ def imbalanced(tmp_path_factory):
 
 def test_balancing_raises_balanced_accuracy(imbalanced, tmp_path):
     logged = []
-    plain = finetune(lite0(data=str(imbalanced), out=str(tmp_path / "none"), epochs=10, tta=False),
-                     log=logged.append).metrics
+    plain = finetune(
+        lite0(data=str(imbalanced), out=str(tmp_path / "none"), epochs=10, tta=False), log=logged.append
+    ).metrics
     assert any("imbalanced classes: 'astronaut' has 60 training images, 'rocket' only 3" in line for line in logged)
-    balanced = finetune(lite0(data=str(imbalanced), out=str(tmp_path / "sampler"), epochs=10, tta=False,
-                              balance="sampler", select_metric="balanced_accuracy"), log=None).metrics
+    balanced = finetune(
+        lite0(
+            data=str(imbalanced),
+            out=str(tmp_path / "sampler"),
+            epochs=10,
+            tta=False,
+            balance="sampler",
+            select_metric="balanced_accuracy",
+        ),
+        log=None,
+    ).metrics
     assert balanced["selection"]["select"] == "val_balanced_accuracy"
     # measured: 0.625 -> 0.725 balanced accuracy, rare-class recall 0.0 -> 0.65 (seed 0)
     assert balanced["val_balanced_accuracy"] >= plain["val_balanced_accuracy"] + 0.05
@@ -154,8 +169,9 @@ def test_balance_weights_from_training_counts(tmp_path):
     single = ImageDataset(Samples([(tmp_path / f"{i}", 0 if i < 8 else 1) for i in range(10)], ["a", "b"]))
     maker = FeedMaker(FinetuneConfig(balance="sampler"), None, Runtime(torch.device("cpu")))
     assert maker.sample_weights(single) == [1 / 8] * 8 + [1 / 2] * 2
-    multi = ImageDataset(Samples([(tmp_path / f"{i}", y) for i, y in enumerate([(0,), (0, 1), (0,), ()])],
-                                 ["a", "b"], multi_label=True))
+    multi = ImageDataset(
+        Samples([(tmp_path / f"{i}", y) for i, y in enumerate([(0,), (0, 1), (0,), ()])], ["a", "b"], multi_label=True)
+    )
     assert maker.sample_weights(multi) == [1 / 3, 1 / 1, 1 / 3, 1 / 1]  # rarest class; no label: a class of 1
     assert FeedMaker(FinetuneConfig(), None, Runtime(torch.device("cpu"))).sample_weights(single) is None
     task = make_task(FinetuneConfig(balance="loss"), [8, 2], 10)

@@ -1,6 +1,7 @@
 """Never a wrong model, never lost work: runs killed at write boundaries, signals, the
 folder lock, damaged checkpoints, failed starts, and every option's range through the
 CLI and through config files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -90,9 +91,29 @@ def few(tmp_path_factory):
 def test_a_run_killed_at_write_boundaries_resumes_to_the_uninterrupted_result(tmp_path, few):
     """SIGKILL at a boundary, then --resume: the result is the uninterrupted one."""
     seed = int(os.environ.get("ZOO_ADAPT_TEST_SEED") or time.time())
-    args = ["finetune", "--backbone", "efficientnet_lite0", "--no-pretrained", "--image-size", "32", "--batch-size",
-            "8", "--no-tta", "--workers", "0", "--analysis", "off", "--data", str(few), "--epochs", "3",
-            "--keep", "best", "--lr", "0.02"]
+    args = [
+        "finetune",
+        "--backbone",
+        "efficientnet_lite0",
+        "--no-pretrained",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--no-tta",
+        "--workers",
+        "0",
+        "--analysis",
+        "off",
+        "--data",
+        str(few),
+        "--epochs",
+        "3",
+        "--keep",
+        "best",
+        "--lr",
+        "0.02",
+    ]
     straight = tmp_path / "straight"
     log = tmp_path / "boundaries.txt"
     start = time.perf_counter()
@@ -103,8 +124,12 @@ def test_a_run_killed_at_write_boundaries_resumes_to_the_uninterrupted_result(tm
     assert len(boundaries) >= 10, boundaries
     expected = json.loads((straight / "metrics.json").read_text())
     points = [(n, str(tmp_path / f"killed{n}")) for n in kill_points(len(boundaries), seed)]
-    forked = subprocess.run([sys.executable, "-c", ZYGOTE, json.dumps(args), json.dumps(points)], capture_output=True,
-                            text=True, timeout=60 + 5 * took * len(points))  # each child at most a whole run, and slack
+    forked = subprocess.run(
+        [sys.executable, "-c", ZYGOTE, json.dumps(args), json.dumps(points)],
+        capture_output=True,
+        text=True,
+        timeout=60 + 5 * took * len(points),
+    )  # each child at most a whole run, and slack
     assert forked.returncode == 0, forked.stderr
     status = json.loads(forked.stdout.splitlines()[-1])
     for n, out in points:
@@ -138,8 +163,12 @@ def _wait_for(predicate, timeout=300):
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_after_a_checkpoint_leaves_a_resumable_run_and_says_so(tmp_path, demo, sig, code, word):
     out = tmp_path / "run"
-    proc = subprocess.Popen(ZOO + ["finetune", *TINY, "--data", str(demo), "--epochs", "3", "--keep", "best",
-                                   "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ZOO + ["finetune", *TINY, "--data", str(demo), "--epochs", "3", "--keep", "best", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: (out / "metrics.json").exists())
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=300)
@@ -149,9 +178,22 @@ def test_a_signal_after_a_checkpoint_leaves_a_resumable_run_and_says_so(tmp_path
     assert word in stderr and "--resume" in stderr and "Traceback" not in stderr
     consistent(out)
     assert zoo("finetune", "--out", out, "--resume").returncode == 0
-    straight = finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", batch_size=8, tta=False,
-                                       workers=0, data=str(demo), epochs=3, keep="best", out=str(tmp_path / "s")),
-                        log=None)
+    straight = finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            pretrained=False,
+            image_size=32,
+            analysis="off",
+            batch_size=8,
+            tta=False,
+            workers=0,
+            data=str(demo),
+            epochs=3,
+            keep="best",
+            out=str(tmp_path / "s"),
+        ),
+        log=None,
+    )
     assert same_model(out / "model.safetensors", straight.out / "model.safetensors")
 
 
@@ -164,8 +206,19 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_leaves_nothing(tmp_path,
 
     out = tmp_path / "new"
     with pytest.raises(KeyboardInterrupt, match="before the first checkpoint: nothing can be resumed"):
-        finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo), out=str(out),
-                                workers=0), callbacks=[CtrlC()], log=None)
+        finetune(
+            FinetuneConfig(
+                backbone="resnet18",
+                pretrained=False,
+                image_size=32,
+                analysis="off",
+                data=str(demo),
+                out=str(out),
+                workers=0,
+            ),
+            callbacks=[CtrlC()],
+            log=None,
+        )
     assert not out.exists()
 
 
@@ -182,8 +235,17 @@ def test_ctrl_c_while_writing_the_results_is_finished_by_resume(tmp_path, demo):
         if finished:
             raise KeyboardInterrupt
 
-    cfg = FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo), out=str(tmp_path / "r"),
-                         workers=0, epochs=2, tta=False)
+    cfg = FinetuneConfig(
+        backbone="resnet18",
+        pretrained=False,
+        image_size=32,
+        analysis="off",
+        data=str(demo),
+        out=str(tmp_path / "r"),
+        workers=0,
+        epochs=2,
+        tta=False,
+    )
     files.on_boundary = interrupt_after_training
     try:
         with pytest.raises(KeyboardInterrupt, match="while writing the results.*--resume` writes them"):
@@ -199,8 +261,11 @@ def test_ctrl_c_while_writing_the_results_is_finished_by_resume(tmp_path, demo):
 def test_two_runs_into_one_folder(tmp_path, demo):
     out = tmp_path / "busy"
     with RunFolder(out).locked():
-        line = one_line_error(zoo("finetune", *TINY, "--data", demo, "--out", out), "is in use by another "
-                              "zoo-adapt run", f"pid {os.getpid()}")
+        line = one_line_error(
+            zoo("finetune", *TINY, "--data", demo, "--out", out),
+            "is in use by another zoo-adapt run",
+            f"pid {os.getpid()}",
+        )
         one_line_error(zoo("finetune", *TINY, "--data", demo, "--out", out, "--overwrite"), "in use")
         assert line
     assert zoo("finetune", *TINY, "--data", demo, "--out", out, "--epochs", 1).returncode == 0  # released
@@ -232,8 +297,21 @@ def test_an_overwrite_interrupted_at_start_never_mixes_old_checkpoint_and_new_op
 
     setattr(CtrlC, when, lambda self, loop, *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        finetune(FinetuneConfig(backbone="resnet18", pretrained=False, image_size=32, analysis="off", data=str(demo), out=str(out),
-                                lr=0.05, workers=0), callbacks=[CtrlC()], log=None, overwrite=True)
+        finetune(
+            FinetuneConfig(
+                backbone="resnet18",
+                pretrained=False,
+                image_size=32,
+                analysis="off",
+                data=str(demo),
+                out=str(out),
+                lr=0.05,
+                workers=0,
+            ),
+            callbacks=[CtrlC()],
+            log=None,
+            overwrite=True,
+        )
     if when == "setup":
         assert (out / "config.toml").read_text() == before and "lr = 0.05" not in before
         assert zoo("finetune", "--out", out, "--resume", "--epochs", 2).returncode == 0
@@ -294,36 +372,55 @@ def test_leftover_temporaries_are_removed_by_the_next_run(tmp_path, demo):
 
 def test_config_keys_as_the_help_says_and_wrong_types(tmp_path, demo):
     config = tmp_path / "job.toml"
-    config.write_text(f'backbone = "resnet18"\ndata = "{demo}"\npretrained = false\nimage-size = 32\n'
-                      'analysis = "off"\nbatch-size = 4\nlr-body = 1e-5\nlabel-smoothing = 0.0\ntta = false\nepochs = 1\n'
-                      f'val-split = 0.5\nworkers = 0\nout = "{tmp_path / "run"}"\n')
+    config.write_text(
+        f'backbone = "resnet18"\ndata = "{demo}"\npretrained = false\nimage-size = 32\n'
+        'analysis = "off"\nbatch-size = 4\nlr-body = 1e-5\nlabel-smoothing = 0.0\ntta = false\nepochs = 1\n'
+        f'val-split = 0.5\nworkers = 0\nout = "{tmp_path / "run"}"\n'
+    )
     assert zoo("finetune", "--config", config).returncode == 0
     written = (tmp_path / "run" / "config.toml").read_text()
     for line in ("image_size = 32", "batch_size = 4", "lr_body = 1e-05", "label_smoothing = 0.0"):
         assert line in written
-    for bad, needle in [('epochs = "five"', "epochs must be a whole number"),
-                        ('lr = "fast"', "lr must be a number"), ("data = 5", "data must be a text"),
-                        ('pretrained = "no"', "pretrained must be true or false"),
-                        ("epoch = 3", "unknown option 'epoch' (did you mean 'epochs'?)"),
-                        ("lr-body = 1e-4\nlr_body = 1e-4", "given twice"),
-                        ("image-size = 0", "image-size must be at least 8")]:
+    for bad, needle in [
+        ('epochs = "five"', "epochs must be a whole number"),
+        ('lr = "fast"', "lr must be a number"),
+        ("data = 5", "data must be a text"),
+        ('pretrained = "no"', "pretrained must be true or false"),
+        ("epoch = 3", "unknown option 'epoch' (did you mean 'epochs'?)"),
+        ("lr-body = 1e-4\nlr_body = 1e-4", "given twice"),
+        ("image-size = 0", "image-size must be at least 8"),
+    ]:
         bad_file = tmp_path / "bad.toml"
         bad_file.write_text(bad + "\n")
         one_line_error(zoo("finetune", "--config", bad_file, "--out", tmp_path / "x"), needle)
 
 
 # (flag, bad value, what the message says)
-RANGES = [("--image-size", "-32", "at least 8"), ("--image-size", "0", "at least 8"),
-          ("--workers", "-1", "at least 0"), ("--label-smoothing", "2", "less than 1"),
-          ("--weight-decay", "-1", "at least 0"), ("--warmup", "-1", "at least 0"),
-          ("--val-split", "1.5", "less than 1"), ("--epochs", "0", "at least 1"),
-          ("--batch-size", "0", "at least 1"), ("--lr", "0", "greater than 0"), ("--lr-body", "-1", "greater than 0"),
-          ("--lr-decay", "1.5", "at most 1"), ("--crop-scale", "0", "greater than 0"), ("--momentum", "1", "less than 1"),
-          ("--head-epochs", "-1", "at least 0"), ("--unfreeze-every", "0", "at least 1"),
-          ("--cache-views", "0", "at least 1"), ("--seed", "-1", "at least 0"),
-          ("--adapt-weight", "-1", "at least 0"),
-          ("--steps-per-epoch", "-2", "at least 1"), ("--ema", "1", "less than 1"), ("--accumulate", "0", "at least 1"),
-          ("--early-stop", "0", "at least 1")]
+RANGES = [
+    ("--image-size", "-32", "at least 8"),
+    ("--image-size", "0", "at least 8"),
+    ("--workers", "-1", "at least 0"),
+    ("--label-smoothing", "2", "less than 1"),
+    ("--weight-decay", "-1", "at least 0"),
+    ("--warmup", "-1", "at least 0"),
+    ("--val-split", "1.5", "less than 1"),
+    ("--epochs", "0", "at least 1"),
+    ("--batch-size", "0", "at least 1"),
+    ("--lr", "0", "greater than 0"),
+    ("--lr-body", "-1", "greater than 0"),
+    ("--lr-decay", "1.5", "at most 1"),
+    ("--crop-scale", "0", "greater than 0"),
+    ("--momentum", "1", "less than 1"),
+    ("--head-epochs", "-1", "at least 0"),
+    ("--unfreeze-every", "0", "at least 1"),
+    ("--cache-views", "0", "at least 1"),
+    ("--seed", "-1", "at least 0"),
+    ("--adapt-weight", "-1", "at least 0"),
+    ("--steps-per-epoch", "-2", "at least 1"),
+    ("--ema", "1", "less than 1"),
+    ("--accumulate", "0", "at least 1"),
+    ("--early-stop", "0", "at least 1"),
+]
 
 
 def zoo_here(capsys, monkeypatch, *args):
@@ -343,15 +440,17 @@ def zoo_here(capsys, monkeypatch, *args):
 
 
 @pytest.mark.parametrize("flag, value, needle", RANGES)
-def test_every_option_has_its_range_on_the_command_line_and_in_files(tmp_path, flag, value, needle, capsys,
-                                                                     monkeypatch):
+def test_every_option_has_its_range_on_the_command_line_and_in_files(
+    tmp_path, flag, value, needle, capsys, monkeypatch
+):
     one_line_error(zoo_here(capsys, monkeypatch, "finetune", flag, value, "--out", tmp_path / "o"), flag, needle)
     key = flag[2:]
     for spelling in (key, key.replace("-", "_")):
         config = tmp_path / "c.toml"
         config.write_text(f"{spelling} = {value}\n")
-        one_line_error(zoo_here(capsys, monkeypatch, "finetune", "--config", config, "--out", tmp_path / "o"),
-                       spelling, needle)
+        one_line_error(
+            zoo_here(capsys, monkeypatch, "finetune", "--config", config, "--out", tmp_path / "o"), spelling, needle
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -363,16 +462,16 @@ def test_the_in_process_cli_is_the_command_line():
 
 def test_non_utf8_paths_are_one_line_and_write_nothing(tmp_path):
     bad = os.fsdecode(b"caf\xe9")
-    result = subprocess.run(ZOO + ["finetune", "--data", bad, "--out", str(tmp_path / "o")], capture_output=True,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        ZOO + ["finetune", "--data", bad, "--out", str(tmp_path / "o")], capture_output=True, cwd=tmp_path
+    )
     assert result.returncode == 1 and b"Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "o").exists()
 
 
 def test_the_debug_switch_shows_the_traceback(tmp_path):
-    result = zoo("finetune", "--data", tmp_path / "nope", "--out", tmp_path / "o",
-                 env={"ZOO_ADAPT_DEBUG": "1"})
+    result = zoo("finetune", "--data", tmp_path / "nope", "--out", tmp_path / "o", env={"ZOO_ADAPT_DEBUG": "1"})
     assert result.returncode == 1 and "Traceback" in result.stderr and "data folder not found" in result.stderr
 
 

@@ -2,6 +2,7 @@
 read back with their own readers, a third party's tracker registered in-process, and
 the one-line errors (unknown tracker, missing package) raised before the run folder is
 touched."""
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,18 @@ from zoo_adapt.testing import registered
 
 def config(out, demo, **kw) -> FinetuneConfig:
     """resnet18 from scratch at 32 px, 2 epochs of 4 steps: seconds."""
-    base = dict(backbone="resnet18", data=str(demo), out=str(out), pretrained=False, image_size=32, batch_size=8,
-                epochs=2, workers=0, tta=False, analysis="off")
+    base = dict(
+        backbone="resnet18",
+        data=str(demo),
+        out=str(out),
+        pretrained=False,
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        workers=0,
+        tta=False,
+        analysis="off",
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -45,8 +56,10 @@ def tracked(tmp_path_factory, demo, builtin_trackers):
         mp.delenv("WANDB_DIR", raising=False)
         mp.setenv("MLFLOW_TRACKING_URI", (tmp / "mlruns").as_uri())
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "zoo-adapt-tests")
-        result = finetune(config(tmp / "run", demo, log=["tensorboard", "mlflow", "wandb"], strategy="finetune",
-                                 lr_decay=0.5), log=None)
+        result = finetune(
+            config(tmp / "run", demo, log=["tensorboard", "mlflow", "wandb"], strategy="finetune", lr_decay=0.5),
+            log=None,
+        )
     return result, tmp
 
 
@@ -96,8 +109,9 @@ def test_mlflow_run_read_back_with_mlflows_client(tracked):
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert run.data.params["backbone"] == "resnet18" and run.data.params["epochs"] == "2"
     history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
-    assert [(m.step, m.value) for m in history] == [(r["epoch"], pytest.approx(r["val_accuracy"]))
-                                                    for r in result.history]
+    assert [(m.step, m.value) for m in history] == [
+        (r["epoch"], pytest.approx(r["val_accuracy"])) for r in result.history
+    ]
     assert len(client.get_metric_history(run.info.run_id, "step/lr/head")) == 8
     assert run.data.metrics["final/val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -145,8 +159,13 @@ class RecorderPlugin:
 
     @hookimpl
     def register_trackers(self, register):
-        register("recorder", lambda: Recorder(self.calls), "records calls", requires=self.requires,
-                 install="pip install zoo-adapt-recorder")
+        register(
+            "recorder",
+            lambda: Recorder(self.calls),
+            "records calls",
+            requires=self.requires,
+            install="pip install zoo-adapt-recorder",
+        )
 
 
 class Flaky(Tracker):
@@ -166,7 +185,8 @@ def test_third_party_tracker_plugin_receives_the_figures(tmp_path, demo, plugin,
     plugin(FlakyPlugin(), "flaky_plugin")
     listed = json.loads(run_cli("trackers", "--json").output)
     assert {"name": "recorder", "plugin": "recorder_plugin"}.items() <= next(
-        t for t in listed if t["name"] == "recorder").items()
+        t for t in listed if t["name"] == "recorder"
+    ).items()
     with pytest.warns(UserWarning, match="--log flaky: the tracker failed in log_metrics .*server went away") as w:
         result = finetune(config(tmp_path / "run", demo, log=["flaky", "recorder"], strategy="finetune"), log=None)
     assert len([x for x in w if "--log flaky" in str(x.message)]) == 1
@@ -211,12 +231,15 @@ def test_a_resumed_run_gives_the_tracker_its_state_back(tmp_path, demo, plugin):
 def test_missing_tracker_package_is_one_line_before_the_folder_is_touched(tmp_path, demo, plugin, run_cli):
     plugin(RecorderPlugin(requires=("zoo_adapt_no_such_module",)), "recorder_plugin")
     out = tmp_path / "run"
-    with pytest.raises(ZooAdaptError, match="--log recorder needs the package 'zoo_adapt_no_such_module'.*"
-                                            "pip install zoo-adapt-recorder"):
+    with pytest.raises(
+        ZooAdaptError,
+        match="--log recorder needs the package 'zoo_adapt_no_such_module'.*pip install zoo-adapt-recorder",
+    ):
         finetune(config(out, demo, log=["recorder"]), log=None)
     assert not out.exists()
-    result = run_cli("finetune", "--backbone", "resnet18", "--no-pretrained", "--data", demo, "--out", out,
-                     "--log", "nope")
+    result = run_cli(
+        "finetune", "--backbone", "resnet18", "--no-pretrained", "--data", demo, "--out", out, "--log", "nope"
+    )
     assert result.exit_code == 1 and "--log nope: no such tracker" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
@@ -227,8 +250,11 @@ def test_the_built_in_trackers_name_their_extras(monkeypatch, builtin_trackers):
     from zoo_adapt.zoo.trackers import check
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
-        "tensorboard", "mlflow", "wandb") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("tensorboard", "mlflow", "wandb") else real(name, *a),
+    )
     for name in ("tensorboard", "mlflow", "wandb"):
         with pytest.raises(ZooAdaptError, match=rf'--log {name} needs .*pip install "zoo-adapt\[{name}\]"'):
             check([name])
@@ -243,8 +269,9 @@ def test_two_plugins_registering_one_tracker_name_are_both_named(tmp_path, demo,
     plugin(Twin(), "twin_a")
     plugin(Twin(), "twin_b")
     with pytest.warns(UserWarning):
-        with pytest.raises(ZooAdaptError, match="tracker 'twin' is claimed by both plugin 'twin_a'.*"
-                                                "and plugin 'twin_b'"):
+        with pytest.raises(
+            ZooAdaptError, match="tracker 'twin' is claimed by both plugin 'twin_a'.*and plugin 'twin_b'"
+        ):
             finetune(config(tmp_path / "run", demo, log=["twin"]), log=None)
 
 

@@ -1,4 +1,5 @@
 """Weights: the real offline EfficientNet-Lite0 weights, local files, BatchNorm policy."""
+
 from __future__ import annotations
 
 import pytest

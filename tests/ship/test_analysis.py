@@ -1,5 +1,6 @@
 """Error analysis: the files a run's analysis/ holds, per-class figures against a direct
 computation, the `analyse` command, and class activation maps for a CNN and a ViT."""
+
 from __future__ import annotations
 
 import csv
@@ -24,9 +25,22 @@ from helpers import CLASSES
 def run(tmp_path_factory, demo):
     """A run whose analysis ran at its end (resnet18 from scratch, 64 px: a 2x2 final map)."""
     out = tmp_path_factory.mktemp("run")
-    return finetune(FinetuneConfig(backbone="resnet18", data=str(demo), out=str(out), pretrained=False,
-                                   image_size=64, batch_size=8, epochs=1, workers=0, tta=False,
-                                   strategy="finetune"), log=None, overwrite=True)
+    return finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            data=str(demo),
+            out=str(out),
+            pretrained=False,
+            image_size=64,
+            batch_size=8,
+            epochs=1,
+            workers=0,
+            tta=False,
+            strategy="finetune",
+        ),
+        log=None,
+        overwrite=True,
+    )
 
 
 def test_the_run_folder_holds_the_analysis(run):
@@ -48,11 +62,14 @@ def test_per_class_figures_match_a_direct_computation(run, demo):
     from sklearn.metrics import precision_recall_fscore_support
 
     samples = scan_folder(demo / "val", classes=list(CLASSES))
-    predicted = [CLASSES.index(p.top[0][0]) for p in iter_predictions(
-        run.out / "model.safetensors", [p for p, _ in samples.items], top_k=1, device="cpu")]
+    predicted = [
+        CLASSES.index(p.top[0][0])
+        for p in iter_predictions(run.out / "model.safetensors", [p for p, _ in samples.items], top_k=1, device="cpu")
+    ]
     truth = samples.labels()
-    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=range(5),
-                                                                     zero_division=np.nan)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=range(5), zero_division=np.nan
+    )
     analysis = json.loads((run.out / "analysis" / "analysis.json").read_text())
     for i, c in enumerate(analysis["per_class"]):
         assert c["name"] == CLASSES[i] and c["support"] == support[i]
@@ -66,8 +83,10 @@ def test_per_class_figures_match_a_direct_computation(run, demo):
     confusion = np.zeros((5, 5), int)
     for t, p in zip(truth, predicted):
         confusion[t, p] += 1
-    pairs = sorted(((confusion[i, j], CLASSES[i], CLASSES[j]) for i in range(5) for j in range(5)
-                    if i != j and confusion[i, j]), key=lambda x: (-x[0], x[1], x[2]))
+    pairs = sorted(
+        ((confusion[i, j], CLASSES[i], CLASSES[j]) for i in range(5) for j in range(5) if i != j and confusion[i, j]),
+        key=lambda x: (-x[0], x[1], x[2]),
+    )
     assert [(c["count"], c["true"], c["predicted"]) for c in analysis["confused"]] == pairs[:10]
 
 
@@ -79,14 +98,35 @@ def test_per_class_figures_without_predictions_or_examples():
 
 
 def test_analyse_command(run, demo, run_cli, tmp_path):
-    result = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", demo, "--out", tmp_path / "a",
-                     "--top", 4, "--cams", "off", "--json")
+    result = run_cli(
+        "analyse",
+        "--model",
+        run.out / "model.safetensors",
+        "--data",
+        demo,
+        "--out",
+        tmp_path / "a",
+        "--top",
+        4,
+        "--cams",
+        "off",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["num_images"] == 20 and len(report["top_losses"]) == 4  # data/ has val/: its held-out split
     assert (tmp_path / "a" / "top_losses.png").is_file() and not (tmp_path / "a" / "cams.png").exists()
-    text = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", demo / "val", "--out",
-                   tmp_path / "b", "--cams", "off")
+    text = run_cli(
+        "analyse",
+        "--model",
+        run.out / "model.safetensors",
+        "--data",
+        demo / "val",
+        "--out",
+        tmp_path / "b",
+        "--cams",
+        "off",
+    )
     assert text.exit_code == 0 and "precision" in text.output and "most confused" in text.output
     bad = run_cli("analyse", "--model", run.out / "model.safetensors", "--data", tmp_path / "missing")
     assert bad.exit_code == 1 and "not found" in bad.output
@@ -111,8 +151,10 @@ def test_cams_for_a_cnn_and_a_vit(tmp_path, demo):
         else:
             assert target.layer == "layer4" and target.prefix_tokens is None  # the last spatial map
         path = tmp_path / f"{name}.png"
-        assert _cams(model, crops, [0, 1], [1, 1], [0.5, 0.6], list(CLASSES), norm, torch.device("cpu"), path,
-                     name) is None
+        assert (
+            _cams(model, crops, [0, 1], [1, 1], [0.5, 0.6], list(CLASSES), norm, torch.device("cpu"), path, name)
+            is None
+        )
         assert path.stat().st_size > 10_000
         assert all(p.grad is None for p in model.parameters())
 

@@ -1,5 +1,6 @@
 """Model, weights and checkpoint files: nothing but tensors is ever loaded, every header
 field is checked before use, and a bad file is one line in zoo-adapt's own words."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ from zoo_adapt.ship.export import export_model, read_card
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = zoo_adapt.create_model("resnet18", num_classes=3, pretrained=False)
-    return export_model(model, tmp_path_factory.mktemp("m") / "model.safetensors", ["a", "b", "c"],
-                        model.zoo_adapt.normalization.at(32))
+    return export_model(
+        model, tmp_path_factory.mktemp("m") / "model.safetensors", ["a", "b", "c"], model.zoo_adapt.normalization.at(32)
+    )
 
 
 def with_header(exported, tmp_path, **changes):
@@ -39,26 +41,29 @@ def with_header(exported, tmp_path, **changes):
     return path
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("classes", "5", "header field 'classes' must be a JSON list of distinct class names, not '5'"),
-    ("classes", '["a", 3, "c"]', "'classes' must be"),
-    ("classes", '["a", "a", "c"]', "'classes' must be"),
-    ("classes", '["a", "b"]', "its header lists 2 classes but its head (fc) has 3 outputs"),
-    ("num_classes", "4", "'num_classes' must be 3"),
-    ("input_size", "[3]", "'input_size' must be [3, N, N] with N from 1 to 4096, not '[3]'"),
-    ("input_size", "[3, 0, 0]", "'input_size' must be"),
-    ("input_size", "[3, 32, 16]", "'input_size' must be"),
-    ("input_size", '"224"', "'input_size' must be"),
-    ("mean", "[0.5]", "'mean' must be a JSON list of three numbers"),
-    ("std", "[0.2, 0, 0.2]", "'std' must be a JSON list of three positive numbers"),
-    ("crop_pct", "0", "'crop_pct' must be a number in (0, 1]"),
-    ("crop_pct", "1.5", "'crop_pct' must be"),
-    ("crop_pct", "nan", "'crop_pct' must be"),
-    ("interpolation", "lanczos", "'interpolation' must be bilinear or bicubic or nearest"),
-    ("hflip", "maybe", "'hflip' must be true or false"),
-    ("entry", "[]", "'entry' must be a JSON object"),
-    ("head", None, "its header has no 'head'"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("classes", "5", "header field 'classes' must be a JSON list of distinct class names, not '5'"),
+        ("classes", '["a", 3, "c"]', "'classes' must be"),
+        ("classes", '["a", "a", "c"]', "'classes' must be"),
+        ("classes", '["a", "b"]', "its header lists 2 classes but its head (fc) has 3 outputs"),
+        ("num_classes", "4", "'num_classes' must be 3"),
+        ("input_size", "[3]", "'input_size' must be [3, N, N] with N from 1 to 4096, not '[3]'"),
+        ("input_size", "[3, 0, 0]", "'input_size' must be"),
+        ("input_size", "[3, 32, 16]", "'input_size' must be"),
+        ("input_size", '"224"', "'input_size' must be"),
+        ("mean", "[0.5]", "'mean' must be a JSON list of three numbers"),
+        ("std", "[0.2, 0, 0.2]", "'std' must be a JSON list of three positive numbers"),
+        ("crop_pct", "0", "'crop_pct' must be a number in (0, 1]"),
+        ("crop_pct", "1.5", "'crop_pct' must be"),
+        ("crop_pct", "nan", "'crop_pct' must be"),
+        ("interpolation", "lanczos", "'interpolation' must be bilinear or bicubic or nearest"),
+        ("hflip", "maybe", "'hflip' must be true or false"),
+        ("entry", "[]", "'entry' must be a JSON object"),
+        ("head", None, "its header has no 'head'"),
+    ],
+)
 def test_crafted_header_fields_are_one_line_errors(exported, tmp_path, field, value, message):
     path = with_header(exported, tmp_path, **{field: value})
     with pytest.raises(ZooAdaptError) as e:
@@ -82,8 +87,7 @@ def test_a_good_export_reads_back_and_follows_the_umask(exported, tmp_path):
     assert read_card(tmp_path / "model.safetensors")[0].classes == ["x", "y"]
 
 
-CHECKPOINT = {"epoch": 1, "model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "history": [],
-              "best": None}
+CHECKPOINT = {"epoch": 1, "model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "history": [], "best": None}
 
 
 class Payload:
@@ -101,9 +105,14 @@ def bad_checkpoints(tmp_path) -> dict[str, str]:
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"epoch": Payload()}, protocol=2))
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "plain.pt")
     save_file({"w": torch.ones(2)}, tmp_path / "weights.safetensors")
-    return {"zero.pt": "the file is empty (0 bytes)", "truncated.pt": "ends too early",
-            "random.pt": "never unpickles", "evil.pt": "holds Python objects (posix.system)",
-            "plain.pt": "is not a zoo-adapt checkpoint (it lacks epoch, model", "weights.safetensors": "lacks epoch"}
+    return {
+        "zero.pt": "the file is empty (0 bytes)",
+        "truncated.pt": "ends too early",
+        "random.pt": "never unpickles",
+        "evil.pt": "holds Python objects (posix.system)",
+        "plain.pt": "is not a zoo-adapt checkpoint (it lacks epoch, model",
+        "weights.safetensors": "lacks epoch",
+    }
 
 
 def test_bad_checkpoints_are_one_line_errors_never_an_abort(tmp_path, monkeypatch):
@@ -125,7 +134,7 @@ def test_bad_checkpoints_are_one_line_errors_never_an_abort(tmp_path, monkeypatc
         try:
             read_checkpoint(tmp_path / "zero.pt")
         except ZooAdaptError as e:
-            raise click.ClickException(str(e))
+            raise click.ClickException(str(e)) from None
 
     result = CliRunner().invoke(resume, [])
     assert result.exit_code == 1 and "Aborted" not in result.output and "0 bytes" in result.output
@@ -144,4 +153,3 @@ def test_weights_errors_never_repeat_torchs_advice(tmp_path, monkeypatch):
     # what a file holds decides how it is read, not its name
     os.rename(tmp_path / "weights.safetensors", tmp_path / "weights.pth")
     assert torch.equal(read_state_dict(tmp_path / "weights.pth")["w"], torch.ones(2))
-

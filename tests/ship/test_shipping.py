@@ -1,6 +1,7 @@
 """Shipping a model: ONNX export checked with onnxruntime, the model card and timm's
 config in the run folder (plain timm loads the folder with the same logits), push to the
 Hub (offline: one line), and `predict --output` streaming a CSV over a large folder."""
+
 from __future__ import annotations
 
 import csv
@@ -32,9 +33,22 @@ ONNX_TOLERANCE = 1e-4  # largest |logit difference| between onnxruntime and PyTo
 def timm_run(tmp_path_factory, demo):
     """A timm backbone (EfficientNet-Lite0, random start, 32 px, 1 epoch)."""
     out = tmp_path_factory.mktemp("timm_run")
-    return finetune(FinetuneConfig(backbone="efficientnet_lite0", data=str(demo), out=str(out), pretrained=False,
-                                   image_size=32, batch_size=8, epochs=1, workers=0, tta=False, analysis="off"),
-                    log=None, overwrite=True)
+    return finetune(
+        FinetuneConfig(
+            backbone="efficientnet_lite0",
+            data=str(demo),
+            out=str(out),
+            pretrained=False,
+            image_size=32,
+            batch_size=8,
+            epochs=1,
+            workers=0,
+            tta=False,
+            analysis="off",
+        ),
+        log=None,
+        overwrite=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +57,23 @@ def onnx_run(tmp_path_factory, demo):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     out = tmp_path_factory.mktemp("onnx_run")
-    return finetune(FinetuneConfig(backbone="resnet18", data=str(demo), out=str(out), pretrained=False,
-                                   image_size=32, batch_size=8, epochs=1, workers=0, tta=False, analysis="off",
-                                   export=["onnx"]), log=None, overwrite=True)
+    return finetune(
+        FinetuneConfig(
+            backbone="resnet18",
+            data=str(demo),
+            out=str(out),
+            pretrained=False,
+            image_size=32,
+            batch_size=8,
+            epochs=1,
+            workers=0,
+            tta=False,
+            analysis="off",
+            export=["onnx"],
+        ),
+        log=None,
+        overwrite=True,
+    )
 
 
 def real_images(demo, norm, size, n=8):
@@ -78,8 +106,19 @@ def test_export_command_folds_the_normalization_and_reports_the_difference(onnx_
     import onnxruntime
 
     out = tmp_path / "folded.onnx"
-    result = run_cli("export", "--model", onnx_run.out / "model.safetensors", "--format", "onnx", "--out", out,
-                     "--fold-normalization", "--data", demo / "val", "--json")
+    result = run_cli(
+        "export",
+        "--model",
+        onnx_run.out / "model.safetensors",
+        "--format",
+        "onnx",
+        "--out",
+        out,
+        "--fold-normalization",
+        "--data",
+        demo / "val",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["real_images"] and report["images"] == 8 and report["max_abs_diff"] < ONNX_TOLERANCE
@@ -152,14 +191,23 @@ def test_model_card_front_matter_is_yaml_and_says_how_to_load(timm_run):
     top1 = next(m for m in result["metrics"] if m["name"].startswith("Top-1"))
     assert top1["value"] == pytest.approx(timm_run.metrics["val_accuracy"], abs=1e-4)
     body = text.split("---\n", 2)[2]
-    for needle in ('timm.create_model("local-dir:', "zoo-adapt predict --model", "load_model(", "## Training",
-                   "| strategy | two-stage |"):
+    for needle in (
+        'timm.create_model("local-dir:',
+        "zoo-adapt predict --model",
+        "load_model(",
+        "## Training",
+        "| strategy | two-stage |",
+    ):
         assert needle in body, needle
 
 
 def data_name(run):
-    return os.path.basename(str(json.loads((run.out / "metrics.json").read_text())["data"]).split(" / ")[0]
-                            .rstrip("/").rsplit("/train", 1)[0])
+    return os.path.basename(
+        str(json.loads((run.out / "metrics.json").read_text())["data"])
+        .split(" / ")[0]
+        .rstrip("/")
+        .rsplit("/train", 1)[0]
+    )
 
 
 def test_plain_timm_loads_the_run_folder_with_the_same_logits(timm_run, demo):
@@ -185,8 +233,13 @@ def test_torchvision_runs_get_a_card_without_timm_config(onnx_run):
 
 def test_push_offline_is_one_line(timm_run, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(ZOO + ["push", "--model", str(timm_run.out), "--repo", "someone/demo"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ZOO + ["push", "--model", str(timm_run.out), "--repo", "someone/demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("Error: cannot push") and "unreachable" in line
@@ -222,15 +275,33 @@ def test_predict_output_streams_rows_over_a_large_folder(tmp_path_factory, timm_
 
     monkeypatch.setattr(inference, "iter_predictions", watched)
     output = tmp_path_factory.mktemp("out") / "predictions.csv"
-    result = run_cli("predict", "--model", timm_run.out / "model.safetensors", folder, "--output", output,
-                     "--top-k", 2, "--batch-size", 64)
+    result = run_cli(
+        "predict",
+        "--model",
+        timm_run.out / "model.safetensors",
+        folder,
+        "--output",
+        output,
+        "--top-k",
+        2,
+        "--batch-size",
+        64,
+    )
     assert result.exit_code == 0, result.output
     assert seen == [1, 65, 129, 193, 257]  # the header, then whole batches as they were predicted
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and "300 images predicted" in result.output
-    assert list(rows[0]) == ["path", "prediction", "probability", "label_1", "probability_1", "label_2",
-                             "probability_2", "error"]
+    assert list(rows[0]) == [
+        "path",
+        "prediction",
+        "probability",
+        "label_1",
+        "probability_1",
+        "label_2",
+        "probability_2",
+        "error",
+    ]
     assert all(r["label_1"] == r["prediction"] and r["label_1"] in CLASSES and not r["error"] for r in rows)
     assert all(1 >= float(r["probability_1"]) >= float(r["probability_2"]) >= 0 for r in rows)
     assert len({r["path"] for r in rows}) == 300
@@ -240,8 +311,9 @@ def test_predict_output_keeps_going_past_unreadable_files(timm_run, demo, run_cl
     bad = tmp_path / "broken.jpg"
     bad.write_text("not a picture")
     output = tmp_path / "p.csv"
-    result = run_cli("predict", "--model", timm_run.out / "model.safetensors", demo / "val" / "moon", bad,
-                     "--output", output)
+    result = run_cli(
+        "predict", "--model", timm_run.out / "model.safetensors", demo / "val" / "moon", bad, "--output", output
+    )
     assert result.exit_code == 1
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))

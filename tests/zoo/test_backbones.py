@@ -2,6 +2,7 @@
 plugin's backbone must pass (zoo_adapt.testing: head swap, layer groups, static facts,
 export), then freezing and per-group rates. Backbones above 40M parameters run in the
 slow tier (`pytest -m slow`), built one at a time."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,10 @@ from zoo_adapt.zoo.registry import entries
 
 N = 7
 LARGE = 40_000_000  # parameters: larger backbones are in the slow tier (pytest -m slow)
-NAMES = [pytest.param(name, marks=[pytest.mark.slow] if entry.extra.get("params", 0) > LARGE else [])
-         for name, entry in entries().items()]
+NAMES = [
+    pytest.param(name, marks=[pytest.mark.slow] if entry.extra.get("params", 0) > LARGE else [])
+    for name, entry in entries().items()
+]
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -54,8 +57,12 @@ def test_freeze_to_trains_exactly_groups_from_k(model, k):
     for i, (_, params) in enumerate(groups):
         assert all(p.requires_grad == (i >= first) for _, p in params)
     zoo_adapt.freeze_to(model, k, bn="train")
-    bn = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, _BatchNorm)
-          for p, _ in mod.named_parameters(recurse=False)}
+    bn = {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, _BatchNorm)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
     for i, (_, params) in enumerate(groups):
         for name, p in params:
             assert p.requires_grad == (i >= first or name in bn), name

@@ -3,6 +3,7 @@ own backbones), declared overrides, wrappers and tracing through pluggy, one-lin
 naming the plugin, name collisions, broken and disabled plugins contained, and
 `zoo_adapt.testing.registered` putting an installed copy aside. Installed plugins and
 the guide's examples: tests/test_plugins_installed.py."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ class TinyNet(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.fc = nn.Linear(16, num_classes)
 
     def forward(self, x):
@@ -111,8 +113,10 @@ class CoarseResnet:
 
     @override("resnet18")
     def backbone_groups(self, entry):
-        return [LayerGroup("body", ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
-                LayerGroup("head", ("fc",))]
+        return [
+            LayerGroup("body", ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
+            LayerGroup("head", ("fc",)),
+        ]
 
 
 def test_a_declared_override_answers_for_the_named_backbone_only(plugin, run_cli):
@@ -189,8 +193,10 @@ def test_an_exception_in_a_hook_is_one_line_naming_plugin_and_hook(plugin, run_c
     plugin(Crashy("crashnet"), "crashy")
     with pytest.raises(PluginError) as e:
         zoo_adapt.create_model("crashnet", pretrained=False)
-    assert str(e.value) == ("plugin 'crashy' (registered in-process) failed in backbone_groups for 'crashnet': "
-                            "IndexError: list index out of range (ZOO_ADAPT_DEBUG=1 shows the traceback)")
+    assert str(e.value) == (
+        "plugin 'crashy' (registered in-process) failed in backbone_groups for 'crashnet': "
+        "IndexError: list index out of range (ZOO_ADAPT_DEBUG=1 shows the traceback)"
+    )
     assert isinstance(e.value.__cause__, IndexError)
     result = run_cli("info", "crashnet")
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "plugin 'crashy'" in result.output
@@ -262,8 +268,11 @@ class ReversedGroups:
 
 def test_groups_out_of_order_are_rejected_not_trained(plugin):
     plugin(ReversedGroups(), "reversed")
-    with pytest.raises(ZooAdaptError, match=r"plugin 'reversed'.*'layer1\.0\.conv1\.weight' \(group 'layer1'\) "
-                       r"comes after group 'stem'; groups must run stem to head"):
+    with pytest.raises(
+        ZooAdaptError,
+        match=r"plugin 'reversed'.*'layer1\.0\.conv1\.weight' \(group 'layer1'\) "
+        r"comes after group 'stem'; groups must run stem to head",
+    ):
         zoo_adapt.create_model("resnet18", pretrained=False)
 
 
@@ -307,11 +316,16 @@ def test_backbone_name_collisions_name_both_sides_and_stay_contained(plugin):
         assert resolve("resnet50").plugin == "resnet"
     plugin(ToyZoo("twinnet"), "twin_a")
     plugin(ToyZoo("twinnet"), "twin_b")
-    with pytest.warns(ZooAdaptWarning), \
-            pytest.raises(ZooAdaptError, match=r"'twinnet' is claimed by both plugin 'twin_a' .* and plugin 'twin_b'"):
+    with (
+        pytest.warns(ZooAdaptWarning),
+        pytest.raises(ZooAdaptError, match=r"'twinnet' is claimed by both plugin 'twin_a' .* and plugin 'twin_b'"),
+    ):
         zoo_adapt.create_model("twinnet")
     assert "twinnet" not in entries()
-    assert zoo_adapt.create_model("resnet18", pretrained=False, num_classes=2)(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+    assert zoo_adapt.create_model("resnet18", pretrained=False, num_classes=2)(torch.randn(2, 3, 32, 32)).shape == (
+        2,
+        2,
+    )
     plugin(Usurper(), "usurper")
     assert resolve("resnet34").plugin == "usurper"
 
@@ -356,8 +370,10 @@ class Methods:
 def test_method_name_collisions_name_both_sides(plugin, run_cli):
     plugin(Methods("twin"), "methods_a")
     plugin(Methods("twin"), "methods_b")
-    with pytest.warns(ZooAdaptWarning), \
-            pytest.raises(ZooAdaptError, match=r"adaptation method 'twin' is claimed by both plugin 'methods_a'"):
+    with (
+        pytest.warns(ZooAdaptWarning),
+        pytest.raises(ZooAdaptError, match=r"adaptation method 'twin' is claimed by both plugin 'methods_a'"),
+    ):
         make_method("twin", 8, 2, _config())
     plugin(Methods("mcc"), "mcc_squatter")
     with pytest.warns(ZooAdaptWarning, match=r"plugin 'mcc_squatter' .*adaptation method 'mcc' is zoo-adapt's own"):
@@ -411,9 +427,11 @@ def test_plugin_api_imports_no_torch_and_its_method_base_no_engine():
     import subprocess
     import sys
 
-    code = ("import sys, zoo_adapt.plugin_api, zoo_adapt_plugins.resnet, zoo_adapt_plugins.adaptation; "
-            "print('torch' in sys.modules); from zoo_adapt.plugin_api import AdaptationMethod; "
-            "print(any(m.startswith(('zoo_adapt.engine', 'zoo_adapt.adapt.callback')) and m != "
-            "'zoo_adapt.adapt.method' for m in sys.modules))")
+    code = (
+        "import sys, zoo_adapt.plugin_api, zoo_adapt_plugins.resnet, zoo_adapt_plugins.adaptation; "
+        "print('torch' in sys.modules); from zoo_adapt.plugin_api import AdaptationMethod; "
+        "print(any(m.startswith(('zoo_adapt.engine', 'zoo_adapt.adapt.callback')) and m != "
+        "'zoo_adapt.adapt.method' for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False"], out.stderr

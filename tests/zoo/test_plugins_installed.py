@@ -2,6 +2,7 @@
 PYTHONPATH), seen by fresh `zoo-adapt` processes: the guide's two examples with their
 own tests, and broken, colliding and disabled plugins contained, each reported on one
 line naming the plugin and its distribution."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ from helpers import ROOT, ZOO
 DOCS = ROOT / "docs" / "plugins.md"
 
 
-def install(site: Path, dist: str, entry_points: dict[str, str], files: dict[str, str],
-            version: str = "0.1.0") -> None:
+def install(site: Path, dist: str, entry_points: dict[str, str], files: dict[str, str], version: str = "0.1.0") -> None:
     """What pip leaves behind: the files, and a dist-info folder with the entry points."""
     for path, text in files.items():
         (site / path).parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +43,7 @@ def environment(site: Path, **extra: str) -> dict[str, str]:
 
 
 def zoo(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(ZOO + list(args), env=environment(site, **env), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(ZOO + list(args), env=environment(site, **env), capture_output=True, text=True, timeout=300)
 
 
 def ok_json(out: subprocess.CompletedProcess):
@@ -54,8 +53,25 @@ def ok_json(out: subprocess.CompletedProcess):
 
 def train(site: Path, out: Path, data: Path, *args: str) -> dict:
     """A one-epoch fine-tune at 32 pixels from random weights; its metrics."""
-    done = zoo(site, "finetune", "--no-pretrained", "--data", str(data), "--out", str(out), "--epochs", "1",
-               "--image-size", "32", "--batch-size", "4", "--no-tta", "--analysis", "off", *args)
+    done = zoo(
+        site,
+        "finetune",
+        "--no-pretrained",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--no-tta",
+        "--analysis",
+        "off",
+        *args,
+    )
     assert done.returncode == 0, done.stderr
     assert (out / "model.safetensors").is_file()
     return json.loads((out / "metrics.json").read_text())
@@ -67,8 +83,9 @@ def guide_files(section: str) -> dict[str, str]:
     return dict(re.findall(r"^`([\w/.]+)`:\n\n```\w+\n(.*?)```", body, re.S | re.M))
 
 
-@pytest.mark.parametrize("section", ["A complete backbone plugin", "A complete adaptation method",
-                                     "A complete tracker"])
+@pytest.mark.parametrize(
+    "section", ["A complete backbone plugin", "A complete adaptation method", "A complete tracker"]
+)
 def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, section, demo):
     """Written from the guide alone: installed, its own test (zoo_adapt.testing) passes,
     zoo-adapt lists it, and a fine-tune with it runs and exports."""
@@ -78,12 +95,22 @@ def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, s
     assert tests and len(files) > len(tests), files.keys()
     entry_points = pyproject["project"]["entry-points"]["zoo_adapt"]
     site = tmp_path / "site"
-    install(site, pyproject["project"]["name"], entry_points,
-            {name: text for name, text in files.items() if name not in tests})
+    install(
+        site,
+        pyproject["project"]["name"],
+        entry_points,
+        {name: text for name, text in files.items() if name not in tests},
+    )
     for name, text in tests.items():
         (tmp_path / name).write_text(text)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-                         cwd=tmp_path, env=environment(site), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=tmp_path,
+        env=environment(site),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (plugin,) = entry_points
     shown = {p["name"]: p for p in ok_json(zoo(site, "plugins", "--json"))}
@@ -110,8 +137,21 @@ def test_guide_example_installs_lists_trains_and_passes_its_own_test(tmp_path, s
         assert methods["coral"]["plugin"] == plugin and {"dann", "mcc"} <= set(methods)
         shown = ok_json(zoo(site, "methods", "coral", "--json"))
         assert [o["name"] for o in shown["options"]] == ["start"] and "coral_gap" in shown["figures"]
-        metrics = train(site, tmp_path / "run", demo, "--backbone", "resnet18", "--target-data",
-                        str(demo / "val"), "--adapt", "coral", "--steps-per-epoch", "2", "--adapt-option", "start=0.5")
+        metrics = train(
+            site,
+            tmp_path / "run",
+            demo,
+            "--backbone",
+            "resnet18",
+            "--target-data",
+            str(demo / "val"),
+            "--adapt",
+            "coral",
+            "--steps-per-epoch",
+            "2",
+            "--adapt-option",
+            "start=0.5",
+        )
         assert "coral_gap" in metrics["history"][-1] and metrics["adaptation"]["options"] == {"start": 0.5}
         assert (tmp_path / "run" / "adaptation.png").is_file()
 
@@ -125,7 +165,7 @@ def test_guide_override_snippet_overrides_one_answer():
         assert describe("resnet101").num_groups == 6
 
 
-TOY = '''
+TOY = """
 from zoo_adapt.plugin_api import Head, LayerGroup, Normalization, IMAGENET, hookimpl
 
 
@@ -154,7 +194,7 @@ def backbone_groups(entry):
 @hookimpl
 def backbone_normalization(entry):
     return Normalization(**IMAGENET, input_size=(3, 8, 8))
-'''
+"""
 GREEDY = """
 from zoo_adapt.plugin_api import INCEPTION, Normalization, hookimpl
 
@@ -188,19 +228,43 @@ def site(tmp_path_factory):
     name, and two plugins registering one backbone name."""
     site = tmp_path_factory.mktemp("site")
     fine = '[LayerGroup("head", ("1",))]'
-    install(site, "zoo-adapt-broken", {"broken": "zoo_adapt_broken"},
-            {"zoo_adapt_broken.py": "raise ImportError('needs zoo-adapt 9')\n"})
-    install(site, "zoo-adapt-crashy", {"crashy": "zoo_adapt_crashy"},
-            {"zoo_adapt_crashy.py": TOY.format(name="crashnet", groups="[][0]")})
-    install(site, "zoo-adapt-typo", {"typo": "zoo_adapt_typo"},
-            {"zoo_adapt_typo.py": TOY.format(name="typonet", groups=fine).replace("def backbone_head(",
-                                                                                   "def backbone_haed(")})
+    install(
+        site,
+        "zoo-adapt-broken",
+        {"broken": "zoo_adapt_broken"},
+        {"zoo_adapt_broken.py": "raise ImportError('needs zoo-adapt 9')\n"},
+    )
+    install(
+        site,
+        "zoo-adapt-crashy",
+        {"crashy": "zoo_adapt_crashy"},
+        {"zoo_adapt_crashy.py": TOY.format(name="crashnet", groups="[][0]")},
+    )
+    install(
+        site,
+        "zoo-adapt-typo",
+        {"typo": "zoo_adapt_typo"},
+        {
+            "zoo_adapt_typo.py": TOY.format(name="typonet", groups=fine).replace(
+                "def backbone_head(", "def backbone_haed("
+            )
+        },
+    )
     install(site, "zab-aaa", {"aaa": "zab_aaa"}, {"zab_aaa.py": GREEDY})  # loaded first
     for side in "ab":
-        install(site, f"zoo-adapt-twin-{side}", {"twin": f"zoo_adapt_twin_{side}"},
-                {f"zoo_adapt_twin_{side}.py": ""}, version=f"1.{side == 'b':d}")
-        install(site, f"zoo-adapt-clash-{side}", {f"clash_{side}": f"zoo_adapt_clash_{side}"},
-                {f"zoo_adapt_clash_{side}.py": TOY.format(name="clashnet", groups=fine)})
+        install(
+            site,
+            f"zoo-adapt-twin-{side}",
+            {"twin": f"zoo_adapt_twin_{side}"},
+            {f"zoo_adapt_twin_{side}.py": ""},
+            version=f"1.{side == 'b':d}",
+        )
+        install(
+            site,
+            f"zoo-adapt-clash-{side}",
+            {f"clash_{side}": f"zoo_adapt_clash_{side}"},
+            {f"zoo_adapt_clash_{side}.py": TOY.format(name="clashnet", groups=fine)},
+        )
     (site / "user.toml").write_text(USER_REGISTRY)
     return site
 
@@ -211,11 +275,15 @@ def test_broken_and_colliding_plugins_are_reported_once_and_contained(site, demo
     warnings = out.stderr.strip().splitlines()
     assert all(w.startswith("warning: ") for w in warnings) and len(warnings) == 4, warnings
     assert any("plugin 'broken' (zoo-adapt-broken 0.1.0) is broken" in w and "needs zoo-adapt 9" in w for w in warnings)
-    assert any("plugin 'typo' (zoo-adapt-typo 0.1.0) is broken" in w and "did you mean 'backbone_head'" in w
-               for w in warnings)
+    assert any(
+        "plugin 'typo' (zoo-adapt-typo 0.1.0) is broken" in w and "did you mean 'backbone_head'" in w for w in warnings
+    )
     assert any("plugin 'twin'" in w and "zoo-adapt-twin-a 1.0 and zoo-adapt-twin-b 1.1" in w for w in warnings)
-    assert any("'clashnet' is claimed by both plugin 'clash_a' (zoo-adapt-clash-a 0.1.0) and plugin "
-               "'clash_b' (zoo-adapt-clash-b 0.1.0)" in w for w in warnings)
+    assert any(
+        "'clashnet' is claimed by both plugin 'clash_a' (zoo-adapt-clash-a 0.1.0) and plugin "
+        "'clash_b' (zoo-adapt-clash-b 0.1.0)" in w
+        for w in warnings
+    )
     assert cards["resnet18"]["num_groups"] == 6 and "clashnet" not in cards
     assert cards["resnet18"]["input_size"] == [3, 224, 224] and cards["vit_t16"]["mean"] == [0.5] * 3  # not aaa's
     assert "failed in backbone_groups" in cards["crashnet"]["problem"]  # its row only
@@ -228,8 +296,10 @@ def test_broken_and_colliding_plugins_are_reported_once_and_contained(site, demo
     out = zoo(site, "info", "crashnet")
     *_, last = out.stderr.strip().splitlines()
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert last.startswith("Error: plugin 'crashy' (zoo-adapt-crashy 0.1.0) failed in backbone_groups for "
-                           "'crashnet': IndexError: list index out of range"), out.stderr
+    assert last.startswith(
+        "Error: plugin 'crashy' (zoo-adapt-crashy 0.1.0) failed in backbone_groups for "
+        "'crashnet': IndexError: list index out of range"
+    ), out.stderr
     out = zoo(site, "info", "crashnet", ZOO_ADAPT_DEBUG="1")
     assert out.returncode == 1 and "Traceback" in out.stderr and "zoo_adapt_crashy.py" in out.stderr
     out = zoo(site, "info", "clashnet")
@@ -244,8 +314,9 @@ def test_disabled_plugins_are_not_even_imported(site):
     assert out.stderr == "" and "clashnet" in {c["name"] for c in ok_json(out)}
     shown = {p["name"]: p for p in ok_json(zoo(site, "plugins", "--json", **disable))}
     assert {shown[n]["status"] for n in ("broken", "twin", "clash_b", "typo")} == {"disabled"}
-    out = zoo(site, *[a for n in ("broken", "twin", "clash_b", "typo") for a in ("--disable-plugin", n)],
-              "list", "--json")
+    out = zoo(
+        site, *[a for n in ("broken", "twin", "clash_b", "typo") for a in ("--disable-plugin", n)], "list", "--json"
+    )
     assert out.stderr == "" and "clashnet" in {c["name"] for c in ok_json(out)}
 
 

@@ -10,6 +10,7 @@ Methods (DANN, MCC, third parties') come from the `register_adaptation_methods` 
 They see the features the head receives (captured at the head the plugin names) and the
 logits; target labels are never read. `Adaptation` is the loop callback that does it.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -37,9 +38,16 @@ class Adaptation(Callback):
     With `target_bn` those figures are of the model with BatchNorm statistics of the
     target images, as the export will have them (`use_target_statistics`)."""
 
-    def __init__(self, method: AdaptationMethod, target: Batches, target_eval: Batches | None = None,
-                 target_val: Batches | None = None, select_with_target_labels: bool = False,
-                 target_bn: bool = False, num_target: int = 0):
+    def __init__(
+        self,
+        method: AdaptationMethod,
+        target: Batches,
+        target_eval: Batches | None = None,
+        target_val: Batches | None = None,
+        select_with_target_labels: bool = False,
+        target_bn: bool = False,
+        num_target: int = 0,
+    ):
         self.method, self.target, self.target_eval, self.target_val = method, target, target_eval, target_val
         self.select_with_target_labels, self.target_bn = select_with_target_labels, target_bn
         self.num_target = num_target  # unlabelled target images in all
@@ -64,8 +72,7 @@ class Adaptation(Callback):
     def after_loss(self, loop, step) -> None:
         n, features, logits = step.n, self.features.value, step.logits
         assert features is not None and logits is not None  # after the forward pass
-        extra, figures = self.method.loss(features[:n], features[n:], logits[:n], logits[n:],
-                                          loop.progress)
+        extra, figures = self.method.loss(features[:n], features[n:], logits[:n], logits[n:], loop.progress)
         step.loss = step.loss + extra
         step.figures.update(figures)
         if len(self.figure_names) < len(figures):
@@ -86,8 +93,7 @@ class Adaptation(Callback):
         torchrun every process measures its shard and all take the average."""
         if self.target_eval is None:
             return 0
-        return estimate_bn_statistics(loop.model, self.target_eval, loop.autocast, loop.runtime.all_reduce,
-                                      loop.world)
+        return estimate_bn_statistics(loop.model, self.target_eval, loop.autocast, loop.runtime.all_reduce, loop.world)
 
     def close(self, loop) -> None:
         self.features.remove()
@@ -143,8 +149,13 @@ def estimate_bn_statistics(model: nn.Module, batches: Batches, autocast=None, al
 @contextmanager
 def bn_statistics_kept(model: nn.Module):
     """The model's BatchNorm statistics as they are now, back after the block."""
-    live = [t for m in batch_norms(model) if m.running_mean is not None
-            for t in (m.running_mean, m.running_var, m.num_batches_tracked) if t is not None]
+    live = [
+        t
+        for m in batch_norms(model)
+        if m.running_mean is not None
+        for t in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if t is not None
+    ]
     saved = [t.clone() for t in live]
     try:
         yield
@@ -155,8 +166,7 @@ def bn_statistics_kept(model: nn.Module):
 
 def _statistics(norms: list[nn.modules.batchnorm._BatchNorm]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(running mean, running variance) of each BatchNorm layer that tracks them."""
-    return [(m.running_mean, m.running_var) for m in norms
-            if m.running_mean is not None and m.running_var is not None]
+    return [(m.running_mean, m.running_var) for m in norms if m.running_mean is not None and m.running_var is not None]
 
 
 def probabilities(network: nn.Module, batches: Batches, limit: int, autocast=None) -> torch.Tensor:
@@ -201,8 +211,9 @@ def proxy_a_distance(source: torch.Tensor, target: torch.Tensor, seed: int = 0, 
     separable."""
     n = min(len(source), len(target))
     g = torch.Generator().manual_seed(seed)
-    x = torch.cat([source[torch.randperm(len(source), generator=g)[:n]],
-                   target[torch.randperm(len(target), generator=g)[:n]]])
+    x = torch.cat(
+        [source[torch.randperm(len(source), generator=g)[:n]], target[torch.randperm(len(target), generator=g)[:n]]]
+    )
     y = torch.cat([torch.ones(n), torch.zeros(n)])
     order = torch.randperm(2 * n, generator=g)
     x, y = x[order], y[order]

@@ -2,6 +2,7 @@
 reversal layer, and building a method a plugin registered. Torch only, no training
 loop: a plugin (or its tests) imports this without pulling in zoo-adapt's engine. The
 loop callback that uses methods is adapt/callback.py."""
+
 from __future__ import annotations
 
 import copy
@@ -48,9 +49,14 @@ class AdaptationMethod(nn.Module):
         self.in_features, self.num_classes, self.config = in_features, num_classes, config
         self.options: dict[str, Any] = dict(getattr(config, "adapt_options", None) or {})
 
-    def loss(self, source_features: torch.Tensor, target_features: torch.Tensor,
-             source_logits: torch.Tensor, target_logits: torch.Tensor,
-             progress: float) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(
+        self,
+        source_features: torch.Tensor,
+        target_features: torch.Tensor,
+        source_logits: torch.Tensor,
+        target_logits: torch.Tensor,
+        progress: float,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The method's loss term for one step (added to the source cross-entropy) and the
         figures to log (tensors or numbers; averaged over the epoch). `progress` is the
         fraction of all optimizer steps done."""
@@ -59,8 +65,11 @@ class AdaptationMethod(nn.Module):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """The optimizer groups of the method's parameters, given the head's rate."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "adaptation",
-                 "group_index": -1}] if params else []
+        return (
+            [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "adaptation", "group_index": -1}]
+            if params
+            else []
+        )
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -75,5 +84,12 @@ def make_method(name: str, in_features: int, num_classes: int, config: Any) -> A
     options = resolve_options(name, getattr(config, "adapt_options", None) or {})
     config = copy.copy(config)  # the caller's stays as given
     config.adapt_options = options
-    return build(info.plugin, f"adaptation method {name!r}", info.factory, AdaptationMethod,
-                 in_features=in_features, num_classes=num_classes, config=config)
+    return build(
+        info.plugin,
+        f"adaptation method {name!r}",
+        info.factory,
+        AdaptationMethod,
+        in_features=in_features,
+        num_classes=num_classes,
+        config=config,
+    )

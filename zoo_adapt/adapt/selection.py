@@ -13,6 +13,7 @@ settings against the target accuracy; none of them selects the kept model.
   (1: every class predicted equally often; low: the model has collapsed onto few
   classes, a failure entropy minimisation and adversarial training can both cause).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,5 +45,4 @@ def target_scores(probs: torch.Tensor) -> dict[str, float]:
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean().item() / norm
     mean = probs.mean(0)
     balance = -(mean * mean.clamp_min(1e-12).log()).sum().item() / norm
-    return {"target_snd": soft_neighbourhood_density(probs), "target_entropy": entropy,
-            "target_class_balance": balance}
+    return {"target_snd": soft_neighbourhood_density(probs), "target_entropy": entropy, "target_class_balance": balance}

@@ -2,6 +2,7 @@
 line for every error, exit codes, and the commands of train.py, use.py, catalog.py and
 ship.py. Nothing here imports torch, so `zoo-adapt list` answers quickly; each command
 imports what it needs when it runs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,13 +68,23 @@ def _debugging() -> Iterator[None]:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zoo-adapt")
-@click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False),
-              metavar="FILE", help="Also read backbone names from this registry file (repeatable; "
-              "$ZOO_ADAPT_REGISTRY works too). It may re-point or rename names.")
-@click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
-              help="Skip this plugin (repeatable; $ZOO_ADAPT_DISABLE_PLUGINS=a,b works too).")
-@click.option("--debug", is_flag=True, help="Show the full traceback of an error "
-              "($ZOO_ADAPT_DEBUG=1 works too).")
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Also read backbone names from this registry file (repeatable; "
+    "$ZOO_ADAPT_REGISTRY works too). It may re-point or rename names.",
+)
+@click.option(
+    "--disable-plugin",
+    "disable",
+    multiple=True,
+    metavar="NAME",
+    help="Skip this plugin (repeatable; $ZOO_ADAPT_DISABLE_PLUGINS=a,b works too).",
+)
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error ($ZOO_ADAPT_DEBUG=1 works too).")
 @click.pass_context
 def cli(ctx: click.Context, registries: tuple[str, ...], disable: tuple[str, ...], debug: bool) -> None:
     """Adapt pretrained vision backbones to your own images."""
@@ -138,8 +149,10 @@ def _unexpected(e: Exception) -> str:
         return f"the device ran out of memory ({text[:120]}); lower --batch-size or --image-size"
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename or ''}".rstrip(": ")
-    return (f"{type(e).__name__}: {text[:200]} (this is a bug in zoo-adapt or a plugin; rerun with "
-            "ZOO_ADAPT_DEBUG=1 for the traceback)")
+    return (
+        f"{type(e).__name__}: {text[:200]} (this is a bug in zoo-adapt or a plugin; rerun with "
+        "ZOO_ADAPT_DEBUG=1 for the traceback)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,7 @@
 """The commands that describe what is installed: `list`, `info`, `plugins` and
 `methods`; the answers come from zoo_adapt.zoo (registry, answers, plugins, methods,
 trackers). No torch, except `info`, which builds the model."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,15 +45,25 @@ def _millions(count) -> str:
 def _card(backbone) -> dict:
     e, n, h = backbone.entry, backbone.normalization, backbone.head
     return {
-        "name": e.name, "plugin": e.plugin, "source": backbone.source.library,
-        "upstream": e.upstream, "weights": backbone.source.weights or e.weights,
-        "weights_status": backbone.source.status, "weights_location": backbone.source.location,
-        "head": h.attr if h else None, "in_features": h.in_features if h else None,
-        "num_groups": backbone.num_groups, "params": e.extra.get("params"),
+        "name": e.name,
+        "plugin": e.plugin,
+        "source": backbone.source.library,
+        "upstream": e.upstream,
+        "weights": backbone.source.weights or e.weights,
+        "weights_status": backbone.source.status,
+        "weights_location": backbone.source.location,
+        "head": h.attr if h else None,
+        "in_features": h.in_features if h else None,
+        "num_groups": backbone.num_groups,
+        "params": e.extra.get("params"),
         "input_size": list(n.input_size) if n else None,
-        "mean": list(n.mean) if n else None, "std": list(n.std) if n else None,
-        "interpolation": n.interpolation if n else None, "crop_pct": n.crop_pct if n else None,
-        "description": e.description, "origin": e.origin, "note": e.note or None,
+        "mean": list(n.mean) if n else None,
+        "std": list(n.std) if n else None,
+        "interpolation": n.interpolation if n else None,
+        "crop_pct": n.crop_pct if n else None,
+        "description": e.description,
+        "origin": e.origin,
+        "note": e.note or None,
     }
 
 
@@ -72,14 +83,28 @@ def list_(as_json: bool) -> None:
     cards = [_listed(e) for e in entries().values()]
     if as_json:
         return _echo_json(cards)
-    rows = [[c["name"], c["plugin"], c["source"], c["upstream"], c["head"] or "?",
-             c["num_groups"] or "?", _millions(c["params"]),
-             "x".join(map(str, c["input_size"][1:])) if c["input_size"] else "?",
-             _stats(c["mean"], c["std"]), c["weights_status"]] for c in cards]
-    click.echo(table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "PARAMS", "INPUT",
-                       "STATS", "WEIGHTS"], rows))
-    click.echo("\nWEIGHTS: bundled = shipped in an installed package, cached = downloaded "
-               "before, download = needs the network (use --no-pretrained or --weights offline).")
+    rows = [
+        [
+            c["name"],
+            c["plugin"],
+            c["source"],
+            c["upstream"],
+            c["head"] or "?",
+            c["num_groups"] or "?",
+            _millions(c["params"]),
+            "x".join(map(str, c["input_size"][1:])) if c["input_size"] else "?",
+            _stats(c["mean"], c["std"]),
+            c["weights_status"],
+        ]
+        for c in cards
+    ]
+    click.echo(
+        table(["NAME", "PLUGIN", "SOURCE", "UPSTREAM", "HEAD", "GROUPS", "PARAMS", "INPUT", "STATS", "WEIGHTS"], rows)
+    )
+    click.echo(
+        "\nWEIGHTS: bundled = shipped in an installed package, cached = downloaded "
+        "before, download = needs the network (use --no-pretrained or --weights offline)."
+    )
     for c in cards:
         if c["note"]:
             click.echo(f"{c['name']}: {c['note']}, by {c['origin']}")
@@ -100,15 +125,19 @@ def info(name: str, as_json: bool) -> None:
 
     model = create_model(name, pretrained=False)
     card = _card(backbone_of(model))
-    card["groups"] = [{"name": g, "num_params": sum(p.numel() for _, p in params),
-                       "num_tensors": len(params)} for g, params in group_parameters(model)]
+    card["groups"] = [
+        {"name": g, "num_params": sum(p.numel() for _, p in params), "num_tensors": len(params)}
+        for g, params in group_parameters(model)
+    ]
     card["num_params"] = sum(g["num_params"] for g in card["groups"])
     card["answered_by"] = backbone_of(model).answered_by
     if as_json:
         return _echo_json(card)
     click.echo(f"{card['name']}: {card['description']}")
-    click.echo(f"  plugin {card['plugin']} -> {card['source']} {card['upstream']}, "
-               f"weights {card['weights'] or 'the library default'} ({card['weights_status']})")
+    click.echo(
+        f"  plugin {card['plugin']} -> {card['source']} {card['upstream']}, "
+        f"weights {card['weights'] or 'the library default'} ({card['weights_status']})"
+    )
     click.echo(f"  named in {card['origin']}" + (f"; {card['note']}" if card["note"] else ""))
     by: dict[str, list[str]] = {}
     for hook, who in card["answered_by"].items():
@@ -116,10 +145,11 @@ def info(name: str, as_json: bool) -> None:
         by.setdefault(f"{who}{override}", []).append(hook)
     click.echo("  answered by: " + "; ".join(f"{who}: {', '.join(hooks)}" for who, hooks in by.items()))
     click.echo(f"  head: {card['head']} ({card['in_features']} features -> N classes)")
-    click.echo(f"  input: {'x'.join(map(str, card['input_size']))}, {card['interpolation']}, "
-               f"crop {card['crop_pct']:.3f}, mean {card['mean']}, std {card['std']}")
-    click.echo(f"  layer groups, stem to head ({len(card['groups'])}, "
-               f"{card['num_params']:,} parameters):")
+    click.echo(
+        f"  input: {'x'.join(map(str, card['input_size']))}, {card['interpolation']}, "
+        f"crop {card['crop_pct']:.3f}, mean {card['mean']}, std {card['std']}"
+    )
+    click.echo(f"  layer groups, stem to head ({len(card['groups'])}, {card['num_params']:,} parameters):")
     for i, g in enumerate(card["groups"]):
         click.echo(f"    {i:>2}  {g['name']:<16} {g['num_params']:>12,}")
 
@@ -139,19 +169,39 @@ def plugins(as_json: bool) -> None:
     trackers_: dict[str, list[str]] = {}
     for t in installed_trackers().values():
         trackers_.setdefault(t.plugin, []).append(t.name)
-    infos: list[dict[str, Any]] = [{"name": p.name, "module": p.module, "distribution": p.distribution,
-              "version": p.version, "status": p.status, "problem": p.problem, "hooks": list(p.hooks),
-              "backbones": served.get(p.name, []), "methods": methods_.get(p.name, []),
-              "trackers": trackers_.get(p.name, []),
-              "overrides": [{"backbone": b, "hook": h} for b, h in p.overrides]}
-             for p in installed_plugins()]
+    infos: list[dict[str, Any]] = [
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "version": p.version,
+            "status": p.status,
+            "problem": p.problem,
+            "hooks": list(p.hooks),
+            "backbones": served.get(p.name, []),
+            "methods": methods_.get(p.name, []),
+            "trackers": trackers_.get(p.name, []),
+            "overrides": [{"backbone": b, "hook": h} for b, h in p.overrides],
+        }
+        for p in installed_plugins()
+    ]
     if as_json:
         return _echo_json(infos)
-    rows = [[p["name"], p["status"], f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
-             ", ".join(p["backbones"] + [f"{m} (adaptation)" for m in p["methods"]]
-                       + [f"{t} (tracker)" for t in p["trackers"]]
-                       + [f"{o['hook']} of {o['backbone']} (override)" for o in p["overrides"]]) or "-"]
-            for p in infos]
+    rows = [
+        [
+            p["name"],
+            p["status"],
+            f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
+            ", ".join(
+                p["backbones"]
+                + [f"{m} (adaptation)" for m in p["methods"]]
+                + [f"{t} (tracker)" for t in p["trackers"]]
+                + [f"{o['hook']} of {o['backbone']} (override)" for o in p["overrides"]]
+            )
+            or "-",
+        ]
+        for p in infos
+    ]
     click.echo(table(["PLUGIN", "STATUS", "DISTRIBUTION", "SERVES"], rows))
     for p in infos:
         if p["problem"]:
@@ -159,8 +209,14 @@ def plugins(as_json: bool) -> None:
 
 
 def _method_card(m) -> dict:
-    return {"name": m.name, "plugin": m.plugin, "description": m.description, "replaces": list(m.replaces),
-            "options": [o.to_dict() for o in m.options], "figures": dict(m.figures)}
+    return {
+        "name": m.name,
+        "plugin": m.plugin,
+        "description": m.description,
+        "replaces": list(m.replaces),
+        "options": [o.to_dict() for o in m.options],
+        "figures": dict(m.figures),
+    }
 
 
 @click.command()
@@ -188,9 +244,20 @@ def methods(name: str | None, as_json: bool) -> None:
     found = [_method_card(m) for m in adaptation_methods().values()]
     if as_json:
         return _echo_json(found)
-    click.echo(table(["METHOD", "PLUGIN", "OPTIONS", "DESCRIPTION"], [
-        [m["name"], m["plugin"] + "".join(f" (overrides {r})" for r in m["replaces"]),
-         ", ".join(o["name"] for o in m["options"]) or "-", m["description"]] for m in found]))
+    click.echo(
+        table(
+            ["METHOD", "PLUGIN", "OPTIONS", "DESCRIPTION"],
+            [
+                [
+                    m["name"],
+                    m["plugin"] + "".join(f" (overrides {r})" for r in m["replaces"]),
+                    ", ".join(o["name"] for o in m["options"]) or "-",
+                    m["description"],
+                ]
+                for m in found
+            ],
+        )
+    )
     click.echo("\n`zoo-adapt methods NAME` shows a method's options and what it logs.")
 
 

@@ -1,6 +1,7 @@
 """`zoo-adapt finetune` and `zoo-adapt lr-find`: one flag per option that
 job/config.py declares, checked there; the job runs in zoo_adapt.job.finetune (imported
 when the command runs: it needs torch)."""
+
 from __future__ import annotations
 
 import signal
@@ -31,16 +32,31 @@ def _config_options(fn):
         flag = "--" + name.replace("_", "-")
         default, show = field.default, field.default is not None
         if kind is list:
-            fn = click.option(flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"]
-                              + " [repeatable]")(fn)
+            fn = click.option(
+                flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"] + " [repeatable]"
+            )(fn)
         elif kind is bool:
             single = name in ("resume", "select_with_target_labels")
             decl = flag if single else f"{flag}/--no-{flag[2:]}"
-            fn = click.option(decl, *meta["flags"], name, is_flag=single or None, default=default,
-                              show_default=show and not single, help=meta["help"])(fn)
+            fn = click.option(
+                decl,
+                *meta["flags"],
+                name,
+                is_flag=single or None,
+                default=default,
+                show_default=show and not single,
+                help=meta["help"],
+            )(fn)
         else:
-            fn = click.option(flag, *meta["flags"], name, type=_NumberOrWord(kind, meta["words"]) if meta["words"]
-                              else kind, default=default, show_default=show, help=meta["help"])(fn)
+            fn = click.option(
+                flag,
+                *meta["flags"],
+                name,
+                type=_NumberOrWord(kind, meta["words"]) if meta["words"] else kind,
+                default=default,
+                show_default=show,
+                help=meta["help"],
+            )(fn)
     return fn
 
 
@@ -62,15 +78,31 @@ class _NumberOrWord(click.ParamType):
 
 @click.command()
 @_config_options
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
-              help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4, or lr_body); flags win.")
-@click.option("--adapt-option", "adapt_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the adaptation method, e.g. width=512 for dann (repeatable; `zoo-adapt methods "
-              "NAME` lists a method's options, checked when the run starts).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.toml",
+    help="Read options from a TOML file (keys as the flags, e.g. lr-body = 1e-4, or lr_body); flags win.",
+)
+@click.option(
+    "--adapt-option",
+    "adapt_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the adaptation method, e.g. width=512 for dann (repeatable; `zoo-adapt methods "
+    "NAME` lists a method's options, checked when the run starts).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (never one that is running).")
-@click.option("--nproc-per-node", "nproc", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Train data-parallel in N processes on this machine (one per GPU): hands the command to "
-              "torchrun's launcher. torchrun itself works too: torchrun --nproc-per-node N -m zoo_adapt finetune ...")
+@click.option(
+    "--nproc-per-node",
+    "nproc",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Train data-parallel in N processes on this machine (one per GPU): hands the command to "
+    "torchrun's launcher. torchrun itself works too: torchrun --nproc-per-node N -m zoo_adapt finetune ...",
+)
 @click.pass_context
 def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc: int | None, **options) -> None:
     """Fine-tune a pretrained backbone on labelled images.
@@ -82,8 +114,11 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
         from zoo_adapt.engine.distributed import launch  # torch
 
         ctx.exit(launch(nproc, processes.without_option(sys.argv[1:], "--nproc-per-node")))
-    given = {k: v for k, v in options.items()
-             if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    given = {
+        k: v
+        for k, v in options.items()
+        if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
     if "adapt_options" in given:
         given["adapt_options"] = _key_values(given["adapt_options"])
     config = build_config(given, config_file)
@@ -96,8 +131,13 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
 
 @click.command("lr-find")
 @_config_options
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE.toml",
-              help="Read options from a TOML file, as finetune does.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.toml",
+    help="Read options from a TOML file, as finetune does.",
+)
 @click.pass_context
 def lr_find(ctx: click.Context, config_file: str | None, **options) -> None:
     """Suggest a head learning rate: Smith's exponential sweep, as fastai's lr_find.
@@ -106,8 +146,12 @@ def lr_find(ctx: click.Context, config_file: str | None, **options) -> None:
     as the run's first stage would (the head alone for two-stage) on batches at rates
     rising from 1e-7 to 10, puts the weights back, prints the suggested rate and writes
     lr_find.png to --out. `finetune --lr auto` does this first."""
-    given = {k: v for k, v in options.items() if k not in ("adapt_options", "resume")
-             and ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    given = {
+        k: v
+        for k, v in options.items()
+        if k not in ("adapt_options", "resume")
+        and ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
     config = build_config(given, config_file)
     from zoo_adapt.job.finetune import lr_find as run  # torch: after every option is checked
 
@@ -124,6 +168,7 @@ class _stop_on_sigterm:
     def __enter__(self):
         self.previous = None
         if threading.current_thread() is threading.main_thread():
+
             def stop(signum, frame):
                 raise Terminated()
 

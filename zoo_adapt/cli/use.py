@@ -1,5 +1,6 @@
 """`zoo-adapt evaluate` and `zoo-adapt predict`: an exported model on images (the work
 is in zoo_adapt.ship.inference, imported when the command runs: it needs torch)."""
+
 from __future__ import annotations
 
 import click
@@ -16,24 +17,49 @@ def register(cli: click.Group) -> None:
 
 
 @click.command()
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="A model.safetensors written by zoo-adapt finetune.")
-@click.option("--data", type=click.Path(), help="Labelled ImageFolder (class subfolders); with --labels, the "
-              "folder the file's paths are relative to.")
-@click.option("--labels", type=click.Path(dir_okay=False), help="A CSV/TSV label file (as finetune's): its test "
-              "rows, else its val rows, else all.")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A model.safetensors written by zoo-adapt finetune.",
+)
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="Labelled ImageFolder (class subfolders); with --labels, the folder the file's paths are relative to.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    help="A CSV/TSV label file (as finetune's): its test rows, else its val rows, else all.",
+)
 @click.option("--path-column", default="path", show_default=True, help="--labels: the column of image paths.")
 @click.option("--label-column", default="label", show_default=True, help="--labels: the column of labels.")
 @click.option("--split-column", default="split", show_default=True, help="--labels: the column of splits.")
-@click.option("--label-delimiter", default="|", show_default=True, help="--labels of a multi-label model: what "
-              "separates an image's labels.")
+@click.option(
+    "--label-delimiter",
+    default="|",
+    show_default=True,
+    help="--labels of a multi-label model: what separates an image's labels.",
+)
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
-def evaluate(model_path: str, data: str | None, labels: str | None, path_column: str, label_column: str,
-             split_column: str, label_delimiter: str, tta: bool, as_json: bool, batch_size: int,
-             device: str) -> None:
+def evaluate(
+    model_path: str,
+    data: str | None,
+    labels: str | None,
+    path_column: str,
+    label_column: str,
+    split_column: str,
+    label_delimiter: str,
+    tta: bool,
+    as_json: bool,
+    batch_size: int,
+    device: str,
+) -> None:
     """Accuracy, balanced accuracy, per-class precision/recall/F1 and confusion matrix
     on a labelled folder (a dataset root with train/ and val/ or test/ means its
     held-out folder) or a label file; mAP and F1 for a multi-label model. The output
@@ -43,38 +69,64 @@ def evaluate(model_path: str, data: str | None, labels: str | None, path_column:
     if data is None and labels is None:
         raise ZooAdaptError("give --data (a labelled folder) or --labels (a label file)")
     columns = LabelColumns(path_column, label_column, split_column, delimiter=label_delimiter)
-    result = evaluate_folder(model_path, data, tta=tta, batch_size=batch_size, device=device, labels=labels,
-                             columns=columns)
+    result = evaluate_folder(
+        model_path, data, tta=tta, batch_size=batch_size, device=device, labels=labels, columns=columns
+    )
     if as_json:
         return click.echo(json_text({**result.to_dict(), "tta": tta}))
     where = f"({result.num_images} images in {result.folder}{', TTA' if tta else ''})"
     if result.multi_label:
-        click.echo(f"mAP {result.map or 0:.1%}  macro F1 {result.macro_f1 or 0:.1%}  micro F1 "
-                   f"{result.micro_f1 or 0:.1%}  all labels right {result.accuracy:.1%}  {where}")
+        click.echo(
+            f"mAP {result.map or 0:.1%}  macro F1 {result.macro_f1 or 0:.1%}  micro F1 "
+            f"{result.micro_f1 or 0:.1%}  all labels right {result.accuracy:.1%}  {where}"
+        )
     else:
-        click.echo(f"accuracy {result.accuracy:.1%}  balanced {result.balanced_accuracy or 0:.1%}  top-5 "
-                   f"{result.top5:.1%}  loss {result.loss:.3f}  {where}")
-    metrics = {"per_class_f1": {c: v for c, v in result.f1.items() if result.recall.get(c) is not None},
-               "per_class_precision": result.precision, "per_class_recall": result.recall}
+        click.echo(
+            f"accuracy {result.accuracy:.1%}  balanced {result.balanced_accuracy or 0:.1%}  top-5 "
+            f"{result.top5:.1%}  loss {result.loss:.3f}  {where}"
+        )
+    metrics = {
+        "per_class_f1": {c: v for c, v in result.f1.items() if result.recall.get(c) is not None},
+        "per_class_precision": result.precision,
+        "per_class_recall": result.recall,
+    }
     for line in per_class_lines(metrics, limit=len(result.classes)):
         click.echo(line)
 
 
 @click.command()
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="A model.safetensors written by zoo-adapt finetune.")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A model.safetensors written by zoo-adapt finetune.",
+)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--output", type=click.Path(dir_okay=False), metavar="FILE.csv",
-              help="Write one CSV row per image (path, top-k labels and probabilities, error) as they come, with a "
-              "progress bar, instead of printing: for large folders.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.csv",
+    help="Write one CSV row per image (path, top-k labels and probabilities, error) as they come, with a "
+    "progress bar, instead of printing: for large folders.",
+)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def predict(ctx: click.Context, model_path: str, paths: tuple[str, ...], tta: bool, top_k: int, as_json: bool,
-            output: str | None, batch_size: int, device: str) -> None:
+def predict(
+    ctx: click.Context,
+    model_path: str,
+    paths: tuple[str, ...],
+    tta: bool,
+    top_k: int,
+    as_json: bool,
+    output: str | None,
+    batch_size: int,
+    device: str,
+) -> None:
     """Class probabilities for images (files or folders).
 
     A file that cannot be read is reported on stderr, one line each, and the others are
@@ -84,9 +136,17 @@ def predict(ctx: click.Context, model_path: str, paths: tuple[str, ...], tta: bo
     if output:
         if as_json:
             raise ZooAdaptError("give --json or --output, not both")
-        rows, failed = write_predictions(model_path, paths, output, tta=tta, top_k=top_k, batch_size=batch_size,
-                                         device=device, progress=True,
-                                         on_error=lambda e: click.echo(f"Error: {_printable(e)}", err=True))
+        rows, failed = write_predictions(
+            model_path,
+            paths,
+            output,
+            tta=tta,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            progress=True,
+            on_error=lambda e: click.echo(f"Error: {_printable(e)}", err=True),
+        )
         click.echo(f"{rows - failed} images predicted{f', {failed} unreadable' if failed else ''}: {output}")
         if failed:
             ctx.exit(1)
@@ -97,8 +157,10 @@ def predict(ctx: click.Context, model_path: str, paths: tuple[str, ...], tta: bo
         if r.error:
             click.echo(f"Error: {_printable(r.error)}", err=True)
         elif not as_json and r.labels is not None:
-            click.echo(f"{_printable(r.path)}: " + (", ".join(f"{c} {p:.1%}" for c, p in r.labels)
-                                                     or "(no class above its threshold)"))
+            click.echo(
+                f"{_printable(r.path)}: "
+                + (", ".join(f"{c} {p:.1%}" for c, p in r.labels) or "(no class above its threshold)")
+            )
         elif not as_json:
             click.echo(f"{_printable(r.path)}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
         if as_json:

@@ -7,6 +7,7 @@ Every random draw of a per-image recipe comes from the image's own generator
 (`pipeline` gives one per image and epoch), so runs repeat exactly whatever the number
 of workers, and a resumed run replays the same images.
 """
+
 from __future__ import annotations
 
 import random
@@ -40,8 +41,10 @@ def image_recipe(augment: str, color_jitter: float, norm: Normalization):
             else:
                 steps.append(auto_augment_transform(spec, hparams))
         except (AssertionError, KeyError, ValueError) as e:
-            raise ZooAdaptError(f"--augment {augment!r} is not a recipe timm knows ({e or 'bad string'}); give "
-                                f"gentle, {', '.join(NAMED)} or a timm string such as rand-m9-mstd0.5") from None
+            raise ZooAdaptError(
+                f"--augment {augment!r} is not a recipe timm knows ({e or 'bad string'}); give "
+                f"gentle, {', '.join(NAMED)} or a timm string such as rand-m9-mstd0.5"
+            ) from None
     if color_jitter > 0:
         steps.append(ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     return ImageRecipe(steps) if steps else None
@@ -77,6 +80,14 @@ class ImageRecipe:
 def describe(augment: str, color_jitter: float, random_erase: float, mixup: float, cutmix: float) -> str:
     """One phrase for the run's log line."""
     parts = [] if augment == "gentle" else [f"{augment} ({NAMED.get(augment, augment)})"]
-    parts += [f"{name} {value:g}" for name, value in (("colour jitter", color_jitter), ("random erasing",
-              random_erase), ("mixup", mixup), ("cutmix", cutmix)) if value > 0]
+    parts += [
+        f"{name} {value:g}"
+        for name, value in (
+            ("colour jitter", color_jitter),
+            ("random erasing", random_erase),
+            ("mixup", mixup),
+            ("cutmix", cutmix),
+        )
+        if value > 0
+    ]
     return ", ".join(parts)

@@ -7,6 +7,7 @@ was ever seen in training. Textures (brick, grass, gravel) and scenes (astronaut
 cameraman, rocket) make it a small but honest test of transfer: pretrained features
 separate the classes from a few examples, random ones do not.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,21 @@ from PIL import Image, ImageFilter
 from zoo_adapt.errors import ZooAdaptError
 
 # class name -> loader of an HxW or HxWx3 uint8 photograph
-SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
-                  "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "retina",
+    "rocket",
+)
 SKLEARN_PHOTOS = ("china", "flower")
 GRID = 4
 IMAGE_SIZE = 160  # patches are at most 128 px (a quarter of a 512 px photo): no need for 224
@@ -32,8 +46,9 @@ def photographs() -> dict[str, np.ndarray]:
         import skimage.data
         from sklearn.datasets import load_sample_images
     except ImportError as e:
-        raise ZooAdaptError("the demo dataset needs scikit-image and scikit-learn: "
-                            "pip install 'zoo-adapt[demo]'") from e
+        raise ZooAdaptError(
+            "the demo dataset needs scikit-image and scikit-learn: pip install 'zoo-adapt[demo]'"
+        ) from e
     photos = {name: getattr(skimage.data, name)() for name in SKIMAGE_PHOTOS}
     sample = load_sample_images()
     for name, image in zip(SKLEARN_PHOTOS, sample.images):
@@ -55,8 +70,9 @@ def _cells(shape: tuple[int, ...], split: str) -> list[tuple[int, int, int, int]
     return [(i * h, j * w, h, w) for i in range(GRID) for j in range(GRID) if (i + j) % 2 == parity]
 
 
-def patches(image: np.ndarray, split: str, count: int, rng: np.random.Generator,
-            min_frac: float = 0.3) -> list[np.ndarray]:
+def patches(
+    image: np.ndarray, split: str, count: int, rng: np.random.Generator, min_frac: float = 0.3
+) -> list[np.ndarray]:
     """`count` random square patches, each inside one cell of `split`."""
     cells = _cells(image.shape, split)
     out = []
@@ -65,17 +81,27 @@ def patches(image: np.ndarray, split: str, count: int, rng: np.random.Generator,
         side = int(min(h, w) * rng.uniform(min_frac, 1.0))
         y = top + int(rng.integers(0, h - side + 1))
         x = left + int(rng.integers(0, w - side + 1))
-        out.append(image[y:y + side, x:x + side])
+        out.append(image[y : y + side, x : x + side])
     return out
 
 
-def build_demo(root: str | Path, train_per_class: int = 20, val_per_class: int = 20,
-               seed: int = 0, classes: tuple[str, ...] | None = None) -> Path:
+def build_demo(
+    root: str | Path,
+    train_per_class: int = 20,
+    val_per_class: int = 20,
+    seed: int = 0,
+    classes: tuple[str, ...] | None = None,
+) -> Path:
     """Write the demo as an ImageFolder tree: root/train/<class>/*.png, root/val/<class>/*.png.
     Rebuilt only when the recipe or its arguments change."""
     root = Path(root)
-    recipe = {"version": VERSION, "train": train_per_class, "val": val_per_class, "seed": seed,
-              "classes": list(classes) if classes else None}
+    recipe = {
+        "version": VERSION,
+        "train": train_per_class,
+        "val": val_per_class,
+        "seed": seed,
+        "classes": list(classes) if classes else None,
+    }
     stamp = root / "demo.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
         return root
@@ -98,8 +124,17 @@ def build_demo(root: str | Path, train_per_class: int = 20, val_per_class: int =
 
 
 # Colour photographs whose textures the target digits are blended onto (after MNIST-M).
-TEXTURE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
-                  "retina", "rocket", "china", "flower")
+TEXTURE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "rocket",
+    "china",
+    "flower",
+)
 
 
 def _digit_masks(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,8 +144,16 @@ def _digit_masks(size: int) -> tuple[np.ndarray, np.ndarray]:
     except ImportError as e:
         raise ZooAdaptError("the digit datasets need scikit-learn: pip install 'zoo-adapt[demo]'") from e
     digits = load_digits()
-    masks = np.stack([np.asarray(Image.fromarray((d / 16 * 255).astype(np.uint8)).resize(
-        (size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255 for d in digits.images])
+    masks = np.stack(
+        [
+            np.asarray(
+                Image.fromarray((d / 16 * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR),
+                dtype=np.float32,
+            )
+            / 255
+            for d in digits.images
+        ]
+    )
     return masks, digits.target
 
 
@@ -119,8 +162,10 @@ def digit_on_photo(mask: np.ndarray, photo: np.ndarray, rng: np.random.Generator
     size = mask.shape[0]
     side = int(rng.integers(size, max(size + 1, min(photo.shape[:2]) // 3)))
     y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
-    patch = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BILINEAR),
-                       dtype=np.float32)
+    patch = np.asarray(
+        Image.fromarray(photo[y : y + side, x : x + side]).resize((size, size), Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
     return np.abs(patch - mask[..., None] * 255).astype(np.uint8)
 
 
@@ -143,8 +188,12 @@ def build_digit_shift(root: str | Path, size: int = 32, seed: int = 0, limit: in
     order = rng.permutation(len(labels))[:limit]
     half = len(order) // 2
     source, target = order[:half], order[half:]
-    splits = {("source", "train"): source[:int(0.8 * len(source))], ("source", "val"): source[int(0.8 * len(source)):],
-              ("target", "train"): target[:int(0.6 * len(target))], ("target", "test"): target[int(0.6 * len(target)):]}
+    splits = {
+        ("source", "train"): source[: int(0.8 * len(source))],
+        ("source", "val"): source[int(0.8 * len(source)) :],
+        ("target", "train"): target[: int(0.6 * len(target))],
+        ("target", "test"): target[int(0.6 * len(target)) :],
+    }
     for (domain, split), indices in splits.items():
         for i in indices:
             folder = root / domain / split / str(labels[i])
@@ -159,8 +208,18 @@ def build_digit_shift(root: str | Path, size: int = 32, seed: int = 0, limit: in
 
 
 # Ten photographs whose crops are the classes of the photo-shift task.
-PHOTO_SHIFT_CLASSES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "flower", "grass", "gravel",
-                       "rocket")
+PHOTO_SHIFT_CLASSES = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "flower",
+    "grass",
+    "gravel",
+    "rocket",
+)
 TINT = np.array([0.45, 0.85, 1.0], dtype=np.float32)  # a strong blue-green cast
 
 
@@ -176,8 +235,13 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 
-def build_photo_shift(root: str | Path, size: int = 64, seed: int = 0, per_class: tuple[int, int, int, int] = (80, 20, 50, 50),
-                      classes: tuple[str, ...] = PHOTO_SHIFT_CLASSES) -> Path:
+def build_photo_shift(
+    root: str | Path,
+    size: int = 64,
+    seed: int = 0,
+    per_class: tuple[int, int, int, int] = (80, 20, 50, 50),
+    classes: tuple[str, ...] = PHOTO_SHIFT_CLASSES,
+) -> Path:
     """A domain-shift task: which of ten photographs a crop comes from, clean (source) to
     degraded (target, `degrade`). Crops are squares of 30-100% of a 4x4 grid cell, resized
     to `size`; source crops come from one half of the cells (a checkerboard), target
@@ -185,8 +249,14 @@ def build_photo_shift(root: str | Path, size: int = 64, seed: int = 0, per_class
     two splits share a pixel. `per_class`: source train, source val, target train and
     target test images per class. Writes the same tree as `build_digit_shift`."""
     root = Path(root)
-    recipe = {"version": VERSION, "size": size, "seed": seed, "per_class": list(per_class), "classes": list(classes),
-              "kind": "photo-shift"}
+    recipe = {
+        "version": VERSION,
+        "size": size,
+        "seed": seed,
+        "per_class": list(per_class),
+        "classes": list(classes),
+        "kind": "photo-shift",
+    }
     stamp = root / "photo_shift.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
         return root
@@ -199,8 +269,12 @@ def build_photo_shift(root: str | Path, size: int = 64, seed: int = 0, per_class
         source = patches(photo, "train", n_train + n_val, rng)
         target = [_patch_in(photo, other[k % len(other)], rng) for k in range(0, 2 * n_target, 2)]
         test = [_patch_in(photo, other[k % len(other)], rng) for k in range(1, 2 * n_test, 2)]
-        parts = {("source", "train"): source[:n_train], ("source", "val"): source[n_train:],
-                 ("target", "train"): target, ("target", "test"): test}
+        parts = {
+            ("source", "train"): source[:n_train],
+            ("source", "val"): source[n_train:],
+            ("target", "train"): target,
+            ("target", "test"): test,
+        }
         for (domain, split), crops in parts.items():
             folder = root / domain / split / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -213,9 +287,10 @@ def build_photo_shift(root: str | Path, size: int = 64, seed: int = 0, per_class
     return root
 
 
-def _patch_in(image: np.ndarray, cell: tuple[int, int, int, int], rng: np.random.Generator,
-              min_frac: float = 0.3) -> np.ndarray:
+def _patch_in(
+    image: np.ndarray, cell: tuple[int, int, int, int], rng: np.random.Generator, min_frac: float = 0.3
+) -> np.ndarray:
     top, left, h, w = cell
     side = int(min(h, w) * rng.uniform(min_frac, 1.0))
     y, x = top + int(rng.integers(0, h - side + 1)), left + int(rng.integers(0, w - side + 1))
-    return image[y:y + side, x:x + side]
+    return image[y : y + side, x : x + side]

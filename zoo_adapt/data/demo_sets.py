@@ -1,6 +1,7 @@
 """Harder variants of the demo (demo.py's photographs, its train/val checkerboard of
 cells): an imbalanced ImageFolder and a multi-label set with a label file. Used by
 the tests and benchmarks/balance.py, and handy to try the options on."""
+
 from __future__ import annotations
 
 import csv
@@ -13,13 +14,17 @@ from PIL import Image
 from zoo_adapt.data.demo import build_demo, patches, photographs
 
 
-def build_imbalanced(root: str | Path, train_counts: dict[str, int], val_per_class: int = 20,
-                     seed: int = 0) -> Path:
+def build_imbalanced(root: str | Path, train_counts: dict[str, int], val_per_class: int = 20, seed: int = 0) -> Path:
     """An ImageFolder root/train, root/val whose training classes have `train_counts`
     images each (e.g. {"grass": 100, "gravel": 5}); validation is balanced."""
     root = Path(root)
-    build_demo(root, train_per_class=max(train_counts.values()), val_per_class=val_per_class, seed=seed,
-               classes=tuple(sorted(train_counts)))
+    build_demo(
+        root,
+        train_per_class=max(train_counts.values()),
+        val_per_class=val_per_class,
+        seed=seed,
+        classes=tuple(sorted(train_counts)),
+    )
     for name, count in train_counts.items():
         for path in sorted((root / "train" / name).glob("*.png"))[count:]:
             path.unlink()
@@ -27,8 +32,9 @@ def build_imbalanced(root: str | Path, train_counts: dict[str, int], val_per_cla
     return root
 
 
-def build_multilabel(root: str | Path, classes: Sequence[str], train: int = 60, val: int = 40, size: int = 64,
-                     seed: int = 0) -> Path:
+def build_multilabel(
+    root: str | Path, classes: Sequence[str], train: int = 60, val: int = 40, size: int = 64, seed: int = 0
+) -> Path:
     """Canvases of `size` px holding one or two patches of different photographs side by
     side on grey, the label of each the photographs it shows; `root/labels.csv` has
     columns path, label (joined by '|') and split. Validation patches come from other

@@ -11,6 +11,7 @@ are kept as their exact eval crops (the same pixels `EvalTransform` gives).
 The rule for `--data-on-device auto`: on when the decoded set takes at most a quarter
 of the device's free memory (CUDA) or of the available RAM (CPU).
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,9 @@ def _decode_all(dataset, transform, device, workers: int, batch: int = 64):
     return torch.cat(images), sizes, torch.cat(labels).to(device)
 
 
-def random_crop_boxes(sizes: torch.Tensor, scale: tuple[float, float], generator: torch.Generator,
-                      attempts: int = 10) -> torch.Tensor:
+def random_crop_boxes(
+    sizes: torch.Tensor, scale: tuple[float, float], generator: torch.Generator, attempts: int = 10
+) -> torch.Tensor:
     """(top, left, height, width) per image, drawn as torchvision's RandomResizedCrop
     draws them (area fraction in `scale`, log-uniform aspect ratio in 3/4..4/3, up to
     ten attempts, else the centre crop at the nearest allowed ratio), for all images at
@@ -145,17 +147,33 @@ def crop_resize(canvas: torch.Tensor, boxes: torch.Tensor, size: int, flip: torc
     theta[:, 1, 1] = ch / side
     theta[:, 1, 2] = (2 * top + ch) / side - 1
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    return F.grid_sample(canvas.float(), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    return F.grid_sample(canvas.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class DeviceImages:
     """A training set decoded once and augmented on the device (see the module doc)."""
 
-    def __init__(self, dataset, *, norm: Normalization, device: torch.device,
-                 batch_size: int, order: EpochOrder, min_scale: float, hflip: bool, workers: int = 0,
-                 channels_last: bool = False, seed: int = 0):
-        self.size, self.norm, self.device, self.batch_size, self.order = norm.image_size, norm, device, batch_size, order
+    def __init__(
+        self,
+        dataset,
+        *,
+        norm: Normalization,
+        device: torch.device,
+        batch_size: int,
+        order: EpochOrder,
+        min_scale: float,
+        hflip: bool,
+        workers: int = 0,
+        channels_last: bool = False,
+        seed: int = 0,
+    ):
+        self.size, self.norm, self.device, self.batch_size, self.order = (
+            norm.image_size,
+            norm,
+            device,
+            batch_size,
+            order,
+        )
         self.scale, self.hflip, self.channels_last, self.seed = (min_scale, 1.0), hflip, channels_last, seed
         transform = _Canvas(norm, norm.resize_size())
         self.canvas, self.sizes, self.labels = _decode_all(dataset, transform, device, workers)
@@ -181,8 +199,17 @@ class DeviceImages:
 class DeviceEvalImages:
     """Evaluation images kept as their eval crops on the device, in order."""
 
-    def __init__(self, dataset, *, norm: Normalization, device: torch.device,
-                 batch_size: int, order: EpochOrder, workers: int = 0, channels_last: bool = False):
+    def __init__(
+        self,
+        dataset,
+        *,
+        norm: Normalization,
+        device: torch.device,
+        batch_size: int,
+        order: EpochOrder,
+        workers: int = 0,
+        channels_last: bool = False,
+    ):
         self.norm, self.batch_size, self.order, self.channels_last = norm, batch_size, order, channels_last
         self.images, _, self.labels = _decode_all(dataset, EvalTransform(norm), device, workers)
         self.num_samples = len(order)

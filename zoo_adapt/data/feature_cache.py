@@ -8,6 +8,7 @@ randomly augmented crops (the training transform) of each image are cached and e
 epoch draws one of them per image: augmentation at `views` times the cost of one
 extraction pass, but with only `views` distinct crops instead of a fresh one per epoch.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -41,8 +42,9 @@ def extract_features(model: nn.Module, batches: Batches, autocast=nullcontext) -
 class FeatureBatches:
     """Batches of cached features (views x samples x width), in the order `order` gives."""
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
-                 order: EpochOrder, seed: int = 0):
+    def __init__(
+        self, features: torch.Tensor, labels: torch.Tensor, *, batch_size: int, order: EpochOrder, seed: int = 0
+    ):
         self.features = features if features.dim() == 3 else features[None]
         self.labels, self.batch_size, self.order, self.seed = labels, batch_size, order, seed
         self.num_samples = len(order)
@@ -59,13 +61,17 @@ class FeatureBatches:
         views = len(self.features)
         for batch in EpochBatches(self.order, self.batch_size):
             index = torch.tensor(batch, device=self.features.device)
-            view = (torch.randint(views, (len(index),), generator=self.generator, device=index.device)
-                    if views > 1 else torch.zeros_like(index))
+            view = (
+                torch.randint(views, (len(index),), generator=self.generator, device=index.device)
+                if views > 1
+                else torch.zeros_like(index)
+            )
             yield self.features[view, index], self.labels[index]
 
 
-def cached_views(model: nn.Module, train_eval: Batches | None, train_augmented: Batches | None, views: int,
-                 autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_views(
+    model: nn.Module, train_eval: Batches | None, train_augmented: Batches | None, views: int, autocast=nullcontext
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(views x N x width features, labels): the eval view when `views` is 1, else
     `views` passes of the augmented training batches (which must be in a fixed order)."""
     if views == 1:

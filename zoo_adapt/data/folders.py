@@ -1,6 +1,7 @@
 """Labelled images in: ImageFolder trees (with or without train/val subfolders),
 torchvision datasets by name, and the embedded demo. Problems with the data are
 ZooAdaptErrors that name the folder or file."""
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,7 @@ class Samples:
         return [label for _, label in self.items]
 
 
-def scan_folder(root: str | Path, classes: Sequence[str] | None = None,
-                skip_unreadable: bool | None = None) -> Samples:
+def scan_folder(root: str | Path, classes: Sequence[str] | None = None, skip_unreadable: bool | None = None) -> Samples:
     """An ImageFolder: one subfolder per class. With `classes`, labels follow that order
     and a folder of a class outside it is an error.
 
@@ -101,14 +101,21 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None,
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         loose = image_files(root)
-        raise ZooAdaptError(f"{root} has no class subfolders" + (
-            f" (it holds {len(loose)} images directly; put each class in its own subfolder)"
-            if loose else " and no images; expected <class>/<image> files"))
+        raise ZooAdaptError(
+            f"{root} has no class subfolders"
+            + (
+                f" (it holds {len(loose)} images directly; put each class in its own subfolder)"
+                if loose
+                else " and no images; expected <class>/<image> files"
+            )
+        )
     names = list(classes) if classes is not None else found
     unknown = [c for c in found if c not in names]
     if unknown:
-        raise ZooAdaptError(f"{root} has classes the model does not know: {', '.join(unknown[:5])}"
-                            f" (model classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+        raise ZooAdaptError(
+            f"{root} has classes the model does not know: {', '.join(unknown[:5])}"
+            f" (model classes: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+        )
     _check_class_folders(root, found)
     index = {name: i for i, name in enumerate(names)}
     items: list[tuple[Path, Any]] = []
@@ -119,8 +126,9 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None,
             raise ZooAdaptError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
         for path, real in files:
             if real in owner:
-                raise ZooAdaptError(f"{owner[real]} and {path} are the same file ({real}) in two classes; "
-                                    "keep it in one")
+                raise ZooAdaptError(
+                    f"{owner[real]} and {path} are the same file ({real}) in two classes; keep it in one"
+                )
             owner[real] = path
             items.append((path, index[name]))
     if not items:
@@ -177,17 +185,22 @@ def _check_class_folders(root: Path, names: list[str]) -> None:
     for name in names:
         where = real[name]
         if where == top or where in top.parents:
-            raise ZooAdaptError(f"class folder {root / name} is a link to {where}, which holds the data "
-                                f"folder {root} itself; remove the link")
+            raise ZooAdaptError(
+                f"class folder {root / name} is a link to {where}, which holds the data "
+                f"folder {root} itself; remove the link"
+            )
         if where in by_real:
-            raise ZooAdaptError(f"class folders {root / by_real[where]} and {root / name} are the same "
-                                f"folder ({where}); keep one")
+            raise ZooAdaptError(
+                f"class folders {root / by_real[where]} and {root / name} are the same folder ({where}); keep one"
+            )
         by_real[where] = name
     for name in names:
         outer = next((by_real[p] for p in real[name].parents if p in by_real), None)
         if outer is not None:
-            raise ZooAdaptError(f"class folder {root / name} ({real[name]}) is inside class folder "
-                                f"{root / outer}; its images would count in both")
+            raise ZooAdaptError(
+                f"class folder {root / name} ({real[name]}) is inside class folder "
+                f"{root / outer}; its images would count in both"
+            )
 
 
 def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
@@ -213,8 +226,10 @@ def _random_split(samples, fraction: float, seed: int):
     items = list(samples.items)
     random.Random(seed).shuffle(items)
     n_val = min(len(items) - 1, max(1, round(len(items) * fraction)))
-    return (Samples(sorted(items[n_val:]), samples.classes, multi_label=True),
-            Samples(sorted(items[:n_val]), samples.classes, multi_label=True))
+    return (
+        Samples(sorted(items[n_val:]), samples.classes, multi_label=True),
+        Samples(sorted(items[:n_val]), samples.classes, multi_label=True),
+    )
 
 
 def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
@@ -323,7 +338,7 @@ def class_counts(labels: Sequence, num_classes: int) -> list[int]:
     """Images per class (multi-label: images carrying each class)."""
     counts = [0] * num_classes
     for label in labels:
-        for c in (label if isinstance(label, tuple) else (label,)):
+        for c in label if isinstance(label, tuple) else (label,):
             counts[c] += 1
     return counts
 
@@ -364,8 +379,10 @@ def torchvision_dataset(name: str, root: str | Path, train_tf: Callable | None, 
         val = cls(str(root), download=True, **val_kw)
     except (OSError, RuntimeError) as e:
         reason = getattr(e, "reason", None) or str(e).splitlines()[0]
-        raise ZooAdaptError(f"cannot get dataset {name} into {root}: {reason}. Offline, put the "
-                            f"dataset's files there first, or use an ImageFolder with --data") from None
+        raise ZooAdaptError(
+            f"cannot get dataset {name} into {root}: {reason}. Offline, put the "
+            f"dataset's files there first, or use an ImageFolder with --data"
+        ) from None
     classes = list(getattr(train, "classes", None) or [str(i) for i in range(_num_labels(train))])
     return Transformed(train, train_tf, classes), Transformed(val, val_tf, classes), classes
 

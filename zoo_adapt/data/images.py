@@ -24,6 +24,7 @@ start-up, before a trained epoch can be lost to them.
   are refused as possible decompression bombs. PIL only warns between one and two
   times that limit; zoo-adapt refuses both, so there is one limit to know.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,14 +97,16 @@ def check_image(path: str | Path) -> None:
     except ZooAdaptError:
         raise
     except Exception as e:
-        raise ZooAdaptError(f"cannot read image {path}: {_reason(e)} (corrupt or not an image?); "
-                            "remove it or replace it") from None
+        raise ZooAdaptError(
+            f"cannot read image {path}: {_reason(e)} (corrupt or not an image?); remove it or replace it"
+        ) from None
 
 
 def check_images(paths: Sequence[Path], threads: int | None = None) -> list[tuple[Path, str]]:
     """`check_image` on every path; (path, message) of those that fail, in order. Runs
     in threads (PIL decodes without holding the GIL), in chunks so a million paths do
     not become a million futures."""
+
     def chunk(part: Sequence[Path]) -> list[tuple[Path, str]]:
         bad = []
         for path in part:
@@ -118,7 +121,7 @@ def check_images(paths: Sequence[Path], threads: int | None = None) -> list[tupl
         threads = min(8, cores)
     if threads <= 1 or len(paths) < 64:
         return chunk(paths)
-    parts = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+    parts = [paths[i : i + 256] for i in range(0, len(paths), 256)]
     with ThreadPoolExecutor(threads) as pool:
         return [b for bad in pool.map(chunk, parts) for b in bad]
 
@@ -135,8 +138,10 @@ def _reason(e: Exception) -> str:
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-        return (f"{size}, above PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}); refused as a "
-                "possible decompression bomb")
+        return (
+            f"{size}, above PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}); refused as a "
+            "possible decompression bomb"
+        )
     text = " ".join(str(e).split())
     return text or type(e).__name__
 

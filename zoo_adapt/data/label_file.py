@@ -6,6 +6,7 @@ number of labels separated by `delimiter` (an empty cell: none of the classes).
 The checks are those of a folder: class order (sorted training labels, or the
 model's), labels the model does not know, missing and unreadable images; each error
 names the file and the line (the spreadsheet row; the header is line 1)."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,15 @@ from pathlib import Path
 
 from zoo_adapt.errors import ZooAdaptError
 
-SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-          "test": "test", "": ""}
+SPLITS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "": "",
+}
 MULTI_LABEL_DELIMITER = "|"
 
 
@@ -45,23 +53,28 @@ def read_rows(file: str | Path, root: str | Path | None, columns: LabelColumns) 
         raise ZooAdaptError(f"label file not found: {file}")
     suffix = file.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        raise ZooAdaptError(f"{file}: parquet label files are not supported; write it as CSV or TSV "
-                            "(pandas: df.to_csv('labels.csv', index=False))")
+        raise ZooAdaptError(
+            f"{file}: parquet label files are not supported; write it as CSV or TSV "
+            "(pandas: df.to_csv('labels.csv', index=False))"
+        )
     base = Path(root) if root else file.parent
     try:
         with open(file, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter="\t" if suffix in (".tsv", ".tab") else ",")
             header = next(reader, None)
             if not header:
-                raise ZooAdaptError(f"{file} is empty; expected a header line with columns "
-                                    f"{columns.path!r} and {columns.label!r}")
+                raise ZooAdaptError(
+                    f"{file} is empty; expected a header line with columns {columns.path!r} and {columns.label!r}"
+                )
             header = [h.strip() for h in header]
-            where = {name: header.index(name) for name in (columns.path, columns.label, columns.split)
-                     if name in header}
+            where = {
+                name: header.index(name) for name in (columns.path, columns.label, columns.split) if name in header
+            }
             for name, flag in ((columns.path, "--path-column"), (columns.label, "--label-column")):
                 if name not in where:
-                    raise ZooAdaptError(f"{file} has no column {name!r} (its columns: {', '.join(header)}); "
-                                        f"name the column with {flag}")
+                    raise ZooAdaptError(
+                        f"{file} has no column {name!r} (its columns: {', '.join(header)}); name the column with {flag}"
+                    )
             rows: list[Row] = []
             seen: dict[str, int] = {}
             for cells in reader:
@@ -77,8 +90,15 @@ def read_rows(file: str | Path, root: str | Path | None, columns: LabelColumns) 
     return rows
 
 
-def _row(file: Path, line: int, cells: list[str], where: dict[str, int], columns: LabelColumns, base: Path,
-         seen: dict[str, int]) -> Row:
+def _row(
+    file: Path,
+    line: int,
+    cells: list[str],
+    where: dict[str, int],
+    columns: LabelColumns,
+    base: Path,
+    seen: dict[str, int],
+) -> Row:
     def cell(name: str) -> str:
         i = where.get(name)
         return cells[i].strip() if i is not None and i < len(cells) else ""
@@ -89,12 +109,15 @@ def _row(file: Path, line: int, cells: list[str], where: dict[str, int], columns
         raise ZooAdaptError(f"{at}: no path in column {columns.path!r}")
     path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
     if not path.is_file():
-        raise ZooAdaptError(f"{at}: image {path} not found" + ("" if path.parent.is_dir()
-                                                              else f" (paths are relative to {base})"))
+        raise ZooAdaptError(
+            f"{at}: image {path} not found" + ("" if path.parent.is_dir() else f" (paths are relative to {base})")
+        )
     key = str(path.resolve())
     if key in seen:
-        raise ZooAdaptError(f"{at}: image {raw_path} is listed again (first on line {seen[key]}); "
-                            "list each image once" + (", with all its labels" if columns.multi_label else ""))
+        raise ZooAdaptError(
+            f"{at}: image {raw_path} is listed again (first on line {seen[key]}); "
+            "list each image once" + (", with all its labels" if columns.multi_label else "")
+        )
     seen[key] = line
     label = cell(columns.label)
     if columns.multi_label:
@@ -103,8 +126,9 @@ def _row(file: Path, line: int, cells: list[str], where: dict[str, int], columns
         if not label:
             raise ZooAdaptError(f"{at}: no label in column {columns.label!r}")
         if columns.delimiter in label:
-            raise ZooAdaptError(f"{at}: label {label!r} holds several labels; give --multi-label for images "
-                                "with several labels")
+            raise ZooAdaptError(
+                f"{at}: label {label!r} holds several labels; give --multi-label for images with several labels"
+            )
         labels = [label]
     split = cell(columns.split).lower()
     if split not in SPLITS:
@@ -123,8 +147,7 @@ def rows_to_samples(rows: Sequence[Row], classes: Sequence[str], file: Path, mul
         unknown = [label for label in row.labels if label not in index]
         if unknown:
             shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-            raise ZooAdaptError(f"{file} line {row.line}: class {unknown[0]!r} is not among the classes "
-                                f"({shown})")
+            raise ZooAdaptError(f"{file} line {row.line}: class {unknown[0]!r} is not among the classes ({shown})")
         ids = tuple(index[label] for label in row.labels)
         items.append((row.path, ids if multi_label else ids[0]))
     return Samples(items, list(classes), multi_label=multi_label)
@@ -143,12 +166,16 @@ def training_classes(rows: Sequence[Row], file: Path) -> list[str]:
     for r in rows:
         missing = [label for label in r.labels if label not in known]
         if missing:
-            raise ZooAdaptError(f"{file} line {r.line}: class {missing[0]!r} has no training images; "
-                                "every class needs some")
+            raise ZooAdaptError(
+                f"{file} line {r.line}: class {missing[0]!r} has no training images; every class needs some"
+            )
     return classes
 
 
 def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[Row]]:
     """(train, val, test) rows; rows without a split go to training."""
-    return ([r for r in rows if r.split in ("train", "")], [r for r in rows if r.split == "val"],
-            [r for r in rows if r.split == "test"])
+    return (
+        [r for r in rows if r.split in ("train", "")],
+        [r for r in rows if r.split == "val"],
+        [r for r in rows if r.split == "test"],
+    )

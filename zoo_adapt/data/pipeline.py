@@ -7,6 +7,7 @@ and cached features of a frozen body (`feature_cache.FeatureBatches`). Every sou
 orders its samples with `EpochOrder`, so an epoch's order, and each process's shard
 under torchrun, follows from the seed and the epoch number alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,17 @@ class EpochOrder(Sampler[int]):
     draws with replacement in proportion to the weights, seeded the same way, so rare
     classes come up as often as common ones and every process shards the same draw."""
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                 pad: bool = False, weights: list[float] | None = None):
+    def __init__(
+        self,
+        n: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        pad: bool = False,
+        weights: list[float] | None = None,
+    ):
         self.n, self.shuffle, self.seed, self.rank, self.world, self.pad = n, shuffle, seed, rank, world, pad
         self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
         self.epoch = 0
@@ -63,8 +73,8 @@ class EpochOrder(Sampler[int]):
         else:
             order = list(range(self.n))
         if self.pad and self.world > 1 and self.n % self.world:
-            order += order[:self.world - self.n % self.world]
-        return order[self.rank::self.world]
+            order += order[: self.world - self.n % self.world]
+        return order[self.rank :: self.world]
 
     def __iter__(self):
         return iter(self.indices())
@@ -108,7 +118,7 @@ class EpochBatches(Sampler[list]):
                 seeded.append((i, image_seed(self.order.seed, self.order.epoch, i, k)))
             indices = seeded
         for size in batch_sizes(len(indices), self.batch_size):
-            yield indices[start:start + size]
+            yield indices[start : start + size]
             start += size
 
     def __len__(self) -> int:
@@ -130,15 +140,29 @@ class LoaderBatches:
     there. On CUDA the next batch is copied and normalized on a side stream while the
     current one trains (timm's prefetcher); workers persist across epochs."""
 
-    def __init__(self, dataset: ImageSource, *, batch_size: int, norm: Normalization | None,
-                 device: torch.device, order: EpochOrder, workers: int, channels_last: bool = False):
+    def __init__(
+        self,
+        dataset: ImageSource,
+        *,
+        batch_size: int,
+        norm: Normalization | None,
+        device: torch.device,
+        order: EpochOrder,
+        workers: int,
+        channels_last: bool = False,
+    ):
         self.dataset, self.order, self.device, self.norm = dataset, order, device, norm
         self.channels_last = channels_last
         self.num_samples = len(order)
         cuda = device.type == "cuda"
-        self.loader: DataLoader = DataLoader(dataset, batch_sampler=EpochBatches(order, batch_size, seeded=True),  # type: ignore[arg-type]
-                                 num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers > 0 else None)
+        self.loader: DataLoader = DataLoader(
+            dataset,  # type: ignore[arg-type]  # any ImageSource: DataLoader needs only len and getitem
+            batch_sampler=EpochBatches(order, batch_size, seeded=True),
+            num_workers=workers,
+            pin_memory=cuda,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -176,16 +200,31 @@ class LoaderBatches:
             raise worker_error(e) from None
 
 
-def eval_batches(dataset: ImageSource, norm: Normalization, device: torch.device, *, batch_size: int,
-                 workers: int, order: EpochOrder | None = None, channels_last: bool = False) -> LoaderBatches:
+def eval_batches(
+    dataset: ImageSource,
+    norm: Normalization,
+    device: torch.device,
+    *,
+    batch_size: int,
+    workers: int,
+    order: EpochOrder | None = None,
+    channels_last: bool = False,
+) -> LoaderBatches:
     """Evaluation views of `dataset` (an ImageDataset, or any dataset with
     `with_transform`) as batches on `device`: the image's exact eval crop
     (`EvalTransform`), decoded by loader workers, in file order unless `order` says
     otherwise. Validation, evaluate, predict's folders, the analysis and the ONNX check
     all read images through here."""
     order = order or EpochOrder(len(dataset), shuffle=False)
-    return LoaderBatches(dataset.with_transform(EvalTransform(norm)), batch_size=batch_size, norm=norm,
-                         device=device, order=order, workers=workers, channels_last=channels_last)
+    return LoaderBatches(
+        dataset.with_transform(EvalTransform(norm)),
+        batch_size=batch_size,
+        norm=norm,
+        device=device,
+        order=order,
+        workers=workers,
+        channels_last=channels_last,
+    )
 
 
 def cycle(batches: Batches, steps: int):

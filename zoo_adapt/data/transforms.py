@@ -3,6 +3,7 @@
 Loader workers only decode, crop and resize PIL images and hand over uint8 tensors
 (a quarter of the bytes of float32); conversion to float and normalization happen on
 the device (`normalize`), as in timm's fast loader."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,11 @@ from torchvision.transforms.v2 import functional as TF
 from zoo_adapt.data.images import to_rgb, upright
 from zoo_adapt.zoo.backbone import Normalization
 
-_MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-          "nearest": InterpolationMode.NEAREST}
+_MODES = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
 RATIO = (3 / 4, 4 / 3)  # aspect ratios of the random resized crop, as torchvision's
 
 
@@ -56,8 +60,7 @@ class TrainTransform:
     uint8 CHW tensor. The randomness comes from `rng` (one per image and epoch, see
     `pipeline`), so it does not depend on which worker decodes the image."""
 
-    def __init__(self, norm: Normalization, min_scale: float = 0.35,
-                 hflip: bool = True, recipe=None):
+    def __init__(self, norm: Normalization, min_scale: float = 0.35, hflip: bool = True, recipe=None):
         self.size = norm.image_size
         self.scale, self.hflip, self.mode = (min_scale, 1.0), hflip, interpolation(norm)
         self.recipe = recipe
@@ -67,8 +70,7 @@ class TrainTransform:
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         rng = rng or random.Random()
         top, left, h, w = crop_params(image.size[1], image.size[0], self.scale, rng)
-        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], interpolation=self.mode,
-                                antialias=True)
+        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], interpolation=self.mode, antialias=True)
         if self.hflip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
         if self.recipe is not None:

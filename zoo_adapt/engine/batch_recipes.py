@@ -1,6 +1,7 @@
 """Augmentation of whole training batches on the device, as timm's training script
 applies it (after normalization): random erasing and mixup/cutmix, as a loop callback.
 (Per-image recipes run in the loader workers: zoo_adapt.data.augment.)"""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +22,11 @@ class BatchRecipe(Callback):
         from timm.data import Mixup
 
         self.random_erase, self.num_classes, self.smoothing = random_erase, num_classes, label_smoothing
-        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                         num_classes=num_classes) if mixup > 0 or cutmix > 0 else None
+        self.mix = (
+            Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes)
+            if mixup > 0 or cutmix > 0
+            else None
+        )
         self.eraser: Any = None  # timm's RandomErasing, made at setup
 
     def setup(self, loop) -> None:

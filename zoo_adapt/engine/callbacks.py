@@ -3,6 +3,7 @@ progress, domain adaptation, the run folder, distributed training) is one object
 hooks into the loop's named events and may carry state that is checkpointed with the
 run. Those that change how the network runs (precision, compile, the weight average,
 DDP) say so in `loop.runtime` at setup."""
+
 from __future__ import annotations
 
 import re
@@ -157,8 +158,13 @@ class Progress(Callback):
             means = loop.running_means()
             return {"loss": f"{means['loss']:.3f}", "acc": f"{means['accuracy']:.1%}"} if means else {}
 
-        self.ticker = Ticker(loop.steps_per_epoch, f"epoch {epoch + 1}/{len(loop.plan)} [{loop.stage_name(epoch)}]",
-                             every=self.every or EVERY, stream=self.stream, figures=figures)
+        self.ticker = Ticker(
+            loop.steps_per_epoch,
+            f"epoch {epoch + 1}/{len(loop.plan)} [{loop.stage_name(epoch)}]",
+            every=self.every or EVERY,
+            stream=self.stream,
+            figures=figures,
+        )
 
     def step_end(self, loop, step) -> None:
         if self.ticker is not None:
@@ -177,8 +183,10 @@ class Progress(Callback):
             elif loop.select == "val_macro_f1" and r.val_macro_f1 is not None:
                 val += f" macro-F1 {r.val_macro_f1:.1%}"
         extra = "".join(f" {k} {v:.3g}" for k, v in r.extra.items() if isinstance(v, (int, float)))
-        self.log(f"epoch {r.epoch}/{len(loop.plan)} [{r.stage}] train loss {r.train_loss:.3f} "
-                 f"acc {r.train_accuracy:.1%}{val}{extra} | {r.images_per_second:.0f} img/s {r.seconds:.0f}s")
+        self.log(
+            f"epoch {r.epoch}/{len(loop.plan)} [{r.stage}] train loss {r.train_loss:.3f} "
+            f"acc {r.train_accuracy:.1%}{val}{extra} | {r.images_per_second:.0f} img/s {r.seconds:.0f}s"
+        )
 
     def close(self, loop) -> None:
         self._close()
@@ -249,6 +257,8 @@ class EarlyStop(Callback):
         waited = len(scores) - 1 - best
         if waited >= self.patience:
             by = loop.select.replace("_", " ")
-            loop.stopped = (f"early stop after epoch {record.epoch} of {len(loop.plan)}: {by} has not improved "
-                            f"for {waited} epochs (best {scores[best]:.4g} at epoch {best + 1}; --early-stop "
-                            f"{self.patience})")
+            loop.stopped = (
+                f"early stop after epoch {record.epoch} of {len(loop.plan)}: {by} has not improved "
+                f"for {waited} epochs (best {scores[best]:.4g} at epoch {best + 1}; --early-stop "
+                f"{self.patience})"
+            )

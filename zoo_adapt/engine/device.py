@@ -1,4 +1,5 @@
 """Choosing the device and setting it up for speed."""
+
 from __future__ import annotations
 
 import torch
@@ -41,6 +42,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "fp16" and not cuda:
-        raise ZooAdaptError("--precision fp16 needs a CUDA device (its loss scaling is for GPUs without bf16); on "
-                            "the CPU use --precision bf16 or fp32")
+        raise ZooAdaptError(
+            "--precision fp16 needs a CUDA device (its loss scaling is for GPUs without bf16); on "
+            "the CPU use --precision bf16 or fp32"
+        )
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]

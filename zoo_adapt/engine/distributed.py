@@ -9,6 +9,7 @@ summed (`evaluation.Tally`); only rank 0 writes the run folder. Steps that can f
 bad input run under `agree`, so a problem seen by any process becomes the same one-line
 error on all of them instead of a hang.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,9 @@ def device_for(name: str, procs: Processes) -> str:
     if procs.active and name in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{procs.local_rank}"
     if procs.active and name.startswith("cuda:"):
-        raise ZooAdaptError(f"--device {name}: under torchrun each process takes cuda:LOCAL_RANK; give "
-                            "--device cuda (or auto)")
+        raise ZooAdaptError(
+            f"--device {name}: under torchrun each process takes cuda:LOCAL_RANK; give --device cuda (or auto)"
+        )
     return name
 
 
@@ -107,13 +109,13 @@ def gather_shards(local: torch.Tensor, total: int, procs: Processes) -> torch.Te
         return local
     longest = -(-total // procs.world)
     padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:len(local)] = local
+    padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(procs.world)]
     dist.all_gather(parts, padded)
     out = torch.empty((total, *local.shape[1:]), dtype=local.dtype, device=local.device)
     for rank, part in enumerate(parts):
         count = len(range(rank, total, procs.world))
-        out[rank::procs.world] = part[:count]
+        out[rank :: procs.world] = part[:count]
     return out
 
 

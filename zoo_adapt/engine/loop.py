@@ -12,6 +12,7 @@ A step never waits for the GPU: losses and accuracies are summed on the device a
 read once per epoch (and when a progress display asks, at most about once a second);
 a non-finite loss is caught at the next check, every `check_every` steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,7 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names},
-                   extra={k: v for k, v in d.items() if k not in names})
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
 
     def get(self, key: str):
         return self.to_dict().get(key)
@@ -104,12 +104,29 @@ class Loop:
     steps through the scaler, which skips a step whose gradients overflowed; the
     skipped steps are counted in `skipped_steps`."""
 
-    def __init__(self, model: nn.Module, *, train: Batches, val: Batches | None, classes: list[str],
-                 plan: Sequence[int], optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
-                 callbacks: Sequence[Callback] = (), task=None, seed: int = 0, bn: str = "train",
-                 eval_body: bool = False, steps_per_epoch: int | None = None, select: str = "val_accuracy",
-                 runtime: Runtime | None = None, check_every: int = 50, network: nn.Module | None = None,
-                 tie_margin: float = 0.0, accumulate: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        train: Batches,
+        val: Batches | None,
+        classes: list[str],
+        plan: Sequence[int],
+        optimizer: torch.optim.Optimizer,
+        schedule: Callable[[int], float],
+        callbacks: Sequence[Callback] = (),
+        task=None,
+        seed: int = 0,
+        bn: str = "train",
+        eval_body: bool = False,
+        steps_per_epoch: int | None = None,
+        select: str = "val_accuracy",
+        runtime: Runtime | None = None,
+        check_every: int = 50,
+        network: nn.Module | None = None,
+        tie_margin: float = 0.0,
+        accumulate: int = 1,
+    ):
         self.model = model
         self.runtime = runtime or Runtime(next(model.parameters()).device)
         self.device = self.runtime.device
@@ -195,8 +212,10 @@ class Loop:
         if not self.running:
             return {}
         keys = list(self.running)
-        sums = torch.stack([torch.as_tensor(self.running[k], device=self.device, dtype=torch.float64)
-                            for k in keys] + [torch.tensor(float(self.seen), device=self.device, dtype=torch.float64)])
+        sums = torch.stack(
+            [torch.as_tensor(self.running[k], device=self.device, dtype=torch.float64) for k in keys]
+            + [torch.tensor(float(self.seen), device=self.device, dtype=torch.float64)]
+        )
         if everywhere:
             sums = self.runtime.sum(sums)
         *values, seen = sums.tolist()
@@ -239,10 +258,16 @@ class Loop:
         means = self.running_means(everywhere=True)
         train_seconds = time.perf_counter() - start
         record = EpochRecord(
-            epoch=epoch + 1, stage=self.stage_name(epoch), frozen_to=self.plan[epoch],
+            epoch=epoch + 1,
+            stage=self.stage_name(epoch),
+            frozen_to=self.plan[epoch],
             trainable_groups=[i for i, t in enumerate(trainable_groups(self.model)) if t],
-            lrs=self._current_lrs(), train_loss=means.pop("loss"), train_accuracy=means.pop("accuracy"),
-            images_per_second=self.seen * self.world / train_seconds, extra=means)
+            lrs=self._current_lrs(),
+            train_loss=means.pop("loss"),
+            train_accuracy=means.pop("accuracy"),
+            images_per_second=self.seen * self.world / train_seconds,
+            extra=means,
+        )
         if self.runtime.scaler is not None:
             record.extra["skipped_steps"] = self.skipped_steps
         with self.evaluated_weights():  # what callbacks measure after validation is of the same weights
@@ -250,7 +275,10 @@ class Loop:
                 ev = self.validate()
                 record.val_loss, record.val_accuracy, record.val_top5 = ev.loss, ev.accuracy, ev.top5
                 record.val_balanced_accuracy, record.val_macro_f1, record.val_map = (
-                    ev.balanced_accuracy, ev.macro_f1, ev.map)
+                    ev.balanced_accuracy,
+                    ev.macro_f1,
+                    ev.map,
+                )
             self._emit("after_validate", record)
         record.seconds = time.perf_counter() - start
         self.history.append(record)
@@ -269,7 +297,7 @@ class Loop:
         with nullcontext() if step.update or no_sync is None else no_sync():
             with self.autocast():
                 step.logits = self.network(step.x)
-                labelled = step.logits[:step.n]
+                labelled = step.logits[: step.n]
                 step.loss = self.task.loss(labelled, step.y)
                 step.figures["loss"] = step.loss.detach()
                 step.figures["accuracy"] = self.task.accuracy(labelled.detach(), step.y)
@@ -293,11 +321,11 @@ class Loop:
         if self.runtime.all_reduce is not None:  # every process stops together
             nonfinite = self.runtime.all_reduce(nonfinite.to(torch.int32))
         if bool(nonfinite):
-            raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: "
-                                "lower --lr")
+            raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: lower --lr")
 
-    def validate(self, tta: bool = False, flip: bool = True, batches: Batches | None = None,
-                 network: nn.Module | None = None) -> Evaluation:
+    def validate(
+        self, tta: bool = False, flip: bool = True, batches: Batches | None = None, network: nn.Module | None = None
+    ) -> Evaluation:
         """Evaluate `network` (default: the eval network) on `batches` (default: the
         validation batches)."""
         was_training = self.model.training
@@ -305,9 +333,16 @@ class Loop:
             source = batches or self.val
             if source is None:
                 raise ZooAdaptError("nothing to validate on: the run has no validation images")
-            return evaluate(network or self.eval_network, source, self.classes, tta=tta, flip=flip,
-                            autocast=self.autocast, progress="test-time augmentation" if tta else "validating",
-                            multi_label=getattr(self.task, "multi_label", False))
+            return evaluate(
+                network or self.eval_network,
+                source,
+                self.classes,
+                tta=tta,
+                flip=flip,
+                autocast=self.autocast,
+                progress="test-time augmentation" if tta else "validating",
+                multi_label=getattr(self.task, "multi_label", False),
+            )
         finally:
             self.model.train(was_training)
 
@@ -340,11 +375,18 @@ class Loop:
         """Everything needed to continue exactly: the described model's weights (never a
         wrapper's), optimizer, schedule, the fp16 loss scaler, history, best, and each
         callback's state."""
-        state = {"epoch": self.epoch, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "history": [r.to_dict() for r in self.history], "best": self.best, "top": self.top,
-                 "stopped": self.stopped, "skipped_steps": self.skipped_steps,
-                 "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()}}
+        state = {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": [r.to_dict() for r in self.history],
+            "best": self.best,
+            "top": self.top,
+            "stopped": self.stopped,
+            "skipped_steps": self.skipped_steps,
+            "callbacks": {c.name: c.state_dict() for c in self.callbacks if c.state_dict()},
+        }
         if self.runtime.scaler is not None:
             state["scaler"] = self.runtime.scaler.state_dict()
         return state

@@ -9,6 +9,7 @@ The suggestion is fastai's 'valley': the longest stretch over which the smoothed
 keeps falling, and a rate two-thirds of the way down it (fastai's default since 2.5);
 the steepest point of the curve is reported too.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,14 +45,36 @@ class LRCurve:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lrs": self.lrs, "losses": self.losses, "raw_losses": self.raw, "suggestion": self.suggestion,
-                "steepest": self.steepest, "why_stopped": self.why_stopped, **self.extra}
+        return {
+            "lrs": self.lrs,
+            "losses": self.losses,
+            "raw_losses": self.raw,
+            "suggestion": self.suggestion,
+            "steepest": self.steepest,
+            "why_stopped": self.why_stopped,
+            **self.extra,
+        }
 
 
-def sweep(model: torch.nn.Module, network: torch.nn.Module, batches: Batches, *, strategy: str, bn: str,
-          optimizer: str = "adamw", momentum: float = 0.9, weight_decay: float = 0.01, body_ratio: float = 0.01,
-          lr_decay: float | None = None, label_smoothing: float = 0.0, autocast: Callable | None = None,
-          start: float = START, end: float = END, steps: int = STEPS, log=None) -> LRCurve:
+def sweep(
+    model: torch.nn.Module,
+    network: torch.nn.Module,
+    batches: Batches,
+    *,
+    strategy: str,
+    bn: str,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    weight_decay: float = 0.01,
+    body_ratio: float = 0.01,
+    lr_decay: float | None = None,
+    label_smoothing: float = 0.0,
+    autocast: Callable | None = None,
+    start: float = START,
+    end: float = END,
+    steps: int = STEPS,
+    log=None,
+) -> LRCurve:
     """Run the sweep on `network` (which runs `model`, or its head on cached features)
     and return the curve; `model`'s weights and buffers are as before afterwards.
     `body_ratio`: the stem's rate over the head's (the groups between spread as in a
@@ -63,8 +86,9 @@ def sweep(model: torch.nn.Module, network: torch.nn.Module, batches: Batches, *,
     plan = freeze_plan(strategy, 1, len(backbone_of(model).built_groups))
     freeze_to(model, plan[0], bn="frozen" if strategy == "linear-probe" else bn)
     model.train(strategy != "linear-probe")
-    groups = param_groups(model, 1.0, lr_body=None if lr_decay else body_ratio, lr_decay=lr_decay,
-                          weight_decay=weight_decay)
+    groups = param_groups(
+        model, 1.0, lr_body=None if lr_decay else body_ratio, lr_decay=lr_decay, weight_decay=weight_decay
+    )
     ratios = [g["lr"] for g in groups]
     opt = make_optimizer(groups, optimizer, momentum)
     task = SingleLabel(label_smoothing)
@@ -77,7 +101,7 @@ def sweep(model: torch.nn.Module, network: torch.nn.Module, batches: Batches, *,
             for g, ratio in zip(opt.param_groups, ratios):
                 g["lr"] = lr * ratio
             with autocast():
-                loss = task.loss(network(x)[:len(y)], y)
+                loss = task.loss(network(x)[: len(y)], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -108,7 +132,7 @@ def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:
     and last five points (the start is noise, the end is divergence)."""
     skip_start, skip_end = len(losses) // 10, 5
     if len(losses) - skip_start - skip_end >= 3:
-        lrs, losses = lrs[skip_start:len(lrs) - skip_end], losses[skip_start:len(losses) - skip_end]
+        lrs, losses = lrs[skip_start : len(lrs) - skip_end], losses[skip_start : len(losses) - skip_end]
     if len(losses) < 2:
         raise ZooAdaptError("the LR finder saw fewer than 2 finite losses: the data gave too few batches")
     n = len(losses)

@@ -1,6 +1,7 @@
 """This process's place among torchrun's data-parallel processes, read from the
 environment torchrun sets (no torch here: the CLI asks before it imports anything
 heavy)."""
+
 from __future__ import annotations
 
 import os

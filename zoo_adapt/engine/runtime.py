@@ -5,6 +5,7 @@ place of the model. The job makes one `Runtime` per run and hands it to the batc
 sources and the loop; the callbacks that own each aspect (DataParallel,
 MixedPrecision, Compile, WeightAverage) fill it in at `setup`, and the loop and the
 batch sources only read it."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,8 +33,9 @@ class Runtime:
     @property
     def precision(self) -> str:
         """'fp32', 'bf16' or 'fp16', as metrics.json records it."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype,
-                                                                                str(self.autocast_dtype))
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            self.autocast_dtype, str(self.autocast_dtype)
+        )
 
     def autocast(self):
         """The context every forward pass of the run runs in."""

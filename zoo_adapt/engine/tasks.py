@@ -1,5 +1,6 @@
 """What a run optimises and counts as right: one label per image (cross-entropy,
 top-1 hits) or any number of labels (a sigmoid per class, binary cross-entropy)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

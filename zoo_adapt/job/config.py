@@ -3,6 +3,7 @@ text and what `--resume` may change. The CLI's flags, config files (`--config`,
 a run's config.toml) and the Python API all go through `read_options` and
 `FinetuneConfig.validate`, so a value is checked the same way wherever it comes from.
 No torch here: the CLI builds its flags from this without importing torch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,31 +27,72 @@ ON_OFF = ("auto", "on", "off")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EXPORT_FORMATS = ("onnx",)
 # Options that moved into the dann method's own declaration (plugins/adaptation.py).
-MOVED = {"adapt_gamma": "--adapt-option gamma=...", "domain_hidden": "--adapt-option width=... depth=...",
-         "domain_dropout": "--adapt-option dropout=..."}
+MOVED = {
+    "adapt_gamma": "--adapt-option gamma=...",
+    "domain_hidden": "--adapt-option width=... depth=...",
+    "domain_dropout": "--adapt-option dropout=...",
+}
 BALANCE = ("none", "sampler", "loss")
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "map")
 # Defaults that differ between plain fine-tuning and domain adaptation (docs/adaptation.md
 # has the measurements behind the second set).
-PLAIN_DEFAULTS = {"strategy": "two-stage", "schedule": "onecycle", "keep": "best", "lr_spread": "geometric",
-                  "warmup": 0.1, "label_smoothing": 0.1, "hflip": True, "crop_scale": 0.35}
+PLAIN_DEFAULTS = {
+    "strategy": "two-stage",
+    "schedule": "onecycle",
+    "keep": "best",
+    "lr_spread": "geometric",
+    "warmup": 0.1,
+    "label_smoothing": 0.1,
+    "hflip": True,
+    "crop_scale": 0.35,
+}
 # Ganin et al.'s recipe at issue 11's rates (one body rate, no warm-up, plain cross-entropy, whole
 # images), and BatchNorm statistics of the target images.
-ADAPT_DEFAULTS = {"strategy": "finetune", "schedule": "dann", "keep": "last", "lr": 3e-3, "lr_spread": "flat",
-                  "warmup": 0.0, "label_smoothing": 0.0, "hflip": False, "crop_scale": 1.0, "target_bn": "target"}
+ADAPT_DEFAULTS = {
+    "strategy": "finetune",
+    "schedule": "dann",
+    "keep": "last",
+    "lr": 3e-3,
+    "lr_spread": "flat",
+    "warmup": 0.0,
+    "label_smoothing": 0.0,
+    "hflip": False,
+    "crop_scale": 1.0,
+    "target_bn": "target",
+}
 
 
-def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), low: float | None = None,
-        high: float | None = None, low_open: bool = False, high_open: bool = False,
-        choices: tuple[str, ...] | None = None, resume: str = "fixed", adapting: bool = False,
-        words: tuple[str, ...] = ()) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    *,
+    flags: tuple[str, ...] = (),
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+    resume: str = "fixed",
+    adapting: bool = False,
+    words: tuple[str, ...] = (),
+) -> Any:
     """Declare an option. `low`/`high` bound numbers (`*_open`: the bound itself is not
     allowed); `resume`: 'fixed' (a resumed run must keep it), 'free' (how the run is
     executed, not what it computes) or 'extend' (epochs: more may be added); `adapting`:
     only meaningful with --target-data (left out of config.toml otherwise); `words`:
     texts a number option also takes (lr: auto)."""
-    meta = dict(help=help, flags=flags, low=low, high=high, low_open=low_open, high_open=high_open,
-                choices=choices, resume=resume, adapting=adapting, words=words)
+    meta = dict(
+        help=help,
+        flags=flags,
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        choices=choices,
+        resume=resume,
+        adapting=adapting,
+        words=words,
+    )
     if isinstance(default, (dict, list)):
         return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -61,134 +103,269 @@ class FinetuneConfig:
     """Every option of a fine-tuning run (the CLI's flags, a config.toml's keys)."""
 
     # what to train on
-    backbone: str = opt("efficientnet_lite0", "Backbone name (zoo-adapt list) or plugin/upstream, e.g. "
-                        "timm/convnext_tiny.", flags=("-b",))
-    data: str | None = opt(None, "ImageFolder root with train/ and val/ (or test/), or one folder to split. Leave "
-                           "out --data and --dataset for the embedded demo.")
-    dataset: str | None = opt(None, "A torchvision dataset: cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, "
-                              "flowers102, food101, oxford-pets, dtd.")
+    backbone: str = opt(
+        "efficientnet_lite0",
+        "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny.",
+        flags=("-b",),
+    )
+    data: str | None = opt(
+        None,
+        "ImageFolder root with train/ and val/ (or test/), or one folder to split. Leave "
+        "out --data and --dataset for the embedded demo.",
+    )
+    dataset: str | None = opt(
+        None,
+        "A torchvision dataset: cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, "
+        "flowers102, food101, oxford-pets, dtd.",
+    )
     data_dir: str = opt("data", "Where --dataset is downloaded to.")
-    val_split: float = opt(0.2, "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none.",
-                           low=0, high=1, high_open=True)
+    val_split: float = opt(
+        0.2,
+        "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none.",
+        low=0,
+        high=1,
+        high_open=True,
+    )
     out: str = opt("runs/finetune", "Output folder.", flags=("-o",), resume="free")
     # labels from a file, multi-label, imbalanced classes
-    labels: str | None = opt(None, "CSV or TSV of image paths (relative to --data, else to the file's folder) and "
-                             "labels, with an optional split column (train/val/test), instead of class folders.")
+    labels: str | None = opt(
+        None,
+        "CSV or TSV of image paths (relative to --data, else to the file's folder) and "
+        "labels, with an optional split column (train/val/test), instead of class folders.",
+    )
     path_column: str = opt("path", "--labels: the column of image paths.")
     label_column: str = opt("label", "--labels: the column of labels.")
     split_column: str = opt("split", "--labels: the column of splits, train | val | test (used when present).")
-    multi_label: bool = opt(False, "--labels: each image has any number of labels (sigmoid head, BCE; per-class "
-                            "thresholds chosen on validation).")
+    multi_label: bool = opt(
+        False,
+        "--labels: each image has any number of labels (sigmoid head, BCE; per-class thresholds chosen on validation).",
+    )
     label_delimiter: str = opt("|", "--multi-label: what separates an image's labels in the label column.")
-    balance: str = opt("none", "Imbalanced classes: none | sampler (draw images with weights 1/class count) | loss "
-                       "(class-weighted loss; multi-label: positive weights), from the training counts.",
-                       choices=BALANCE)
-    select_metric: str | None = opt(None, "The validation metric that picks the kept epoch: accuracy | "
-                                    "balanced_accuracy | macro_f1 | map (multi-label) [default: accuracy; map with "
-                                    "--multi-label].", choices=SELECT_METRICS)
+    balance: str = opt(
+        "none",
+        "Imbalanced classes: none | sampler (draw images with weights 1/class count) | loss "
+        "(class-weighted loss; multi-label: positive weights), from the training counts.",
+        choices=BALANCE,
+    )
+    select_metric: str | None = opt(
+        None,
+        "The validation metric that picks the kept epoch: accuracy | "
+        "balanced_accuracy | macro_f1 | map (multi-label) [default: accuracy; map with "
+        "--multi-label].",
+        choices=SELECT_METRICS,
+    )
     # what trains, and how fast
-    strategy: str = opt(None, "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune "
-                               "with --target-data].", choices=tuple(STRATEGIES))
+    strategy: str = opt(
+        None,
+        "linear-probe | finetune | two-stage | gradual [default: two-stage; finetune with --target-data].",
+        choices=tuple(STRATEGIES),
+    )
     epochs: int = opt(5, "Epochs in all (head-only epochs included).", low=1, resume="extend")
     head_epochs: int = opt(1, "two-stage: epochs training the head alone first.", low=0)
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
-    lr: float | None = opt(None, "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 3e-3 with --target-data]; "
-                           "auto: run the LR finder first (zoo-adapt lr-find) and use its suggestion.",
-                           low=0, low_open=True, words=("auto",))
-    lr_body: float | None = opt(None, "Stem learning rate; groups in between as --lr-spread says [default: "
-                                "lr/100; lr/3 with --target-data].", low=0, low_open=True)
-    lr_spread: str = opt(None, "How groups get their rates from --lr-body: geometric (from --lr-body at the "
-                                "stem up to --lr at the head) | flat (--lr-body for all but the head) [default: "
-                                "geometric; flat with --target-data].", choices=tuple(SPREADS))
-    lr_decay: float | None = opt(None, "Instead of --lr-body: layer-wise decay, each group gets this times the one "
-                                 "above.", low=0, high=1, low_open=True)
+    lr: float | None = opt(
+        None,
+        "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 3e-3 with --target-data]; "
+        "auto: run the LR finder first (zoo-adapt lr-find) and use its suggestion.",
+        low=0,
+        low_open=True,
+        words=("auto",),
+    )
+    lr_body: float | None = opt(
+        None,
+        "Stem learning rate; groups in between as --lr-spread says [default: lr/100; lr/3 with --target-data].",
+        low=0,
+        low_open=True,
+    )
+    lr_spread: str = opt(
+        None,
+        "How groups get their rates from --lr-body: geometric (from --lr-body at the "
+        "stem up to --lr at the head) | flat (--lr-body for all but the head) [default: "
+        "geometric; flat with --target-data].",
+        choices=tuple(SPREADS),
+    )
+    lr_decay: float | None = opt(
+        None,
+        "Instead of --lr-body: layer-wise decay, each group gets this times the one above.",
+        low=0,
+        high=1,
+        low_open=True,
+    )
     weight_decay: float = opt(0.01, "Weight decay (not applied to biases and norm parameters).", low=0)
     batch_size: int = opt(32, "Batch size (per process under torchrun).", low=1)
     optimizer: str = opt("adamw", "adamw | sgd.", choices=tuple(OPTIMIZERS))
     momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
-    schedule: str = opt(None, "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
-                               "layers unfreeze [default: onecycle; dann with --target-data].", choices=tuple(SCHEDULES))
-    warmup: float = opt(None, "Warm-up, as a fraction of each stage's steps [default: 0.1; 0 with "
-                               "--target-data].", low=0, high=1)
-    label_smoothing: float = opt(None, "Label smoothing of the cross-entropy [default: 0.1; 0 with "
-                                        "--target-data].", low=0, high=1, high_open=True)
-    image_size: int | None = opt(None, "Training and evaluation size [default: the backbone's; 160 for the demo].",
-                                 low=8)
-    hflip: bool = opt(None, "Random horizontal flips in training and TTA (off for digits, text) [default: "
-                             "on; off with --target-data].")
-    crop_scale: float = opt(None, "Smallest area fraction kept by the random resized crop (1: whole "
-                                   "images) [default: 0.35; 1 with --target-data].", low=0, high=1, low_open=True)
-    bn: str = opt("train", "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
-                  choices=tuple(BN_POLICIES))
+    schedule: str = opt(
+        None,
+        "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
+        "layers unfreeze [default: onecycle; dann with --target-data].",
+        choices=tuple(SCHEDULES),
+    )
+    warmup: float = opt(
+        None, "Warm-up, as a fraction of each stage's steps [default: 0.1; 0 with --target-data].", low=0, high=1
+    )
+    label_smoothing: float = opt(
+        None,
+        "Label smoothing of the cross-entropy [default: 0.1; 0 with --target-data].",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    image_size: int | None = opt(
+        None, "Training and evaluation size [default: the backbone's; 160 for the demo].", low=8
+    )
+    hflip: bool = opt(
+        None,
+        "Random horizontal flips in training and TTA (off for digits, text) [default: on; off with --target-data].",
+    )
+    crop_scale: float = opt(
+        None,
+        "Smallest area fraction kept by the random resized crop (1: whole "
+        "images) [default: 0.35; 1 with --target-data].",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    bn: str = opt(
+        "train",
+        "BatchNorm in frozen groups: train (keeps adapting, fastai's train_bn) | frozen.",
+        choices=tuple(BN_POLICIES),
+    )
     seed: int = opt(0, "Random seed (data split, order, augmentation, head initialisation).", low=0)
     # training recipes (README, "Recipes")
-    ema: float | None = opt(None, "Keep an exponential moving average of the weights with this decay (timm's "
-                            "ModelEmaV3, decay warming up from 0): validation and the export use it, e.g. 0.999.",
-                            low=0, high=1, low_open=True, high_open=True)
-    accumulate: int = opt(1, "Gradient accumulation: one optimizer step every N batches (an effective batch N "
-                          "times --batch-size).", low=1)
-    early_stop: int | None = opt(None, "Stop when the selection score has not improved for this many epochs.",
-                                 low=1)
-    augment: str = opt("gentle", "Training augmentation: gentle (zoo-adapt's crop and flip) | randaugment | "
-                       "autoaugment | augmix | a timm auto-augment string such as rand-m9-mstd0.5-inc1 (timm's "
-                       "recipes, applied to PIL images in the loader after the crop).")
-    random_erase: float = opt(0.0, "Probability of timm's random erasing of a patch per training image.", low=0,
-                              high=1)
-    color_jitter: float = opt(0.0, "Colour jitter strength (brightness, contrast, saturation; timm's factor "
-                              "0.4 is typical); 0: none.", low=0)
+    ema: float | None = opt(
+        None,
+        "Keep an exponential moving average of the weights with this decay (timm's "
+        "ModelEmaV3, decay warming up from 0): validation and the export use it, e.g. 0.999.",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    accumulate: int = opt(
+        1, "Gradient accumulation: one optimizer step every N batches (an effective batch N times --batch-size).", low=1
+    )
+    early_stop: int | None = opt(None, "Stop when the selection score has not improved for this many epochs.", low=1)
+    augment: str = opt(
+        "gentle",
+        "Training augmentation: gentle (zoo-adapt's crop and flip) | randaugment | "
+        "autoaugment | augmix | a timm auto-augment string such as rand-m9-mstd0.5-inc1 (timm's "
+        "recipes, applied to PIL images in the loader after the crop).",
+    )
+    random_erase: float = opt(0.0, "Probability of timm's random erasing of a patch per training image.", low=0, high=1)
+    color_jitter: float = opt(
+        0.0, "Colour jitter strength (brightness, contrast, saturation; timm's factor 0.4 is typical); 0: none.", low=0
+    )
     mixup: float = opt(0.0, "Mixup alpha (timm's Mixup, 0.2-0.8 typical); 0: off.", low=0)
-    cutmix: float = opt(0.0, "CutMix alpha (timm's Mixup; 1.0 typical); 0: off. With --mixup too, each batch "
-                        "gets one of the two.", low=0)
+    cutmix: float = opt(
+        0.0,
+        "CutMix alpha (timm's Mixup; 1.0 typical); 0: off. With --mixup too, each batch gets one of the two.",
+        low=0,
+    )
     # where it runs (a resumed run may change these)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.", resume="free")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA GPUs that support it, fp16 with loss scaling on older "
-                         "ones, fp32 on CPU) | bf16 | fp16 (CUDA only) | fp32.", choices=PRECISIONS, resume="free")
-    workers: int | None = opt(None, "Data-loading processes [default: 0 on small CPUs, all cores but one on CUDA].",
-                              low=0, resume="free")
-    data_on_device: str = opt("auto", "Hold the decoded images on the device (no decoding after the first pass; "
-                              "crops and flips drawn there): auto (when they take at most a quarter of its free "
-                              "memory) | on | off.", choices=ON_OFF, resume="free")
+    precision: str = opt(
+        "auto",
+        "auto (bf16 autocast on CUDA GPUs that support it, fp16 with loss scaling on older "
+        "ones, fp32 on CPU) | bf16 | fp16 (CUDA only) | fp32.",
+        choices=PRECISIONS,
+        resume="free",
+    )
+    workers: int | None = opt(
+        None, "Data-loading processes [default: 0 on small CPUs, all cores but one on CUDA].", low=0, resume="free"
+    )
+    data_on_device: str = opt(
+        "auto",
+        "Hold the decoded images on the device (no decoding after the first pass; "
+        "crops and flips drawn there): auto (when they take at most a quarter of its free "
+        "memory) | on | off.",
+        choices=ON_OFF,
+        resume="free",
+    )
     compile: bool = opt(False, "torch.compile the model (compile time is reported apart).", resume="free")
-    sync_bn: bool = opt(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
-                        "only) instead of each process's own batch.")
+    sync_bn: bool = opt(
+        False,
+        "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA "
+        "only) instead of each process's own batch.",
+    )
     # starting point
     pretrained: bool = opt(True, "Start from the zoo's pretrained weights.")
     weights: str | None = opt(None, "A weights tag (e.g. IMAGENET1K_V1) or a local .safetensors/.pth file.")
     # what is kept and reported
-    keep: str = opt(None, "Exported epoch: best (by --select-metric on source validation) | last [default: "
-                           "best; last with --target-data].", choices=("best", "last"))
+    keep: str = opt(
+        None,
+        "Exported epoch: best (by --select-metric on source validation) | last [default: "
+        "best; last with --target-data].",
+        choices=("best", "last"),
+    )
     tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
-    log: list[str] = opt([], "Follow the run in an experiment tracker (repeatable): tensorboard | mlflow | wandb | a "
-                         "plugin's (zoo-adapt trackers). history.csv is written either way.", resume="free")
-    export: list[str] = opt([], "Also export the kept model in this format (repeatable): onnx (model.onnx, checked "
-                            "with onnxruntime).", choices=EXPORT_FORMATS, resume="free")
-    analysis: str = opt("auto", "Error analysis of the kept model at the end (analysis/: per-class table, confused "
-                        "pairs, top losses, class activation maps): auto (CAMs when grad-cam is installed) | on | "
-                        "off.", choices=ON_OFF, resume="free")
-    feature_cache: bool = opt(True, "linear-probe: compute the frozen body's features once and train the head "
-                              "on them.")
-    cache_views: int = opt(1, "Feature cache: 1 = each image's eval view (exact, no augmentation); N > 1 = N "
-                           "augmented views, one drawn per image each epoch.", low=1)
-    resume: bool = opt(False, "Continue the run in --out from its checkpoint (its config.toml supplies the "
-                       "options; only --epochs, to add epochs, and how it runs may change).", resume="free")
+    log: list[str] = opt(
+        [],
+        "Follow the run in an experiment tracker (repeatable): tensorboard | mlflow | wandb | a "
+        "plugin's (zoo-adapt trackers). history.csv is written either way.",
+        resume="free",
+    )
+    export: list[str] = opt(
+        [],
+        "Also export the kept model in this format (repeatable): onnx (model.onnx, checked with onnxruntime).",
+        choices=EXPORT_FORMATS,
+        resume="free",
+    )
+    analysis: str = opt(
+        "auto",
+        "Error analysis of the kept model at the end (analysis/: per-class table, confused "
+        "pairs, top losses, class activation maps): auto (CAMs when grad-cam is installed) | on | "
+        "off.",
+        choices=ON_OFF,
+        resume="free",
+    )
+    feature_cache: bool = opt(True, "linear-probe: compute the frozen body's features once and train the head on them.")
+    cache_views: int = opt(
+        1,
+        "Feature cache: 1 = each image's eval view (exact, no augmentation); N > 1 = N "
+        "augmented views, one drawn per image each epoch.",
+        low=1,
+    )
+    resume: bool = opt(
+        False,
+        "Continue the run in --out from its checkpoint (its config.toml supplies the "
+        "options; only --epochs, to add epochs, and how it runs may change).",
+        resume="free",
+    )
     # domain adaptation (any of these needs target_data)
-    target_data: str | None = opt(None, "Unlabelled images of the target domain (any depth; labels never read): "
-                                  "turns on domain adaptation.", adapting=True)
-    target_val: str | None = opt(None, "Labelled target ImageFolder, only to report an oracle accuracy.",
-                                 adapting=True)
+    target_data: str | None = opt(
+        None,
+        "Unlabelled images of the target domain (any depth; labels never read): turns on domain adaptation.",
+        adapting=True,
+    )
+    target_val: str | None = opt(None, "Labelled target ImageFolder, only to report an oracle accuracy.", adapting=True)
     adapt: str = opt("dann", "Adaptation method (zoo-adapt methods): dann | mcc | a plugin's.", adapting=True)
-    adapt_weight: float = opt(1.0, "Final weight of the adaptation loss (DANN: the lambda it rises to).", low=0,
-                              adapting=True)
-    adapt_options: dict[str, Any] = opt({}, "The adaptation method's own options (KEY=VALUE; `zoo-adapt methods "
-                                        "NAME` lists them), checked when the run starts.", adapting=True)
-    target_bn: str | None = opt(None, "BatchNorm statistics the adapted model keeps: target (measured on the "
-                                "--target-data images after training: AdaBN, Li et al. 2016) | mixed (the running "
-                                "statistics of the mixed source and target training batches, as in Ganin et al.) "
-                                "[default: target].", choices=BN_STATISTICS, adapting=True)
-    steps_per_epoch: int | None = opt(None, "With --target-data: steps per epoch [default: the longer loader].",
-                                      low=1, adapting=True)
-    select_with_target_labels: bool = opt(False, "Keep the epoch best on --target-val. This USES TARGET LABELS: "
-                                          "an oracle, not a deployable setting.", adapting=True)
+    adapt_weight: float = opt(
+        1.0, "Final weight of the adaptation loss (DANN: the lambda it rises to).", low=0, adapting=True
+    )
+    adapt_options: dict[str, Any] = opt(
+        {},
+        "The adaptation method's own options (KEY=VALUE; `zoo-adapt methods "
+        "NAME` lists them), checked when the run starts.",
+        adapting=True,
+    )
+    target_bn: str | None = opt(
+        None,
+        "BatchNorm statistics the adapted model keeps: target (measured on the "
+        "--target-data images after training: AdaBN, Li et al. 2016) | mixed (the running "
+        "statistics of the mixed source and target training batches, as in Ganin et al.) "
+        "[default: target].",
+        choices=BN_STATISTICS,
+        adapting=True,
+    )
+    steps_per_epoch: int | None = opt(
+        None, "With --target-data: steps per epoch [default: the longer loader].", low=1, adapting=True
+    )
+    select_with_target_labels: bool = opt(
+        False,
+        "Keep the epoch best on --target-val. This USES TARGET LABELS: an oracle, not a deployable setting.",
+        adapting=True,
+    )
 
     def __post_init__(self) -> None:
         """Fill in the defaults that depend on other options: the fields annotated without
@@ -232,14 +409,18 @@ class FinetuneConfig:
         if not self.label_delimiter.strip():
             raise ZooAdaptError("--label-delimiter needs a visible character, e.g. '|' or ';'")
         if self.multi_label and self.select_metric == "balanced_accuracy":
-            raise ZooAdaptError("--select-metric balanced_accuracy is for single-label data; with --multi-label "
-                                "use map or macro_f1")
+            raise ZooAdaptError(
+                "--select-metric balanced_accuracy is for single-label data; with --multi-label use map or macro_f1"
+            )
         if not self.multi_label and self.select_metric == "map":
-            raise ZooAdaptError("--select-metric map is for --multi-label; for single labels use accuracy, "
-                                "balanced_accuracy or macro_f1")
+            raise ZooAdaptError(
+                "--select-metric map is for --multi-label; for single labels use accuracy, "
+                "balanced_accuracy or macro_f1"
+            )
         if self.multi_label and self.target_data:
-            raise ZooAdaptError("--multi-label does not combine with --target-data (adaptation methods "
-                                "expect one label per image)")
+            raise ZooAdaptError(
+                "--multi-label does not combine with --target-data (adaptation methods expect one label per image)"
+            )
 
     @property
     def selection_metric(self) -> str:
@@ -298,8 +479,17 @@ def check_value(name: str, value: Any, label: str) -> Any:
     if meta["words"] and kind in (int, float) and isinstance(value, (str, bool)):
         also = "".join(f" or {word}" for word in meta["words"])
         raise ZooAdaptError(f"{label} must be {WORDS[kind]}{also}, not {value!r}")
-    return check(value, kind, label, optional=optional, low=meta["low"], high=meta["high"],
-                 low_open=meta["low_open"], high_open=meta["high_open"], choices=meta["choices"])
+    return check(
+        value,
+        kind,
+        label,
+        optional=optional,
+        low=meta["low"],
+        high=meta["high"],
+        low_open=meta["low_open"],
+        high_open=meta["high_open"],
+        choices=meta["choices"],
+    )
 
 
 def read_options(values: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -372,11 +562,14 @@ def build_config(given: dict[str, Any], config_file: str | None = None) -> Finet
         if not stored_file.is_file():
             raise ZooAdaptError(f"nothing to resume: {stored_file} does not exist")
         values = read_options(load_config_file(str(stored_file)), str(stored_file))
-        conflicts = resume_conflicts(FinetuneConfig(**values), {k: v for k, v in _merged(values, given).items()
-                                                                if k not in ("resume", "out")})
+        conflicts = resume_conflicts(
+            FinetuneConfig(**values), {k: v for k, v in _merged(values, given).items() if k not in ("resume", "out")}
+        )
         if conflicts:
-            raise ZooAdaptError(f"--resume keeps the options the run was started with; not {conflicts[0]} "
-                                "(start a new run with another --out to change it)")
+            raise ZooAdaptError(
+                f"--resume keeps the options the run was started with; not {conflicts[0]} "
+                "(start a new run with another --out to change it)"
+            )
     elif config_file:
         values = read_options(load_config_file(config_file), config_file)
     values.update(_merged(values, read_options(given, "command line")))

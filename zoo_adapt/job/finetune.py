@@ -19,6 +19,7 @@ holds every parameter with its layer group's rate, and the schedule restarts (wa
 included) whenever the boundary moves. Under torchrun every process runs the job on
 its shard of the data and rank 0 writes the folder (`zoo_adapt.engine.distributed`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -140,8 +141,9 @@ def resolve(config: FinetuneConfig, image_size: int) -> FinetuneConfig:
     return dataclasses.replace(config, image_size=image_size, lr=config.head_lr, lr_body=lr_body)
 
 
-def finetune(config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Log | None = print,
-             overwrite: bool = False) -> FinetuneResult:
+def finetune(
+    config: FinetuneConfig, callbacks: Sequence[Callback] = (), log: Log | None = print, overwrite: bool = False
+) -> FinetuneResult:
     """Run a fine-tuning job as configured; returns the model, per-epoch history and final metrics.
 
     The exported model is the best epoch by validation accuracy (or the last, with
@@ -195,12 +197,17 @@ def lr_find(config: FinetuneConfig, log: Log | None = print) -> LRCurve:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     c = prepared.config
-    path = plot_lr_curve(curve, out / "lr_find.png",
-                         title=f"{c.backbone} ({c.strategy}, first stage): learning-rate finder")
-    job.log(f"lr-find on {c.backbone}, {len(prepared.data.train)} training images, {c.image_size}px, strategy "
-            f"{c.strategy}: {len(curve.lrs)} steps, stopped because {curve.why_stopped}")
-    job.log(f"suggested head rate (--lr): {curve.suggestion:.3g} (valley); steepest descent at {curve.steepest:.3g}; "
-            f"curve in {path}")
+    path = plot_lr_curve(
+        curve, out / "lr_find.png", title=f"{c.backbone} ({c.strategy}, first stage): learning-rate finder"
+    )
+    job.log(
+        f"lr-find on {c.backbone}, {len(prepared.data.train)} training images, {c.image_size}px, strategy "
+        f"{c.strategy}: {len(curve.lrs)} steps, stopped because {curve.why_stopped}"
+    )
+    job.log(
+        f"suggested head rate (--lr): {curve.suggestion:.3g} (valley); steepest descent at {curve.steepest:.3g}; "
+        f"curve in {path}"
+    )
     return curve
 
 
@@ -208,8 +215,15 @@ class Job:
     """One run, phase by phase (see the module doc); every phase that can fail on bad
     input runs on all processes under `distributed.agree`, so they fail together."""
 
-    def __init__(self, config: FinetuneConfig, procs: Processes, device: torch.device, log: Log | None,
-                 overwrite: bool, trackers: Sequence[TrackerInfo] = ()):
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        procs: Processes,
+        device: torch.device,
+        log: Log | None,
+        overwrite: bool,
+        trackers: Sequence[TrackerInfo] = (),
+    ):
         self.config, self.procs, self.device, self.overwrite = config, procs, device, overwrite
         self.trackers = list(trackers)  # rank 0's: the other processes report nothing
         self.log: Log = log or (lambda s: None)
@@ -245,8 +259,9 @@ class Job:
         cuda = device.type == "cuda"
         if cuda:
             model.to(memory_format=torch.channels_last)
-        runtime = Runtime(device, world=self.procs.world, autocast_dtype=autocast_dtype(c.precision, device),
-                          channels_last=cuda)
+        runtime = Runtime(
+            device, world=self.procs.world, autocast_dtype=autocast_dtype(c.precision, device), channels_last=cuda
+        )
         norm = run_normalization(backbone_norm, size, c.crop_scale)
         maker = FeedMaker(c, norm, runtime, self.procs)
         feeds = maker.feeds(data)
@@ -260,26 +275,36 @@ class Job:
         """A linear probe trains its head on the frozen body's features, computed once."""
         if not prepared.maker.wants_cache():
             return prepared
-        return dataclasses.replace(prepared, feeds=prepared.maker.cached(prepared.data, prepared.feeds,
-                                                                         prepared.model))
+        return dataclasses.replace(prepared, feeds=prepared.maker.cached(prepared.data, prepared.feeds, prepared.model))
 
     def find_lr(self, prepared: Prepared) -> LRCurve:
         """The LR finder's curve on the prepared model and training batches (every
         process sweeps its own shard; all take rank 0's suggestion)."""
         c = prepared.config
-        curve = sweep(prepared.model, prepared.feeds.network or prepared.model, prepared.feeds.train,
-                      strategy=c.strategy, bn=c.bn, optimizer=c.optimizer, momentum=c.momentum,
-                      weight_decay=c.weight_decay,
-                      body_ratio=(c.lr_body / c.head_lr) if c.lr_body and c.lr != "auto" else 0.01,
-                      lr_decay=c.lr_decay, label_smoothing=c.label_smoothing, autocast=prepared.runtime.autocast)
+        curve = sweep(
+            prepared.model,
+            prepared.feeds.network or prepared.model,
+            prepared.feeds.train,
+            strategy=c.strategy,
+            bn=c.bn,
+            optimizer=c.optimizer,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            body_ratio=(c.lr_body / c.head_lr) if c.lr_body and c.lr != "auto" else 0.01,
+            lr_decay=c.lr_decay,
+            label_smoothing=c.label_smoothing,
+            autocast=prepared.runtime.autocast,
+        )
         curve.suggestion = distributed.broadcast(curve.suggestion, self.procs)
         return curve
 
     def with_found_lr(self, prepared: Prepared, curve: LRCurve) -> Prepared:
         """--lr auto: the finder's suggestion as the head rate, and the rates that follow from it."""
         c = resolve(dataclasses.replace(prepared.config, lr=curve.suggestion), prepared.norm.image_size)
-        self.log(f"lr-find: head rate {c.lr:.3g} (valley; steepest descent at {curve.steepest:.3g}; "
-                 f"{curve.why_stopped}); lr_find.png in {self.folder.out}")
+        self.log(
+            f"lr-find: head rate {c.lr:.3g} (valley; steepest descent at {curve.steepest:.3g}; "
+            f"{curve.why_stopped}); lr_find.png in {self.folder.out}"
+        )
         return dataclasses.replace(prepared, config=c)
 
     # -- phase 2: the loop and its callbacks ---------------------------------------
@@ -294,8 +319,7 @@ class Job:
         if c.compile:
             pieces.append(Compile())
         if c.random_erase > 0 or c.mixup > 0 or c.cutmix > 0:
-            pieces.append(BatchRecipe(c.random_erase, c.mixup, c.cutmix, len(prepared.data.classes),
-                                      c.label_smoothing))
+            pieces.append(BatchRecipe(c.random_erase, c.mixup, c.cutmix, len(prepared.data.classes), c.label_smoothing))
         if c.ema:
             pieces.append(WeightAverage(c.ema))
         if c.early_stop:
@@ -309,27 +333,52 @@ class Job:
                 steps = c.steps_per_epoch or max(steps, len(adaptation.target))
             extra_groups = adaptation.method.param_groups(c.head_lr, c.weight_decay)
         plan = freeze_plan(c.strategy, c.epochs, len(backbone_of(model).built_groups), c.head_epochs, c.unfreeze_every)
-        groups = param_groups(model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay,
-                              spread=c.lr_spread)
+        groups = param_groups(
+            model, c.head_lr, lr_body=c.lr_body, lr_decay=c.lr_decay, weight_decay=c.weight_decay, spread=c.lr_spread
+        )
         optimizer = make_optimizer(extra_groups + groups, c.optimizer, c.momentum, fused=self.device.type == "cuda")
-        recorder = EpochRecorder(self.folder, c.keep, {"format": CHECKPOINT_FORMAT, "config": resolved_values(c),
-                                                       "backbone": c.backbone, "classes": prepared.data.classes,
-                                                       "processes": procs.world},
-                                 lambda path, state, epoch: self.write_model(prepared, path, state, epoch),
-                                 lambda loop, finished: self.metrics(prepared, loop, finished), write=procs.main)
-        tracking = Tracking({t.name: build_tracker(t) for t in self.trackers}, self.folder.out,
-                            resolved_values(c), prepared.data.classes)
+        recorder = EpochRecorder(
+            self.folder,
+            c.keep,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": resolved_values(c),
+                "backbone": c.backbone,
+                "classes": prepared.data.classes,
+                "processes": procs.world,
+            },
+            lambda path, state, epoch: self.write_model(prepared, path, state, epoch),
+            lambda loop, finished: self.metrics(prepared, loop, finished),
+            write=procs.main,
+        )
+        tracking = Tracking(
+            {t.name: build_tracker(t) for t in self.trackers},
+            self.folder.out,
+            resolved_values(c),
+            prepared.data.classes,
+        )
         progress = [Progress(self.log)] if procs.main else []
         num_val = len(prepared.data.val) if prepared.data.val is not None else 0
-        loop = Loop(model, train=feeds.train, val=feeds.val, classes=prepared.data.classes, plan=plan,
-                    optimizer=optimizer, schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule,
-                                                                 c.warmup), accumulate=c.accumulate,
-                    callbacks=[*pieces, recorder, tracking, *progress, *callbacks],
-                    task=make_task(c, prepared.counts, len(prepared.data.train)), seed=c.seed,
-                    select="val_" + c.selection_metric,
-                    bn="frozen" if c.strategy == "linear-probe" else c.bn, eval_body=c.strategy == "linear-probe",
-                    steps_per_epoch=steps, runtime=runtime, network=feeds.network,
-                    tie_margin=TIE_IMAGES / num_val if num_val else 0.0)
+        loop = Loop(
+            model,
+            train=feeds.train,
+            val=feeds.val,
+            classes=prepared.data.classes,
+            plan=plan,
+            optimizer=optimizer,
+            schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule, c.warmup),
+            accumulate=c.accumulate,
+            callbacks=[*pieces, recorder, tracking, *progress, *callbacks],
+            task=make_task(c, prepared.counts, len(prepared.data.train)),
+            seed=c.seed,
+            select="val_" + c.selection_metric,
+            bn="frozen" if c.strategy == "linear-probe" else c.bn,
+            eval_body=c.strategy == "linear-probe",
+            steps_per_epoch=steps,
+            runtime=runtime,
+            network=feeds.network,
+            tie_margin=TIE_IMAGES / num_val if num_val else 0.0,
+        )
         return Built(loop, recorder, tracking)
 
     # -- the whole run ---------------------------------------------------------------
@@ -362,11 +411,14 @@ class Job:
     def announce(self, prepared: Prepared) -> None:
         """The run's first lines: what trains on what, the recipes, the warnings."""
         c, data, procs = prepared.config, prepared.data, self.procs
-        batch = f"batch {c.batch_size}" + (f" per process x {procs.world} = {c.batch_size * procs.world}"
-                                           if procs.active else "")
-        self.log(f"{c.backbone}: {len(data.classes)} classes, {len(data.train)} training and "
-                 f"{len(data.val) if data.val is not None else 0} validation images ({data.where}), "
-                 f"{c.image_size}px, {batch}, {self.device}, strategy {c.strategy}; {prepared.feeds.how}")
+        batch = f"batch {c.batch_size}" + (
+            f" per process x {procs.world} = {c.batch_size * procs.world}" if procs.active else ""
+        )
+        self.log(
+            f"{c.backbone}: {len(data.classes)} classes, {len(data.train)} training and "
+            f"{len(data.val) if data.val is not None else 0} validation images ({data.where}), "
+            f"{c.image_size}px, {batch}, {self.device}, strategy {c.strategy}; {prepared.feeds.how}"
+        )
         recipes = recipes_line(c)
         if recipes:
             self.log(f"recipes: {recipes}")
@@ -386,8 +438,14 @@ class Job:
         c = prepared.config
         if c.multi_label:
             extra_meta["multi_label"] = True
-        return export_model(prepared.model, path, prepared.data.classes, prepared.norm,
-                            extra={"epoch": epoch, "hflip": c.hflip, **extra_meta}, state=state)
+        return export_model(
+            prepared.model,
+            path,
+            prepared.data.classes,
+            prepared.norm,
+            extra={"epoch": epoch, "hflip": c.hflip, **extra_meta},
+            state=state,
+        )
 
     # -- phase 5: the end ----------------------------------------------------------------
     def finish(self, prepared: Prepared, built: Built) -> dict[str, Any]:
@@ -401,9 +459,12 @@ class Job:
             model.load_state_dict(recorder.kept_state)
         if adaptation is not None and adaptation.target_bn:  # before every final figure and the export
             layers = adaptation.use_target_statistics(loop)
-            self.log(f"BatchNorm statistics of the {adaptation.num_target} target images in {layers} layers "
-                     "(--target-bn target): the final figures and the export are of the target-normalised model"
-                     if layers else "--target-bn target: the model has no BatchNorm layer, nothing to recompute")
+            self.log(
+                f"BatchNorm statistics of the {adaptation.num_target} target images in {layers} layers "
+                "(--target-bn target): the final figures and the export are of the target-normalised model"
+                if layers
+                else "--target-bn target: the model has no BatchNorm layer, nothing to recompute"
+            )
         metrics["kept_epoch"] = kept
         if feeds.val is not None:
             final = loop.validate()
@@ -418,18 +479,35 @@ class Job:
                     metrics.update({"val_balanced_accuracy_tta": tta.balanced_accuracy})
         metrics["selection"] = selection(loop, c, metrics)
         if adaptation is not None:
-            finish_adaptation(adaptation, c, loop, feeds, prepared.gap_before, metrics,
-                              folder.path(ADAPTATION_FILE), write=self.procs.main)
+            finish_adaptation(
+                adaptation,
+                c,
+                loop,
+                feeds,
+                prepared.gap_before,
+                metrics,
+                folder.path(ADAPTATION_FILE),
+                write=self.procs.main,
+            )
         if not self.procs.main:
             return metrics
         chosen = {"thresholds": metrics["thresholds"]} if "thresholds" in metrics else {}
-        folder.write_outputs(True, lambda path: self.write_model(prepared, path, None, kept, **chosen,
-                                                                 val_accuracy=metrics.get("val_accuracy")), metrics)
+        folder.write_outputs(
+            True,
+            lambda path: self.write_model(
+                prepared, path, None, kept, **chosen, val_accuracy=metrics.get("val_accuracy")
+            ),
+            metrics,
+        )
         plot_curves(metrics["history"], folder.path("curves.png"), title=f"{c.backbone} ({c.strategy})", kept=kept)
         if metrics.get("confusion_matrix"):
-            plot_confusion(metrics["confusion_matrix"], prepared.data.classes, folder.path("confusion_matrix.png"),
-                           title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
-                                 f"(counts; colour = share of the true class)")
+            plot_confusion(
+                metrics["confusion_matrix"],
+                prepared.data.classes,
+                folder.path("confusion_matrix.png"),
+                title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
+                f"(counts; colour = share of the true class)",
+            )
         self.ship(prepared)
         for line in summary_lines(metrics, folder.out):
             self.log(line)
@@ -443,8 +521,18 @@ class Job:
         if c.analysis != "off" and data.val is not None and c.multi_label:
             self.log("error analysis skipped: it covers single-label models (per-class figures are in metrics.json)")
         elif c.analysis != "off" and data.val is not None:
-            analyse(model, data.val, data.classes, prepared.norm, folder.path("analysis"), device, cams=c.analysis,
-                    workers=workers, title=f"{c.backbone} ({c.strategy})", log=self.log)
+            analyse(
+                model,
+                data.val,
+                data.classes,
+                prepared.norm,
+                folder.path("analysis"),
+                device,
+                cams=c.analysis,
+                workers=workers,
+                title=f"{c.backbone} ({c.strategy})",
+                log=self.log,
+            )
         if "onnx" in c.export:
             export_onnx(folder.path(MODEL_FILE), folder.path("model.onnx"), images=data.val, log=self.log)
         write_hub_files(folder.out, model=model, log=self.log)
@@ -458,33 +546,52 @@ class Job:
         if not folder.has_checkpoint():
             if self.procs.main:
                 folder.discard()
-            return Interrupted(f"{how} in epoch 1, before the first checkpoint: nothing can be resumed yet, and "
-                               f"{folder.out} was cleaned up; start the run again", signal_name)
+            return Interrupted(
+                f"{how} in epoch 1, before the first checkpoint: nothing can be resumed yet, and "
+                f"{folder.out} was cleaned up; start the run again",
+                signal_name,
+            )
         if loop.epoch >= len(loop.plan):
-            return Interrupted(f"{how} while writing the results; {folder.path(CHECKPOINT)} holds all "
-                               f"{len(loop.plan)} epochs: {resume} writes them", signal_name)
-        return Interrupted(f"{how} in epoch {loop.epoch + 1}; {folder.path(CHECKPOINT)} holds epoch {loop.epoch} "
-                           f"of {len(loop.plan)}: continue with {resume}", signal_name)
+            return Interrupted(
+                f"{how} while writing the results; {folder.path(CHECKPOINT)} holds all "
+                f"{len(loop.plan)} epochs: {resume} writes them",
+                signal_name,
+            )
+        return Interrupted(
+            f"{how} in epoch {loop.epoch + 1}; {folder.path(CHECKPOINT)} holds epoch {loop.epoch} "
+            f"of {len(loop.plan)}: continue with {resume}",
+            signal_name,
+        )
 
     def metrics(self, prepared: Prepared, loop: Loop, finished: bool) -> dict[str, Any]:
         c, data = prepared.config, prepared.data
         history = [r.to_dict() for r in loop.history]
         return {
-            "backbone": c.backbone, "strategy": c.strategy, "data": data.where,
-            "classes": data.classes, "num_train": len(data.train),
+            "backbone": c.backbone,
+            "strategy": c.strategy,
+            "data": data.where,
+            "classes": data.classes,
+            "num_train": len(data.train),
             "num_val": len(data.val) if data.val is not None else 0,
-            "device": str(loop.device), "processes": self.procs.world, "batch_size": c.batch_size,
+            "device": str(loop.device),
+            "processes": self.procs.world,
+            "batch_size": c.batch_size,
             "global_batch_size": c.batch_size * self.procs.world,
             "precision": loop.runtime.precision,
-            "epochs_done": len(history), "epochs": len(loop.plan), "checkpoint_epoch": loop.epoch,
+            "epochs_done": len(history),
+            "epochs": len(loop.plan),
+            "checkpoint_epoch": loop.epoch,
             "best_epoch": loop.best[1] if loop.best else None,
             "select_metric": loop.select,
             "best_score": loop.best[0] if loop.best else None,
             "best_val_accuracy": loop.history[loop.best[1] - 1].val_accuracy if loop.best else None,
             "class_counts_train": dict(zip(data.classes, prepared.counts)),
             "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
-            "history": history, "finished": finished, "stopped_early": loop.stopped,
-            "ema_decay": c.ema, "accumulate": c.accumulate,
+            "history": history,
+            "finished": finished,
+            "stopped_early": loop.stopped,
+            "ema_decay": c.ema,
+            "accumulate": c.accumulate,
             **({"skipped_steps": loop.skipped_steps} if loop.runtime.scaler is not None else {}),
         }
 
@@ -500,28 +607,41 @@ def make_task(config: FinetuneConfig, counts: list[int], num_train: int) -> Sing
     return SingleLabel(config.label_smoothing, weights)
 
 
-def _check_resumable(stored: dict[str, Any], config: FinetuneConfig, classes: list[str], folder: RunFolder,
-                     world: int) -> None:
+def _check_resumable(
+    stored: dict[str, Any], config: FinetuneConfig, classes: list[str], folder: RunFolder, world: int
+) -> None:
     """A checkpoint is only continued with the options it was made with, by as many
     processes (another number would change the global batch)."""
     trained_by = stored.get("processes", 1)
     if trained_by != world:
-        how = (f"`torchrun --nproc-per-node {trained_by} -m zoo_adapt finetune --out {folder.out} --resume`"
-               if trained_by > 1 else f"`zoo-adapt finetune --out {folder.out} --resume` (without torchrun)")
-        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} was trained by {trained_by} process(es), not {world}; "
-                            f"resume it with {how}: another number would change the global batch")
+        how = (
+            f"`torchrun --nproc-per-node {trained_by} -m zoo_adapt finetune --out {folder.out} --resume`"
+            if trained_by > 1
+            else f"`zoo-adapt finetune --out {folder.out} --resume` (without torchrun)"
+        )
+        raise ZooAdaptError(
+            f"{folder.path(CHECKPOINT)} was trained by {trained_by} process(es), not {world}; "
+            f"resume it with {how}: another number would change the global batch"
+        )
     if stored.get("backbone") != config.backbone or stored.get("classes") != classes:
-        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} is of another run (backbone {stored.get('backbone')!r}, "
-                            f"{len(stored.get('classes') or [])} classes); resume with the options it was started "
-                            "with, or start again with --overwrite")
+        raise ZooAdaptError(
+            f"{folder.path(CHECKPOINT)} is of another run (backbone {stored.get('backbone')!r}, "
+            f"{len(stored.get('classes') or [])} classes); resume with the options it was started "
+            "with, or start again with --overwrite"
+        )
     made_with, now = stored.get("config", {}), resolved_values(config)
     meta = declarations()
-    changed = [name for name in set(made_with) | set(now) if name in meta and meta[name].metadata["resume"] == "fixed"
-               and made_with.get(name) != now.get(name)]
+    changed = [
+        name
+        for name in set(made_with) | set(now)
+        if name in meta and meta[name].metadata["resume"] == "fixed" and made_with.get(name) != now.get(name)
+    ]
     if config.epochs < len(stored.get("history", [])):
         raise ZooAdaptError(f"--epochs {config.epochs}: the run already has {len(stored['history'])} epochs")
     if changed:
         name = sorted(changed)[0]
-        raise ZooAdaptError(f"{folder.path(CHECKPOINT)} was made with --{name.replace('_', '-')} "
-                            f"{made_with.get(name)!r}, not {now.get(name)!r}; a resumed run keeps the options it "
-                            "was started with (start a new run with another --out to change them)")
+        raise ZooAdaptError(
+            f"{folder.path(CHECKPOINT)} was made with --{name.replace('_', '-')} "
+            f"{made_with.get(name)!r}, not {now.get(name)!r}; a resumed run keeps the options it "
+            "was started with (start a new run with another --out to change them)"
+        )

@@ -1,6 +1,7 @@
 """A job's inputs: the labelled images a configuration names (an ImageFolder, a
 torchvision dataset or the embedded demo), and the batch sources that feed the loop:
 loader workers, images held on the device, or a linear probe's cached features."""
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,9 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
 
 
 def label_columns(config: FinetuneConfig) -> label_files.LabelColumns:
-    return label_files.LabelColumns(config.path_column, config.label_column, config.split_column, config.multi_label,
-                        config.label_delimiter)
+    return label_files.LabelColumns(
+        config.path_column, config.label_column, config.split_column, config.multi_label, config.label_delimiter
+    )
 
 
 def _from_label_file(config: FinetuneConfig) -> Datasets:
@@ -113,8 +115,10 @@ def _split(samples, config):
         return samples, None
     train, val = folders.stratified_split(samples, config.val_split, config.seed)
     if not val.items:  # every class has a single image: nothing can be held out
-        raise ZooAdaptError(f"--val-split {config.val_split} holds out no image: every class has only one; add "
-                            "images, a val/ folder, or --val-split 0 to train without validation")
+        raise ZooAdaptError(
+            f"--val-split {config.val_split} holds out no image: every class has only one; add "
+            "images, a val/ folder, or --val-split 0 to train without validation"
+        )
     return train, val
 
 
@@ -144,8 +148,15 @@ class FeedMaker:
         self.recipe = image_recipe(config.augment, config.color_jitter, norm)
 
     def order(self, n: int, shuffle: bool, seed_offset: int = 0, weights: list[float] | None = None) -> EpochOrder:
-        return EpochOrder(n, shuffle=shuffle, seed=self.config.seed + seed_offset, rank=self.procs.rank,
-                          world=self.procs.world, pad=shuffle, weights=weights)
+        return EpochOrder(
+            n,
+            shuffle=shuffle,
+            seed=self.config.seed + seed_offset,
+            rank=self.procs.rank,
+            world=self.procs.world,
+            pad=shuffle,
+            weights=weights,
+        )
 
     def sample_weights(self, dataset: folders.ImageSource) -> list[float] | None:
         """--balance sampler: each training image's weight, 1 / its class's count
@@ -156,8 +167,12 @@ class FeedMaker:
         labels = folders.dataset_labels(dataset)
         counts = folders.class_counts(labels, len(dataset.classes))
         unlabelled = sum(1 for label in labels if label == ())
-        return [1.0 / (min(counts[c] for c in label) if label else unlabelled) if isinstance(label, tuple)
-                else 1.0 / counts[label] for label in labels]
+        return [
+            1.0 / (min(counts[c] for c in label) if label else unlabelled)
+            if isinstance(label, tuple)
+            else 1.0 / counts[label]
+            for label in labels
+        ]
 
     def on_device(self, num_train: int, num_eval: int) -> bool:
         choice = self.config.data_on_device
@@ -165,30 +180,66 @@ class FeedMaker:
             return False
         return choice == "on" or (choice == "auto" and fits(num_train, num_eval, self.norm, self.device))
 
-    def training(self, dataset: folders.ImageSource, held: bool, seed_offset: int = 0, shuffle: bool = True,
-                 balanced: bool = False) -> Batches:
+    def training(
+        self,
+        dataset: folders.ImageSource,
+        held: bool,
+        seed_offset: int = 0,
+        shuffle: bool = True,
+        balanced: bool = False,
+    ) -> Batches:
         """`balanced`: the labelled training set, drawn with --balance sampler's weights."""
         c = self.config
         weights = self.sample_weights(dataset) if balanced and shuffle else None
         order = self.order(len(dataset), shuffle, seed_offset, weights)
         channels_last = self.runtime.channels_last
         if held:
-            return DeviceImages(dataset, norm=self.norm, device=self.device, batch_size=c.batch_size, order=order,
-                                min_scale=c.crop_scale, hflip=c.hflip, workers=self.workers,
-                                channels_last=channels_last, seed=c.seed + seed_offset)
+            return DeviceImages(
+                dataset,
+                norm=self.norm,
+                device=self.device,
+                batch_size=c.batch_size,
+                order=order,
+                min_scale=c.crop_scale,
+                hflip=c.hflip,
+                workers=self.workers,
+                channels_last=channels_last,
+                seed=c.seed + seed_offset,
+            )
         tf = TrainTransform(self.norm, min_scale=c.crop_scale, hflip=c.hflip, recipe=self.recipe)
-        return LoaderBatches(dataset.with_transform(tf), batch_size=c.batch_size, norm=self.norm,
-                             device=self.device, order=order, workers=self.workers, channels_last=channels_last)
+        return LoaderBatches(
+            dataset.with_transform(tf),
+            batch_size=c.batch_size,
+            norm=self.norm,
+            device=self.device,
+            order=order,
+            workers=self.workers,
+            channels_last=channels_last,
+        )
 
     def evaluation(self, dataset: folders.ImageSource, held: bool, shuffle: bool = False) -> Batches:
         """Evaluation views in file order, or (`shuffle`) in one seeded random order."""
         batch = self.config.batch_size * 2
         order = self.order(len(dataset), shuffle=shuffle, seed_offset=2 if shuffle else 0)
         if held:
-            return DeviceEvalImages(dataset, norm=self.norm, device=self.device, batch_size=batch, order=order,
-                                    workers=self.workers, channels_last=self.runtime.channels_last)
-        return eval_batches(dataset, self.norm, self.device, batch_size=batch, workers=self.workers, order=order,
-                            channels_last=self.runtime.channels_last)
+            return DeviceEvalImages(
+                dataset,
+                norm=self.norm,
+                device=self.device,
+                batch_size=batch,
+                order=order,
+                workers=self.workers,
+                channels_last=self.runtime.channels_last,
+            )
+        return eval_batches(
+            dataset,
+            self.norm,
+            self.device,
+            batch_size=batch,
+            workers=self.workers,
+            order=order,
+            channels_last=self.runtime.channels_last,
+        )
 
     def feeds(self, data: Datasets) -> Feeds:
         """Batches of images for training and validation (no collective step: safe to
@@ -219,14 +270,24 @@ class FeedMaker:
         n = len(data.train)
         features = gather_shards(features.transpose(0, 1), n, self.procs).transpose(0, 1).contiguous()
         labels = gather_shards(labels, n, self.procs)
-        train = FeatureBatches(features, labels, batch_size=c.batch_size,
-                               order=self.order(n, shuffle=True, weights=self.sample_weights(data.train)), seed=c.seed)
+        train = FeatureBatches(
+            features,
+            labels,
+            batch_size=c.batch_size,
+            order=self.order(n, shuffle=True, weights=self.sample_weights(data.train)),
+            seed=c.seed,
+        )
         val_features = None
         if feeds.val is not None:
             vf, vl = extract_features(model, feeds.val, autocast)
-            val_features = FeatureBatches(vf, vl, batch_size=c.batch_size * 2,
-                                          order=EpochOrder(len(vl), shuffle=False))
+            val_features = FeatureBatches(vf, vl, batch_size=c.batch_size * 2, order=EpochOrder(len(vl), shuffle=False))
         views = "its eval view" if c.cache_views == 1 else f"{c.cache_views} augmented views"
         where = "held on the device" if held else f"decoded by {self.workers} loader worker(s)"
-        return Feeds(train, val_features, feeds.val, head_network(model),
-                     f"cached features ({views} of each image, {where})", held)
+        return Feeds(
+            train,
+            val_features,
+            feeds.val,
+            head_network(model),
+            f"cached features ({views} of each image, {where})",
+            held,
+        )

@@ -10,6 +10,7 @@ kill at any point the two user-facing files agree with each other or metrics.jso
 absent, never describing another model; the checkpoint may be one epoch ahead, and
 `--resume` rewrites both from it. The folder is locked while a run uses it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -70,11 +71,15 @@ class RunFolder:
             raise ZooAdaptError(f"--out {self.out} is a file, not a folder")
         if resume:
             if not self.path(CHECKPOINT).is_file():
-                raise ZooAdaptError(f"nothing to resume: {self.path(CHECKPOINT)} does not exist (a run "
-                                    "interrupted in its first epoch leaves no checkpoint: start it again)")
+                raise ZooAdaptError(
+                    f"nothing to resume: {self.path(CHECKPOINT)} does not exist (a run "
+                    "interrupted in its first epoch leaves no checkpoint: start it again)"
+                )
         elif not overwrite and any(self.path(f).exists() for f in RUN_FILES):
-            raise ZooAdaptError(f"{self.out} already holds a run; continue it with --resume, rerun it from "
-                                "scratch with --overwrite, or choose another --out")
+            raise ZooAdaptError(
+                f"{self.out} already holds a run; continue it with --resume, rerun it from "
+                "scratch with --overwrite, or choose another --out"
+            )
 
     @contextmanager
     def locked(self):
@@ -100,11 +105,13 @@ class RunFolder:
         except OSError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise ZooAdaptError(f"{self.out} is in use by another zoo-adapt run ({holder}); wait for it to end "
-                                "or choose another --out") from None
+            raise ZooAdaptError(
+                f"{self.out} is in use by another zoo-adapt run ({holder}); wait for it to end or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                  .encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -120,8 +127,10 @@ class RunFolder:
         """The checkpoint, loaded without unpickling code, checked to be a zoo-adapt one."""
         state = read_checkpoint(self.path(CHECKPOINT), device, required=(*CHECKPOINT_KEYS, "format"))
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ZooAdaptError(f"{self.path(CHECKPOINT)} was written by another version of zoo-adapt "
-                                f"({state.get('format')!r}); start the run again with --overwrite")
+            raise ZooAdaptError(
+                f"{self.path(CHECKPOINT)} was written by another version of zoo-adapt "
+                f"({state.get('format')!r}); start the run again with --overwrite"
+            )
         return state
 
     def begin(self, config_text: str, fresh: bool) -> None:
@@ -140,8 +149,7 @@ class RunFolder:
         torch.save(state, buffer)
         write_bytes(self.path(CHECKPOINT), buffer.getvalue())
 
-    def write_outputs(self, model_changed: bool, write_model: Callable[[Path], Any],
-                      metrics: dict[str, Any]) -> None:
+    def write_outputs(self, model_changed: bool, write_model: Callable[[Path], Any], metrics: dict[str, Any]) -> None:
         """model.safetensors (when the kept model changed) and metrics.json, in the order
         that never lets metrics.json describe another model."""
         if model_changed or self.model_sha is None:
@@ -182,9 +190,15 @@ class EpochRecorder(Callback):
 
     order = 90
 
-    def __init__(self, folder: RunFolder, keep: str, checkpoint_extra: dict[str, Any],
-                 write_model: Callable[[Path, dict | None, int], Any], metrics: Callable[[Any, bool], dict],
-                 write: bool = True):
+    def __init__(
+        self,
+        folder: RunFolder,
+        keep: str,
+        checkpoint_extra: dict[str, Any],
+        write_model: Callable[[Path, dict | None, int], Any],
+        metrics: Callable[[Any, bool], dict],
+        write: bool = True,
+    ):
         """`write_model(path, state, epoch)` writes model.safetensors; `metrics(loop,
         finished)` is what metrics.json holds."""
         self.folder, self.keep, self.extra, self.write = folder, keep, checkpoint_extra, write
@@ -200,16 +214,22 @@ class EpochRecorder(Callback):
         changed = improved or self.keep == "last" or loop.best is None
         if changed:
             self.kept_epoch = record.epoch
-            self.kept_state = None if self.keep == "last" and loop.runtime.averaged is None else {
-                k: v.detach().to("cpu", copy=True) for k, v in loop.kept_weights().items()}
+            self.kept_state = (
+                None
+                if self.keep == "last" and loop.runtime.averaged is None
+                else {k: v.detach().to("cpu", copy=True) for k, v in loop.kept_weights().items()}
+            )
         if self.write:
             self.folder.write_checkpoint({**loop.state_dict(), **self.extra})
             self.commit_outputs(changed)
 
     def commit_outputs(self, changed: bool = True) -> None:
         if self.write:
-            self.folder.write_outputs(changed, lambda path: self.write_model(path, self.kept_state, self.kept_epoch),
-                                      {**self.metrics(self.loop, False), "kept_epoch": self.kept_epoch})
+            self.folder.write_outputs(
+                changed,
+                lambda path: self.write_model(path, self.kept_state, self.kept_epoch),
+                {**self.metrics(self.loop, False), "kept_epoch": self.kept_epoch},
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"kept_epoch": self.kept_epoch, "kept_state": self.kept_state}

@@ -5,6 +5,7 @@ with them is its plugin's business (zoo_adapt/tracker_api.py has the contract).
 
 A step never waits for the device here either: step figures stay tensors until
 `flush_every` steps have gathered (or the epoch ends) and are then read in one go."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,10 +22,27 @@ from zoo_adapt.zoo.tracker_api import TrackerRun
 
 # pictures and files of a run folder that trackers receive at the end, in this order
 IMAGES = ("curves.png", "confusion_matrix.png", "domain_gap.png", "analysis/top_losses.png", "analysis/cams.png")
-ARTIFACTS = ("model.safetensors", "metrics.json", "history.csv", "config.toml", "README.md", "config.json",
-             "model.onnx", "adaptation.safetensors", "analysis/per_class.csv", "analysis/analysis.json")
-FINAL = ("val_accuracy", "val_top5", "val_loss", "val_accuracy_tta", "val_top5_tta", "kept_epoch",
-         "target_accuracy_oracle")
+ARTIFACTS = (
+    "model.safetensors",
+    "metrics.json",
+    "history.csv",
+    "config.toml",
+    "README.md",
+    "config.json",
+    "model.onnx",
+    "adaptation.safetensors",
+    "analysis/per_class.csv",
+    "analysis/analysis.json",
+)
+FINAL = (
+    "val_accuracy",
+    "val_top5",
+    "val_loss",
+    "val_accuracy_tta",
+    "val_top5_tta",
+    "kept_epoch",
+    "target_accuracy_oracle",
+)
 
 
 def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,8 +64,14 @@ class Tracking(Callback):
 
     order = 95  # after the run folder's recorder (90), before the progress display (100)
 
-    def __init__(self, trackers: dict[str, Any], out: str | Path, params: dict[str, Any],
-                 classes: Sequence[str], flush_every: int = 20):
+    def __init__(
+        self,
+        trackers: dict[str, Any],
+        out: str | Path,
+        params: dict[str, Any],
+        classes: Sequence[str],
+        flush_every: int = 20,
+    ):
         self.trackers = dict(trackers)
         self.out, self.params, self.classes = Path(out), flat_params(params), tuple(classes)
         self.flush_every = flush_every
@@ -77,8 +101,11 @@ class Tracking(Callback):
         if not self.trackers:
             return
         self.flush()
-        figures = {f"epoch/{k}": v for k, v in record.to_dict().items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and v is not None}
+        figures = {
+            f"epoch/{k}": v
+            for k, v in record.to_dict().items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and v is not None
+        }
         figures.update(self._rates(loop, "epoch"))
         self._send("log_metrics", figures, record.epoch, "epoch")
 
@@ -103,8 +130,17 @@ class Tracking(Callback):
         epochs = len(loop.plan) if loop is not None else 0
         resumed = bool(loop is not None and loop.epoch > 0)
         for name, tracker in self.trackers.items():
-            run = TrackerRun(self.out.name, self.out, self.out / name, dict(self.params), resumed,
-                             dict(self.saved.get(name, {})), step, epochs, self.classes)
+            run = TrackerRun(
+                self.out.name,
+                self.out,
+                self.out / name,
+                dict(self.params),
+                resumed,
+                dict(self.saved.get(name, {})),
+                step,
+                epochs,
+                self.classes,
+            )
             try:
                 tracker.start(run)
             except ZooAdaptError as e:
@@ -185,6 +221,8 @@ class Tracking(Callback):
             return getattr(tracker, method)(*args)
         except Exception as e:
             del self.trackers[name]
-            report(f"--log {name}: the tracker failed in {method} ({first_line(e)}); it records nothing more in "
-                   "this run (training goes on)")
+            report(
+                f"--log {name}: the tracker failed in {method} ({first_line(e)}); it records nothing more in "
+                "this run (training goes on)"
+            )
             return None

@@ -4,6 +4,7 @@ over the image, its mirror image and zoomed-in centre crops. Counts stay on the
 device until the end (one read per evaluation, not per batch). Multi-label models
 (sigmoid per class) are scored by multilabel.py's tally: mAP, F1 at per-class
 thresholds."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sized
@@ -27,12 +28,18 @@ def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True) -> lis
     h, w = x.shape[-2:]
     big = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False, antialias=False)
     top, left = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
-    zoomed = big[..., top:top + h, left:left + w]
+    zoomed = big[..., top : top + h, left : left + w]
     return [x, x.flip(-1), zoomed, zoomed.flip(-1)] if flip else [x, zoomed]
 
 
-def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool = False,
-                  autocast: bool | Callable = False, flip: bool = True, multi_label: bool = False) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module,
+    x: torch.Tensor,
+    tta: bool = False,
+    autocast: bool | Callable = False,
+    flip: bool = True,
+    multi_label: bool = False,
+) -> torch.Tensor:
     """Class probabilities: softmax of the logits (a sigmoid per class when
     `multi_label`), averaged over the TTA views if asked. `autocast`: a context factory
     (the loop's), or True for bf16 autocast."""
@@ -78,8 +85,7 @@ class Tally:
         hits, nll = self.sums.tolist()
         count = int(confusion.sum())
         correct, totals = confusion.diag(), confusion.sum(1)
-        per_class = {c: (correct[i].item() / totals[i].item() if totals[i] else None)
-                     for i, c in enumerate(classes)}
+        per_class = {c: (correct[i].item() / totals[i].item() if totals[i] else None) for i, c in enumerate(classes)}
         predictions = torch.cat(self.predictions).tolist() if self.predictions else []
         predicted = confusion.sum(0)
         precision, recall, f1 = {}, {}, {}
@@ -90,16 +96,34 @@ class Tally:
             f1[c] = 2 * tp / (support + said) if support + said else None
         present = [r for r in recall.values() if r is not None]
         scored = [v for v in f1.values() if v is not None]
-        return Evaluation(count, correct.sum().item() / max(count, 1), hits / max(count, 1),
-                          nll / max(count, 1), per_class, confusion.tolist(), list(classes), predictions,
-                          balanced_accuracy=sum(present) / len(present) if present else None,
-                          macro_f1=sum(scored) / len(scored) if scored else None,
-                          precision=precision, recall=recall, f1=f1)
+        return Evaluation(
+            count,
+            correct.sum().item() / max(count, 1),
+            hits / max(count, 1),
+            nll / max(count, 1),
+            per_class,
+            confusion.tolist(),
+            list(classes),
+            predictions,
+            balanced_accuracy=sum(present) / len(present) if present else None,
+            macro_f1=sum(scored) / len(scored) if scored else None,
+            precision=precision,
+            recall=recall,
+            f1=f1,
+        )
 
 
-def evaluate(model: nn.Module, batches: Iterable, classes: list[str], tta: bool = False,
-             autocast: bool | Callable = False, flip: bool = True, progress: str | None = None,
-             multi_label: bool = False, thresholds: list[float] | None = None) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    classes: list[str],
+    tta: bool = False,
+    autocast: bool | Callable = False,
+    flip: bool = True,
+    progress: str | None = None,
+    multi_label: bool = False,
+    thresholds: list[float] | None = None,
+) -> Evaluation:
     """Score `model` over (images, labels) batches already on the model's device;
     `progress`: a name to show progress under (long evaluations). `multi_label`: 0/1
     label vectors, scored at `thresholds` (None: each class's best F1 on these images)."""

@@ -2,6 +2,7 @@
 no threshold), and, at per-class thresholds, F1 (per class, macro, micro), precision,
 recall and exact-match accuracy. Thresholds are chosen on validation, each class's at
 its best F1, and stored in the export, so `predict` and `evaluate` use them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -93,7 +94,22 @@ class MultiLabelTally:
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
         loss = float(-(labels * np.log(clipped) + (~labels) * np.log(1 - clipped)).mean()) if count else 0.0
         exact = float((said == labels).all(1).mean()) if count else 0.0
-        return Evaluation(count, exact, None, loss, ap, [], list(classes), said.astype(int).tolist(),
-                          macro_f1=sum(scored) / len(scored) if scored else None, micro_f1=micro,
-                          map=sum(aps) / len(aps) if aps else None, precision=precision, recall=recall, f1=f1,
-                          thresholds=[float(t) for t in thresholds], thresholds_chosen_here=chosen, multi_label=True)
+        return Evaluation(
+            count,
+            exact,
+            None,
+            loss,
+            ap,
+            [],
+            list(classes),
+            said.astype(int).tolist(),
+            macro_f1=sum(scored) / len(scored) if scored else None,
+            micro_f1=micro,
+            map=sum(aps) / len(aps) if aps else None,
+            precision=precision,
+            recall=recall,
+            f1=f1,
+            thresholds=[float(t) for t in thresholds],
+            thresholds_chosen_here=chosen,
+            multi_label=True,
+        )

@@ -1,6 +1,7 @@
 """What an evaluation found, as plain data (no torch): built by the single-label tally
 (evaluation.py) and the multi-label one (multilabel.py), read by the job, the CLI and
 the reports."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,14 +31,30 @@ class Evaluation:
     multi_label: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"accuracy": self.accuracy, "top5": self.top5, "loss": self.loss,
-               "balanced_accuracy": self.balanced_accuracy, "macro_f1": self.macro_f1,
-               "num_images": self.num_images, "per_class_accuracy": self.per_class,
-               "per_class_precision": self.precision, "per_class_recall": self.recall,
-               "per_class_f1": self.f1, "confusion_matrix": self.confusion, "classes": self.classes,
-               "folder": self.folder}
+        out: dict[str, Any] = {
+            "accuracy": self.accuracy,
+            "top5": self.top5,
+            "loss": self.loss,
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": self.macro_f1,
+            "num_images": self.num_images,
+            "per_class_accuracy": self.per_class,
+            "per_class_precision": self.precision,
+            "per_class_recall": self.recall,
+            "per_class_f1": self.f1,
+            "confusion_matrix": self.confusion,
+            "classes": self.classes,
+            "folder": self.folder,
+        }
         if self.multi_label:
-            out.update({"map": self.map, "micro_f1": self.micro_f1, "per_class_ap": out.pop("per_class_accuracy"),
-                        "thresholds": self.thresholds, "thresholds_chosen_here": self.thresholds_chosen_here})
+            out.update(
+                {
+                    "map": self.map,
+                    "micro_f1": self.micro_f1,
+                    "per_class_ap": out.pop("per_class_accuracy"),
+                    "thresholds": self.thresholds,
+                    "thresholds_chosen_here": self.thresholds_chosen_here,
+                }
+            )
             del out["top5"], out["balanced_accuracy"], out["confusion_matrix"]
         return out

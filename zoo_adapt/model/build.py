@@ -1,5 +1,6 @@
 """Build a backbone through its plugin, load local weights, swap the head. The engine
 never looks at the architecture: plugins say where the head is."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,17 +85,22 @@ def _live_head(model: nn.Module, backbone: Backbone) -> Head:
     head = backbone.built_head
     module = get_submodule(model, head.attr)
     if not isinstance(module, nn.Linear):
-        raise ZooAdaptError(f"the head of {backbone.name!r} at {head.attr!r} is a "
-                            f"{type(module).__name__}; zoo-adapt swaps nn.Linear heads only")
+        raise ZooAdaptError(
+            f"the head of {backbone.name!r} at {head.attr!r} is a "
+            f"{type(module).__name__}; zoo-adapt swaps nn.Linear heads only"
+        )
     if head.in_features not in (None, module.in_features):
-        raise ZooAdaptError(f"plugin {backbone.answered_by.get('backbone_head')!r} says the head "
-                            f"of {backbone.name!r} takes {head.in_features} features, the model "
-                            f"{module.in_features}")
+        raise ZooAdaptError(
+            f"plugin {backbone.answered_by.get('backbone_head')!r} says the head "
+            f"of {backbone.name!r} takes {head.in_features} features, the model "
+            f"{module.in_features}"
+        )
     return Head(head.attr, module.in_features)
 
 
-def create_model(name: str | Entry, num_classes: int | None = None, pretrained: bool = True,
-                 weights: str | Path | None = None) -> nn.Module:
+def create_model(
+    name: str | Entry, num_classes: int | None = None, pretrained: bool = True, weights: str | Path | None = None
+) -> nn.Module:
     """The plain upstream nn.Module (a torchvision or timm model), head swapped to
     `num_classes` outputs when given.
 
@@ -114,15 +120,25 @@ def create_model(name: str | Entry, num_classes: int | None = None, pretrained: 
     state = read_state_dict(file) if file else None
     plugin, model = ask(entry, "build_backbone", pretrained=bool(pretrained and file is None))
     if model is None:
-        raise PluginError(f"plugin {plugin!r} did not build backbone {entry.name!r} (build_backbone "
-                          "returned None)", plugin, "build_backbone")
+        raise PluginError(
+            f"plugin {plugin!r} did not build backbone {entry.name!r} (build_backbone returned None)",
+            plugin,
+            "build_backbone",
+        )
     if not isinstance(model, nn.Module):
-        raise PluginError(f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, "
-                          "not a torch.nn.Module", plugin, "build_backbone")
+        raise PluginError(
+            f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, not a torch.nn.Module",
+            plugin,
+            "build_backbone",
+        )
     backbone = describe(entry, model)
     initial = str(file) if file else (entry.weights or "default") if pretrained else None
-    backbone = dataclasses.replace(backbone, head=_live_head(model, backbone), initial_weights=initial,
-                                   answered_by={"build_backbone": plugin, **backbone.answered_by})
+    backbone = dataclasses.replace(
+        backbone,
+        head=_live_head(model, backbone),
+        initial_weights=initial,
+        answered_by={"build_backbone": plugin, **backbone.answered_by},
+    )
     setattr(model, "zoo_adapt", backbone)  # noqa: B010 (the description travels with the module)
     group_parameters(model)  # fail now, naming the plugin, if its groups are wrong
     if state is not None and file is not None:

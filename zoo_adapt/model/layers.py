@@ -1,5 +1,6 @@
 """Layer groups applied to a model: which parameters each group holds, freezing up to a
 group, and the BatchNorm policy for frozen groups."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -25,8 +26,10 @@ def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
             where = "no group" if not owners else f"{len(owners)} groups"
             raise ZooAdaptError(f"{blame}: parameter {name!r} is in {where}, not exactly one")
         if owners[0] < latest:
-            raise ZooAdaptError(f"{blame}: parameter {name!r} (group {groups[owners[0]].name!r}) comes after "
-                                f"group {groups[latest].name!r}; groups must run stem to head")
+            raise ZooAdaptError(
+                f"{blame}: parameter {name!r} (group {groups[owners[0]].name!r}) comes after "
+                f"group {groups[latest].name!r}; groups must run stem to head"
+            )
         latest = owners[0]
         out[owners[0]][1].append((name, param))
     empty = [n for n, params in out if not params]
@@ -88,11 +91,16 @@ def unfreeze(model: nn.Module) -> nn.Module:
 
 def trainable_groups(model: nn.Module) -> list[bool]:
     """For each group, whether any of its parameters (beyond BatchNorm's) is trainable."""
-    bn_params = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, _BatchNorm)
-                 for p, _ in mod.named_parameters(recurse=False)}
-    return [any(p.requires_grad for n, p in params if n not in bn_params) or
-            all(p.requires_grad for _, p in params)
-            for _, params in group_parameters(model)]
+    bn_params = {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, _BatchNorm)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
+    return [
+        any(p.requires_grad for n, p in params if n not in bn_params) or all(p.requires_grad for _, p in params)
+        for _, params in group_parameters(model)
+    ]
 
 
 def _force_eval(module: nn.Module, args) -> None:

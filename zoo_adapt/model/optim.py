@@ -1,4 +1,5 @@
 """Per-group learning rates (discriminative fine-tuning) as optimizer parameter groups."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,9 +21,16 @@ def _no_decay(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
-                 lr_decay: float | None = None, lrs: Sequence[float] | None = None,
-                 weight_decay: float = 0.0, spread: str = "geometric") -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    *,
+    lr_body: float | None = None,
+    lr_decay: float | None = None,
+    lrs: Sequence[float] | None = None,
+    weight_decay: float = 0.0,
+    spread: str = "geometric",
+) -> list[dict]:
     """Optimizer parameter groups, one or two per layer group (weight decay is not applied
     to biases and norm parameters). Every parameter is included, frozen ones too, so
     unfreezing later needs no new optimizer; each group carries its layer group's `name`
@@ -35,9 +43,15 @@ def param_groups(model: nn.Module, lr: float, *, lr_body: float | None = None,
         for decayed in (True, False):
             chosen = [p for n, p in params if (n not in no_decay) == decayed]
             if chosen:
-                out.append({"params": chosen, "lr": rate,
-                            "weight_decay": weight_decay if decayed else 0.0,
-                            "name": name, "group_index": i})
+                out.append(
+                    {
+                        "params": chosen,
+                        "lr": rate,
+                        "weight_decay": weight_decay if decayed else 0.0,
+                        "name": name,
+                        "group_index": i,
+                    }
+                )
     return out
 
 

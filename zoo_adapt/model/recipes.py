@@ -3,6 +3,7 @@ strategies (which layer groups train in which epoch), learning-rate spreads over
 layer groups, schedules, optimizers and BatchNorm policies for frozen groups. Plain
 Python: the job's options (job/config.py) and the CLI's choices come from here without
 torch, and the engine and model surgery apply the same definitions."""
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,7 @@ def choose(kind: str, name: str, table: dict) -> str:
     return name
 
 
-def freeze_plan(strategy: str, epochs: int, n_groups: int, head_epochs: int = 1,
-                unfreeze_every: int = 1) -> list[int]:
+def freeze_plan(strategy: str, epochs: int, n_groups: int, head_epochs: int = 1, unfreeze_every: int = 1) -> list[int]:
     """The freeze boundary (first trainable group) of each epoch."""
     head = n_groups - 1
     if strategy == "linear-probe":
@@ -60,8 +60,14 @@ def freeze_plan(strategy: str, epochs: int, n_groups: int, head_epochs: int = 1,
     raise ZooAdaptError(f"unknown strategy {strategy!r}; choices: {', '.join(STRATEGIES)}")
 
 
-def layer_lrs(n: int, lr: float, lr_body: float | None = None, lr_decay: float | None = None,
-              lrs: Sequence[float] | None = None, spread: str = "geometric") -> list[float]:
+def layer_lrs(
+    n: int,
+    lr: float,
+    lr_body: float | None = None,
+    lr_decay: float | None = None,
+    lrs: Sequence[float] | None = None,
+    spread: str = "geometric",
+) -> list[float]:
     """One rate per group, stem first, head (`lr`) last.
 
     - `lrs`: explicit rates, one per group;
@@ -108,8 +114,9 @@ def stage_schedule(plan: Sequence[int], steps_per_epoch: int, schedule: str, war
             start -= 1
         while end + 1 < len(plan) and plan[end + 1] == plan[epoch]:
             end += 1
-        return schedule_factor(schedule, step - start * steps_per_epoch, (end - start + 1) * steps_per_epoch,
-                               warmup, step / total)
+        return schedule_factor(
+            schedule, step - start * steps_per_epoch, (end - start + 1) * steps_per_epoch, warmup, step / total
+        )
 
     return factor
 

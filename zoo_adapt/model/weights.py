@@ -1,5 +1,6 @@
 """Reading weights files (safetensors or PyTorch checkpoints) into a model, with errors
 that say which file and what does not fit."""
+
 from __future__ import annotations
 
 import pickle
@@ -23,8 +24,9 @@ def looks_like_path(weights: str) -> bool:
 
 
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "history", "best")
-NEVER_UNPICKLED = ("not a weights-only PyTorch checkpoint or safetensors file "
-                   "(zoo-adapt never unpickles arbitrary objects)")
+NEVER_UNPICKLED = (
+    "not a weights-only PyTorch checkpoint or safetensors file (zoo-adapt never unpickles arbitrary objects)"
+)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -39,12 +41,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not _tensor_dict(sd):
         raise ZooAdaptError(f"weights file {path} holds no state dict of tensors")
     if all(k.startswith("module.") for k in sd):  # saved from DataParallel
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = CHECKPOINT_KEYS
+) -> dict[str, Any]:
     """A zoo-adapt training checkpoint (checkpoint.pt), loaded weights-only. A missing,
     empty, truncated, random or foreign file (another program's checkpoint, a plain
     state dict, a pickle of objects) is a ZooAdaptError naming it, never a traceback,
@@ -56,8 +59,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if missing:
         raise ZooAdaptError(f"{path} is not a zoo-adapt checkpoint (it lacks {', '.join(missing)})")
     if not _tensor_dict(state.get("model")) or not isinstance(state.get("epoch", 0), int):
-        raise ZooAdaptError(f"{path} is not a zoo-adapt checkpoint (its model or epoch is not what "
-                            "zoo-adapt writes)")
+        raise ZooAdaptError(f"{path} is not a zoo-adapt checkpoint (its model or epoch is not what zoo-adapt writes)")
     return state
 
 
@@ -102,8 +104,7 @@ def load_error(e: Exception) -> str:
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
         found = re.search(r"GLOBAL (\S+)", text)
-        return (f"it holds Python objects ({found.group(1)}), so it is {NEVER_UNPICKLED}" if found
-                else NEVER_UNPICKLED)
+        return f"it holds Python objects ({found.group(1)}), so it is {NEVER_UNPICKLED}" if found else NEVER_UNPICKLED
     if isinstance(e, EOFError) or "EOF" in text or "central directory" in text:
         return "the file ends too early (truncated?)"
     if isinstance(e, OSError) and e.strerror:
@@ -125,21 +126,25 @@ def safetensors_header(path: str | Path) -> tuple[dict[str, str], dict[str, list
             return dict(f.metadata() or {}), {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ZooAdaptError(f"cannot read model file {path}: {first} (truncated or not a "
-                            "safetensors file?)") from e
+        raise ZooAdaptError(f"cannot read model file {path}: {first} (truncated or not a safetensors file?)") from e
 
 
-def fit_report(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor],
-               skip: tuple[str, ...] = ()) -> str | None:
+def fit_report(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> str | None:
     """None when `sd` fits `own` exactly (ignoring keys under `skip`), else what does not."""
+
     def skipped(k: str) -> bool:
         return any(k == s or k.startswith(s + ".") for s in skip)
 
     missing = [k for k in own if k not in sd and not skipped(k)]
     unexpected = [k for k in sd if k not in own and not skipped(k)]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in sd and not skipped(k) and sd[k].shape != own[k].shape]
-    parts = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
-             for what, v in (("missing", missing), ("unexpected", unexpected),
-                             ("with other shapes", shapes)) if v]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and not skipped(k) and sd[k].shape != own[k].shape
+    ]
+    parts = [
+        f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+        for what, v in (("missing", missing), ("unexpected", unexpected), ("with other shapes", shapes))
+        if v
+    ]
     return "; ".join(parts) or None

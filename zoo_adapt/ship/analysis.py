@@ -8,6 +8,7 @@ top_losses.png, cams.png. `zoo-adapt analyse` and the end of `zoo-adapt finetune
 come here. The CAM layer is the plugin's answer to `backbone_cam_target` (ViTs: the last
 block's first norm, tokens laid out on the patch grid), else the last layer whose output
 is a spatial feature map (CNNs)."""
+
 from __future__ import annotations
 
 import csv
@@ -65,7 +66,9 @@ class Analysis:
     macro_f1: float | None
     per_class: list[ClassFigures]
     confused: list[dict[str, Any]]  # {"true", "predicted", "count"}, most first
-    top_losses: list[dict[str, Any]]  # {"index", "path", "true", "predicted", "probability", "true_probability", "loss"}
+    top_losses: list[
+        dict[str, Any]
+    ]  # {"index", "path", "true", "predicted", "probability", "true_probability", "loss"}
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -81,24 +84,42 @@ def per_class_figures(confusion: np.ndarray, classes: list[str]) -> list[ClassFi
         hit, predicted, support = int(confusion[k, k]), int(confusion[:, k].sum()), int(confusion[k].sum())
         precision = hit / predicted if predicted else None
         recall = hit / support if support else None
-        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
-              (0.0 if precision is not None and recall is not None else None))
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if precision and recall
+            else (0.0 if precision is not None and recall is not None else None)
+        )
         out.append(ClassFigures(name, precision, recall, f1, support))
     return out
 
 
 def most_confused(confusion: np.ndarray, classes: list[str], limit: int = 10) -> list[dict[str, Any]]:
     """Off-diagonal cells, largest first (as fastai's most_confused)."""
-    pairs = [(int(confusion[i, j]), classes[i], classes[j]) for i in range(len(classes))
-             for j in range(len(classes)) if i != j and confusion[i, j] > 0]
+    pairs = [
+        (int(confusion[i, j]), classes[i], classes[j])
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and confusion[i, j] > 0
+    ]
     pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
     return [{"true": t, "predicted": p, "count": n} for n, t, p in pairs[:limit]]
 
 
-def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
-            out: str | Path, device: torch.device | str = "cpu", cams: str = "auto", top: int = 12,
-            num_cams: int = 6, batch_size: int = 64, workers: int = 0, title: str = "",
-            log: Callable[[str], None] | None = None) -> Analysis:
+def analyse(
+    model: nn.Module,
+    dataset,
+    classes: list[str],
+    norm: Normalization,
+    out: str | Path,
+    device: torch.device | str = "cpu",
+    cams: str = "auto",
+    top: int = 12,
+    num_cams: int = 6,
+    batch_size: int = 64,
+    workers: int = 0,
+    title: str = "",
+    log: Callable[[str], None] | None = None,
+) -> Analysis:
     """Analyse `model` on `dataset` (labelled images: a zoo-adapt ImageDataset or a
     torchvision dataset wrapper, with `raw(i)`), writing the files to `out`. `cams`:
     auto (when grad-cam is installed) | on | off."""
@@ -122,7 +143,9 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
         parts["p_true"].append(probs.gather(1, y[:, None])[:, 0].cpu())
     if not parts["labels"]:
         raise ZooAdaptError("nothing to analyse: no images")
-    labels, predicted, p_pred, p_true = (torch.cat(parts[k]).numpy() for k in ("labels", "predicted", "p_pred", "p_true"))
+    labels, predicted, p_pred, p_true = (
+        torch.cat(parts[k]).numpy() for k in ("labels", "predicted", "p_pred", "p_true")
+    )
     n = len(classes)
     confusion = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
     figures = per_class_figures(confusion, classes)
@@ -131,12 +154,24 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
     order = np.argsort(-losses, kind="stable")[:top]
     paths = _paths(dataset)
     result = Analysis(
-        num_images=len(labels), accuracy=float(np.mean(labels == predicted)),
-        macro_f1=float(np.mean(f1s)) if f1s else None, per_class=figures,
+        num_images=len(labels),
+        accuracy=float(np.mean(labels == predicted)),
+        macro_f1=float(np.mean(f1s)) if f1s else None,
+        per_class=figures,
         confused=most_confused(confusion, classes),
-        top_losses=[{"index": int(i), "path": paths[i] if paths else None, "true": classes[labels[i]],
-                     "predicted": classes[predicted[i]], "probability": float(p_pred[i]),
-                     "true_probability": float(p_true[i]), "loss": float(losses[i])} for i in order])
+        top_losses=[
+            {
+                "index": int(i),
+                "path": paths[i] if paths else None,
+                "true": classes[labels[i]],
+                "predicted": classes[predicted[i]],
+                "probability": float(p_pred[i]),
+                "true_probability": float(p_true[i]),
+                "loss": float(losses[i]),
+            }
+            for i in order
+        ],
+    )
     write_text(out / "per_class.csv", _per_class_csv(figures))
     result.files.append("per_class.csv")
     crops = {int(i): transform(dataset.raw(int(i), transform.min_side)[0]) for i in order}
@@ -150,9 +185,18 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
         chosen = _cam_images(labels, predicted, p_pred, losses, num_cams)
         for i in chosen:
             crops.setdefault(i, transform(dataset.raw(i, transform.min_side)[0]))
-        note = _cams(model, [crops[i] for i in chosen], [int(predicted[i]) for i in chosen],
-                     [int(labels[i]) for i in chosen], [float(p_pred[i]) for i in chosen], classes, norm, device,
-                     out / "cams.png", title)
+        note = _cams(
+            model,
+            [crops[i] for i in chosen],
+            [int(predicted[i]) for i in chosen],
+            [int(labels[i]) for i in chosen],
+            [float(p_pred[i]) for i in chosen],
+            classes,
+            norm,
+            device,
+            out / "cams.png",
+            title,
+        )
         if note:
             result.notes.append(note)
         else:
@@ -167,8 +211,10 @@ def analyse(model: nn.Module, dataset, classes: list[str], norm: Normalization,
 def summary(result: Analysis, out: Path) -> str:
     worst = min((c for c in result.per_class if c.f1 is not None), key=lambda c: c.f1 or 0.0, default=None)
     confused = result.confused[0] if result.confused else None
-    parts = [f"analysis: {result.num_images} images, accuracy {result.accuracy:.1%}"
-             + (f", macro F1 {result.macro_f1:.3f}" if result.macro_f1 is not None else "")]
+    parts = [
+        f"analysis: {result.num_images} images, accuracy {result.accuracy:.1%}"
+        + (f", macro F1 {result.macro_f1:.3f}" if result.macro_f1 is not None else "")
+    ]
     if worst is not None:
         parts.append(f"lowest F1 {worst.name} ({worst.f1:.2f})")
     if confused:
@@ -187,8 +233,7 @@ def _per_class_csv(figures: list[ClassFigures]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["class", "precision", "recall", "f1", "support"])
     for c in figures:
-        writer.writerow([c.name, *("" if v is None else f"{v:.6f}" for v in (c.precision, c.recall, c.f1)),
-                         c.support])
+        writer.writerow([c.name, *("" if v is None else f"{v:.6f}" for v in (c.precision, c.recall, c.f1)), c.support])
     return buffer.getvalue()
 
 
@@ -217,9 +262,13 @@ def _plot_top_losses(items: list[dict[str, Any]], crops: dict[int, torch.Tensor]
     for ax, item in zip(axes.flat, items):
         ax.imshow(_rgb(crops[item["index"]]), interpolation="lanczos")
         wrong = item["true"] != item["predicted"]
-        ax.set_title(f"true: {_short(item['true'])}\npredicted: {_short(item['predicted'])} "
-                     f"({item['probability']:.0%})\nloss {item['loss']:.2f}, p(true) {item['true_probability']:.0%}",
-                     fontsize=9, color="firebrick" if wrong else "black", loc="left")
+        ax.set_title(
+            f"true: {_short(item['true'])}\npredicted: {_short(item['predicted'])} "
+            f"({item['probability']:.0%})\nloss {item['loss']:.2f}, p(true) {item['true_probability']:.0%}",
+            fontsize=9,
+            color="firebrick" if wrong else "black",
+            loc="left",
+        )
     fig.suptitle(f"Top losses{': ' + title if title else ''} (red: misclassified)", fontsize=11)
     return fig
 
@@ -231,17 +280,21 @@ def find_cam_target(model: nn.Module, x: torch.Tensor) -> CamTarget | None:
     _, answer = ask(backbone.entry, "backbone_cam_target", model=model)
     if answer is not None:
         if not isinstance(answer, CamTarget):
-            raise ZooAdaptError(f"plugin {backbone.entry.plugin!r}: backbone_cam_target must return a CamTarget, "
-                                f"not {type(answer).__name__}")
+            raise ZooAdaptError(
+                f"plugin {backbone.entry.plugin!r}: backbone_cam_target must return a CamTarget, "
+                f"not {type(answer).__name__}"
+            )
         return answer
     head = backbone.built_head.attr
     found: list[str] = []
     hooks = []
     for name, module in model.named_modules():
         if name and name != head and not name.startswith(head + "."):
+
             def keep(mod, args, output, name=name):
                 if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
                     found.append(name)
+
             hooks.append(module.register_forward_hook(keep))
     try:
         with torch.no_grad():
@@ -257,8 +310,18 @@ def _nothing(cam: np.ndarray) -> str:
     return "\n(no positive evidence)" if float(np.max(cam)) < 1e-6 else ""
 
 
-def _cams(model: nn.Module, crops: list[torch.Tensor], predicted: list[int], true: list[int], probs: list[float],
-          classes: list[str], norm: Normalization, device: torch.device, path: Path, title: str) -> str | None:
+def _cams(
+    model: nn.Module,
+    crops: list[torch.Tensor],
+    predicted: list[int],
+    true: list[int],
+    probs: list[float],
+    classes: list[str],
+    norm: Normalization,
+    device: torch.device,
+    path: Path,
+    title: str,
+) -> str | None:
     """cams.png: each image, the CAM of the predicted class and of the true class. Returns
     a note instead when the model has no usable layer."""
     from pytorch_grad_cam import GradCAM
@@ -270,15 +333,16 @@ def _cams(model: nn.Module, crops: list[torch.Tensor], predicted: list[int], tru
     x = normalize(torch.stack(crops).to(device), norm)
     target = find_cam_target(model, x)
     if target is None:
-        return (f"class activation maps skipped: no layer of the model gives a spatial feature map at "
-                f"{x.shape[-1]} px")
+        return f"class activation maps skipped: no layer of the model gives a spatial feature map at {x.shape[-1]} px"
     layer = model.get_submodule(target.layer)
     reshape = None
     if target.prefix_tokens is not None:
+
         def reshape(t, prefix=target.prefix_tokens):
             t = t[:, prefix:, :]
             side = int(round(math.sqrt(t.shape[1])))
             return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
     model.eval()
@@ -286,39 +350,57 @@ def _cams(model: nn.Module, crops: list[torch.Tensor], predicted: list[int], tru
         for p, _ in flags:
             p.requires_grad_(True)  # frozen groups too: the gradients reach the CAM layer
         with torch.enable_grad(), GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-            maps = {kind: cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in wanted])
-                    for kind, wanted in (("predicted", predicted), ("true", true))}
+            maps = {
+                kind: cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in wanted])
+                for kind, wanted in (("predicted", predicted), ("true", true))
+            }
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
     plt = pyplot()
-    fig, axes = plt.subplots(len(crops), 3, figsize=(9.3, 3.5 * len(crops) + 0.8), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(len(crops), 3, figsize=(9.3, 3.5 * len(crops) + 0.8), squeeze=False, layout="constrained")
     for row, crop in enumerate(crops):
         rgb = _rgb(crop).astype(np.float32) / 255
         wrong = predicted[row] != true[row]
-        panels = [(rgb, f"image\ntrue: {_short(classes[true[row]], 24)}"),
-                  (show_cam_on_image(rgb, maps["predicted"][row], use_rgb=True),
-                   f"evidence for predicted\n{_short(classes[predicted[row]], 24)} ({probs[row]:.0%})"
-                   + _nothing(maps["predicted"][row])),
-                  (show_cam_on_image(rgb, maps["true"][row], use_rgb=True),
-                   f"evidence for true\n{_short(classes[true[row]], 24)}" + _nothing(maps["true"][row]))]
+        panels = [
+            (rgb, f"image\ntrue: {_short(classes[true[row]], 24)}"),
+            (
+                show_cam_on_image(rgb, maps["predicted"][row], use_rgb=True),
+                f"evidence for predicted\n{_short(classes[predicted[row]], 24)} ({probs[row]:.0%})"
+                + _nothing(maps["predicted"][row]),
+            ),
+            (
+                show_cam_on_image(rgb, maps["true"][row], use_rgb=True),
+                f"evidence for true\n{_short(classes[true[row]], 24)}" + _nothing(maps["true"][row]),
+            ),
+        ]
         for col, (image, label) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(image, interpolation="lanczos")
             ax.set_title(label, fontsize=9, color="firebrick" if wrong and col == 1 else "black")
             ax.axis("off")
-    fig.suptitle(f"Grad-CAM at {target.layer}{': ' + title if title else ''}\nwarm colours: where the class's "
-                 f"evidence is; red title: misclassified", fontsize=11)
+    fig.suptitle(
+        f"Grad-CAM at {target.layer}{': ' + title if title else ''}\nwarm colours: where the class's "
+        f"evidence is; red title: misclassified",
+        fontsize=11,
+    )
     save_figure(fig, path, tight=False)
     return None
 
 
-def analyse_folder(model_path: str | Path, data: str | Path, out: str | Path | None = None, cams: str = "auto",
-                   top: int = 12, batch_size: int = 64, device: str = "auto", workers: int | None = None,
-                   log: Callable[[str], None] | None = None) -> Analysis:
+def analyse_folder(
+    model_path: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    cams: str = "auto",
+    top: int = 12,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Analysis:
     """`zoo-adapt analyse`: an exported model on a labelled ImageFolder (its held-out
     split when it has train/ and val/); files to `out` (default: analysis/ beside the
     model). The header and the images are checked before the weights are loaded."""
@@ -328,13 +410,26 @@ def analyse_folder(model_path: str | Path, data: str | Path, out: str | Path | N
         require_cams()
     card, _ = read_card(model_path)
     if card.multi_label:
-        raise ZooAdaptError(f"{model_path} is a multi-label model: the error analysis covers single-label models "
-                            "(zoo-adapt evaluate --labels gives its per-class figures)")
+        raise ZooAdaptError(
+            f"{model_path} is a multi-label model: the error analysis covers single-label models "
+            "(zoo-adapt evaluate --labels gives its per-class figures)"
+        )
     samples = scan_folder(labelled_folder(data), classes=card.classes)
     dev = resolve_device(device)
     prepare_device(dev)
     model, card = load_model(model_path, dev)
     out = Path(out) if out else Path(model_path).resolve().parent / "analysis"
-    return analyse(model, ImageDataset(samples), card.classes, card.normalization, out, dev,
-                   cams=cams, top=top, batch_size=batch_size,
-                   workers=default_workers(dev) if workers is None else workers, title=card.backbone, log=log)
+    return analyse(
+        model,
+        ImageDataset(samples),
+        card.classes,
+        card.normalization,
+        out,
+        dev,
+        cams=cams,
+        top=top,
+        batch_size=batch_size,
+        workers=default_workers(dev) if workers is None else workers,
+        title=card.backbone,
+        log=log,
+    )

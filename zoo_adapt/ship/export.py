@@ -2,6 +2,7 @@
 names (it loads with strict=True into the plain torchvision/timm model built with N
 classes), with what is needed to use it in the header: classes, normalization, input
 size, backbone."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,14 @@ class ModelCard:
         return self.normalization.image_size
 
 
-def export_model(model: nn.Module, path: str | Path, classes: list[str], normalization: Normalization | None = None,
-                 extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    classes: list[str],
+    normalization: Normalization | None = None,
+    extra: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write `model` (made by create_model) with its metadata, atomically; `state`:
     weights to write instead of the model's own (a kept earlier epoch); `normalization`:
     the preprocessing the model was fine-tuned for (size and eval crop included), if not
@@ -56,13 +63,21 @@ def export_model(model: nn.Module, path: str | Path, classes: list[str], normali
         raise ZooAdaptError(f"{len(classes)} class names for a model with {num_classes_of(model)} outputs")
     norm = normalization or backbone.built_normalization
     meta = {
-        "format": FORMAT, "zoo_adapt_version": __version__,
-        "backbone": backbone.name, "plugin": backbone.entry.plugin, "upstream": backbone.entry.upstream,
-        "library": backbone.source.library, "pretrained_weights": str(backbone.initial_weights),
-        "entry": json.dumps(backbone.entry.to_dict()), "head": backbone.built_head.attr,
-        "num_classes": str(len(classes)), "classes": json.dumps(list(classes)),
-        "mean": json.dumps(list(norm.mean)), "std": json.dumps(list(norm.std)),
-        "input_size": json.dumps(list(norm.input_size)), "interpolation": norm.interpolation,
+        "format": FORMAT,
+        "zoo_adapt_version": __version__,
+        "backbone": backbone.name,
+        "plugin": backbone.entry.plugin,
+        "upstream": backbone.entry.upstream,
+        "library": backbone.source.library,
+        "pretrained_weights": str(backbone.initial_weights),
+        "entry": json.dumps(backbone.entry.to_dict()),
+        "head": backbone.built_head.attr,
+        "num_classes": str(len(classes)),
+        "classes": json.dumps(list(classes)),
+        "mean": json.dumps(list(norm.mean)),
+        "std": json.dumps(list(norm.std)),
+        "input_size": json.dumps(list(norm.input_size)),
+        "interpolation": norm.interpolation,
         "crop_pct": str(norm.crop_pct),
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
@@ -91,38 +106,66 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
         raise ZooAdaptError(f"model file {path} is not a regular file")
     meta, shapes = safetensors_header(path)
     if meta.get("format") != FORMAT:
-        raise ZooAdaptError(f"{path} is not a zoo-adapt export (no zoo-adapt metadata in its header); "
-                            "to start from plain weights use --weights with finetune")
+        raise ZooAdaptError(
+            f"{path} is not a zoo-adapt export (no zoo-adapt metadata in its header); "
+            "to start from plain weights use --weights with finetune"
+        )
     field = _Fields(path, meta)
-    classes = field("classes", "a JSON list of distinct class names",
-                    lambda v: isinstance(v, list) and v and all(isinstance(c, str) and c for c in v)
-                    and len(set(v)) == len(v))
+    classes = field(
+        "classes",
+        "a JSON list of distinct class names",
+        lambda v: isinstance(v, list) and v and all(isinstance(c, str) and c for c in v) and len(set(v)) == len(v),
+    )
     head = field("head", "the head's module name", _name, parse=str)
     outputs = (shapes.get(f"{head}.weight") or [len(classes)])[0]
     if outputs != len(classes):
-        raise ZooAdaptError(f"model file {path}: its header lists {len(classes)} classes but its head "
-                            f"({head}) has {outputs} outputs")
+        raise ZooAdaptError(
+            f"model file {path}: its header lists {len(classes)} classes but its head ({head}) has {outputs} outputs"
+        )
     field("num_classes", f"{len(classes)}, the number of classes", lambda v: v == len(classes), default=None)
-    entry_d = field("entry", "a JSON object naming the backbone's plugin and upstream model",
-                    lambda v: isinstance(v, dict) and all(_name(v.get(k)) for k in ("name", "plugin", "upstream"))
-                    and isinstance(v.get("weights"), (str, type(None))) and isinstance(v.get("description", ""), str))
-    entry = Entry(name=entry_d.pop("name"), plugin=entry_d.pop("plugin"), upstream=entry_d.pop("upstream"),
-                  weights=entry_d.pop("weights", None), description=entry_d.pop("description", ""),
-                  extra=entry_d, origin=str(path))
+    entry_d = field(
+        "entry",
+        "a JSON object naming the backbone's plugin and upstream model",
+        lambda v: (
+            isinstance(v, dict)
+            and all(_name(v.get(k)) for k in ("name", "plugin", "upstream"))
+            and isinstance(v.get("weights"), (str, type(None)))
+            and isinstance(v.get("description", ""), str)
+        ),
+    )
+    entry = Entry(
+        name=entry_d.pop("name"),
+        plugin=entry_d.pop("plugin"),
+        upstream=entry_d.pop("upstream"),
+        weights=entry_d.pop("weights", None),
+        description=entry_d.pop("description", ""),
+        extra=entry_d,
+        origin=str(path),
+    )
     norm = Normalization(
         mean=tuple(field("mean", "a JSON list of three numbers", lambda v: _numbers(v, 3))),
         std=tuple(field("std", "a JSON list of three positive numbers", lambda v: _numbers(v, 3) and min(v) > 0)),
         input_size=tuple(field("input_size", f"[3, N, N] with N from 1 to {MAX_INPUT_SIDE}", _input_size)),
         interpolation=field("interpolation", " or ".join(INTERPOLATIONS), lambda v: v in INTERPOLATIONS, parse=str),
-        crop_pct=field("crop_pct", "a number in (0, 1]", lambda v: _numbers([v], 1) and 0 < v <= 1, parse=float))
-    card = ModelCard(field("backbone", "a backbone name", _name, parse=str), entry,
-                     field("library", "a library name", _name, parse=str), classes, norm, head,
-                     hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True),
-                     multi_label=field("multi_label", "true or false", lambda v: isinstance(v, bool), default=False))
+        crop_pct=field("crop_pct", "a number in (0, 1]", lambda v: _numbers([v], 1) and 0 < v <= 1, parse=float),
+    )
+    card = ModelCard(
+        field("backbone", "a backbone name", _name, parse=str),
+        entry,
+        field("library", "a library name", _name, parse=str),
+        classes,
+        norm,
+        head,
+        hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True),
+        multi_label=field("multi_label", "true or false", lambda v: isinstance(v, bool), default=False),
+    )
     if card.multi_label:
-        card.thresholds = field("thresholds", f"a JSON list of {len(classes)} numbers in [0, 1]",
-                                lambda v: _numbers(v, len(classes)) and all(0 <= x <= 1 for x in v),
-                                default=[0.5] * len(classes))
+        card.thresholds = field(
+            "thresholds",
+            f"a JSON list of {len(classes)} numbers in [0, 1]",
+            lambda v: _numbers(v, len(classes)) and all(0 <= x <= 1 for x in v),
+            default=[0.5] * len(classes),
+        )
     return card, meta
 
 
@@ -159,13 +202,22 @@ def _name(v) -> bool:
 
 
 def _numbers(v, n: int) -> bool:
-    return (isinstance(v, list) and len(v) == n
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+    return (
+        isinstance(v, list)
+        and len(v) == n
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    )
 
 
 def _input_size(v) -> bool:
-    return (isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-            and v[0] == 3 and v[1] == v[2] and 1 <= v[1] <= MAX_INPUT_SIDE)
+    return (
+        isinstance(v, list)
+        and len(v) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        and v[0] == 3
+        and v[1] == v[2]
+        and 1 <= v[1] <= MAX_INPUT_SIDE
+    )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:

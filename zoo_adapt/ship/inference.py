@@ -1,4 +1,5 @@
 """Using an exported model: score it on a labelled folder, or predict images."""
+
 from __future__ import annotations
 
 import csv
@@ -41,9 +42,16 @@ def labelled_rows(labels: str | Path, data: str | Path | None, columns, classes:
     return samples, f"{file} ({which})"
 
 
-def evaluate_folder(model_path: str | Path, data: str | Path | None, tta: bool = False, batch_size: int = 64,
-                    device: str = "auto", workers: int | None = None, labels: str | Path | None = None,
-                    columns=None) -> Evaluation:
+def evaluate_folder(
+    model_path: str | Path,
+    data: str | Path | None,
+    tta: bool = False,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int | None = None,
+    labels: str | Path | None = None,
+    columns=None,
+) -> Evaluation:
     """Accuracy, top-5, balanced accuracy, per-class accuracy, precision, recall, F1 and
     confusion matrix of an exported model on a labelled ImageFolder whose classes are (a
     subset of) the model's, or on a label file's rows (`labels`, paths relative to
@@ -65,10 +73,24 @@ def evaluate_folder(model_path: str | Path, data: str | Path | None, tta: bool =
     dev = resolve_device(device)
     prepare_device(dev)
     model, card = load_model(model_path, dev)
-    batches = eval_batches(ImageDataset(samples), card.normalization, dev, batch_size=batch_size,
-                           workers=default_workers(dev) if workers is None else workers)
-    result = evaluate(model, batches, card.classes, tta=tta, autocast=dev.type == "cuda", flip=card.hflip,
-                      progress="evaluating", multi_label=card.multi_label, thresholds=card.thresholds)
+    batches = eval_batches(
+        ImageDataset(samples),
+        card.normalization,
+        dev,
+        batch_size=batch_size,
+        workers=default_workers(dev) if workers is None else workers,
+    )
+    result = evaluate(
+        model,
+        batches,
+        card.classes,
+        tta=tta,
+        autocast=dev.type == "cuda",
+        flip=card.hflip,
+        progress="evaluating",
+        multi_label=card.multi_label,
+        thresholds=card.thresholds,
+    )
     result.folder = str(folder)
     return result
 
@@ -87,10 +109,16 @@ class Prediction:
         if self.error:
             return {"path": self.path, "error": self.error}
         if self.labels is not None:
-            return {"path": self.path, "labels": [c for c, _ in self.labels],
-                    "probabilities": {c: p for c, p in self.top}}
-        return {"path": self.path, "prediction": self.top[0][0],
-                "top": [{"class": c, "probability": p} for c, p in self.top]}
+            return {
+                "path": self.path,
+                "labels": [c for c, _ in self.labels],
+                "probabilities": {c: p for c, p in self.top},
+            }
+        return {
+            "path": self.path,
+            "prediction": self.top[0][0],
+            "top": [{"class": c, "probability": p} for c, p in self.top],
+        }
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
@@ -115,16 +143,29 @@ def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     return out
 
 
-def predict_paths(model_path: str | Path, paths: Iterable[str | Path], tta: bool = False, top_k: int = 5,
-                  batch_size: int = 32, device: str = "auto") -> list[Prediction]:
+def predict_paths(
+    model_path: str | Path,
+    paths: Iterable[str | Path],
+    tta: bool = False,
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> list[Prediction]:
     """Top-k classes with probabilities for each image, in the order given; a file that
     cannot be read (missing, not a regular file, corrupt, a decompression bomb) gets an
     error entry instead of stopping the others."""
     return list(iter_predictions(model_path, paths, tta=tta, top_k=top_k, batch_size=batch_size, device=device))
 
 
-def iter_predictions(model_path: str | Path, paths: Iterable[str | Path], tta: bool = False, top_k: int = 5,
-                     batch_size: int = 32, device: str = "auto", entries: list | None = None) -> Iterator[Prediction]:
+def iter_predictions(
+    model_path: str | Path,
+    paths: Iterable[str | Path],
+    tta: bool = False,
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+    entries: list | None = None,
+) -> Iterator[Prediction]:
     """predict_paths, one batch at a time, so a caller can print results as they come.
     Images of a batch are decoded in threads; batches run on the device. `entries`:
     expand_paths(paths), when the caller has it already."""
@@ -155,7 +196,7 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
     for start in range(0, len(entries), batch_size):
         done: list[Prediction] = []
         batch, kept = [], []
-        chunk = entries[start:start + batch_size]
+        chunk = entries[start : start + batch_size]
         for (path, _), (image, error) in zip(chunk, pool.map(decode, chunk)):
             done.append(Prediction(str(path), error=error))
             if error is None:
@@ -163,8 +204,9 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
                 kept.append(done[-1])
         if batch:
             x = normalize(torch.stack(batch).to(dev), card.normalization)
-            probs = predict_proba(model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip,
-                                  multi_label=card.multi_label)
+            probs = predict_proba(
+                model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip, multi_label=card.multi_label
+            )
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
                 pred.top = [(card.classes[c], p) for c, p in zip(i, v)]
@@ -173,9 +215,17 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
         yield from done
 
 
-def write_predictions(model_path: str | Path, paths: Iterable[str | Path], output: str | Path, tta: bool = False,
-                      top_k: int = 3, batch_size: int = 64, device: str = "auto", progress: bool = True,
-                      on_error=None) -> tuple[int, int]:
+def write_predictions(
+    model_path: str | Path,
+    paths: Iterable[str | Path],
+    output: str | Path,
+    tta: bool = False,
+    top_k: int = 3,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+    on_error=None,
+) -> tuple[int, int]:
     """Predict every image of `paths` (files or folders, any size) into the CSV `output`:
     path, prediction, probability, then label_i / probability_i for the top k, and an
     error column for files that cannot be read. Rows are written and flushed batch by
@@ -187,8 +237,11 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
     entries = expand_paths(paths)
     card, _ = read_card(model_path)
     k = min(top_k, len(card.classes))
-    header = ["path", "prediction", "probability"] + [f"{w}_{i}" for i in range(1, k + 1)
-                                                       for w in ("label", "probability")] + ["error"]
+    header = (
+        ["path", "prediction", "probability"]
+        + [f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "probability")]
+        + ["error"]
+    )
     rows = failed = 0
     try:
         handle = open(output, "w", newline="", encoding="utf-8", errors="surrogateescape")
@@ -201,8 +254,9 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
             writer.writerow(header)
             handle.flush()
             pending = 0
-            for r in iter_predictions(model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device,
-                                      entries=entries):
+            for r in iter_predictions(
+                model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device, entries=entries
+            ):
                 if r.error:
                     failed += 1
                     writer.writerow([r.path, "", ""] + [""] * (2 * k) + [r.error])
@@ -211,8 +265,9 @@ def write_predictions(model_path: str | Path, paths: Iterable[str | Path], outpu
                 elif card.multi_label:  # prediction: every class at or above its threshold, "|"-joined
                     pairs = [x for c, p in r.top[:k] for x in (c, f"{p:.6f}")]
                     chosen = r.labels or []
-                    writer.writerow([r.path, "|".join(c for c, _ in chosen),
-                                     ";".join(f"{p:.6f}" for _, p in chosen), *pairs, ""])
+                    writer.writerow(
+                        [r.path, "|".join(c for c, _ in chosen), ";".join(f"{p:.6f}" for _, p in chosen), *pairs, ""]
+                    )
                 else:
                     pairs = [x for c, p in r.top for x in (c, f"{p:.6f}")]
                     writer.writerow([r.path, r.top[0][0], f"{r.top[0][1]:.6f}", *pairs, ""])

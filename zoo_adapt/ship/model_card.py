@@ -5,6 +5,7 @@ options) and, for timm backbones, the config.json that lets plain timm build and
 the model from the folder: `timm.create_model("local-dir:RUN", pretrained=True)` (or
 "hf-hub:USER/REPO" once pushed). Written from the folder's files, so `zoo-adapt push`
 can also write them for an older run."""
+
 from __future__ import annotations
 
 import json
@@ -78,12 +79,16 @@ def timm_config(model, card) -> dict[str, Any] | None:
     from timm.models._hub import save_config_for_hf  # what timm.models.push_to_hf_hub writes
 
     norm = card.normalization
-    data_config = {"input_size": tuple(norm.input_size), "mean": tuple(norm.mean), "std": tuple(norm.std),
-                   "interpolation": norm.interpolation, "crop_pct": norm.crop_pct}
+    data_config = {
+        "input_size": tuple(norm.input_size),
+        "mean": tuple(norm.mean),
+        "std": tuple(norm.std),
+        "interpolation": norm.interpolation,
+        "crop_pct": norm.crop_pct,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / TIMM_CONFIG
-        save_config_for_hf(model, str(path), model_config={"label_names": list(card.classes)},
-                           data_config=data_config)
+        save_config_for_hf(model, str(path), model_config={"label_names": list(card.classes)}, data_config=data_config)
         config = json.loads(path.read_text())
     for key in ("tag", "license", "hf_hub_id", "url", "paper_ids", "paper_name", "origin_url"):
         config["pretrained_cfg"].pop(key, None)  # they describe timm's own weights, not these
@@ -96,24 +101,40 @@ def front_matter(card, metrics: dict[str, Any], options: dict[str, Any], name: s
     matter: dict[str, Any] = {
         "library_name": library,
         "pipeline_tag": "image-classification",
-        "tags": list(dict.fromkeys(["image-classification", "zoo-adapt", "transfer-learning", card.library,
-                                    card.entry.upstream])),
+        "tags": list(
+            dict.fromkeys(["image-classification", "zoo-adapt", "transfer-learning", card.library, card.entry.upstream])
+        ),
         "datasets": [dataset],
         "metrics": ["accuracy"],
     }
     weights = card.entry.weights
     if card.library == "timm" and weights and "/" not in weights and "." not in weights:
         matter["base_model"] = f"timm/{card.entry.upstream}.{weights}"
-    results = [(key, label) for key, label in (
-        ("val_accuracy", "Top-1 accuracy (validation)"), ("val_top5", "Top-5 accuracy (validation)"),
-        ("val_accuracy_tta", "Top-1 accuracy with test-time augmentation (validation)"))
-        if isinstance(metrics.get(key), (int, float))]
+    results = [
+        (key, label)
+        for key, label in (
+            ("val_accuracy", "Top-1 accuracy (validation)"),
+            ("val_top5", "Top-5 accuracy (validation)"),
+            ("val_accuracy_tta", "Top-1 accuracy with test-time augmentation (validation)"),
+        )
+        if isinstance(metrics.get(key), (int, float))
+    ]
     if results:
-        matter["model-index"] = [{"name": name, "results": [{
-            "task": {"type": "image-classification", "name": "Image Classification"},
-            "dataset": {"name": dataset, "type": dataset, "split": "validation"},
-            "metrics": [{"type": "accuracy", "value": round(float(metrics[key]), 4), "name": label}
-                        for key, label in results]}]}]
+        matter["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "image-classification", "name": "Image Classification"},
+                        "dataset": {"name": dataset, "type": dataset, "split": "validation"},
+                        "metrics": [
+                            {"type": "accuracy", "value": round(float(metrics[key]), 4), "name": label}
+                            for key, label in results
+                        ],
+                    }
+                ],
+            }
+        ]
     return matter
 
 
@@ -138,20 +159,32 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
     size, resize = norm.image_size, norm.resize_size()
     classes = card.classes
     head = yaml.safe_dump(front_matter(card, metrics, options, name), sort_keys=False, allow_unicode=True)
-    lines = ["---", head.rstrip(), "---", "",
-             f"# {name}", "",
-             f"`{card.entry.upstream}` ({card.library}, pretrained weights: {meta.get('pretrained_weights', '?')}) "
-             f"fine-tuned with [zoo-adapt](https://pypi.org/project/zoo-adapt/) {meta.get('zoo_adapt_version', __version__)} "
-             f"to tell {len(classes)} classes apart, on `{dataset_name(options)}`.", ""]
+    lines = [
+        "---",
+        head.rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"`{card.entry.upstream}` ({card.library}, pretrained weights: {meta.get('pretrained_weights', '?')}) "
+        f"fine-tuned with [zoo-adapt](https://pypi.org/project/zoo-adapt/) "
+        f"{meta.get('zoo_adapt_version', __version__)} "
+        f"to tell {len(classes)} classes apart, on `{dataset_name(options)}`.",
+        "",
+    ]
     # results
     lines += ["## Results", ""]
     if isinstance(metrics.get("val_accuracy"), (int, float)):
-        lines += [f"Measured on {metrics.get('num_val', '?')} validation images with the kept model (epoch "
-                  f"{metrics.get('kept_epoch', '?')} of {metrics.get('epochs', '?')}, {metrics.get('strategy', '')}):", "",
-                  "| metric | value |", "| --- | --- |",
-                  f"| top-1 accuracy | {_pct(metrics.get('val_accuracy'))} |",
-                  f"| top-5 accuracy | {_pct(metrics.get('val_top5'))} |",
-                  f"| loss | {_num(metrics.get('val_loss'))} |"]
+        lines += [
+            f"Measured on {metrics.get('num_val', '?')} validation images with the kept model (epoch "
+            f"{metrics.get('kept_epoch', '?')} of {metrics.get('epochs', '?')}, {metrics.get('strategy', '')}):",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+            f"| top-1 accuracy | {_pct(metrics.get('val_accuracy'))} |",
+            f"| top-5 accuracy | {_pct(metrics.get('val_top5'))} |",
+            f"| loss | {_num(metrics.get('val_loss'))} |",
+        ]
         if metrics.get("val_accuracy_tta") is not None:
             lines.append(f"| top-1 accuracy with test-time augmentation | {_pct(metrics.get('val_accuracy_tta'))} |")
         if analysis.get("macro_f1") is not None:
@@ -161,72 +194,141 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
         lines += ["No validation set was used: no measured results.", ""]
     per_class = analysis.get("per_class") or []
     if per_class:
-        lines += ["Per class (validation):", "", "| class | precision | recall | F1 | support |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {_cell(c['name'])} | {_num(c['precision'])} | {_num(c['recall'])} | {_num(c['f1'])} | "
-                  f"{c['support']} |" for c in per_class[:100]]
+        lines += [
+            "Per class (validation):",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {_cell(c['name'])} | {_num(c['precision'])} | {_num(c['recall'])} | {_num(c['f1'])} | {c['support']} |"
+            for c in per_class[:100]
+        ]
         if len(per_class) > 100:
             lines.append(f"| ... {len(per_class) - 100} more in analysis/per_class.csv | | | | |")
         lines.append("")
     if analysis.get("confused"):
-        lines += ["Most confused (true -> predicted, count): " + "; ".join(
-            f"{_cell(c['true'])} -> {_cell(c['predicted'])} ({c['count']})" for c in analysis["confused"][:5]), ""]
-    pictures = [p for p in ("curves.png", "confusion_matrix.png", "analysis/top_losses.png", "analysis/cams.png")
-                if (out / p).is_file()]
+        lines += [
+            "Most confused (true -> predicted, count): "
+            + "; ".join(
+                f"{_cell(c['true'])} -> {_cell(c['predicted'])} ({c['count']})" for c in analysis["confused"][:5]
+            ),
+            "",
+        ]
+    pictures = [
+        p
+        for p in ("curves.png", "confusion_matrix.png", "analysis/top_losses.png", "analysis/cams.png")
+        if (out / p).is_file()
+    ]
     if pictures:
         lines += [" ".join(f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in pictures), ""]
     # how to use
-    lines += ["## How to use", "",
-              f"Input: RGB, shorter side resized to {resize} px ({norm.interpolation}), centre crop {size} x {size}, "
-              f"then `(x / 255 - mean) / std` with mean {list(norm.mean)} and std {list(norm.std)}. Classes, in "
-              "output order: " + ", ".join(f"`{c}`" for c in classes[:50])
-              + (f" (and {len(classes) - 50} more: see config.json or the model's header)" if len(classes) > 50 else "")
-              + ".", ""]
+    lines += [
+        "## How to use",
+        "",
+        f"Input: RGB, shorter side resized to {resize} px ({norm.interpolation}), centre crop {size} x {size}, "
+        f"then `(x / 255 - mean) / std` with mean {list(norm.mean)} and std {list(norm.std)}. Classes, in "
+        "output order: "
+        + ", ".join(f"`{c}`" for c in classes[:50])
+        + (f" (and {len(classes) - 50} more: see config.json or the model's header)" if len(classes) > 50 else "")
+        + ".",
+        "",
+    ]
     if has_timm_config:
-        lines += ["With plain timm (this folder, or `hf-hub:USER/REPO` once pushed):", "", "```python",
-                  "import timm, torch",
-                  "from PIL import Image", "",
-                  f'model = timm.create_model("local-dir:{out}", pretrained=True).eval()',
-                  "config = timm.data.resolve_model_data_config(model)",
-                  "transform = timm.data.create_transform(**config)",
-                  'x = transform(Image.open("photo.jpg").convert("RGB"))[None]',
-                  "with torch.no_grad():",
-                  "    probabilities = model(x).softmax(-1)",
-                  "print(model.pretrained_cfg[\"label_names\"][probabilities.argmax()])", "```", ""]
+        lines += [
+            "With plain timm (this folder, or `hf-hub:USER/REPO` once pushed):",
+            "",
+            "```python",
+            "import timm, torch",
+            "from PIL import Image",
+            "",
+            f'model = timm.create_model("local-dir:{out}", pretrained=True).eval()',
+            "config = timm.data.resolve_model_data_config(model)",
+            "transform = timm.data.create_transform(**config)",
+            'x = transform(Image.open("photo.jpg").convert("RGB"))[None]',
+            "with torch.no_grad():",
+            "    probabilities = model(x).softmax(-1)",
+            'print(model.pretrained_cfg["label_names"][probabilities.argmax()])',
+            "```",
+            "",
+        ]
     else:
-        constructor = ("torchvision.models.get_model" if card.library == "torchvision" else f"{card.library} model")
-        lines += [f"With plain {card.library}:", "", "```python", "import json, torch, torchvision",
-                  "from safetensors import safe_open", "from safetensors.torch import load_file", "",
-                  f'path = "{out}/model.safetensors"',
-                  'with safe_open(path, "pt") as f:', '    meta = f.metadata()',
-                  'classes = json.loads(meta["classes"])',
-                  f'model = torchvision.models.get_model("{card.entry.upstream}", num_classes=len(classes))'
-                  if card.library == "torchvision" else f"model = ...  # the {constructor} {card.entry.upstream}",
-                  "model.load_state_dict(load_file(path), strict=True)", "model.eval()", "```", ""]
-    lines += ["With zoo-adapt (same preprocessing, test-time augmentation on request):", "", "```bash",
-              f"zoo-adapt predict --model {out}/model.safetensors photo.jpg --top-k 3",
-              f"zoo-adapt evaluate --model {out}/model.safetensors --data path/to/labelled/images", "```", "",
-              "```python", "from PIL import Image",
-              "from zoo_adapt.export import load_model", "from zoo_adapt.transforms import eval_transform", "",
-              f'model, card = load_model("{out}/model.safetensors")',
-              'x = eval_transform(card.normalization)(Image.open("photo.jpg"))[None]',
-              "print(card.classes[model(x).argmax()])", "```", ""]
+        constructor = "torchvision.models.get_model" if card.library == "torchvision" else f"{card.library} model"
+        lines += [
+            f"With plain {card.library}:",
+            "",
+            "```python",
+            "import json, torch, torchvision",
+            "from safetensors import safe_open",
+            "from safetensors.torch import load_file",
+            "",
+            f'path = "{out}/model.safetensors"',
+            'with safe_open(path, "pt") as f:',
+            "    meta = f.metadata()",
+            'classes = json.loads(meta["classes"])',
+            f'model = torchvision.models.get_model("{card.entry.upstream}", num_classes=len(classes))'
+            if card.library == "torchvision"
+            else f"model = ...  # the {constructor} {card.entry.upstream}",
+            "model.load_state_dict(load_file(path), strict=True)",
+            "model.eval()",
+            "```",
+            "",
+        ]
+    lines += [
+        "With zoo-adapt (same preprocessing, test-time augmentation on request):",
+        "",
+        "```bash",
+        f"zoo-adapt predict --model {out}/model.safetensors photo.jpg --top-k 3",
+        f"zoo-adapt evaluate --model {out}/model.safetensors --data path/to/labelled/images",
+        "```",
+        "",
+        "```python",
+        "from PIL import Image",
+        "from zoo_adapt.export import load_model",
+        "from zoo_adapt.transforms import eval_transform",
+        "",
+        f'model, card = load_model("{out}/model.safetensors")',
+        'x = eval_transform(card.normalization)(Image.open("photo.jpg"))[None]',
+        "print(card.classes[model(x).argmax()])",
+        "```",
+        "",
+    ]
     if (out / "model.onnx").is_file():
-        lines += ["`model.onnx` is the same model for ONNX runtimes (dynamic batch); its metadata_props hold the "
-                  "classes and the normalization.", ""]
+        lines += [
+            "`model.onnx` is the same model for ONNX runtimes (dynamic batch); its metadata_props hold the "
+            "classes and the normalization.",
+            "",
+        ]
     # training
     lines += ["## Training", ""]
     if metrics:
         seconds = metrics.get("train_seconds")
-        lines += [f"{metrics.get('num_train', '?')} training images, {metrics.get('epochs_done', '?')} epochs on "
-                  f"{metrics.get('device', '?')} ({metrics.get('precision', '?')})"
-                  + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "") + ". Options (config.toml; "
-                  "`zoo-adapt finetune --config config.toml --out NEW` reruns it):", ""]
+        lines += [
+            f"{metrics.get('num_train', '?')} training images, {metrics.get('epochs_done', '?')} epochs on "
+            f"{metrics.get('device', '?')} ({metrics.get('precision', '?')})"
+            + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else "")
+            + ". Options (config.toml; "
+            "`zoo-adapt finetune --config config.toml --out NEW` reruns it):",
+            "",
+        ]
     if options:
         lines += ["| option | value |", "| --- | --- |"]
         lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in options.items() if k not in ("out",)]
         lines.append("")
-    files = [p for p in ("model.safetensors", "config.json", "model.onnx", "metrics.json", "history.csv", "config.toml",
-                         "curves.png", "confusion_matrix.png", "analysis") if (out / p).exists()]
+    files = [
+        p
+        for p in (
+            "model.safetensors",
+            "config.json",
+            "model.onnx",
+            "metrics.json",
+            "history.csv",
+            "config.toml",
+            "curves.png",
+            "confusion_matrix.png",
+            "analysis",
+        )
+        if (out / p).exists()
+    ]
     lines += ["## Files", "", ", ".join(f"`{f}`" for f in files) + ".", ""]
     return "\n".join(lines)

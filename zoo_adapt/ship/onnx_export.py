@@ -8,6 +8,7 @@ The input is normalized float NCHW, (RGB / 255 - mean) / std, as metadata_props 
 with `fold_normalization` the normalization is inside the graph and the input is RGB
 in [0, 1]. Either way, resize the shorter side to `resize` and centre-crop to the input
 size first (timm's and torchvision's eval recipe; also in the metadata)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -76,26 +77,46 @@ class OnnxReport:
 
     def line(self) -> str:
         what = "real images" if self.real_images else "random inputs (no images given)"
-        return (f"{self.path}: ONNX opset {self.opset}, dynamic batch, {self.size_bytes / 1e6:.1f} MB, "
-                f"normalization {'inside the model (input RGB in [0, 1])' if self.fold_normalization else 'outside (see its metadata)'}; "
-                f"onnxruntime vs PyTorch on {self.images} {what}: max |logit difference| {self.max_abs_diff:.2e}, "
-                f"same top-1 on {self.same_top1}/{self.images}")
+        where = "inside the model (input RGB in [0, 1])" if self.fold_normalization else "outside (see its metadata)"
+        return (
+            f"{self.path}: ONNX opset {self.opset}, dynamic batch, {self.size_bytes / 1e6:.1f} MB, "
+            f"normalization {where}; "
+            f"onnxruntime vs PyTorch on {self.images} {what}: max |logit difference| {self.max_abs_diff:.2e}, "
+            f"same top-1 on {self.same_top1}/{self.images}"
+        )
 
 
 def metadata(card, fold: bool) -> dict[str, str]:
     norm = card.normalization
     return {
-        "zoo_adapt_version": __version__, "backbone": card.backbone, "upstream": card.entry.upstream,
-        "library": card.library, "classes": json.dumps(card.classes), "input_size": json.dumps(list(norm.input_size)),
-        "mean": json.dumps(list(norm.mean)), "std": json.dumps(list(norm.std)),
-        "interpolation": norm.interpolation, "crop_pct": str(norm.crop_pct), "resize": str(norm.resize_size()),
-        "normalization": ("folded: input is RGB / 255 in [0, 1], NCHW float32" if fold else
-                          "outside: input is (RGB / 255 - mean) / std, NCHW float32"),
+        "zoo_adapt_version": __version__,
+        "backbone": card.backbone,
+        "upstream": card.entry.upstream,
+        "library": card.library,
+        "classes": json.dumps(card.classes),
+        "input_size": json.dumps(list(norm.input_size)),
+        "mean": json.dumps(list(norm.mean)),
+        "std": json.dumps(list(norm.std)),
+        "interpolation": norm.interpolation,
+        "crop_pct": str(norm.crop_pct),
+        "resize": str(norm.resize_size()),
+        "normalization": (
+            "folded: input is RGB / 255 in [0, 1], NCHW float32"
+            if fold
+            else "outside: input is (RGB / 255 - mean) / std, NCHW float32"
+        ),
     }
 
 
-def export_onnx(model_path: str | Path, out: str | Path | None = None, images=None, fold_normalization: bool = False,
-                opset: int = OPSET, max_images: int = 8, log: Callable[[str], None] | None = None) -> OnnxReport:
+def export_onnx(
+    model_path: str | Path,
+    out: str | Path | None = None,
+    images=None,
+    fold_normalization: bool = False,
+    opset: int = OPSET,
+    max_images: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> OnnxReport:
     """Export `model_path` (a zoo-adapt model.safetensors) to `out` (default: model.onnx
     beside it) and check it with onnxruntime on up to `max_images` of `images` (a
     labelled dataset with raw(i), a folder, or a list of image files; default: the
@@ -103,7 +124,6 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, images=No
     require_onnx()
     import onnx
     import onnxruntime
-
 
     model_path = Path(model_path)
     out = Path(out) if out else model_path.with_name("model.onnx")
@@ -115,9 +135,17 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, images=No
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(net, (dummy,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                                        opset_version=opset, external_data=False, verbose=False)
+            program = torch.onnx.export(
+                net,
+                (dummy,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
     except Exception as e:
         raise ZooAdaptError(f"cannot export {card.backbone} ({card.entry.upstream}) to ONNX: {export_error(e)}") from e
     if program is None:
@@ -133,11 +161,22 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, images=No
     got = torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
     diff = float((got - expected).abs().max())
     largest = float(expected.abs().max())
-    report = OnnxReport(str(out), opset, fold_normalization, len(x), real, diff, largest,
-                        int((got.argmax(-1) == expected.argmax(-1)).sum()), len(data))
+    report = OnnxReport(
+        str(out),
+        opset,
+        fold_normalization,
+        len(x),
+        real,
+        diff,
+        largest,
+        int((got.argmax(-1) == expected.argmax(-1)).sum()),
+        len(data),
+    )
     if not diff <= TOLERANCE * max(1.0, largest):
-        raise ZooAdaptError(f"{out}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (tolerance "
-                            f"{TOLERANCE:g} x max(1, |logit|)); the ONNX model is not faithful, do not use it")
+        raise ZooAdaptError(
+            f"{out}: onnxruntime's logits differ from PyTorch's by up to {diff:.2e} (tolerance "
+            f"{TOLERANCE:g} x max(1, |logit|)); the ONNX model is not faithful, do not use it"
+        )
     if log:
         log(report.line())
     return report

@@ -1,6 +1,7 @@
 """`zoo-adapt push`: upload a run folder to the Hugging Face Hub with huggingface_hub
 (model, model card, timm config, ONNX, metrics, plots, analysis; never the checkpoint,
 the lock or the trackers' folders). Offline, or without a token, it is one line."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,12 +12,26 @@ from zoo_adapt.ship.export import read_card
 from zoo_adapt.ship.model_card import write_hub_files
 from zoo_adapt.zoo.hub import reachable
 
-IGNORE = ["checkpoint.pt", ".zoo-adapt.lock", ".*", "*.zoo-tmp", "tensorboard/*", "wandb/*", "mlruns/*",
-          "adaptation.safetensors"]
+IGNORE = [
+    "checkpoint.pt",
+    ".zoo-adapt.lock",
+    ".*",
+    "*.zoo-tmp",
+    "tensorboard/*",
+    "wandb/*",
+    "mlruns/*",
+    "adaptation.safetensors",
+]
 
 
-def push_run(run: str | Path, repo: str, private: bool = False, token: str | None = None,
-             message: str | None = None, log: Callable[[str], None] | None = None) -> str:
+def push_run(
+    run: str | Path,
+    repo: str,
+    private: bool = False,
+    token: str | None = None,
+    message: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> str:
     """Upload the run folder `run` (or the folder of a model.safetensors) to the Hub
     repository `repo` ("user/name"), creating it if needed; returns its URL."""
     run = Path(run)
@@ -34,13 +49,19 @@ def push_run(run: str | Path, repo: str, private: bool = False, token: str | Non
     except ImportError:
         raise ZooAdaptError('push needs the package huggingface_hub: pip install "zoo-adapt[hub]"') from None
     if not reachable("huggingface.co"):
-        raise ZooAdaptError(f"cannot push {run} to {repo}: huggingface.co is unreachable (offline, or "
-                            "HF_HUB_OFFLINE is set); push again when online")
+        raise ZooAdaptError(
+            f"cannot push {run} to {repo}: huggingface.co is unreachable (offline, or "
+            "HF_HUB_OFFLINE is set); push again when online"
+        )
     api = HfApi(token=token, library_name="zoo-adapt")
     try:
         url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=url.repo_id, folder_path=str(run), ignore_patterns=IGNORE,
-                          commit_message=message or f"zoo-adapt: upload {run.name}")
+        api.upload_folder(
+            repo_id=url.repo_id,
+            folder_path=str(run),
+            ignore_patterns=IGNORE,
+            commit_message=message or f"zoo-adapt: upload {run.name}",
+        )
     except Exception as e:
         raise ZooAdaptError(f"cannot push {run} to {repo}: {first_line(e)[:300]}") from e
     if log:

@@ -1,6 +1,7 @@
 """Ask the plugins about a backbone and collect the answers into a Backbone: what
 `zoo-adapt list` shows (without building anything), and what create_model attaches to
 a built model. Each answer remembers who gave it, for `zoo-adapt info`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,10 +28,15 @@ def describe(backbone: str | Entry, model: Any = None) -> Backbone:
             return None
         if isinstance(value, list) and kind is tuple:
             value = tuple(value)
-        if not isinstance(value, kind) or (isinstance(value, tuple) and not all(
-                isinstance(g, LayerGroup) for g in value)):
-            raise PluginError(f"plugin {plugin!r} answered {hook} for {entry.name!r} with "
-                              f"{type(value).__name__}, not {kind.__name__}", plugin, hook)
+        if not isinstance(value, kind) or (
+            isinstance(value, tuple) and not all(isinstance(g, LayerGroup) for g in value)
+        ):
+            raise PluginError(
+                f"plugin {plugin!r} answered {hook} for {entry.name!r} with "
+                f"{type(value).__name__}, not {kind.__name__}",
+                plugin,
+                hook,
+            )
         answered[hook] = plugin
         return value
 
@@ -44,10 +50,12 @@ def describe(backbone: str | Entry, model: Any = None) -> Backbone:
         norm, answered["backbone_normalization"] = Normalization.from_dict(x), entry.origin
     source = get("backbone_source", Source) or Source(library="unknown", status="unknown")
     if model is not None:
-        for hook, value in (("backbone_head", head), ("backbone_groups", groups),
-                            ("backbone_normalization", norm)):
+        for hook, value in (("backbone_head", head), ("backbone_groups", groups), ("backbone_normalization", norm)):
             if value is None:
-                raise PluginError(f"plugin {asked[hook]!r} did not answer {hook} for backbone "
-                                  f"{entry.name!r} (a required hook)", asked[hook], hook)
+                raise PluginError(
+                    f"plugin {asked[hook]!r} did not answer {hook} for backbone {entry.name!r} (a required hook)",
+                    asked[hook],
+                    hook,
+                )
     num_groups = len(groups) if groups else x.get("num_groups")
     return Backbone(entry, head, norm, source, groups, num_groups, answered)

@@ -5,6 +5,7 @@ A plugin answers questions about a registry entry (its head, layer groups,
 normalization, where its weights come from); :func:`zoo_adapt.describe`
 (in answers.py) collects the answers into a :class:`Backbone`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,13 @@ class Entry:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "plugin": self.plugin, "upstream": self.upstream,
-             "weights": self.weights, "description": self.description}
+        d = {
+            "name": self.name,
+            "plugin": self.plugin,
+            "upstream": self.upstream,
+            "weights": self.weights,
+            "description": self.description,
+        }
         d.update(self.extra)
         return d
 
@@ -86,23 +92,34 @@ class Normalization:
 
     def at(self, image_size: int, crop_pct: float | None = None) -> Normalization:
         """The same preprocessing at another input size (and evaluation crop)."""
-        return dataclasses.replace(self, input_size=(self.input_size[0], image_size, image_size),
-                                   crop_pct=self.crop_pct if crop_pct is None else crop_pct)
+        return dataclasses.replace(
+            self,
+            input_size=(self.input_size[0], image_size, image_size),
+            crop_pct=self.crop_pct if crop_pct is None else crop_pct,
+        )
 
     def resize_size(self, image_size: int | None = None) -> int:
         """Shorter side before the centre crop, as timm computes it."""
         return math.floor((image_size or self.image_size) / self.crop_pct + 1e-6)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "input_size": list(self.input_size),
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input_size": list(self.input_size),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalization:
-        return cls(mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   input_size=tuple(d.get("input_size", (3, 224, 224))),
-                   interpolation=d.get("interpolation", "bilinear"),
-                   crop_pct=float(d.get("crop_pct", 0.875)))
+        return cls(
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            input_size=tuple(d.get("input_size", (3, 224, 224))),
+            interpolation=d.get("interpolation", "bilinear"),
+            crop_pct=float(d.get("crop_pct", 0.875)),
+        )
 
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -168,6 +185,7 @@ def backbone_of(model: Any) -> Backbone:
     """The description create_model attached to `model` (as ``model.zoo_adapt``)."""
     card = getattr(model, "zoo_adapt", None)
     if not isinstance(card, Backbone):
-        raise ZooAdaptError("this model was not made by zoo_adapt.create_model, so its head and "
-                            "layer groups are unknown")
+        raise ZooAdaptError(
+            "this model was not made by zoo_adapt.create_model, so its head and layer groups are unknown"
+        )
     return card

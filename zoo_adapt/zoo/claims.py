@@ -9,6 +9,7 @@ each other. One rule for both:
   settles it (a registry file re-points it, or one plugin is disabled), and the error
   names both sides.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,10 @@ class Settled:
     def usable(self) -> dict[str, Any]:
         """Each winner's value with `replaces` set to the plugins its override replaced
         (for values that are dataclasses with `plugin` and `replaces` fields)."""
-        return {name: dataclasses.replace(c.value, replaces=tuple(r.value.plugin for r in self.replaced.get(name, ())))
-                for name, c in self.winners.items()}
+        return {
+            name: dataclasses.replace(c.value, replaces=tuple(r.value.plugin for r in self.replaced.get(name, ())))
+            for name, c in self.winners.items()
+        }
 
     def get(self, name: str, unknown: str) -> Any:
         """The value that holds `name`; an error naming both sides when it is contested,
@@ -68,15 +71,20 @@ def settle(claims: Iterable[Claim], what: str, report: Callable[[str], None] | N
             out.winners[name] = group[0]
         elif not overrides and len(shipped) == 1:
             out.winners[name] = shipped[0]
-            out.problems += [f"{c.label}: {what} {name!r} is zoo-adapt's own ({shipped[0].label}), so its "
-                             "claim is ignored; register another name, or pass override=True to replace it"
-                             for c in plain if c is not shipped[0]]
+            out.problems += [
+                f"{c.label}: {what} {name!r} is zoo-adapt's own ({shipped[0].label}), so its "
+                "claim is ignored; register another name, or pass override=True to replace it"
+                for c in plain
+                if c is not shipped[0]
+            ]
         else:
             sides = overrides or plain
             verb = "overridden" if overrides else "claimed"
-            message = (f"{what} {name!r} is {verb} by both {' and '.join(sorted(c.label for c in sides))}; "
-                       "disable one of them (--disable-plugin NAME)"
-                       + (" or re-point the name in a registry file (--registry FILE)" if "backbone" in what else ""))
+            message = (
+                f"{what} {name!r} is {verb} by both {' and '.join(sorted(c.label for c in sides))}; "
+                "disable one of them (--disable-plugin NAME)"
+                + (" or re-point the name in a registry file (--registry FILE)" if "backbone" in what else "")
+            )
             out.contested[name] = message
             out.problems.append(message)
     if report is not None:

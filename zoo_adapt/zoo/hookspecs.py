@@ -15,6 +15,7 @@ Hooks taking `model` are asked twice: with `model=None` when zoo-adapt must answ
 without building anything (`zoo-adapt list`, which never imports torch), and with the
 built module otherwise. With `model=None`, answer from static knowledge or return None.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -133,5 +134,12 @@ def register_trackers(register):
     import the tracker's package at import time: import it inside the tracker."""
 
 
-BACKBONE_HOOKS = ("build_backbone", "backbone_head", "backbone_groups", "backbone_normalization",
-                  "backbone_source", "convert_state_dict", "backbone_cam_target")
+BACKBONE_HOOKS = (
+    "build_backbone",
+    "backbone_head",
+    "backbone_groups",
+    "backbone_normalization",
+    "backbone_source",
+    "convert_state_dict",
+    "backbone_cam_target",
+)

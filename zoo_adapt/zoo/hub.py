@@ -1,5 +1,6 @@
 """Where zoo weights are cached, whether a download can work, and what to say when it
 cannot. No torch here: `zoo-adapt list` uses it to report availability."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,7 @@ OFFLINE_OPTIONS = (
 
 
 def download_failed(name: str, what: str, reason: object) -> ZooAdaptError:
-    return ZooAdaptError(f"cannot download pretrained weights for {name!r} ({what}): "
-                         f"{reason}. {OFFLINE_OPTIONS}")
+    return ZooAdaptError(f"cannot download pretrained weights for {name!r} ({what}): {reason}. {OFFLINE_OPTIONS}")
 
 
 def _cache_home() -> Path:

@@ -8,6 +8,7 @@ A method owns its options: the plugin declares them when it registers the method
 `--adapt-option KEY=VALUE` or a config file's `[adapt_options]` table) against that
 declaration and fills in the defaults, so config.toml and metrics.json record every
 value the method ran with."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,8 +39,9 @@ def _declared(name: str, options: Any, figures: Any) -> tuple[tuple[Option, ...]
     options = tuple(options or ())
     bad = next((o for o in options if not isinstance(o, Option)), None)
     if bad is not None:
-        raise ZooAdaptError(f"method {name!r}: options must be made with zoo_adapt.plugin_api.option(), "
-                            f"not {type(bad).__name__}")
+        raise ZooAdaptError(
+            f"method {name!r}: options must be made with zoo_adapt.plugin_api.option(), not {type(bad).__name__}"
+        )
     names = [o.name for o in options]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice:
@@ -50,8 +52,9 @@ def _declared(name: str, options: Any, figures: Any) -> tuple[tuple[Option, ...]
     return options, figures
 
 
-def _method(plugin: str, name: str, factory: Callable, description: str = "", override: bool = False,
-            options=(), figures=None) -> tuple[str, MethodInfo, bool]:
+def _method(
+    plugin: str, name: str, factory: Callable, description: str = "", override: bool = False, options=(), figures=None
+) -> tuple[str, MethodInfo, bool]:
     """One call of a plugin's `register(...)` in register_adaptation_methods."""
     if not callable(factory):
         raise ZooAdaptError(f"method {name!r}: the factory must be callable, not {type(factory).__name__}")
@@ -70,8 +73,11 @@ def adaptation_methods() -> dict[str, MethodInfo]:
 def method_info(name: str) -> MethodInfo:
     """The method called `name`; an error saying why when there is none to use."""
     settled = _settled()
-    return settled.get(name, f"unknown adaptation method {name!r}; installed: "
-                             f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt methods`)")
+    return settled.get(
+        name,
+        f"unknown adaptation method {name!r}; installed: "
+        f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt methods`)",
+    )
 
 
 def resolve_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +89,11 @@ def resolve_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
     for key in given:
         if key not in declared:
             have = f"its options: {', '.join(declared)}" if declared else "it has no options"
-            raise ZooAdaptError(f"adaptation method {name!r} has no option {key!r}{closest(key, declared)}; "
-                                f"{have} (zoo-adapt methods {name})")
-    return {o.name: o.check(given.get(o.name, o.default), f"option {o.name!r} of adaptation method {name!r}")
-            for o in info.options}
+            raise ZooAdaptError(
+                f"adaptation method {name!r} has no option {key!r}{closest(key, declared)}; "
+                f"{have} (zoo-adapt methods {name})"
+            )
+    return {
+        o.name: o.check(given.get(o.name, o.default), f"option {o.name!r} of adaptation method {name!r}")
+        for o in info.options
+    }

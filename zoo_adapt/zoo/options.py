@@ -3,6 +3,7 @@ known name for a misspelt one. Shared by the job's own options (config.py) and t
 options an adaptation method declares when its plugin registers it (methods.py), so a
 value is checked the same way whoever declared it. No torch: the CLI and `zoo-adapt
 methods` read these without importing it."""
+
 from __future__ import annotations
 
 import builtins
@@ -13,14 +14,22 @@ from typing import Any
 
 from zoo_adapt.errors import ZooAdaptError
 
-WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text",
-         dict: "a table of KEY = VALUE"}
+WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", dict: "a table of KEY = VALUE"}
 KINDS = (bool, int, float, str)
 
 
-def check(value: Any, kind: type, label: str, *, optional: bool = False, low: float | None = None,
-          high: float | None = None, low_open: bool = False, high_open: bool = False,
-          choices: tuple | None = None) -> Any:
+def check(
+    value: Any,
+    kind: type,
+    label: str,
+    *,
+    optional: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple | None = None,
+) -> Any:
     """`value`, checked; errors are one line naming `label` (a flag, a config file's key,
     a method's option). An int is a valid float."""
     if value is None:
@@ -41,8 +50,10 @@ def check(value: Any, kind: type, label: str, *, optional: bool = False, low: fl
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ZooAdaptError(f"{label}: {value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
-                                "rename it (zoo-adapt writes every option to config.toml)") from None
+            raise ZooAdaptError(
+                f"{label}: {value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
+                "rename it (zoo-adapt writes every option to config.toml)"
+            ) from None
     if choices and value not in choices:
         raise ZooAdaptError(f"{label} must be one of {', '.join(map(str, choices))}, not {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
@@ -85,8 +96,16 @@ class Option:
     choices: tuple | None = None
 
     def check(self, value: Any, label: str) -> Any:
-        value = check(value, self.kind, label, low=self.low, high=self.high, low_open=self.low_open,
-                      high_open=self.high_open, choices=self.choices)
+        value = check(
+            value,
+            self.kind,
+            label,
+            low=self.low,
+            high=self.high,
+            low_open=self.low_open,
+            high_open=self.high_open,
+            choices=self.choices,
+        )
         return float(value) if self.kind is float else value
 
     @property
@@ -94,13 +113,27 @@ class Option:
         return range_text(self.low, self.high, self.low_open, self.high_open, self.choices)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.kind.__name__, "default": self.default, "range": self.range,
-                "help": self.help}
+        return {
+            "name": self.name,
+            "type": self.kind.__name__,
+            "default": self.default,
+            "range": self.range,
+            "help": self.help,
+        }
 
 
-def option(name: str, default: Any, help: str, *, type: type | None = None, low: float | None = None,
-           high: float | None = None, low_open: bool = False, high_open: bool = False,
-           choices: tuple | None = None) -> Option:
+def option(
+    name: str,
+    default: Any,
+    help: str,
+    *,
+    type: type | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: tuple | None = None,
+) -> Option:
     """Declare an option of an adaptation method: its name (a Python identifier, given as
     `--adapt-option NAME=VALUE` or in a config file's `[adapt_options]` table), default,
     help, and optionally its type (else the default's: bool, int, float or str), bounds
@@ -113,4 +146,3 @@ def option(name: str, default: Any, help: str, *, type: type | None = None, low:
         raise ZooAdaptError(f"option name {name!r} is not an identifier")
     declared = Option(name, default, help, kind, low, high, low_open, high_open, tuple(choices) if choices else None)
     return Option(**{**declared.__dict__, "default": declared.check(default, f"the default of option {name!r}")})
-

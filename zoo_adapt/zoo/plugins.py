@@ -8,6 +8,7 @@ names) is kept as *broken* with its reason, blocked in pluggy and reported once,
 one line: everything that does not need it keeps working, and only using it fails.
 $ZOO_ADAPT_DISABLE_PLUGINS=a,b (or `zoo-adapt --disable-plugin a`) blocks plugins by
 name before they are imported (pluggy's set_blocked)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -102,16 +103,19 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         _entry_points[name] = first
         if len(eps) > 1 and not pm.is_blocked(name):
             both = " and ".join(_info_of(eps[d]).where for d in sorted(eps))
-            _broken(PluginInfo(name, distribution=both), "two distributions define this entry-point "
-                    "name; uninstall one of them")
+            _broken(
+                PluginInfo(name, distribution=both),
+                "two distributions define this entry-point name; uninstall one of them",
+            )
         else:
             _load(pm, first)
 
 
 def _info_of(ep: importlib.metadata.EntryPoint) -> PluginInfo:
     dist = getattr(ep, "dist", None)
-    return PluginInfo(ep.name, ep.value.partition(":")[0], dist.metadata["Name"] if dist else None,
-                      dist.version if dist else None)
+    return PluginInfo(
+        ep.name, ep.value.partition(":")[0], dist.metadata["Name"] if dist else None, dist.version if dist else None
+    )
 
 
 def _load(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
@@ -139,8 +143,11 @@ def register_plugin(obj: Any, name: str | None = None) -> str:
     taken = _infos.get(name)
     if pm.is_blocked(name) or (taken and pm.has_plugin(name)):
         state = f"is {taken.status}" if taken and taken.status != "ok" else "is taken"
-        raise PluginError(f"plugin name {name!r} {state} ({taken.where if taken else 'blocked'}); "
-                          "zoo_adapt.testing.registered() replaces an installed plugin for a test", name)
+        raise PluginError(
+            f"plugin name {name!r} {state} ({taken.where if taken else 'blocked'}); "
+            "zoo_adapt.testing.registered() replaces an installed plugin for a test",
+            name,
+        )
     module = getattr(obj, "__name__", None) or type(obj).__module__
     return _register(pm, obj, PluginInfo(name, module))
 
@@ -157,16 +164,26 @@ def _register(pm: pluggy.PluginManager, obj: Any, info: PluginInfo) -> str:
         raise PluginError(f"{info.label}: {str(e).splitlines()[0]}", name) from None
     callers = pm.get_hookcallers(obj) or []
     unknown = [c.name for c in callers if not c.has_spec()]
-    overrides = sorted((backbone, c.name) for c in callers for impl in c.get_hookimpls() if impl.plugin is obj
-                       for backbone in getattr(impl.function, hookspecs.OVERRIDES_ATTR, ()))
+    overrides = sorted(
+        (backbone, c.name)
+        for c in callers
+        for impl in c.get_hookimpls()
+        if impl.plugin is obj
+        for backbone in getattr(impl.function, hookspecs.OVERRIDES_ATTR, ())
+    )
     misplaced = sorted({hook for _, hook in overrides if hook not in hookspecs.BACKBONE_HOOKS})
     if unknown or misplaced:
         pm.unregister(obj)
         known = [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "zoo_adapt_spec")]
-        hints = [f"{h!r}" + "".join(f" (did you mean {c!r}?)" for c in difflib.get_close_matches(h, known, n=1))
-                 for h in unknown]
-        what = f"implements unknown hook {', '.join(hints)}" if unknown else \
-            f"uses override() on {', '.join(misplaced)}, which is not a backbone hook"
+        hints = [
+            f"{h!r}" + "".join(f" (did you mean {c!r}?)" for c in difflib.get_close_matches(h, known, n=1))
+            for h in unknown
+        ]
+        what = (
+            f"implements unknown hook {', '.join(hints)}"
+            if unknown
+            else f"uses override() on {', '.join(misplaced)}, which is not a backbone hook"
+        )
         raise PluginError(f"{info.label} {what}", name)
     _infos[name] = replace(info, hooks=tuple(sorted(c.name for c in callers)), overrides=tuple(overrides))
     generation += 1
@@ -301,10 +318,12 @@ def require(name: str, needed_by: str) -> PluginInfo:
     """The plugin, or a one-line error saying why `needed_by` cannot have it."""
     info = plugin_info(name)
     if info is None:
-        raise PluginError(f"{needed_by} needs plugin {name!r}, which is not installed "
-                          "(see `zoo-adapt plugins`)", name)
+        raise PluginError(f"{needed_by} needs plugin {name!r}, which is not installed (see `zoo-adapt plugins`)", name)
     if info.status != "ok":
-        raise PluginError(f"{needed_by} needs {info.label}, which is {info.problem}"
-                          if info.status == "disabled" else
-                          f"{needed_by} needs {info.label}, which is broken: {info.problem}", name)
+        raise PluginError(
+            f"{needed_by} needs {info.label}, which is {info.problem}"
+            if info.status == "disabled"
+            else f"{needed_by} needs {info.label}, which is broken: {info.problem}",
+            name,
+        )
     return info

@@ -6,6 +6,7 @@ reported naming both sides, never settled silently by load order. A user file ma
 deliberately re-point a name (a table of the same name) or rename one (``rename =
 "old"``); `zoo-adapt list` says so. `plugin/upstream` (e.g. `timm/convnext_tiny`) names
 any model a plugin serves without a registry entry."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,8 +92,15 @@ def _read(path: Path) -> dict[str, Any]:
         raise ZooAdaptError(f"cannot read registry file {path}: {e.strerror}") from e
 
 
-def _backbone(plugin: str, name: str, upstream: str, weights: str | None = None, description: str = "",
-              override: bool = False, **extra: Any) -> tuple[str, Entry, bool]:
+def _backbone(
+    plugin: str,
+    name: str,
+    upstream: str,
+    weights: str | None = None,
+    description: str = "",
+    override: bool = False,
+    **extra: Any,
+) -> tuple[str, Entry, bool]:
     """One call of a plugin's `register(...)` in register_backbones."""
     spec = dict(upstream=upstream, weights=weights, description=description, **extra)
     return name, parse_entries({name: spec}, f"plugin {plugin}", plugin=plugin)[name], override
@@ -107,8 +115,11 @@ def _user_file(known: dict[str, Entry], contested: dict[str, str], path: Path) -
         if old_name is not None:
             base = known.get(old_name)
             if base is None:
-                why = "its plugins collide; define the name with plugin and upstream instead" \
-                    if old_name in contested else "no backbone has that name"
+                why = (
+                    "its plugins collide; define the name with plugin and upstream instead"
+                    if old_name in contested
+                    else "no backbone has that name"
+                )
                 raise ZooAdaptError(f"{path}: [{name}] renames {old_name!r}, but {why}")
             spec = {**{k: v for k, v in base.to_dict().items() if k != "name"}, **spec}
             known = {(name if k == old_name else k): v for k, v in known.items()}

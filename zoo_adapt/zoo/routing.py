@@ -6,6 +6,7 @@ every other plugin that answers the hook, keeping wrappers, so pluggy's own call
 (firstresult, wrappers, tracing) runs with the answerer known beforehand. An exception
 in a plugin becomes one PluginError naming the plugin (found by matching traceback
 frames to hook implementations) and the hook; the traceback stays as its cause."""
+
 from __future__ import annotations
 
 import inspect
@@ -20,19 +21,27 @@ from zoo_adapt.zoo.plugins import PluginInfo, get_plugin_manager, installed_plug
 
 def route(entry: Entry, hook: str) -> str:
     """The plugin that answers `hook` for `entry`."""
-    overriders = sorted((p for p in installed_plugins() if p.status == "ok" and (entry.name, hook) in p.overrides),
-                        key=lambda p: p.name)
+    overriders = sorted(
+        (p for p in installed_plugins() if p.status == "ok" and (entry.name, hook) in p.overrides), key=lambda p: p.name
+    )
     if len(overriders) > 1:
-        raise PluginError(f"backbone {entry.name!r}: {' and '.join(p.label for p in overriders)} both "
-                          f"override {hook}; disable one of them (--disable-plugin NAME)", overriders[0].name, hook)
+        raise PluginError(
+            f"backbone {entry.name!r}: {' and '.join(p.label for p in overriders)} both "
+            f"override {hook}; disable one of them (--disable-plugin NAME)",
+            overriders[0].name,
+            hook,
+        )
     return overriders[0].name if overriders else entry.plugin
 
 
 def _only(hook: str, plugin: str):
     """`hook`'s caller without the other plugins that answer it (wrappers stay)."""
     pm = get_plugin_manager()
-    others = {impl.plugin for impl in getattr(pm.hook, hook).get_hookimpls()
-              if impl.plugin_name != plugin and not (impl.wrapper or impl.hookwrapper)}
+    others = {
+        impl.plugin
+        for impl in getattr(pm.hook, hook).get_hookimpls()
+        if impl.plugin_name != plugin and not (impl.wrapper or impl.hookwrapper)
+    }
     return pm.subset_hook_caller(hook, others)
 
 
@@ -53,8 +62,7 @@ def each(hook: str, kwargs_for: Callable[[str], dict[str, Any]]) -> list[str]:
     """Call a registering hook once per plugin, in pluggy's order, with arguments bound
     to that plugin (`kwargs_for(name)`, e.g. its own `register`). A plugin that raises
     is marked broken; returns the plugins that completed."""
-    impls = [i for i in getattr(get_plugin_manager().hook, hook).get_hookimpls()
-             if not (i.wrapper or i.hookwrapper)]
+    impls = [i for i in getattr(get_plugin_manager().hook, hook).get_hookimpls() if not (i.wrapper or i.hookwrapper)]
     done = []
     for impl in reversed(impls):
         name = impl.plugin_name
@@ -86,6 +94,7 @@ def registrations(hook: str, build: Callable[..., tuple[str, Any, bool]]) -> lis
                 raise ZooAdaptError(f"register(): {e}") from None
             name, value, override = build(plugin, *args, **kwargs)
             claims.setdefault(plugin, []).append(Claim(name, value, info.label, info.shipped, bool(override)))
+
         return {"register": register}
 
     return [c for plugin in each(hook, kwargs_for) for c in claims.get(plugin, [])]
@@ -110,9 +119,9 @@ def failure(exc: BaseException, impls: Iterable[Any], hook: str, what: str, defa
     name = blame(exc, impls) or default
     info = plugin_info(name)
     label = info.label if info else f"plugin {name!r}"
-    return PluginError(f"{label} failed in {hook} {what}: {first_line(exc)} "
-                       "(ZOO_ADAPT_DEBUG=1 shows the traceback)", name, hook)
-
+    return PluginError(
+        f"{label} failed in {hook} {what}: {first_line(exc)} (ZOO_ADAPT_DEBUG=1 shows the traceback)", name, hook
+    )
 
 
 def build(plugin: str, what: str, factory: Callable[..., Any], expected: type, **kwargs: Any) -> Any:
@@ -125,8 +134,9 @@ def build(plugin: str, what: str, factory: Callable[..., Any], expected: type, *
     except ZooAdaptError:
         raise
     except Exception as e:
-        raise PluginError(f"{label} failed building {what}: {first_line(e)} (ZOO_ADAPT_DEBUG=1 shows the "
-                          "traceback)", plugin) from e
+        raise PluginError(
+            f"{label} failed building {what}: {first_line(e)} (ZOO_ADAPT_DEBUG=1 shows the traceback)", plugin
+        ) from e
     if not isinstance(made, expected):
         raise PluginError(f"{label}: {what} must be a {expected.__name__}, not {type(made).__name__}", plugin)
     return made

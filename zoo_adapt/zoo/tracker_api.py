@@ -24,6 +24,7 @@ resumes, so a tracker can continue its own run. A tracker that raises in `start`
 the job before its first epoch (one line naming it); one that raises later is reported
 once and left out for the rest of the run: training never stops for a logging failure.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 names (claims.py): a name two plugins register is an error naming both, unless one
 passes override=True. `check` runs before a job touches its folder: an unknown name or
 a tracker whose package is missing is one line saying what to install."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,8 +41,15 @@ class TrackerInfo:
         return out
 
 
-def _tracker(plugin: str, name: str, factory: Callable, description: str = "", requires: Sequence[str] = (),
-             install: str | None = None, override: bool = False) -> tuple[str, TrackerInfo, bool]:
+def _tracker(
+    plugin: str,
+    name: str,
+    factory: Callable,
+    description: str = "",
+    requires: Sequence[str] = (),
+    install: str | None = None,
+    override: bool = False,
+) -> tuple[str, TrackerInfo, bool]:
     """One call of a plugin's `register(...)` in register_trackers."""
     if not isinstance(name, str) or not name.strip():
         raise ZooAdaptError(f"tracker names are non-empty texts, not {name!r}")
@@ -69,13 +77,17 @@ def check(names: Sequence[str]) -> list[TrackerInfo]:
     settled = _settled()
     found = []
     for name in names:
-        info: TrackerInfo = settled.get(name, f"--log {name}: no such tracker; installed: "
-                                              f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt trackers`)")
+        info: TrackerInfo = settled.get(
+            name,
+            f"--log {name}: no such tracker; installed: "
+            f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt trackers`)",
+        )
         require(info.plugin, f"tracker {name!r}")
         missing = info.missing()
         if missing:
-            raise ZooAdaptError(f"--log {name} needs the package {missing[0]!r}, which is not installed: "
-                                f"{info.install}")
+            raise ZooAdaptError(
+                f"--log {name} needs the package {missing[0]!r}, which is not installed: {info.install}"
+            )
         found.append(info)
     return found
 
