@@ -265,7 +265,7 @@ def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp
     assert scores[True] - scores[False] >= 0.3, scores
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_bf16_run_exports_a_model_that_reloads_on_cpu(tmp_path, demo):
     result = finetune(small(tmp_path, demo, device="cuda", epochs=1), log=None)
     assert result.metrics["precision"] == "bf16" and result.metrics["device"].startswith("cuda")
