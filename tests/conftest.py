@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -54,6 +55,16 @@ def demo(tmp_path_factory) -> Path:
 def digits(tmp_path_factory) -> Path:
     """The digits domain-shift task at 32 px, 120 images a split (source/, target/)."""
     return build_digit_shift(tmp_path_factory.mktemp("digits"), size=32, limit=120)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory) -> Path:
+    """A folder for one test file's shared runs, removed when the file's tests are done: a
+    run folder holds a checkpoint of a few hundred megabytes, and kept to the end of the
+    session they would add up to gigabytes."""
+    folder = tmp_path_factory.mktemp("module")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

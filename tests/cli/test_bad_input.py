@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from helpers import one_line_error, zoo
+from helpers import bomb_png, one_line_error, zoo
 
 
 @pytest.fixture(scope="module")
-def model_file(demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
+def model_file(demo, module_tmp):
+    out = module_tmp / "run"
     done = zoo(
         "finetune",
         "--backbone",
@@ -166,8 +166,6 @@ def test_class_count_of_datasets_without_class_names():
 
 
 def test_predict_reports_each_bad_file_in_one_line_and_predicts_the_others(tmp_path, model_file, demo):
-    from test_images import bomb_png
-
     good = next((demo / "val" / "moon").glob("*.png"))
     bomb = tmp_path / "bomb.png"
     bomb_png(bomb, 20_000)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ from zoo_adapt import ZooAdaptError
 from zoo_adapt.data import folders as data_
 from zoo_adapt.data.folders import ImageDataset, image_files, scan_folder
 from zoo_adapt.data.images import check_image, open_image
+
+from helpers import bomb_png
 
 
 def photo(w=64, h=48, seed=0) -> Image.Image:
@@ -124,18 +124,6 @@ def test_transparency_is_composited_on_white(tmp_path):
     assert np.asarray(open_image(tmp_path / "la.png"))[0, 0].tolist() == [255, 255, 255]
     Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
     assert open_image(tmp_path / "cmyk.jpg").mode == "RGB"
-
-
-def bomb_png(path, side: int) -> None:
-    """A tiny PNG whose header claims side x side pixels."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize("side", [10_000, 20_000])  # PIL warns for the first, raises for the second

@@ -236,10 +236,10 @@ def test_single_folder_is_split_stratified_and_seeded(tmp_path, demo):
     assert result.metrics["num_val"] == 15 and result.metrics["num_train"] == 15
 
 
-def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp_path_factory):
+def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp_path):
     """Real transfer: 8 classes, 5 photographs' patches each to learn from."""
     data = build_demo(
-        tmp_path_factory.mktemp("fewshot"),
+        tmp_path / "fewshot",
         train_per_class=5,
         val_per_class=10,
         classes=("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "moon", "rocket"),
@@ -258,7 +258,7 @@ def test_linear_probe_on_pretrained_lite0_beats_random_init_by_a_wide_margin(tmp
             workers=0,
             tta=False,
             analysis="off",
-            out=str(tmp_path_factory.mktemp("probe")),
+            out=str(tmp_path / f"probe-{pretrained}"),
         )
         scores[pretrained] = finetune(config, log=None, overwrite=True).metrics["val_accuracy"]
     assert scores[True] >= 0.7, scores

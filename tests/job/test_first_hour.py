@@ -24,9 +24,9 @@ README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
-def lite0_run(demo, tmp_path_factory):
+def lite0_run(demo, module_tmp):
     """A real pretrained model, quickly: a cached linear probe of EfficientNet-Lite0."""
-    out = tmp_path_factory.mktemp("lite0") / "run"
+    out = module_tmp / "lite0" / "run"
     finetune(
         FinetuneConfig(
             data=str(demo),

@@ -25,8 +25,8 @@ def lite0(**kw) -> FinetuneConfig:
 
 
 @pytest.fixture(scope="module")
-def multilabel_run(tmp_path_factory):
-    root = build_multilabel(tmp_path_factory.mktemp("ml"), ML_CLASSES, train=60, val=40)
+def multilabel_run(module_tmp):
+    root = build_multilabel(module_tmp / "ml", ML_CLASSES, train=60, val=40)
     out = root / "run"
     result = finetune(
         lite0(labels=str(root / "labels.csv"), data=str(root), multi_label=True, epochs=8, lr=1e-2, out=str(out)),

@@ -44,12 +44,13 @@ def builtin_trackers():
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, demo, builtin_trackers):
+def tracked(module_tmp, demo, builtin_trackers):
     """One run followed by all three built-in trackers (W&B offline, MLflow in a local store)."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
-    tmp = tmp_path_factory.mktemp("tracked")
+    tmp = module_tmp / "tracked"
+    tmp.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")

@@ -22,9 +22,9 @@ from helpers import CLASSES
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, demo):
+def run(module_tmp, demo):
     """A run whose analysis ran at its end (resnet18 from scratch, 64 px: a 2x2 final map)."""
-    out = tmp_path_factory.mktemp("run")
+    out = module_tmp / "run"
     return finetune(
         FinetuneConfig(
             backbone="resnet18",

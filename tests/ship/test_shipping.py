@@ -30,9 +30,9 @@ ONNX_TOLERANCE = 1e-4  # largest |logit difference| between onnxruntime and PyTo
 
 
 @pytest.fixture(scope="module")
-def timm_run(tmp_path_factory, demo):
+def timm_run(module_tmp, demo):
     """A timm backbone (EfficientNet-Lite0, random start, 32 px, 1 epoch)."""
-    out = tmp_path_factory.mktemp("timm_run")
+    out = module_tmp / "timm_run"
     return finetune(
         FinetuneConfig(
             backbone="efficientnet_lite0",
@@ -52,11 +52,11 @@ def timm_run(tmp_path_factory, demo):
 
 
 @pytest.fixture(scope="module")
-def onnx_run(tmp_path_factory, demo):
+def onnx_run(module_tmp, demo):
     """finetune --export onnx (ResNet-18: the quickest real network to export)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    out = tmp_path_factory.mktemp("onnx_run")
+    out = module_tmp / "onnx_run"
     return finetune(
         FinetuneConfig(
             backbone="resnet18",
@@ -259,11 +259,11 @@ def test_push_when_the_network_fails_midway_is_one_line(timm_run, monkeypatch, o
     assert "\n" not in str(caught.value)
 
 
-def test_predict_output_streams_rows_over_a_large_folder(tmp_path_factory, timm_run, run_cli, monkeypatch):
+def test_predict_output_streams_rows_over_a_large_folder(tmp_path, timm_run, run_cli, monkeypatch):
     """300 images: rows reach the file batch by batch, as the predictions come."""
     from zoo_adapt.ship import inference
 
-    folder = build_demo(tmp_path_factory.mktemp("many"), train_per_class=20, val_per_class=1) / "train"
+    folder = build_demo(tmp_path / "many", train_per_class=20, val_per_class=1) / "train"
     seen = []
     real = inference.iter_predictions
 
@@ -274,7 +274,7 @@ def test_predict_output_streams_rows_over_a_large_folder(tmp_path_factory, timm_
             yield prediction
 
     monkeypatch.setattr(inference, "iter_predictions", watched)
-    output = tmp_path_factory.mktemp("out") / "predictions.csv"
+    output = tmp_path / "predictions.csv"
     result = run_cli(
         "predict",
         "--model",
