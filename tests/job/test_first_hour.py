@@ -18,7 +18,7 @@ from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.job.run_notes import selection
 
-from helpers import ROOT
+from helpers import ROOT, small
 
 README = ROOT / "README.md"
 
@@ -46,17 +46,7 @@ def lite0_run(demo, module_tmp):
 def test_the_kept_epoch_is_said_returned_and_plotted(tmp_path, demo):
     lines = []
     result = finetune(
-        FinetuneConfig(
-            backbone="resnet18",
-            pretrained=False,
-            image_size=32,
-            analysis="off",
-            data=str(demo),
-            out=str(tmp_path / "r"),
-            epochs=3,
-            workers=0,
-            tta=False,
-        ),
+        small(tmp_path, demo, out=str(tmp_path / "r"), epochs=3, batch_size=32),
         log=lines.append,
     )
     assert result.kept_epoch == result.metrics["kept_epoch"] and result.metrics["selection"]["rule"] == "best"
@@ -177,34 +167,13 @@ def test_plain_torchvision_snippet(tmp_path, demo):
 def test_silent_defaults_now_say_so(tmp_path, demo):
     lines = []
     finetune(
-        FinetuneConfig(
-            backbone="resnet18",
-            pretrained=False,
-            image_size=32,
-            analysis="off",
-            data=str(demo),
-            out=str(tmp_path / "r"),
-            epochs=1,
-            workers=0,
-            tta=False,
-        ),
+        small(tmp_path, demo, out=str(tmp_path / "r"), epochs=1, batch_size=32),
         log=lines.append,
     )
     assert any(line.startswith("warning: two-stage with --epochs 1") for line in lines)
     more = []
     finetune(
-        FinetuneConfig(
-            backbone="resnet18",
-            pretrained=False,
-            image_size=32,
-            analysis="off",
-            data=str(demo),
-            out=str(tmp_path / "r"),
-            epochs=2,
-            workers=0,
-            tta=False,
-            resume=True,
-        ),
+        small(tmp_path, demo, out=str(tmp_path / "r"), epochs=2, resume=True, batch_size=32),
         log=more.append,
     )
     assert any("extends a run planned for 1" in line and "rate rises again" in line for line in more)

@@ -24,7 +24,7 @@ from zoo_adapt.job.finetune import finetune
 from zoo_adapt.job.run_folder import RunFolder
 from zoo_adapt.ship.export import read_card
 
-from helpers import TINY, ZOO, one_line_error, zoo
+from helpers import TINY, ZOO, one_line_error, small, zoo
 
 
 def tensors(path):
@@ -179,19 +179,7 @@ def test_a_signal_after_a_checkpoint_leaves_a_resumable_run_and_says_so(tmp_path
     consistent(out)
     assert zoo("finetune", "--out", out, "--resume").returncode == 0
     straight = finetune(
-        FinetuneConfig(
-            backbone="resnet18",
-            pretrained=False,
-            image_size=32,
-            analysis="off",
-            batch_size=8,
-            tta=False,
-            workers=0,
-            data=str(demo),
-            epochs=12,
-            keep="best",
-            out=str(tmp_path / "s"),
-        ),
+        small(tmp_path, demo, batch_size=8, epochs=12, keep="best", out=str(tmp_path / "s")),
         log=None,
     )
     assert same_model(out / "model.safetensors", straight.out / "model.safetensors")
@@ -235,17 +223,7 @@ def test_ctrl_c_while_writing_the_results_is_finished_by_resume(tmp_path, demo):
         if finished:
             raise KeyboardInterrupt
 
-    cfg = FinetuneConfig(
-        backbone="resnet18",
-        pretrained=False,
-        image_size=32,
-        analysis="off",
-        data=str(demo),
-        out=str(tmp_path / "r"),
-        workers=0,
-        epochs=2,
-        tta=False,
-    )
+    cfg = small(tmp_path, demo, out=str(tmp_path / "r"), epochs=2, batch_size=32)
     files.on_boundary = interrupt_after_training
     try:
         with pytest.raises(KeyboardInterrupt, match="while writing the results.*--resume` writes them"):
