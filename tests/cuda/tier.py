@@ -66,11 +66,11 @@ def run_config(tmp_path: Path, data: Path, **options) -> FinetuneConfig:
 class NoHostSync(Callback):
     """Inside training steps, any operation that makes the host wait for the GPU (`.item()`,
     a blocking copy, a synchronize) raises: torch.cuda.set_sync_debug_mode("error") is on
-    from a step's first event (order -1000) to the end of its step_end events but the
-    progress display's, which may read the figures (`off`, order 95). Left out: the whole
-    first epoch, and each epoch's first two steps and last (compilation, cuDNN's
-    autotuning, --compile's timing, a smaller last batch). `guarded` counts the steps
-    checked."""
+    from a step's first event (order -1000) to the end of its step_end events but those of
+    the trackers and the progress display, which read the figures now and then (`off`,
+    order 94). Left out: the whole first epoch, and each epoch's first two steps and last
+    (compilation, cuDNN's autotuning, --compile's timing, a smaller last batch).
+    `guarded` counts the steps checked."""
 
     order = -1000
 
@@ -93,7 +93,7 @@ class NoHostSync(Callback):
 
 
 class _SyncCheckOff(Callback):
-    order = 95  # after every step_end but the progress display's (100)
+    order = 94  # after every step_end but the trackers' (95) and the progress display's (100)
 
     def step_end(self, loop, step) -> None:
         if CUDA:
