@@ -57,7 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 BUDGET = 540.0  # seconds: 9 minutes for everything
-SHARES = {"cuda_tier": 120, "throughput_resnet50": 190, "throughput_vit_b16": 170, "domain_adaptation": 50}
+SHARES = {"cuda_tier": 120, "throughput_resnet50": 180, "throughput_vit_b16": 160, "domain_adaptation": 70}
 NOT_MEASURED = "not measured"
 TARGETS = (  # (what, the row measured, the row it is measured against, its key, the lowest ratio that meets it)
     ("images held on the device vs the compiled model alone", "zoo_adapt_device_held", "model_compiled", "warm", 0.9),
@@ -352,7 +352,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     info = machine(a.cpu_smoke)
     if not a.cpu_smoke and not info.get("gpu"):
-        print("Error: torch sees no CUDA GPU here; --cpu-smoke checks the plumbing on a CPU", file=sys.stderr)
+        why = info.get("probe_error", "").strip().splitlines()[-1:] or ["torch sees no CUDA GPU here"]
+        print(f"Error: {why[0]}; --cpu-smoke checks the plumbing on a CPU", file=sys.stderr)
         return 1
     plan = steps(a, work)
     report: dict = {"date": date.strftime("%Y-%m-%d %H:%M UTC"), "machine": info, "budget": a.budget, "steps": {}}

@@ -45,6 +45,19 @@ def test_help_documents_the_one_command_and_the_wheels_it_needs():
         assert step in text, step
 
 
+def test_without_a_gpu_the_check_refuses_in_one_line_and_writes_nothing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = check("--out", tmp_path / "results", "--work", tmp_path / "work", timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: torch sees no CUDA GPU here; --cpu-smoke checks the plumbing on a CPU"
+    ]
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_step_that_runs_out_is_stopped_with_its_children_and_recorded(tmp_path):
     marker = tmp_path / "still-running"
     child = f"import time, pathlib; time.sleep(8); pathlib.Path({str(marker)!r}).write_text('late')"
