@@ -103,8 +103,9 @@ def steps(a: argparse.Namespace, work: Path) -> list[Step]:
         name = f"throughput_{backbone}"
         command = [py, str(BENCH / "throughput.py"), "--data-dir", str(work / "bench-data")]
         command += ["--json", str(work / f"{name}.json")]
-        if smoke:  # resnet18 at 64 px on 48 images
-            command += ["--device", "cpu", "--tiny"]
+        if smoke:  # resnet18 at 32 px on 16 images: the plumbing, in seconds
+            command += ["--device", "cpu", "--tiny", "--images", "16", "--classes", "2", "--image-size", "32"]
+            command += ["--batch-size", "8", "--plain-batch-size", "8"]
         else:
             command += ["--device", "cuda", "--backbone", backbone, "--images", "7680", "--epochs", "3"]
             command += ["--plain-steps", "10", "--compile"]
@@ -300,7 +301,8 @@ def table(report: dict) -> str:
             if r is None:
                 lines.append(f"  {ROW_NAMES[key]:<44}{NOT_MEASURED:>16}{'':>10}  ran out of time or failed earlier")
                 continue
-            after = f"{r['after_first']:,.0f}" if r.get("after_first") else NOT_MEASURED
+            measured_warm_only = r.get("warm") and not r.get("epoch_rates")  # the model alone: no epochs
+            after = f"{r['after_first']:,.0f}" if r.get("after_first") else "-" if measured_warm_only else NOT_MEASURED
             warm = f"{r['warm']:,.0f}" if r.get("warm") else "-"
             lines.append(f"  {r['name'][:43]:<44}{after:>16}{warm:>10}  {r.get('note', '')}")
     if report.get("targets"):
