@@ -55,6 +55,16 @@ DEFAULTS = dict(
     backbone="resnet50", images=12800, classes=100, image_size=224, batch_size=256, epochs=3, plain_batch_size=64
 )
 TINY = dict(backbone="resnet18", images=48, classes=4, image_size=64, batch_size=16, epochs=2, plain_batch_size=16)
+ORDER = (
+    "zoo_adapt",
+    "zoo_adapt_device_held",
+    "zoo_adapt_compile",
+    "timm",
+    "timm_data_ready",
+    "plain_loop",
+    "model_eager",
+    "model_compiled",
+)
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 PHOTOS: list[np.ndarray] = []
 
@@ -407,7 +417,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile-model", action="store_true", help="skip the torch.compile'd model alone")
     p.add_argument("--skip-device-held", action="store_true", help="skip zoo-adapt with --data-on-device on")
     p.add_argument("--zoo-args", default="", help='more flags for zoo-adapt finetune, e.g. "--workers 8"')
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write every figure to this JSON file (rewritten after each run: a stopped benchmark keeps "
+        'what it measured, "complete": false)',
+    )
     p.add_argument("--tiny", action="store_true", help="CPU smoke-test size, no compile")
     a = p.parse_args(argv)
     for key, value in (TINY if a.tiny else DEFAULTS).items():
@@ -431,28 +447,46 @@ def main(argv=None) -> None:
     workers = a.workers if a.workers is not None else default_workers(torch.device(a.device))
     rows: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="throughput-bench-"))  # run folders and logs; kept if a run fails
-    rows["zoo_adapt"] = zoo_adapt(a, data, work, "zoo", "zoo-adapt finetune", ["--data-on-device", "off"])
-    rows["zoo_adapt_device_held"] = (
+    device, settings = device_name(a.device), {**vars(a), "workers": workers, "data": data}
+
+    def record(key: str, value: dict) -> None:
+        """Keep a row, and every row so far in --json at once: a run stopped from outside
+        (a time limit) keeps what it measured."""
+        rows[key] = value
+        if a.json:
+            partial = dict(
+                device=device, settings=settings, rows=rows, seconds=time.perf_counter() - started, complete=False
+            )
+            a.json.write_text(json.dumps(partial, indent=2, default=str))
+
+    # measured in order of what the comparisons need most; shown in the table's order (ORDER)
+    record("zoo_adapt", zoo_adapt(a, data, work, "zoo", "zoo-adapt finetune", ["--data-on-device", "off"]))
+    record(
+        "zoo_adapt_device_held",
         row("zoo-adapt, --data-on-device on", note="skipped (--skip-device-held)")
         if a.skip_device_held
-        else zoo_adapt(a, data, work, "zoo-held", "zoo-adapt, --data-on-device on", ["--data-on-device", "on"])
+        else zoo_adapt(a, data, work, "zoo-held", "zoo-adapt, --data-on-device on", ["--data-on-device", "on"]),
     )
-    rows["zoo_adapt_compile"] = (
-        zoo_adapt(a, data, work, "zoo-compile", "zoo-adapt, --compile", ["--data-on-device", "off", "--compile"])
-        if a.compile
-        else row("zoo-adapt, --compile", note="not asked (--compile)")
-    )
-    rows["timm"], rows["timm_data_ready"] = timm(a, data, work, workers)
-    rows["plain_loop"] = plain_loop(a, data)
-    rows["model_eager"] = model_alone(a, compiled=False)
+    record("model_eager", model_alone(a, compiled=False))
     if a.device == "cuda":
         torch.cuda.empty_cache()
-    rows["model_compiled"] = (
+    record(
+        "model_compiled",
         row("model alone, torch.compile", note="skipped (--no-compile-model)")
         if a.no_compile_model
-        else model_alone(a, compiled=True)
+        else model_alone(a, compiled=True),
     )
-    device, settings = device_name(a.device), {**vars(a), "workers": workers, "data": data}
+    timm_rows = timm(a, data, work, workers)
+    record("timm", timm_rows[0])
+    record("timm_data_ready", timm_rows[1])
+    record("plain_loop", plain_loop(a, data))
+    record(
+        "zoo_adapt_compile",
+        zoo_adapt(a, data, work, "zoo-compile", "zoo-adapt, --compile", ["--data-on-device", "off", "--compile"])
+        if a.compile
+        else row("zoo-adapt, --compile", note="not asked (--compile)"),
+    )
+    rows = {key: rows[key] for key in ORDER}
     print(f"\ndevice: {device}")
     print(
         f"{a.backbone}, {a.images:,} JPEGs in {a.classes} classes ({data}), {a.image_size} px, batch "
@@ -470,7 +504,9 @@ def main(argv=None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     if a.json:
         a.json.write_text(
-            json.dumps(dict(device=device, settings=settings, rows=rows, seconds=seconds), indent=2, default=str)
+            json.dumps(
+                dict(device=device, settings=settings, rows=rows, seconds=seconds, complete=True), indent=2, default=str
+            )
         )
 
 

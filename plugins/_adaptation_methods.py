@@ -44,7 +44,8 @@ class DANN(AdaptationMethod):
         lambda_ = self.coefficient(progress)
         features = torch.cat([source_features, target_features]).flatten(1)
         logits = self.domain_classifier(grad_reverse(features, lambda_)).squeeze(-1).float()
-        domains = torch.cat([torch.ones(len(source_features)), torch.zeros(len(target_features))]).to(logits.device)
+        # made where the logits are: a copy from the host would make every step wait for the GPU
+        domains = torch.cat([logits.new_ones(len(source_features)), logits.new_zeros(len(target_features))])
         loss = F.binary_cross_entropy_with_logits(logits, domains)  # in fp32: safe under bf16 autocast
         accuracy = ((logits.detach() > 0).float() == domains).float().mean()
         return loss, {"domain_loss": loss.detach(), "domain_accuracy": accuracy, "lambda": lambda_}

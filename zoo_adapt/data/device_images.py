@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from zoo_adapt.data.folders import worker_error
-from zoo_adapt.data.pipeline import EpochBatches, EpochOrder, batch_sizes
+from zoo_adapt.data.pipeline import EpochBatches, EpochOrder, batch_sizes, device_index
 from zoo_adapt.data.transforms import RATIO, EvalTransform, interpolation, normalize
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.seeds import process_seed
@@ -189,7 +189,7 @@ class DeviceImages:
 
     def __iter__(self):
         for batch in EpochBatches(self.order, self.batch_size):
-            index = torch.tensor(batch, device=self.device)
+            index = device_index(batch, self.device)
             boxes = random_crop_boxes(self.sizes[index], self.scale, self.generator)
             flip = (torch.rand(len(index), generator=self.generator, device=self.device) < 0.5) & self.hflip
             x = crop_resize(self.canvas[index], boxes, self.size, flip).clamp_(0, 255)
@@ -222,5 +222,5 @@ class DeviceEvalImages:
 
     def __iter__(self):
         for batch in EpochBatches(self.order, self.batch_size):
-            index = torch.tensor(batch, device=self.images.device)
+            index = device_index(batch, self.images.device)
             yield normalize(self.images[index], self.norm, self.channels_last), self.labels[index]

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from zoo_adapt.data.pipeline import Batches, EpochBatches, EpochOrder, batch_sizes
+from zoo_adapt.data.pipeline import Batches, EpochBatches, EpochOrder, batch_sizes, device_index
 from zoo_adapt.model.build import HeadFeatures, head_of
 from zoo_adapt.seeds import process_seed
 
@@ -60,7 +60,7 @@ class FeatureBatches:
     def __iter__(self):
         views = len(self.features)
         for batch in EpochBatches(self.order, self.batch_size):
-            index = torch.tensor(batch, device=self.features.device)
+            index = device_index(batch, self.features.device)
             view = (
                 torch.randint(views, (len(index),), generator=self.generator, device=index.device)
                 if views > 1

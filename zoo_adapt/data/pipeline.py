@@ -125,6 +125,16 @@ class EpochBatches(Sampler[list]):
         return len(batch_sizes(len(self.order), self.batch_size))
 
 
+def device_index(indices: list[int], device: torch.device) -> torch.Tensor:
+    """`indices` as an int64 tensor on `device`. On CUDA it travels through pinned memory
+    without waiting: a plain copy from the host waits for every kernel already queued
+    (the step before), so each batch would stall the GPU's pipeline."""
+    index = torch.tensor(indices, dtype=torch.int64)
+    if device.type != "cuda":
+        return index.to(device)
+    return index.pin_memory().to(device, non_blocking=True)
+
+
 def default_workers(device: torch.device) -> int:
     """Loader processes: on CUDA every core but one (decoding is the bottleneck there);
     on a CPU the model needs the cores."""

@@ -6,6 +6,7 @@ the device (`normalize`), as in timm's fast loader."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -116,10 +117,17 @@ def eval_transform(norm: Normalization) -> Normalized:
     return Normalized(EvalTransform(norm), norm)
 
 
+@functools.lru_cache(maxsize=64)
+def channel_values(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) per-channel values on `device`, made once: a copy from the host in
+    every batch would wait for the kernels queued before it."""
+    return torch.tensor(values, device=device).view(1, -1, 1, 1)
+
+
 def normalize(x: torch.Tensor, norm: Normalization, channels_last: bool = False) -> torch.Tensor:
     """uint8 NCHW on the device -> float32, normalized (the work timm's prefetcher does)."""
-    mean = torch.tensor([m * 255 for m in norm.mean], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor([s * 255 for s in norm.std], device=x.device).view(1, -1, 1, 1)
+    mean = channel_values(tuple(m * 255 for m in norm.mean), x.device)
+    std = channel_values(tuple(s * 255 for s in norm.std), x.device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x.float().sub_(mean).div_(std)

@@ -10,7 +10,10 @@ wrappers, a weight average) is the `Runtime`'s, which callbacks fill in at `setu
 
 A step never waits for the GPU: losses and accuracies are summed on the device and
 read once per epoch (and when a progress display asks, at most about once a second);
-a non-finite loss is caught at the next check, every `check_every` steps.
+a non-finite loss is caught at the next check, every `check_every` steps. Under fp16 the
+loss scaler skips the steps whose gradients overflowed (counted on the device, read at
+the same checks); a run whose scaler skips `MAX_SKIPPED_IN_A_ROW` steps in a row has
+diverged and stops there, as a non-finite loss stops an fp32 or bf16 run.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ from zoo_adapt.metrics.evaluation import evaluate
 from zoo_adapt.metrics.scores import Evaluation
 from zoo_adapt.model.layers import freeze_to, group_parameters, trainable_groups
 from zoo_adapt.seeds import global_seed, seed_everything
+
+# fp16: a run whose loss scaler skips this many optimizer steps in a row has diverged. From
+# GradScaler's first scale, 2**16, that many halvings reach 2**-8: gradients that overflow
+# fp16 even scaled down 256 times are not an early overflow the scaler recovers from.
+MAX_SKIPPED_IN_A_ROW = 24
 
 
 @dataclass
@@ -151,6 +159,8 @@ class Loop:
         self.seen = 0
         self.stopped: str | None = None  # a callback's reason to end the run early
         self.skipped_steps = 0  # fp16: optimizer steps the loss scaler skipped (overflowing gradients)
+        # fp16, on the device: steps skipped this epoch, in a row now, and the most in a row (read at the checks)
+        self._skips = torch.zeros(3, dtype=torch.int64, device=self.device)
         self._micro = 0  # the batch's index in the epoch
         self._emit("setup")
         self.rewrap()
@@ -239,6 +249,7 @@ class Loop:
         self.model.train(not self.eval_body)
         self.running, self.seen = {}, 0
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._skips[0] = 0
         self._emit("epoch_start", epoch)
         start = time.perf_counter()
         for i, (x, y) in enumerate(cycle(self.train, self.steps_per_epoch)):
@@ -255,6 +266,7 @@ class Loop:
             if (i + 1) % self.check_every == 0:
                 self._check_finite(nonfinite)
         self._check_finite(nonfinite)
+        self.skipped_steps += int(self._skips[0])
         means = self.running_means(everywhere=True)
         train_seconds = time.perf_counter() - start
         record = EpochRecord(
@@ -311,17 +323,36 @@ class Loop:
             if scaler is None:
                 self.optimizer.step()
             else:
-                before = scaler.get_scale()  # the scaler's step reads the device anyway (its overflow check)
-                scaler.step(self.optimizer)
-                scaler.update()
-                self.skipped_steps += int(scaler.get_scale() < before)
+                self._scaled_update(scaler)
             self.scheduler.step()
 
+    def _scaled_update(self, scaler) -> None:
+        """The optimizer steps through the fp16 loss scaler, which skips the step (and
+        halves its scale) when the gradients overflowed. Whether it skipped is counted on
+        the device: `get_scale()` would wait for the GPU every step (with a fused
+        optimizer, the scaler's own overflow check does not)."""
+        before = scaler._get_scale_async().clone()
+        scaler.step(self.optimizer)
+        scaler.update()
+        skipped = (scaler._get_scale_async() < before).to(torch.int64)
+        total, in_a_row, most = self._skips.unbind()
+        in_a_row = (in_a_row + skipped) * skipped
+        self._skips.copy_(torch.stack([total + skipped, in_a_row, torch.maximum(most, in_a_row)]))
+
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        flags = torch.stack([nonfinite.to(torch.int64), (self._skips[2] >= MAX_SKIPPED_IN_A_ROW).to(torch.int64)])
         if self.runtime.all_reduce is not None:  # every process stops together
-            nonfinite = self.runtime.all_reduce(nonfinite.to(torch.int32))
-        if bool(nonfinite):
+            flags = self.runtime.all_reduce(flags)
+        nonfinite_loss, diverged = flags.tolist()
+        if nonfinite_loss:
             raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: lower --lr")
+        if diverged:
+            scale = self.runtime.scaler.get_scale() if self.runtime.scaler is not None else float("nan")
+            raise ZooAdaptError(
+                f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: the fp16 loss scaler "
+                f"skipped at least {MAX_SKIPPED_IN_A_ROW} optimizer steps in a row (gradients overflowed at every "
+                f"scale down to {scale:g}); lower --lr, or train with --precision fp32"
+            )
 
     def validate(
         self, tta: bool = False, flip: bool = True, batches: Batches | None = None, network: nn.Module | None = None

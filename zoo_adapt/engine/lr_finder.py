@@ -70,6 +70,7 @@ def sweep(
     lr_decay: float | None = None,
     label_smoothing: float = 0.0,
     autocast: Callable | None = None,
+    scaler: Any = None,
     start: float = START,
     end: float = END,
     steps: int = STEPS,
@@ -78,7 +79,8 @@ def sweep(
     """Run the sweep on `network` (which runs `model`, or its head on cached features)
     and return the curve; `model`'s weights and buffers are as before afterwards.
     `body_ratio`: the stem's rate over the head's (the groups between spread as in a
-    run), or `lr_decay` per group."""
+    run), or `lr_decay` per group. `scaler`: fp16's loss scaler (a torch.amp.GradScaler),
+    without which small gradients would underflow to zero in fp16."""
     autocast = nullcontext if autocast is None else autocast
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
@@ -103,8 +105,13 @@ def sweep(
             with autocast():
                 loss = task.loss(network(x)[: len(y)], y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             value = float(loss.detach())
             if not math.isfinite(value):
                 why = f"the loss became non-finite at {lr:.2g}"

@@ -22,7 +22,7 @@ class SingleLabel:
         self.class_weights = torch.as_tensor(class_weights, dtype=torch.float32) if class_weights else None
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        weight = self.class_weights = _on(self.class_weights, logits.device)
         if y.is_floating_point():
             losses = torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1)
             if weight is None:
@@ -49,8 +49,14 @@ class MultiLabel:
         self.pos_weights = torch.as_tensor(pos_weights, dtype=torch.float32) if pos_weights else None
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight = None if self.pos_weights is None else self.pos_weights.to(logits.device)
+        weight = self.pos_weights = _on(self.pos_weights, logits.device)
         return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=weight)
 
     def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((logits > 0) == (y > 0.5)).all(-1).float().mean()
+
+
+def _on(weights: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """`weights` on `device` (kept there by the caller: a copy from the host in every
+    step would make each step wait for the GPU)."""
+    return weights if weights is None or weights.device == device else weights.to(device)

@@ -294,6 +294,7 @@ class Job:
             lr_decay=c.lr_decay,
             label_smoothing=c.label_smoothing,
             autocast=prepared.runtime.autocast,
+            scaler=torch.amp.GradScaler(self.device.type) if prepared.runtime.autocast_dtype == torch.float16 else None,
         )
         curve.suggestion = distributed.broadcast(curve.suggestion, self.procs)
         return curve
