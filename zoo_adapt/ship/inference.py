@@ -129,7 +129,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     for p in map(Path, paths):
         if p.is_dir():
             try:
-                found = image_files(p)
+                found = image_files(p, report=True)
             except ZooAdaptError as e:
                 out.append((p, str(e)))
                 continue
