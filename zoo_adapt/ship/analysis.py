@@ -174,7 +174,7 @@ def analyse(
     )
     write_text(out / "per_class.csv", _per_class_csv(figures))
     result.files.append("per_class.csv")
-    crops = {int(i): transform(dataset.raw(int(i), transform.min_side)[0]) for i in order}
+    crops = {int(i): transform(dataset.raw(int(i))[0]) for i in order}
     save_figure(_plot_top_losses(result.top_losses, crops, title), out / "top_losses.png", tight=False)
     result.files.append("top_losses.png")
     if cams == "off":
@@ -184,7 +184,7 @@ def analyse(
     else:
         chosen = _cam_images(labels, predicted, p_pred, losses, num_cams)
         for i in chosen:
-            crops.setdefault(i, transform(dataset.raw(i, transform.min_side)[0]))
+            crops.setdefault(i, transform(dataset.raw(i)[0]))
         note = _cams(
             model,
             [crops[i] for i in chosen],

@@ -184,7 +184,7 @@ def iter_predictions(
         if error is not None:
             return None, error
         try:
-            return transform(open_image(path, transform.min_side)), None
+            return transform(open_image(path)), None
         except ZooAdaptError as e:
             return None, str(e)
 
