@@ -90,7 +90,7 @@ class Tally:
         predicted = confusion.sum(0)
         precision, recall, f1 = {}, {}, {}
         for i, c in enumerate(classes):
-            precision[c], recall[c], f1[c] = class_figures(correct[i].item(), totals[i].item(), predicted[i].item())
+            precision[c], recall[c], f1[c] = class_figures(int(correct[i]), int(totals[i]), int(predicted[i]))
         present = [r for r in recall.values() if r is not None]
         return Evaluation(
             count,
