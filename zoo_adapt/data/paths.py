@@ -129,6 +129,32 @@ def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
     return train, val
 
 
+def check_data_folder(root: Path) -> None:
+    """What a --data folder's names already say is wrong, before an image is read: it is
+    missing or a file, or its val/ (or test/) has classes that its train/ lacks."""
+    if not root.exists():
+        raise ZooAdaptError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise ZooAdaptError(f"--data must be a folder of class subfolders (or train/ and val/), not a file: {root}")
+    train_dir, val_dir = split_dirs(root)
+    if train_dir is not None and val_dir is not None:
+        check_split_classes(train_dir, val_dir)
+
+
+def check_split_classes(train_dir: Path, val_dir: Path) -> None:
+    """Every class folder of the held-out split is a class of the training split (no
+    model exists yet: the classes are train/'s)."""
+    train = class_folders(train_dir)
+    lacking = [name for name in class_folders(val_dir) if name not in train]
+    if train and lacking:
+        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+        raise ZooAdaptError(
+            f"{val_dir.name}/ has classes that {train_dir.name}/ lacks: {', '.join(lacking[:5])}{more} "
+            f"({train_dir.name}/ classes: {', '.join(train[:10])}{', ...' if len(train) > 10 else ''}); "
+            f"add them to {train_dir.name}/ or remove them from {val_dir.name}/"
+        )
+
+
 def labelled_folder(path: str | Path) -> Path:
     """A folder of class subfolders; a dataset root with train/ and val/ or test/ means its
     held-out split."""
