@@ -22,7 +22,7 @@ from typing import Any
 
 import pluggy
 
-from zoo_adapt.errors import PluginError, ZooAdaptWarning, first_line
+from zoo_adapt.errors import PluginError, ZooAdaptWarning, environment_problem, first_line
 from zoo_adapt.zoo import hookspecs
 
 ENTRY_POINT_GROUP = "zoo_adapt"
@@ -126,7 +126,7 @@ def _load(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
     try:
         obj = ep.load()
     except Exception as e:
-        return _broken(info, f"failed to import: {first_line(e)}")
+        return _broken(info, f"failed to import: {environment_problem(e) or first_line(e)}")
     try:
         _register(pm, obj, info)
     except PluginError as e:
