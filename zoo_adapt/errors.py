@@ -4,7 +4,9 @@ so that one broken plugin reads as one line, not as zoo-adapt's traceback."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 
 DEBUG_VAR = "ZOO_ADAPT_DEBUG"
 
@@ -36,3 +38,64 @@ def first_line(exc: BaseException) -> str:
     """`Type: first line of the message`, for reports that must stay on one line."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'}"
+
+
+# what a torch install that cannot work on this machine says, and what it means
+_MISMATCH = re.compile(r"operator torchvision::\w+ does not exist|Couldn't load custom C\+\+ ops")
+_NATIVE = re.compile(
+    r"cannot open shared object file|undefined symbol|DLL load failed|Library not loaded|image not found", re.I
+)
+_DRIVER = re.compile(
+    r"CUDA driver version is insufficient|Found no NVIDIA driver|NVIDIA driver on your system is too old", re.I
+)
+
+
+def environment_problem(exc: BaseException) -> str | None:
+    """One line for an exception that says the installed torch/torchvision cannot work
+    here (torchvision built for another torch, missing or mismatched CUDA libraries, a
+    driver too old for torch's CUDA), naming the versions and the fix; None for any
+    other exception. Looks through the chain of causes (a plugin's failure wraps it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(str(exc).split())
+        torch_v, vision_v = _version("torch"), _version("torchvision")
+        if _MISMATCH.search(text):
+            return (
+                f"torchvision {vision_v} and torch {torch_v} do not work together ({text[:100]}): install the "
+                f"pair built together, e.g. {install_line(torch_v)}"
+            )
+        if isinstance(exc, (ImportError, OSError)) and _NATIVE.search(text):
+            return (
+                f"torch {torch_v} (torchvision {vision_v}) cannot load its native libraries ({text[:160]}): the "
+                f"install is broken or built for another CUDA; reinstall it, e.g. {install_line(torch_v, force=True)}"
+            )
+        if _DRIVER.search(text):
+            return (
+                f"torch {torch_v} cannot use this machine's NVIDIA driver ({text[:120]}): update the driver, "
+                "install a torch build for an older CUDA (https://pytorch.org/get-started/locally/), or "
+                "run on the CPU with --device cpu"
+            )
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def _version(dist: str) -> str:
+    """An installed distribution's version, read without importing it."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def install_line(torch_version: str, force: bool = False) -> str:
+    """The pip line for torch at `torch_version` with its own torchvision (0.(minor+15)
+    since torch 2.0: 2.5.1 -> 0.20.1) from the index that built it (+cu121: PyTorch's)."""
+    release, _, local = torch_version.partition("+")
+    parts = release.split(".")
+    line = "pip install " + ("--force-reinstall " if force else "")
+    if len(parts) < 2 or parts[0] != "2" or not parts[1].isdigit():
+        return line + "torch torchvision (matching versions: https://pytorch.org/get-started/locally/)"
+    vision = ".".join(["0", str(int(parts[1]) + 15), *parts[2:3]])
+    index = f" --index-url https://download.pytorch.org/whl/{local}" if local else ""
+    return f"{line}torch=={release} torchvision=={vision}{index}"

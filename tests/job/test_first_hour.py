@@ -9,6 +9,7 @@ import json
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -106,6 +107,21 @@ def _readme_block(marker: str) -> str:
     return next(b for b in blocks if marker in b)
 
 
+def unusual_pngs(source, folder) -> list:
+    """A 16-bit grey PNG (spread over the whole 16-bit range, as scanners write them) and
+    an RGBA PNG half transparent, from one of the demo's photographs."""
+    rgb = np.asarray(Image.open(source).convert("RGB"))
+    grey = np.asarray(Image.open(source).convert("L")).astype(np.uint16) * 257 + np.arange(
+        rgb.shape[1], dtype=np.uint16
+    )
+    Image.fromarray(grey).save(folder / "sixteen.png")
+    alpha = np.zeros(rgb.shape[:2], np.uint8)
+    alpha[:, : rgb.shape[1] // 2] = np.linspace(0, 255, rgb.shape[0], dtype=np.uint8)[:, None]
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(folder / "clear.png")
+    assert Image.open(folder / "sixteen.png").mode == "I;16"
+    return [folder / "sixteen.png", folder / "clear.png"]
+
+
 def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(lite0_run, demo, tmp_path):
     from zoo_adapt.ship.inference import predict_paths
 
@@ -115,7 +131,7 @@ def test_plain_timm_torchvision_and_load_plain_predict_what_zoo_adapt_predicts(l
     exif = Image.Image().getexif()
     exif[0x0112] = 6
     Image.open(images[0]).convert("RGB").save(photo, exif=exif)
-    images.append(photo)
+    images += [photo] + unusual_pngs(images[1], tmp_path)
     expected = {r.path: dict(r.top) for r in predict_paths(path, images, top_k=6, device="cpu")}
     model, preprocess = zoo_adapt.load_plain(path)
     snippet = _readme_block("# plain timm: the export").replace('"runs/demo/model.safetensors"', repr(str(path)))
@@ -150,6 +166,7 @@ def test_plain_torchvision_snippet(tmp_path, demo):
     from zoo_adapt.ship.inference import predict_paths
 
     images = sorted((demo / "val").rglob("*.png"))[:6]
+    images += unusual_pngs(images[0], tmp_path)
     expected = {r.path: dict(r.top) for r in predict_paths(out / "model.safetensors", images, top_k=6, device="cpu")}
     scope: dict = {}
     exec(

@@ -93,8 +93,9 @@ def test_per_class_figures_match_a_direct_computation(run, demo):
 def test_per_class_figures_without_predictions_or_examples():
     figures = per_class_figures(np.array([[2, 0, 0], [1, 0, 0], [0, 0, 0]]), ["a", "b", "c"])
     assert (figures[0].precision, figures[0].recall, figures[0].support) == (pytest.approx(2 / 3), 1.0, 2)
-    assert figures[1].precision is None and figures[1].recall == 0 and figures[1].f1 is None
-    assert figures[2].recall is None and figures[2].support == 0
+    # b is never predicted: F1 0, as scikit-learn's (it counts in macro F1); c is in neither: undefined
+    assert figures[1].precision is None and figures[1].recall == 0 and figures[1].f1 == 0
+    assert figures[2].recall is None and figures[2].support == 0 and figures[2].f1 is None
 
 
 def test_analyse_command(run, demo, run_cli, tmp_path):

@@ -332,3 +332,60 @@ def test_a_user_registry_renames_repoints_and_settles_and_list_says_so(site):
     text = zoo(site, "--registry", str(site / "user.toml"), "list").stdout
     assert f"rn18: renames resnet18 (registry.toml), by {site / 'user.toml'}" in text
     assert "brokennet: unusable: backbone 'brokennet' needs plugin 'broken' (zoo-adapt-broken 0.1.0)" in text
+
+
+SLOW = """
+import time
+
+import torch  # noqa: F401 (what a plugin must not do at import time)
+
+time.sleep(1.1)  # slower than the limit however quickly torch imports here
+"""
+
+
+@pytest.fixture(scope="module")
+def squatting_site(tmp_path_factory):
+    """A third party whose entry point is named like the built-in `resnet`, and a plugin
+    that imports torch at import time."""
+    site = tmp_path_factory.mktemp("squatting")
+    install(
+        site,
+        "zoo-adapt-resnet-extra",
+        {"resnet": "zoo_adapt_resnet_extra"},
+        {"zoo_adapt_resnet_extra.py": TOY.format(name="extranet", groups='[LayerGroup("head", ("1",))]')},
+        version="2.0",
+    )
+    install(site, "zoo-adapt-slow", {"slow": "zoo_adapt_slow"}, {"zoo_adapt_slow.py": SLOW})
+    return site
+
+
+def test_a_third_party_named_like_a_built_in_is_skipped_and_the_built_in_keeps_its_name(squatting_site):
+    out = zoo(squatting_site, "--disable-plugin", "slow", "list", "--json")
+    cards = {c["name"]: c for c in ok_json(out)}
+    assert all(cards[f"resnet{n}"]["num_groups"] == 6 for n in (18, 34, 50, 101, 152)) and "extranet" not in cards
+    assert out.stderr.strip().splitlines() == [
+        "warning: plugin 'resnet' (zoo-adapt-resnet-extra 2.0) was skipped: its entry-point name 'resnet' is "
+        "zoo-adapt's built-in plugin's, which keeps it; rename the entry point to use both"
+    ]
+    shown = {p["name"]: p for p in ok_json(zoo(squatting_site, "--disable-plugin", "slow", "plugins", "--json"))}
+    assert shown["resnet"]["status"] == "ok" and shown["resnet"]["distribution"] == "zoo-adapt"
+
+    for how in (("--disable-plugin", "resnet"), ()):
+        env = {} if how else {"ZOO_ADAPT_DISABLE_PLUGINS": "resnet"}
+        out = zoo(squatting_site, *how, "--disable-plugin", "slow", "list", "--json", **env)
+        cards = {c["name"]: c for c in ok_json(out)}
+        assert "disabled" in cards["resnet50"]["problem"] and "extranet" not in cards
+        assert out.stderr.strip().splitlines() == [
+            "warning: --disable-plugin resnet (or $ZOO_ADAPT_DISABLE_PLUGINS) disables zoo-adapt's built-in plugin "
+            "'resnet'; plugin 'resnet' (zoo-adapt-resnet-extra 2.0) stays skipped, its entry-point name being the "
+            "built-in's (rename it to use it)"
+        ], out.stderr
+
+
+def test_a_plugin_slow_to_import_is_named(squatting_site):
+    out = zoo(squatting_site, "plugins", "--json")
+    assert out.returncode == 0, out.stderr
+    slow = [line for line in out.stderr.splitlines() if "to import" in line]
+    assert len(slow) == 1, out.stderr
+    assert slow[0].startswith("warning: plugin 'slow' (zoo-adapt-slow 0.1.0) took ")
+    assert "(it imports torch at import time; import them inside the hooks); every zoo-adapt command waits" in slow[0]

@@ -16,7 +16,7 @@ import click
 
 from zoo_adapt import __version__
 from zoo_adapt.cli import catalog, ship, train, use
-from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, debugging
+from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, debugging, environment_problem
 from zoo_adapt.zoo.plugins import disabled
 from zoo_adapt.zoo.registry import add_registry
 
@@ -131,9 +131,9 @@ def main() -> None:
             if rank == "0":
                 click.echo(message, err=True)
             code = 143 if getattr(cause, "signal_name", "SIGINT") == "SIGTERM" else 130
-    except Exception as e:  # a bug, or a failure we did not foresee: still one line
+    except Exception as e:  # a bug, a broken torch install, or a failure we did not foresee: still one line
         _traceback()
-        click.echo(f"Error: {_unexpected(e)}", err=True)
+        click.echo(f"Error: {environment_problem(e) or _unexpected(e)}", err=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
 

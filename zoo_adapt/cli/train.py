@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from zoo_adapt.engine import processes
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.job.config import build_config, declarations, value_type
+from zoo_adapt.job.prechecks import precheck
 from zoo_adapt.zoo.registry import tomllib
 
 
@@ -122,6 +123,7 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
     if "adapt_options" in given:
         given["adapt_options"] = _key_values(given["adapt_options"])
     config = build_config(given, config_file)
+    precheck(config)  # names and paths: before torch, which takes seconds to import
     main_process = processes.launched().main
     from zoo_adapt.job.finetune import finetune as run  # torch: after every option is checked
 
@@ -153,6 +155,7 @@ def lr_find(ctx: click.Context, config_file: str | None, **options) -> None:
         and ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
     config = build_config(given, config_file)
+    precheck(config)
     from zoo_adapt.job.finetune import lr_find as run  # torch: after every option is checked
 
     run(config, log=click.echo)

@@ -6,6 +6,10 @@ mixup/cutmix act on whole batches on the device: zoo_adapt.engine.batch_recipes.
 Every random draw of a per-image recipe comes from the image's own generator
 (`pipeline` gives one per image and epoch), so runs repeat exactly whatever the number
 of workers, and a resumed run replays the same images.
+
+timm's Posterize ops draw "keep 0 bits" at some magnitudes (its TPU-derived level
+scales span 0..4 bits), which Pillow up to 12 turned into a black image and Pillow 13
+rejects; `posterize` below keeps the old meaning, so every recipe trains on any Pillow.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import random
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import ColorJitter
 
 from zoo_adapt.errors import ZooAdaptError
@@ -40,6 +44,7 @@ def image_recipe(augment: str, color_jitter: float, norm: Normalization):
                 steps.append(augment_and_mix_transform(spec, hparams))
             else:
                 steps.append(auto_augment_transform(spec, hparams))
+            _guard_posterize(steps[-1])
         except (AssertionError, KeyError, ValueError) as e:
             raise ZooAdaptError(
                 f"--augment {augment!r} is not a recipe timm knows ({e or 'bad string'}); give "
@@ -48,6 +53,29 @@ def image_recipe(augment: str, color_jitter: float, norm: Normalization):
     if color_jitter > 0:
         steps.append(ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     return ImageRecipe(steps) if steps else None
+
+
+def posterize(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize (keep the `bits_to_keep` high bits of each channel) for every
+    bit count its level functions produce: 8 or more is the image, 0 (or fewer) a black
+    image, as ImageOps.posterize gave before Pillow 13 and TensorFlow's version gives."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep >= 1:
+        return ImageOps.posterize(image, bits_to_keep)
+    # ImageOps' table for 0 bits masks every value to 0; the recipes get RGB images
+    return image.point([0] * 256 * len(image.getbands()))
+
+
+def _guard_posterize(transform) -> None:
+    """Swap timm's posterize for `posterize` in the ops of a RandAugment, AutoAugment or
+    AugMix transform (in this instance only; timm's module is left as it is)."""
+    from timm.data import auto_augment
+
+    ops = getattr(transform, "ops", None) or [op for sub in getattr(transform, "policy", []) for op in sub]
+    for op in ops:
+        if op.aug_fn is auto_augment.posterize:
+            op.aug_fn = posterize
 
 
 class ImageRecipe:
@@ -65,7 +93,7 @@ class ImageRecipe:
             random.seed(seed)
             np.random.seed(seed)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU one only: CUDA generators stay as they were
                 for step in self.steps:
                     image = step(image)
         finally:

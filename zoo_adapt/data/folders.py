@@ -5,7 +5,6 @@ ZooAdaptErrors that name the folder or file."""
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -18,55 +17,23 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from zoo_adapt.data.images import check_image, check_images, open_image  # noqa: F401 (decoding lives in images.py)
+from zoo_adapt.data.paths import (  # noqa: F401 (names found from paths alone live in paths.py)
+    IMAGE_SUFFIXES,
+    TRAIN_DIRS,
+    VAL_DIRS,
+    Listing,
+    class_folders,
+    image_files,
+    labelled_folder,
+    list_images,
+    split_dirs,
+)
 from zoo_adapt.errors import ZooAdaptError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-TRAIN_DIRS = ("train", "training")
-VAL_DIRS = ("val", "valid", "validation", "test")
 # the rule for unreadable images in large folders (see `checked`)
 SKIP_UNREADABLE_FROM = 1000
 MAX_SKIPPED_FRACTION = 0.01
 log = logging.getLogger("zoo_adapt")
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """Images below `folder`, at any depth, sorted. Links to folders and files are
-    followed (a link loop is walked once), a file reached twice through links counts
-    once (under its first path in sorted order), and hidden names (.x, such as macOS's
-    ._x.jpg or a writer's temporary files) are skipped."""
-    return [path for path, _ in _image_files(Path(folder))]
-
-
-def _image_files(folder: Path) -> list[tuple[Path, str]]:
-    """(path as reached, real path) of each image below `folder`, sorted by path."""
-    found: list[tuple[Path, str]] = []
-    seen_dirs: set[str] = set()
-
-    def walk(path: str, real: str) -> None:
-        if real in seen_dirs:
-            return
-        seen_dirs.add(real)
-        try:
-            entries = list(os.scandir(path))
-        except OSError as e:
-            raise ZooAdaptError(f"cannot list folder {path}: {e.strerror or e}") from None
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            # a link's target is resolved; otherwise the real path follows from the folder's
-            target = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
-            if entry.is_dir():
-                walk(entry.path, target)
-            elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
-                found.append((Path(entry.path), target))
-
-    walk(str(folder), os.path.realpath(folder))
-    unique, reals = [], set()
-    for path, real in sorted(found):
-        if real not in reals:
-            reals.add(real)
-            unique.append((path, real))
-    return unique
 
 
 @dataclass
@@ -98,7 +65,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, skip_unr
         raise ZooAdaptError(f"data folder not found: {root}")
     if not root.is_dir():
         raise ZooAdaptError(f"not a folder: {root}")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = class_folders(root)
     if not found:
         loose = image_files(root)
         raise ZooAdaptError(
@@ -120,11 +87,13 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, skip_unr
     index = {name: i for i, name in enumerate(names)}
     items: list[tuple[Path, Any]] = []
     owner: dict[str, Path] = {}
+    passed_over = Listing()
     for name in found:
-        files = _image_files(root / name)
-        if not files and classes is None:
+        listing = list_images(root / name)
+        passed_over.unsupported.update(listing.unsupported)
+        if not listing.files and classes is None:
             raise ZooAdaptError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-        for path, real in files:
+        for path, real in listing.files:
             if real in owner:
                 raise ZooAdaptError(
                     f"{owner[real]} and {path} are the same file ({real}) in two classes; keep it in one"
@@ -133,6 +102,7 @@ def scan_folder(root: str | Path, classes: Sequence[str] | None = None, skip_unr
             items.append((path, index[name]))
     if not items:
         raise ZooAdaptError(f"{root} holds no images")
+    passed_over.report(root)
     bad = checked([path for path, _ in items], str(root), skip_unreadable)
     if bad:
         dropped = {path for path, _ in bad}
@@ -168,7 +138,7 @@ def unlabelled_images(root: str | Path) -> Samples:
     root = Path(root)
     if not root.is_dir():
         raise ZooAdaptError(f"target folder not found: {root}")
-    files = image_files(root)
+    files = image_files(root, report=True)
     if not files:
         raise ZooAdaptError(f"target folder {root} holds no images")
     bad = checked(files, f"target folder {root}")
@@ -201,24 +171,6 @@ def _check_class_folders(root: Path, names: list[str]) -> None:
                 f"class folder {root / name} ({real[name]}) is inside class folder "
                 f"{root / outer}; its images would count in both"
             )
-
-
-def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
-    """(train, val) subfolders of a dataset root, if it has them."""
-    sub = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
-    train = next((sub[d] for d in TRAIN_DIRS if d in sub), None)
-    val = next((sub[d] for d in VAL_DIRS if d in sub), None)
-    return train, val
-
-
-def labelled_folder(path: str | Path) -> Path:
-    """A folder of class subfolders; a dataset root with train/ and val/ or test/ means its
-    held-out split."""
-    path = Path(path)
-    train, held_out = split_dirs(path)
-    if train is not None and held_out is not None:
-        return held_out
-    return path
 
 
 def _random_split(samples, fraction: float, seed: int):

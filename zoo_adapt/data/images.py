@@ -53,9 +53,11 @@ _OPEN_LOCK = threading.Lock()
 
 def open_image(path: str | Path, min_side: int | None = None) -> Image.Image:
     """The image as 8-bit RGB (see the module doc), fully decoded, or a ZooAdaptError
-    naming the file. `min_side`: the shorter side the caller needs at least; a JPEG much
-    larger than that is decoded at a power-of-two reduction (the decoder skips detail
-    the resize would throw away), still at least `min_side`."""
+    naming the file. `min_side`, for training crops only: the shorter side the caller
+    needs at least; a JPEG at least twice that is decoded at a power-of-two reduction
+    (the decoder skips detail the resize would throw away; benchmarks/draft_decode.py),
+    still at least `min_side`. Its pixels differ from a full decode's, so nothing that
+    scores an image passes it: scores match load_plain, ONNX and the README's snippets."""
     try:
         with _open(path) as im:
             if min_side and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * min_side:

@@ -41,12 +41,14 @@ def interpolation(norm: Normalization) -> InterpolationMode:
 
 class EvalTransform:
     """Resize the shorter side to size / crop_pct, centre crop: timm's and torchvision's
-    eval recipe, giving a uint8 CHW tensor. `min_side` tells the decoder how much detail
-    is needed (see `images.open_image`)."""
+    eval recipe, giving a uint8 CHW tensor. It has no `min_side`: every image scored
+    (validation, evaluate, predict, TTA, the analysis, the export checks) is decoded in
+    full, as `load_plain`, the README's snippets and ONNX users decode it, so the numbers
+    agree (a JPEG's reduced draft decode gives other pixels)."""
 
     def __init__(self, norm: Normalization):
         self.size = norm.image_size
-        self.resize = self.min_side = norm.resize_size(self.size)
+        self.resize = norm.resize_size(self.size)
         self.mode = interpolation(norm)
 
     def __call__(self, image: Image.Image, rng=None) -> torch.Tensor:
@@ -59,7 +61,9 @@ class TrainTransform:
     suits small datasets and few epochs) and, unless the data forbids it, a horizontal
     flip, then `recipe` (timm's augmentations, `zoo_adapt.augment`) if given; gives a
     uint8 CHW tensor. The randomness comes from `rng` (one per image and epoch, see
-    `pipeline`), so it does not depend on which worker decodes the image."""
+    `pipeline`), so it does not depend on which worker decodes the image. `min_side`:
+    a JPEG at least twice as large is decoded at a reduced scale (`images.open_image`),
+    a speed choice for training only (benchmarks/draft_decode.py measures it)."""
 
     def __init__(self, norm: Normalization, min_scale: float = 0.35, hflip: bool = True, recipe=None):
         self.size = norm.image_size

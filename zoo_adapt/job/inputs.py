@@ -16,6 +16,7 @@ from zoo_adapt.data.augment import image_recipe
 from zoo_adapt.data.demo import build_demo
 from zoo_adapt.data.device_images import DeviceEvalImages, DeviceImages, fits
 from zoo_adapt.data.feature_cache import FeatureBatches, cached_views, extract_features, head_network
+from zoo_adapt.data.paths import check_data_folder
 from zoo_adapt.data.pipeline import Batches, EpochOrder, LoaderBatches, default_workers, eval_batches
 from zoo_adapt.data.transforms import TrainTransform
 from zoo_adapt.engine.distributed import gather_shards
@@ -56,8 +57,7 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
         root = build_demo(demo_root())
     else:
         root = Path(str(config.data))
-    if not root.exists():
-        raise ZooAdaptError(f"data folder not found: {root}")
+    check_data_folder(root)
     train_dir, val_dir = folders.split_dirs(root)
     if train_dir is not None:
         train = folders.scan_folder(train_dir)

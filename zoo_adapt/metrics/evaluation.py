@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo_adapt.metrics.multilabel import MultiLabelTally
-from zoo_adapt.metrics.scores import Evaluation
+from zoo_adapt.metrics.scores import Evaluation, class_figures, macro_f1
 from zoo_adapt.progress import track
 
 TTA_ZOOM = 1.15
@@ -90,12 +90,8 @@ class Tally:
         predicted = confusion.sum(0)
         precision, recall, f1 = {}, {}, {}
         for i, c in enumerate(classes):
-            tp, support, said = correct[i].item(), totals[i].item(), predicted[i].item()
-            precision[c] = tp / said if said else None
-            recall[c] = tp / support if support else None
-            f1[c] = 2 * tp / (support + said) if support + said else None
+            precision[c], recall[c], f1[c] = class_figures(int(correct[i]), int(totals[i]), int(predicted[i]))
         present = [r for r in recall.values() if r is not None]
-        scored = [v for v in f1.values() if v is not None]
         return Evaluation(
             count,
             correct.sum().item() / max(count, 1),
@@ -106,7 +102,7 @@ class Tally:
             list(classes),
             predictions,
             balanced_accuracy=sum(present) / len(present) if present else None,
-            macro_f1=sum(scored) / len(scored) if scored else None,
+            macro_f1=macro_f1(f1.values()),
             precision=precision,
             recall=recall,
             f1=f1,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from zoo_adapt.metrics.scores import Evaluation
+from zoo_adapt.metrics.scores import Evaluation, class_figures, macro_f1
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -84,11 +84,8 @@ class MultiLabelTally:
             tp = int((said[:, i] & labels[:, i]).sum())
             n_said, n_pos = int(said[:, i].sum()), int(labels[:, i].sum())
             ap[c] = average_precision(probs[:, i], labels[:, i])
-            precision[c] = tp / n_said if n_said else None
-            recall[c] = tp / n_pos if n_pos else None
-            f1[c] = 2 * tp / (n_pos + n_said) if n_pos + n_said else None
+            precision[c], recall[c], f1[c] = class_figures(tp, n_pos, n_said)
         aps = [v for v in ap.values() if v is not None]
-        scored = [v for v in f1.values() if v is not None]
         tp_all = int((said & labels).sum())
         micro = 2 * tp_all / (int(said.sum()) + int(labels.sum())) if said.sum() + labels.sum() else None
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
@@ -103,7 +100,7 @@ class MultiLabelTally:
             [],
             list(classes),
             said.astype(int).tolist(),
-            macro_f1=sum(scored) / len(scored) if scored else None,
+            macro_f1=macro_f1(f1.values()),
             micro_f1=micro,
             map=sum(aps) / len(aps) if aps else None,
             precision=precision,

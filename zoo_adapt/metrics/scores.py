@@ -4,8 +4,29 @@ the reports."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def class_figures(hits: int, support: int, predicted: int) -> tuple[float | None, float | None, float | None]:
+    """(precision, recall, F1) of one class from its true positives, its images and the
+    images predicted as it, as scikit-learn computes them: F1 = 2 TP / (support +
+    predicted), so a class with images that is never predicted (or predicted but absent)
+    scores 0; None where the figure divides by zero (F1: a class absent from both the
+    truth and the predictions)."""
+    precision = hits / predicted if predicted else None
+    recall = hits / support if support else None
+    f1 = 2 * hits / (support + predicted) if support + predicted else None
+    return precision, recall, f1
+
+
+def macro_f1(f1s: Iterable[float | None]) -> float | None:
+    """The mean F1 over the classes that occur in the truth or the predictions: scikit-
+    learn's f1_score(average="macro") with its default labels (those in y_true or
+    y_pred); a class absent from both is left out, not counted as 0."""
+    scored = [v for v in f1s if v is not None]
+    return sum(scored) / len(scored) if scored else None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from zoo_adapt.model.layers import group_parameters
 from zoo_adapt.model.weights import fit_report, looks_like_path, read_state_dict
 from zoo_adapt.zoo.answers import describe
 from zoo_adapt.zoo.backbone import Backbone, Entry, Head, backbone_of
+from zoo_adapt.zoo.plugins import plugin_info
 from zoo_adapt.zoo.registry import resolve
 from zoo_adapt.zoo.routing import ask
 
@@ -83,7 +84,20 @@ def swap_head(model: nn.Module, num_classes: int) -> nn.Linear:
 
 def _live_head(model: nn.Module, backbone: Backbone) -> Head:
     head = backbone.built_head
-    module = get_submodule(model, head.attr)
+    try:
+        module = model.get_submodule(head.attr)
+    except AttributeError:
+        plugin = backbone.answered_by.get("backbone_head", backbone.entry.plugin)
+        info = plugin_info(plugin)
+        children = [name for name, _ in model.named_children()]
+        raise PluginError(
+            f"{info.label if info else f'plugin {plugin!r}'} says the head of backbone {backbone.name!r} is "
+            f"{head.attr!r}, but the "
+            f"{type(model).__name__} it built has no submodule {head.attr!r} (its top-level modules: "
+            f"{', '.join(children[:8]) or 'none'}{', ...' if len(children) > 8 else ''})",
+            plugin,
+            "backbone_head",
+        ) from None
     if not isinstance(module, nn.Linear):
         raise ZooAdaptError(
             f"the head of {backbone.name!r} at {head.attr!r} is a "

@@ -23,7 +23,7 @@ def group_parameters(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Par
     for name, param in model.named_parameters():
         owners = [i for i, g in enumerate(groups) if g.owns(name)]
         if len(owners) != 1:
-            where = "no group" if not owners else f"{len(owners)} groups"
+            where = "no group" if not owners else "groups " + " and ".join(repr(groups[i].name) for i in owners)
             raise ZooAdaptError(f"{blame}: parameter {name!r} is in {where}, not exactly one")
         if owners[0] < latest:
             raise ZooAdaptError(

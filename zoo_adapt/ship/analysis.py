@@ -32,6 +32,7 @@ from zoo_adapt.engine.device import prepare_device, resolve_device
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.files import write_text
 from zoo_adapt.metrics.evaluation import predict_proba
+from zoo_adapt.metrics.scores import class_figures, macro_f1
 from zoo_adapt.report import pyplot, save_figure
 from zoo_adapt.ship.export import load_model, read_card
 from zoo_adapt.zoo.backbone import CamTarget, Normalization, backbone_of
@@ -78,18 +79,13 @@ class Analysis:
 
 def per_class_figures(confusion: np.ndarray, classes: list[str]) -> list[ClassFigures]:
     """Precision, recall, F1 and support of each class from a confusion matrix (rows:
-    true class, columns: predicted); None where a figure divides by zero."""
+    true class, columns: predicted), as the run's metrics compute them
+    (`scores.class_figures`: a class never predicted has F1 0)."""
     out = []
     for k, name in enumerate(classes):
-        hit, predicted, support = int(confusion[k, k]), int(confusion[:, k].sum()), int(confusion[k].sum())
-        precision = hit / predicted if predicted else None
-        recall = hit / support if support else None
-        f1 = (
-            2 * precision * recall / (precision + recall)
-            if precision and recall
-            else (0.0 if precision is not None and recall is not None else None)
-        )
-        out.append(ClassFigures(name, precision, recall, f1, support))
+        support = int(confusion[k].sum())
+        figures = class_figures(int(confusion[k, k]), support, int(confusion[:, k].sum()))
+        out.append(ClassFigures(name, *figures, support))
     return out
 
 
@@ -149,14 +145,13 @@ def analyse(
     n = len(classes)
     confusion = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
     figures = per_class_figures(confusion, classes)
-    f1s = [c.f1 for c in figures if c.f1 is not None]
     losses = -np.log(np.clip(p_true, 1e-12, None))
     order = np.argsort(-losses, kind="stable")[:top]
     paths = _paths(dataset)
     result = Analysis(
         num_images=len(labels),
         accuracy=float(np.mean(labels == predicted)),
-        macro_f1=float(np.mean(f1s)) if f1s else None,
+        macro_f1=macro_f1([c.f1 for c in figures]),
         per_class=figures,
         confused=most_confused(confusion, classes),
         top_losses=[
@@ -174,7 +169,7 @@ def analyse(
     )
     write_text(out / "per_class.csv", _per_class_csv(figures))
     result.files.append("per_class.csv")
-    crops = {int(i): transform(dataset.raw(int(i), transform.min_side)[0]) for i in order}
+    crops = {int(i): transform(dataset.raw(int(i))[0]) for i in order}
     save_figure(_plot_top_losses(result.top_losses, crops, title), out / "top_losses.png", tight=False)
     result.files.append("top_losses.png")
     if cams == "off":
@@ -184,7 +179,7 @@ def analyse(
     else:
         chosen = _cam_images(labels, predicted, p_pred, losses, num_cams)
         for i in chosen:
-            crops.setdefault(i, transform(dataset.raw(i, transform.min_side)[0]))
+            crops.setdefault(i, transform(dataset.raw(i)[0]))
         note = _cams(
             model,
             [crops[i] for i in chosen],

@@ -129,7 +129,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     for p in map(Path, paths):
         if p.is_dir():
             try:
-                found = image_files(p)
+                found = image_files(p, report=True)
             except ZooAdaptError as e:
                 out.append((p, str(e)))
                 continue
@@ -184,7 +184,7 @@ def iter_predictions(
         if error is not None:
             return None, error
         try:
-            return transform(open_image(path, transform.min_side)), None
+            return transform(open_image(path)), None
         except ZooAdaptError as e:
             return None, str(e)
 

@@ -187,8 +187,8 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
         ]
         if metrics.get("val_accuracy_tta") is not None:
             lines.append(f"| top-1 accuracy with test-time augmentation | {_pct(metrics.get('val_accuracy_tta'))} |")
-        if analysis.get("macro_f1") is not None:
-            lines.append(f"| macro F1 | {_num(analysis.get('macro_f1'))} |")
+        if metrics.get("val_macro_f1") is not None:  # the analysis's figure too: one definition (scores.macro_f1)
+            lines.append(f"| macro F1 | {_num(metrics.get('val_macro_f1'))} |")
         lines.append("")
     else:
         lines += ["No validation set was used: no measured results.", ""]

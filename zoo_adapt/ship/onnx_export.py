@@ -201,10 +201,10 @@ def _verification_batch(card, images, max_images: int, fold: bool) -> tuple[torc
         crops = [transform(image) for image in _sample_photographs(max_images)]
     elif hasattr(images, "raw"):
         step = max(1, len(images) // max_images)
-        crops = [transform(images.raw(i, transform.min_side)[0]) for i in range(0, len(images), step)][:max_images]
+        crops = [transform(images.raw(i)[0]) for i in range(0, len(images), step)][:max_images]
     else:
         paths = image_files(images) if isinstance(images, (str, Path)) and Path(images).is_dir() else list(images)
-        crops = [transform(open_image(p, transform.min_side)) for p in paths[:max_images]]
+        crops = [transform(open_image(p)) for p in paths[:max_images]]
     if not crops:
         size = card.image_size
         return torch.rand(3, 3, size, size) if fold else torch.randn(3, 3, size, size), False

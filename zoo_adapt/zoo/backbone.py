@@ -56,10 +56,16 @@ class Head:
 @dataclass(frozen=True)
 class LayerGroup:
     """A slice of the model, stem to head. A parameter belongs to the group with a prefix
-    equal to its name or to a dotted ancestor of it (`layer1` holds `layer1.0.conv1.weight`)."""
+    equal to its name or to a dotted ancestor of it (`layer1` holds `layer1.0.conv1.weight`).
+    `prefixes`: a tuple (or list) of module paths; a single string is one prefix
+    (`LayerGroup("head", "fc")`), not its characters."""
 
     name: str
     prefixes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        prefixes = (self.prefixes,) if isinstance(self.prefixes, str) else tuple(self.prefixes)
+        object.__setattr__(self, "prefixes", prefixes)
 
     def owns(self, param_name: str) -> bool:
         return any(param_name == p or param_name.startswith(p + ".") for p in self.prefixes)

@@ -6,6 +6,9 @@ A plugin that cannot be used (it fails to import, implements a hook no spec know
 shares its entry-point name with another distribution, or fails while registering
 names) is kept as *broken* with its reason, blocked in pluggy and reported once, on
 one line: everything that does not need it keeps working, and only using it fails.
+A third party's entry point named like a built-in plugin is skipped and reported: the
+built-in keeps its name (as claims.py rules for backbone names). A plugin that takes
+more than SLOW_IMPORT_S to import is named, since every command waits for it.
 $ZOO_ADAPT_DISABLE_PLUGINS=a,b (or `zoo-adapt --disable-plugin a`) blocks plugins by
 name before they are imported (pluggy's set_blocked)."""
 
@@ -15,6 +18,8 @@ import contextlib
 import difflib
 import importlib.metadata
 import os
+import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -22,12 +27,14 @@ from typing import Any
 
 import pluggy
 
-from zoo_adapt.errors import PluginError, ZooAdaptWarning, first_line
+from zoo_adapt.errors import PluginError, ZooAdaptWarning, environment_problem, first_line
 from zoo_adapt.zoo import hookspecs
 
 ENTRY_POINT_GROUP = "zoo_adapt"
 DISABLE_VAR = "ZOO_ADAPT_DISABLE_PLUGINS"
 SHIPPED = "zoo-adapt"  # the distribution of the built-in plugins
+SLOW_IMPORT_S = 1.0  # a plugin slower than this to import is named (`zoo-adapt list` takes ~0.3 s)
+HEAVY_MODULES = ("torch", "torchvision", "timm", "tensorflow", "jax")  # what usually makes an import slow
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ _entry_points: dict[str, importlib.metadata.EntryPoint] = {}
 _blocked_here: list[str] = []  # names `disabled()` blocks for now
 _pending: list[str] = []  # entry points re-enabled after `disabled()`, loaded on next use
 _reported: set[str] = set()
+_shadowed: dict[str, list[PluginInfo]] = {}  # built-in plugin name -> third parties skipped for using it
 generation = 0  # bumped whenever the set of plugins changes, so caches of answers expire
 
 
@@ -99,9 +107,13 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         # A distribution seen twice on sys.path counts once; two distributions are a collision.
         by_name.setdefault(ep.name, {}).setdefault(_dist_name(ep), ep)
     for name, eps in sorted(by_name.items()):
-        first = eps[min(eps)]
+        first = eps.get(SHIPPED) or eps[min(eps)]
         _entry_points[name] = first
-        if len(eps) > 1 and not pm.is_blocked(name):
+        if SHIPPED in eps and len(eps) > 1:
+            _shadowed[name] = [_info_of(eps[d]) for d in sorted(eps) if d != SHIPPED]
+            _report_shadowed(name, blocked=pm.is_blocked(name))
+            _load(pm, first)
+        elif len(eps) > 1 and not pm.is_blocked(name):
             both = " and ".join(_info_of(eps[d]).where for d in sorted(eps))
             _broken(
                 PluginInfo(name, distribution=both),
@@ -109,6 +121,22 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             )
         else:
             _load(pm, first)
+
+
+def _report_shadowed(name: str, blocked: bool) -> None:
+    """One line per third party skipped for naming its entry point like a built-in; when
+    the name is disabled, that it is the built-in that --disable-plugin disables."""
+    for other in _shadowed.get(name, ()):
+        if blocked:
+            report(
+                f"--disable-plugin {name} (or ${DISABLE_VAR}) disables zoo-adapt's built-in plugin {name!r}; "
+                f"{other.label} stays skipped, its entry-point name being the built-in's (rename it to use it)"
+            )
+        else:
+            report(
+                f"{other.label} was skipped: its entry-point name {name!r} is zoo-adapt's built-in plugin's, "
+                "which keeps it; rename the entry point to use both"
+            )
 
 
 def _info_of(ep: importlib.metadata.EntryPoint) -> PluginInfo:
@@ -123,10 +151,17 @@ def _load(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
     if pm.is_blocked(ep.name):
         _infos[ep.name] = replace(info, status="disabled", problem=f"disabled (${DISABLE_VAR} or --disable-plugin)")
         return
+    heavy_before = {m for m in HEAVY_MODULES if m in sys.modules}
+    start = time.perf_counter()
     try:
         obj = ep.load()
     except Exception as e:
-        return _broken(info, f"failed to import: {first_line(e)}")
+        return _broken(info, f"failed to import: {environment_problem(e) or first_line(e)}")
+    took = time.perf_counter() - start
+    if took > SLOW_IMPORT_S:
+        heavy = [m for m in HEAVY_MODULES if m in sys.modules and m not in heavy_before]
+        why = f" (it imports {', '.join(heavy)} at import time; import them inside the hooks)" if heavy else ""
+        report(f"{info.label} took {took:.1f} s to import{why}; every zoo-adapt command waits for it")
     try:
         _register(pm, obj, info)
     except PluginError as e:
@@ -228,6 +263,8 @@ def disabled(names: Iterable[str]) -> Iterator[None]:
     unknown = [n for n in names if _pm and n not in _infos]
     for n in unknown:
         report(f"--disable-plugin {n}: no plugin of that name is installed")
+    for n in names:
+        _report_shadowed(n, blocked=True)
     kept: dict[str, tuple[Any, PluginInfo]] = {}
     _blocked_here.extend(names)
     pm = _pm

@@ -32,6 +32,9 @@ from zoo_adapt.zoo.routing import registrations
 ENV_VAR = "ZOO_ADAPT_REGISTRY"
 BUILTIN = "registry.toml"
 _FIELDS = ("plugin", "upstream", "weights", "description")
+# the other keys zoo-adapt reads (registry.toml's header); any further key is passed to the plugin
+STATIC_FACTS = ("params", "head", "in_features", "num_groups", "input_size", "mean", "std", "interpolation", "crop_pct")
+KNOWN_KEYS = (*_FIELDS, *STATIC_FACTS, "rename")
 _user_files: list[Path] = []
 _cache: tuple[int, dict[str, Entry], dict[str, str]] | None = None
 
@@ -78,8 +81,24 @@ def parse_entries(table: dict[str, Any], origin: str, plugin: str | None = None)
         if missing:
             raise ZooAdaptError(f"{origin}: [{name}] lacks {' and '.join(missing)}")
         known = {k: spec.pop(k) for k in _FIELDS if k in spec}
+        _report_misspelt(spec, name, origin)
         entries[name] = Entry(name=name, extra=spec, origin=origin, **known)
     return entries
+
+
+def _report_misspelt(extra: dict[str, Any], name: str, origin: str) -> None:
+    """A key that is none of zoo-adapt's but close to one (`weigths`) is most likely a
+    typo that silently leaves the real key at its default: say so. Other keys are the
+    plugin's own and pass without a word."""
+    for key in extra:
+        if key in KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
+        if close:
+            report(
+                f"{origin}: [{name}] has key {key!r}, which zoo-adapt does not read: did you mean {close[0]!r}? "
+                "(kept as an extra key for the plugin)"
+            )
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from zoo_adapt.errors import PluginError, ZooAdaptError, first_line
+from zoo_adapt.errors import PluginError, ZooAdaptError, environment_problem, first_line
 from zoo_adapt.zoo.backbone import Entry
 from zoo_adapt.zoo.claims import Claim
 from zoo_adapt.zoo.plugins import PluginInfo, get_plugin_manager, installed_plugins, mark_broken, plugin_info, require
@@ -55,6 +55,9 @@ def ask(entry: Entry, hook: str, **kwargs: Any) -> tuple[str, Any]:
     except ZooAdaptError:  # a plugin's own message for the user
         raise
     except Exception as e:
+        problem = environment_problem(e)  # torch/torchvision that cannot work here: not the plugin's fault
+        if problem:
+            raise ZooAdaptError(problem) from e
         raise failure(e, caller.get_hookimpls(), hook, f"for {entry.name!r}", plugin) from e
 
 
@@ -134,6 +137,9 @@ def build(plugin: str, what: str, factory: Callable[..., Any], expected: type, *
     except ZooAdaptError:
         raise
     except Exception as e:
+        problem = environment_problem(e)
+        if problem:
+            raise ZooAdaptError(problem) from e
         raise PluginError(
             f"{label} failed building {what}: {first_line(e)} (ZOO_ADAPT_DEBUG=1 shows the traceback)", plugin
         ) from e
