@@ -128,3 +128,35 @@ def test_stratified_folds_spread_every_class_evenly_and_are_seeded():
     multi = [(0,), (0, 1), (0, 1), (0,), (1, 2), (2,), (0,), (0, 2), (), (1,)]
     rare = stratified_folds(multi, 3, seed=0, num_classes=3)
     assert len(set(rare[i] for i, y in enumerate(multi) if 2 in y)) == 3  # the rarest label in every fold
+
+
+def test_the_summary_line_gives_each_figure_with_its_interval():
+    from zoo_adapt.report import summary_lines
+
+    n, right = 300, 280
+    low, high = ci.wilson(right, n)
+    tta = ci.paired([True] * 280 + [False] * 20, [True] * 285 + [False] * 15).to_dict()
+    metrics = {
+        "val_accuracy": right / n,
+        "val_accuracy_interval": [low, high],
+        "val_top5": 1.0,
+        "val_top5_interval": list(ci.wilson(300, 300)),
+        "val_accuracy_tta": 285 / n,
+        "tta_vs_plain": tta,
+        "num_val": n,
+        "kept_epoch": 5,
+        "epochs": 5,
+        "temperature": 1.5,
+        "val_ece": 0.081,
+        "val_ece_calibrated": 0.02,
+        "val_nll": 0.312,
+        "val_nll_calibrated": 0.25,
+        "selection": {"why": "the last epoch"},
+    }
+    lines = summary_lines(metrics, "runs/x")
+    assert lines[-1].startswith(f"val_accuracy 93.3% [{100 * low:.1f}, {100 * high:.1f}] (top-5 100.0% [98.7, 100.0]")
+    assert "with TTA 95.0%: TTA +1.7 points [" in lines[-1] and "on 300 validation images" in lines[-1]
+    assert lines[0] == (
+        "calibration: temperature 1.50 fitted on 300 validation images: ECE 8.1% -> 2.0%, NLL 0.312 -> 0.250; "
+        "predict and evaluate apply it"
+    )

@@ -199,13 +199,16 @@ def evaluate(
     temperature: float = 1.0,
     intervals: bool = False,
     keep_scores: bool = False,
+    sharded: bool = True,
 ) -> Evaluation:
     """Score `model` over (images, labels) batches already on the model's device;
     `progress`: a name to show progress under (long evaluations). `multi_label`: 0/1
     label vectors, scored at `thresholds` (None: each class's best F1 on these images).
     `temperature`: the logits are divided by it (a calibrated export's); `intervals`:
     the 95% interval of every figure too (the bootstrap costs a moment: final figures
-    only); `keep_scores`: each image's log-probabilities in `Evaluation.scores`."""
+    only); `keep_scores`: each image's log-probabilities in `Evaluation.scores`;
+    `sharded`: under torchrun the batches are this process's shard, to be added up with
+    the others' (False: every process has all the images, nothing is exchanged)."""
     model.eval()
     tally: Tally | MultiLabelTally | None = None
     device = next(model.parameters()).device
@@ -225,7 +228,8 @@ def evaluate(
             tally.add(log_probs, y.to(log_probs.device))
     if tally is None:
         tally = make()
-    tally.all_reduce()
+    if sharded:
+        tally.all_reduce()
     if isinstance(tally, MultiLabelTally):
         return tally.result(classes, thresholds, intervals=intervals)
     return tally.result(classes, intervals=intervals)

@@ -85,9 +85,11 @@ def evaluate_images(
     tta: bool = False,
     batch_size: int = 64,
     workers: int | None = None,
+    keep_scores: bool = False,
 ) -> Evaluation:
     """An exported model (or ensemble) scored on labelled images (an ImageSource), with
-    intervals, at its stored temperature and thresholds."""
+    intervals, at its stored temperature and thresholds; `keep_scores`: each image's
+    log-probabilities (at that temperature) in `scores`."""
     dev = resolve_device(str(device))
     prepare_device(dev)
     model, card = load_any(model_path, dev)
@@ -110,6 +112,8 @@ def evaluate_images(
         thresholds=card.thresholds,
         temperature=card.temperature,
         intervals=True,
+        keep_scores=keep_scores,
+        sharded=False,  # every image on this process (under torchrun, the folds' held-out set is rank 0's)
     )
 
 
