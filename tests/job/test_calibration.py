@@ -95,3 +95,25 @@ def test_model_card_and_metrics_say_the_calibration(calibrated):
     for key in ("val_ece", "val_nll", "val_ece_calibrated", "val_nll_calibrated", "temperature"):
         assert saved[key] == pytest.approx(result.metrics[key])
     assert saved["val_accuracy_interval"][0] <= saved["val_accuracy"] <= saved["val_accuracy_interval"][1]
+
+
+def test_the_onnx_export_bakes_the_temperature_into_its_logits(calibrated, tmp_path):
+    import onnx
+    import onnxruntime
+
+    from zoo_adapt.ship.export import load_model
+    from zoo_adapt.ship.onnx_export import export_onnx
+
+    result, test = calibrated
+    model_file = result.out / "model.safetensors"
+    temperature = read_card(model_file)[0].temperature
+    report = export_onnx(model_file, tmp_path / "model.onnx", images=test)
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert float(meta["temperature"]) == pytest.approx(temperature) and "divided by the temperature" in meta["logits"]
+    x = torch.randn(2, 3, 32, 32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(["logits"], {"pixel_values": x.numpy()})[0])
+    with torch.no_grad():
+        plain = load_model(model_file)[0](x)
+    assert torch.allclose(got, plain / temperature, atol=1e-4) and report.images == 8

@@ -66,7 +66,9 @@ def read_manifest(folder: Path) -> tuple[list[Path], float | None, list[float] |
         manifest = json.loads(where.read_text())
     except (OSError, ValueError) as e:
         raise ZooAdaptError(f"cannot read {where}: {e}") from None
-    models = manifest.get("models") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        manifest = {}
+    models = manifest.get("models")
     if manifest.get("format") != FORMAT or not isinstance(models, list) or not models:
         raise ZooAdaptError(f"{where} is not a zoo-adapt ensemble (format {FORMAT!r} with a list of models)")
     paths = []
