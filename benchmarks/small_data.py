@@ -45,10 +45,11 @@ from zoo_adapt.ship.inference import evaluate_images
 SIZES = (20, 50, 200)
 
 
-def pools(task: str, seed: int, per_class: int, tmp: Path) -> tuple[Path, Path]:
-    """(a training pool of `per_class` images per class, a large held-out set)."""
+def pools(task: str, seed: int, per_class: int, tmp: Path, held_per_class: int = 30) -> tuple[Path, Path]:
+    """(a training pool of `per_class` images per class, a held-out set of
+    `held_per_class` per class, large against the validation sets measured)."""
     if task == "demo":
-        root = build_demo(tmp / f"demo-{seed}", train_per_class=per_class, val_per_class=40, seed=seed)
+        root = build_demo(tmp / f"demo-{seed}", train_per_class=per_class, val_per_class=held_per_class, seed=seed)
         return root / "train", root / "val"
     everything = build_digits(tmp / "digits")
     rng = random.Random(seed)
@@ -56,7 +57,7 @@ def pools(task: str, seed: int, per_class: int, tmp: Path) -> tuple[Path, Path]:
     for digit in sorted(p.name for p in everything.iterdir()):
         files = sorted((everything / digit).glob("*.png"))
         rng.shuffle(files)
-        for where, chosen in ((pool, files[:per_class]), (held, files[per_class:])):
+        for where, chosen in ((pool, files[:per_class]), (held, files[per_class : per_class + held_per_class])):
             (where / digit).mkdir(parents=True, exist_ok=True)
             for f in chosen:
                 shutil.copy(f, where / digit / f.name)
@@ -123,7 +124,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--draws", type=int, default=200, help="random subsets per size in the interval table")
-    parser.add_argument("--cost-per-class", type=int, default=60, help="digits per class in the larger cost pool")
+    parser.add_argument("--held-per-class", type=int, default=30, help="held-out images per class (the truth)")
+    parser.add_argument("--cost-per-class", type=int, default=40, help="digits per class in the larger cost pool")
     args = parser.parse_args()
     intervals, estimates, calibrated, costs = [], [], [], []
     closer = {task: [0, 0] for task in args.tasks}
@@ -131,7 +133,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         for task in args.tasks:
             for seed in args.seeds:
-                pool, large = pools(task, seed, args.per_class, tmp)
+                pool, large = pools(task, seed, args.per_class, tmp, args.held_per_class)
                 held_images = ImageDataset(scan_folder(large))
                 single, single_s = timed(config(pool, tmp / "single", seed, args, val_split=0.2))
                 truth_single = evaluate_images(single.out / "model.safetensors", held_images, "cpu", workers=0)
@@ -166,7 +168,7 @@ def main() -> None:
                     )
                 print(f"{task} seed {seed}: single {single_s:.0f} s, {args.folds}-fold {folded_s:.0f} s", flush=True)
         if args.cost_per_class:
-            pool, _ = pools("digits", 100, args.cost_per_class, tmp)
+            pool, _ = pools("digits", 100, args.cost_per_class, tmp, 0)
             _, single_s = timed(config(pool, tmp / "single", 0, args, val_split=0.2))
             _, folded_s = timed(config(pool, tmp / "folds", 0, args, folds=args.folds))
             costs.append((f"digits, {10 * args.cost_per_class} images", single_s, folded_s))
