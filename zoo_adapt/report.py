@@ -1,4 +1,5 @@
-"""Plots of a run: training curves and the confusion matrix (matplotlib, no display)."""
+"""Plots of a run (training curves, the confusion matrix, the reliability diagram;
+matplotlib, no display) and the lines that end it."""
 
 from __future__ import annotations
 
@@ -172,31 +173,103 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
     tta = ""
     if m.get("val_accuracy_tta") is not None:
         tta = f", with TTA {m['val_accuracy_tta']:.1%}"
-        if m["val_accuracy_tta"] < m["val_accuracy"]:
+        paired = m.get("tta_vs_plain")
+        if paired:
+            tta += f": TTA {_points(paired)}, {'within noise' if paired['within_noise'] else _verdict(paired)}"
+        elif m["val_accuracy_tta"] < m["val_accuracy"]:
             tta += " (TTA lowered it here)"
     what = "source validation" if "proxy_a_distance" in m else "validation"
     if selection.get("note"):
         lines.append(f"note: {selection['note']}")
+    calibrated = calibration_line(m)
+    if calibrated:
+        lines.append(calibrated)
     lines += per_class_lines(m)  # the headline stays last
     kept = f"kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); results in {out}/"
     if m.get("val_map") is not None:
         tta = f", with TTA {m['val_map_tta']:.1%}" if m.get("val_map_tta") is not None else ""
         lines.append(
-            f"val mAP {m['val_map']:.1%}{tta}; at per-class thresholds chosen on these images: macro F1 "
-            f"{m['val_macro_f1'] or 0:.1%}, micro F1 {m['val_micro_f1'] or 0:.1%}, all labels right "
-            f"{m['val_accuracy']:.1%}; on {m['num_val']} {what} images; {kept}"
+            f"val mAP {figure(m, 'val_map')}{tta}; at per-class thresholds chosen on these images: macro F1 "
+            f"{figure(m, 'val_macro_f1')}, micro F1 {figure(m, 'val_micro_f1')}, all labels right "
+            f"{figure(m, 'val_accuracy')}; on {m['num_val']} {what} images; {kept}"
         )
     else:
         balanced = (
-            f"; balanced accuracy {m['val_balanced_accuracy']:.1%}, macro F1 {m['val_macro_f1']:.1%}"
+            f"; balanced accuracy {figure(m, 'val_balanced_accuracy')}, macro F1 {figure(m, 'val_macro_f1')}"
             if m.get("val_balanced_accuracy") is not None
             else ""
         )
         lines.append(
-            f"val_accuracy {m['val_accuracy']:.1%} (top-5 {m['val_top5']:.1%}{tta}){balanced} on "
+            f"val_accuracy {figure(m, 'val_accuracy')} (top-5 {figure(m, 'val_top5')}{tta}){balanced} on "
             f"{m['num_val']} {what} images; {kept}"
         )
     return lines
+
+
+def figure(m: dict[str, Any], key: str) -> str:
+    """'93.3% [90.0, 95.7]': a figure of metrics.json with its 95% interval when it has one."""
+    value = m.get(key)
+    if value is None:
+        return "-"
+    interval = m.get(f"{key}_interval")
+    return f"{value:.1%}" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
+def _points(paired: dict[str, Any]) -> str:
+    low, high = paired["interval"]
+    return f"{100 * paired['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def _verdict(paired: dict[str, Any]) -> str:
+    return "beyond noise: a gain" if paired["difference"] > 0 else "beyond noise: a loss"
+
+
+def calibration_line(m: dict[str, Any]) -> str:
+    """What temperature scaling did (or why it was skipped)."""
+    if m.get("temperature") is not None and m.get("val_ece") is not None:
+        where = m.get("calibrated_on", "validation images")
+        return (
+            f"calibration: temperature {m['temperature']:.2f} fitted on {m.get('calibration_images', m['num_val'])} "
+            f"{where}: ECE {m['val_ece']:.1%} -> {m['val_ece_calibrated']:.1%}, NLL {m['val_nll']:.3f} -> "
+            f"{m['val_nll_calibrated']:.3f}; predict and evaluate apply it"
+        )
+    if m.get("calibration_skipped"):
+        return f"calibration skipped: {m['calibration_skipped']}"
+    return ""
+
+
+def plot_reliability(before, after, path: Path, title: str = "") -> Path:
+    """The reliability diagram (Guo et al. 2017): per confidence bin, accuracy against
+    confidence, before and after temperature scaling (`before`, `after`: objects with
+    edges, count, confidence and accuracy per bin, as calibration.Reliability)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, bins, name in ((axes[0], before, "before"), (axes[1], after, "after temperature scaling")):
+        edges = bins.edges
+        width = edges[1] - edges[0]
+        lefts = [e for e, c in zip(edges[:-1], bins.count) if c]
+        accuracy = [a for a, c in zip(bins.accuracy, bins.count) if c]
+        confidence = [f for f, c in zip(bins.confidence, bins.count) if c]
+        ax.bar(lefts, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+        ax.bar(
+            lefts,
+            [f - a for f, a in zip(confidence, accuracy)],
+            bottom=accuracy,
+            width=width,
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_title(f"{name}: ECE {bins.ece():.1%}", fontsize=10)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
 
 
 def per_class_lines(m: dict[str, Any], limit: int = 20) -> list[str]:

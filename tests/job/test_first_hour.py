@@ -56,17 +56,26 @@ def test_the_kept_epoch_is_said_returned_and_plotted(tmp_path, demo):
 
 
 def test_a_lead_within_noise_is_said():
+    """The kept epoch against the last, paired on the same images: one image of 42 is noise."""
     history = [SimpleNamespace(get=lambda key, v=v: v) for v in (0.52, 0.50)]
     loop = SimpleNamespace(history=history, best=(0.524, 1), select="val_accuracy")
     config = FinetuneConfig(keep="best")
-    note = selection(loop, config, {"kept_epoch": 1, "num_val": 42})["note"]
-    assert "leads the last epoch 2 by 2.4% (1 of 42 validation images), within the noise" in note
+    last = [True] * 21 + [False] * 21
+    kept = [True] * 22 + [False] * 20  # one more image right
+    rule = selection(loop, config, {"kept_epoch": 1, "num_val": 42}, kept, last)
+    assert "the kept epoch 1 against the last epoch 2: +2.4 points [" in rule["note"]
+    assert "on the same 42 validation images" in rule["note"] and "within noise" in rule["note"]
+    assert rule["kept_vs_last"]["within_noise"] and rule["kept_vs_last"]["only_b_right"] == 1
+    many_last = [True] * 200 + [False] * 220
+    many_kept = [True] * 378 + [False] * 42  # 178 more images right of 420
     loud = selection(
         SimpleNamespace(history=history, best=(0.90, 1), select="val_accuracy"),
         config,
         {"kept_epoch": 1, "num_val": 420},
+        many_kept,
+        many_last,
     )
-    assert "note" not in loud
+    assert "beyond noise: a gain" in loud["note"] and not loud["kept_vs_last"]["within_noise"]
 
 
 def test_config_toml_holds_every_resolved_value_and_the_rerun_line_works(tmp_path, demo, run_cli):

@@ -140,7 +140,7 @@ def test_metrics_match_scikit_learn():
     y = torch.as_tensor(rng.integers(0, 4, 200))
     probs = torch.softmax(torch.as_tensor(rng.normal(size=(200, 4))) + 2 * torch.nn.functional.one_hot(y, 4), -1)
     tally = Tally(4, torch.device("cpu"))
-    tally.add(probs.float(), y)
+    tally.add(probs.float().log(), y)  # the tally takes log-probabilities
     ev = tally.result(list("abcd"))
     pred = probs.argmax(-1).numpy()
     assert ev.balanced_accuracy == pytest.approx(skm.balanced_accuracy_score(y.numpy(), pred))

@@ -8,7 +8,12 @@ import click
 from zoo_adapt.cli.tables import json_text
 from zoo_adapt.data.label_file import LabelColumns
 from zoo_adapt.errors import ZooAdaptError
-from zoo_adapt.report import per_class_lines
+from zoo_adapt.report import figure, per_class_lines
+
+MODEL_HELP = (
+    "A model.safetensors written by zoo-adapt finetune, or a run folder: its model.safetensors, or a "
+    "cross-validated run's fold models averaged (--folds-export ensemble)."
+)
 
 
 def register(cli: click.Group) -> None:
@@ -21,8 +26,8 @@ def register(cli: click.Group) -> None:
     "--model",
     "model_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A model.safetensors written by zoo-adapt finetune.",
+    type=click.Path(),
+    help=MODEL_HELP,
 )
 @click.option(
     "--data",
@@ -62,8 +67,9 @@ def evaluate(
 ) -> None:
     """Accuracy, balanced accuracy, per-class precision/recall/F1 and confusion matrix
     on a labelled folder (a dataset root with train/ and val/ or test/ means its
-    held-out folder) or a label file; mAP and F1 for a multi-label model. The output
-    names the images used."""
+    held-out folder) or a label file; mAP and F1 for a multi-label model. Every figure
+    comes with its 95% interval (Wilson for proportions, a bootstrap over the images
+    for the others). The output names the images used."""
     from zoo_adapt.ship.inference import evaluate_folder  # torch
 
     if data is None and labels is None:
@@ -75,16 +81,18 @@ def evaluate(
     if as_json:
         return click.echo(json_text({**result.to_dict(), "tta": tta}))
     where = f"({result.num_images} images in {result.folder}{', TTA' if tta else ''})"
+    figures = result.to_dict()
     if result.multi_label:
         click.echo(
-            f"mAP {result.map or 0:.1%}  macro F1 {result.macro_f1 or 0:.1%}  micro F1 "
-            f"{result.micro_f1 or 0:.1%}  all labels right {result.accuracy:.1%}  {where}"
+            f"mAP {figure(figures, 'map')}  macro F1 {figure(figures, 'macro_f1')}  micro F1 "
+            f"{figure(figures, 'micro_f1')}  all labels right {figure(figures, 'accuracy')}  {where}"
         )
     else:
         click.echo(
-            f"accuracy {result.accuracy:.1%}  balanced {result.balanced_accuracy or 0:.1%}  top-5 "
-            f"{result.top5:.1%}  loss {result.loss:.3f}  {where}"
+            f"accuracy {figure(figures, 'accuracy')}  balanced {figure(figures, 'balanced_accuracy')}  top-5 "
+            f"{figure(figures, 'top5')}  loss {result.loss:.3f}  {where}"
         )
+    click.echo("95% intervals in brackets: Wilson for proportions, a bootstrap over the images for the others")
     metrics = {
         "per_class_f1": {c: v for c, v in result.f1.items() if result.recall.get(c) is not None},
         "per_class_precision": result.precision,
@@ -99,8 +107,8 @@ def evaluate(
     "--model",
     "model_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A model.safetensors written by zoo-adapt finetune.",
+    type=click.Path(),
+    help=MODEL_HELP,
 )
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")

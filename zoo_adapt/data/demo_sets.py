@@ -1,6 +1,7 @@
 """Harder variants of the demo (demo.py's photographs, its train/val checkerboard of
-cells): an imbalanced ImageFolder and a multi-label set with a label file. Used by
-the tests and benchmarks/balance.py, and handy to try the options on."""
+cells): an imbalanced ImageFolder and a multi-label set with a label file; and
+scikit-learn's handwritten digits as a folder of images. Used by the tests and
+benchmarks/balance.py and small_data.py, and handy to try the options on."""
 
 from __future__ import annotations
 
@@ -11,7 +12,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zoo_adapt.data.demo import build_demo, patches, photographs
+from zoo_adapt.data.demo import _digit_masks, build_demo, patches, photographs
+
+
+def build_digits(root: str | Path, size: int = 32) -> Path:
+    """scikit-learn's 1 797 handwritten digits (8x8) as white on black PNGs of `size` px,
+    in one ImageFolder root/<digit>/ (about 180 per digit): a second offline task."""
+    root = Path(root)
+    if (root / "9").is_dir():
+        return root
+    masks, labels = _digit_masks(size)
+    for i, (mask, label) in enumerate(zip(masks, labels)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=-1)).save(folder / f"{i:04d}.png")
+    return root
 
 
 def build_imbalanced(root: str | Path, train_counts: dict[str, int], val_per_class: int = 20, seed: int = 0) -> Path:

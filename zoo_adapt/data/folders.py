@@ -201,6 +201,40 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return Samples(sorted(train), samples.classes, samples.skipped), Samples(sorted(val), samples.classes)
 
 
+def stratified_folds(labels: Sequence, folds: int, seed: int, num_classes: int) -> list[int]:
+    """Each image's fold (0..folds-1), stratified and seeded: the images of each class,
+    shuffled, are dealt to the folds in turn, each class starting where the one before
+    stopped, so every class is spread as evenly as it can be and the folds' sizes differ
+    by at most one. Multi-label images are stratified by their rarest label (the label
+    with the fewest training images; images without labels form a group of their own),
+    a simpler rule than iterative stratification that still spreads every rare label."""
+    counts = class_counts(labels, num_classes)
+
+    def group(label) -> int:
+        if isinstance(label, tuple):
+            return min(label, key=lambda c: (counts[c], c)) if label else num_classes
+        return int(label)
+
+    by_group: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_group.setdefault(group(label), []).append(i)
+    rng = random.Random(seed)
+    assignment = [0] * len(labels)
+    turn = 0
+    for g in sorted(by_group):
+        members = by_group[g]
+        rng.shuffle(members)
+        for i in members:
+            assignment[i] = turn % folds
+            turn += 1
+    return assignment
+
+
+def subset(samples: Samples, indices: Sequence[int]) -> Samples:
+    """The samples at `indices`, in that order."""
+    return Samples([samples.items[i] for i in indices], samples.classes, multi_label=samples.multi_label)
+
+
 class ImageSource(Protocol):
     """Labelled images as the batch sources read them: an ImageDataset (files), or a
     torchvision dataset wrapped by Transformed."""

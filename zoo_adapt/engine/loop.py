@@ -355,10 +355,16 @@ class Loop:
             )
 
     def validate(
-        self, tta: bool = False, flip: bool = True, batches: Batches | None = None, network: nn.Module | None = None
+        self,
+        tta: bool = False,
+        flip: bool = True,
+        batches: Batches | None = None,
+        network: nn.Module | None = None,
+        **final,
     ) -> Evaluation:
         """Evaluate `network` (default: the eval network) on `batches` (default: the
-        validation batches)."""
+        validation batches); `final`: evaluate's options for final figures (intervals,
+        keep_scores, temperature)."""
         was_training = self.model.training
         try:
             source = batches or self.val
@@ -373,6 +379,7 @@ class Loop:
                 autocast=self.autocast,
                 progress="test-time augmentation" if tta else "validating",
                 multi_label=getattr(self.task, "multi_label", False),
+                **final,
             )
         finally:
             self.model.train(was_training)

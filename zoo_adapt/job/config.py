@@ -119,12 +119,33 @@ class FinetuneConfig:
         "flowers102, food101, oxford-pets, dtd.",
     )
     data_dir: str = opt("data", "Where --dataset is downloaded to.")
-    val_split: float = opt(
-        0.2,
-        "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none.",
+    val_split: float | None = opt(
+        None,
+        "Fraction held out (stratified, seeded) when --data has no val/ folder; 0: none [default: 0.2; "
+        "none with --folds, whose folds take turns as validation].",
         low=0,
         high=1,
         high_open=True,
+    )
+    folds: int | None = opt(
+        None,
+        "K-fold cross-validation: K stratified, seeded folds of the training images, each a complete run in "
+        "OUT/fold-k/ validated on its fold; out-of-fold predictions in OUT/oof.csv, the cross-validated "
+        "figures in OUT/metrics.json, and the model to ship (--folds-export). A val/ or test/ split is scored "
+        "once at the end, never used for a choice.",
+    )
+    fold: int | None = opt(
+        None,
+        "With --folds K, one fold alone as a plain run: k (1..K) trains on the other folds and validates on "
+        "fold k; 0 trains on every training image without validation (the refit).",
+        low=0,
+    )
+    folds_export: str | None = opt(
+        None,
+        "With --folds: what OUT/model.safetensors is: refit (retrained on every training image for the "
+        "median of the folds' kept epochs) | ensemble (no refit: predict and evaluate given the run folder "
+        "average the K fold models) [default: refit].",
+        choices=("refit", "ensemble"),
     )
     out: str = opt("runs/finetune", "Output folder.", flags=("-o",), resume="free")
     # labels from a file, multi-label, imbalanced classes
@@ -299,6 +320,15 @@ class FinetuneConfig:
         choices=("best", "last"),
     )
     tta: bool = opt(True, "Also report validation accuracy with test-time augmentation.", resume="free")
+    calibrate: str = opt(
+        "auto",
+        "Temperature scaling of the exported probabilities (Guo et al. 2017), fitted on the validation "
+        "images (with --folds: the out-of-fold predictions) and applied by predict and evaluate: auto (when "
+        "there are at least 50 images and 2 of every class; else skipped, saying why) | on (fewer is an "
+        "error) | off.",
+        choices=ON_OFF,
+        resume="free",
+    )
     log: list[str] = opt(
         [],
         "Follow the run in an experiment tracker (repeatable): tensorboard | mlflow | wandb | a "
@@ -391,6 +421,7 @@ class FinetuneConfig:
         if self.data and self.dataset:
             raise ZooAdaptError("give --data or --dataset, not both")
         self.check_labels()
+        self.check_folds()
         if not self.target_data:
             for key in ("target_val", "select_with_target_labels", "steps_per_epoch", "target_bn"):
                 if getattr(self, key):
@@ -421,6 +452,41 @@ class FinetuneConfig:
             raise ZooAdaptError(
                 "--multi-label does not combine with --target-data (adaptation methods expect one label per image)"
             )
+
+    def check_folds(self) -> None:
+        """--folds and its companions, against each other and the data options."""
+        if self.folds is None:
+            for key, what in (("fold", "one fold of --folds K"), ("folds_export", "what --folds K exports")):
+                if getattr(self, key) is not None:
+                    value = getattr(self, key)
+                    single = "; a single run has one model to export" if key == "folds_export" else ""
+                    raise ZooAdaptError(f"--{key.replace('_', '-')} {value} is {what}: give --folds K too{single}")
+            return
+        if self.folds < 2:
+            raise ZooAdaptError(
+                f"--folds {self.folds} is no cross-validation: give 2 or more folds (5 is usual), or leave --folds out"
+            )
+        if self.fold is not None and self.fold > self.folds:
+            raise ZooAdaptError(f"--fold {self.fold}: --folds {self.folds} has folds 1 to {self.folds} (0: the refit)")
+        if self.val_split is not None:
+            raise ZooAdaptError(
+                f"--folds {self.folds} validates on each fold of the training images in turn, so --val-split does "
+                "not apply: leave it out (a val/ or test/ split, when there is one, is scored once at the end)"
+            )
+        if self.dataset:
+            raise ZooAdaptError(
+                "--folds cross-validates folders, label files and the demo, not torchvision datasets "
+                "(--dataset), which are large and come with their own test split"
+            )
+        if self.target_data:
+            raise ZooAdaptError("--folds does not combine with --target-data (domain adaptation)")
+
+    @property
+    def held_out_fraction(self) -> float:
+        """What --val-split holds out: as given, else 0.2, or nothing with --folds."""
+        if self.val_split is not None:
+            return self.val_split
+        return 0.0 if self.folds else 0.2
 
     @property
     def selection_metric(self) -> str:

@@ -49,9 +49,11 @@ from zoo_adapt.engine.tasks import MultiLabel, SingleLabel
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.job.adaptation import finish_adaptation, start_adaptation
 from zoo_adapt.job.config import FinetuneConfig, declarations, resolved_values
+from zoo_adapt.job.folds import cross_validate
 from zoo_adapt.job.inputs import Datasets, FeedMaker, Feeds, is_demo, load_datasets
 from zoo_adapt.job.run_folder import (
     ADAPTATION_FILE,
+    CALIBRATION_PLOT,
     CHECKPOINT,
     CHECKPOINT_FORMAT,
     MODEL_FILE,
@@ -61,18 +63,22 @@ from zoo_adapt.job.run_folder import (
 )
 from zoo_adapt.job.run_notes import (
     TIE_IMAGES,
+    calibrate,
+    check_calibration,
     imbalance_warnings,
     machine_notes,
     recipes_line,
     selection,
     start_warnings,
+    tta_metrics,
     validation_metrics,
 )
 from zoo_adapt.job.tracking import Tracking
+from zoo_adapt.metrics.scores import Evaluation
 from zoo_adapt.model.build import create_model, num_classes_of, swap_head
 from zoo_adapt.model.optim import make_optimizer, param_groups
 from zoo_adapt.model.recipes import freeze_plan, stage_schedule
-from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, summary_lines
+from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, plot_reliability, summary_lines
 from zoo_adapt.seeds import seed_everything
 from zoo_adapt.ship.analysis import analyse, require_cams
 from zoo_adapt.ship.export import export_model
@@ -92,6 +98,7 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     out: Path
+    validation: Evaluation | None = None  # the kept model's final validation, image by image
 
     @property
     def kept_epoch(self) -> int:
@@ -138,7 +145,14 @@ def resolve(config: FinetuneConfig, image_size: int) -> FinetuneConfig:
     lr_body = config.lr_body
     if lr_body is None and config.lr_decay is None and config.lr != "auto":  # auto: after the LR finder
         lr_body = config.head_lr / 100
-    return dataclasses.replace(config, image_size=image_size, lr=config.head_lr, lr_body=lr_body)
+    return dataclasses.replace(
+        config,
+        image_size=image_size,
+        lr=config.head_lr,
+        lr_body=lr_body,
+        val_split=None if config.folds else config.held_out_fraction,
+        folds_export=(config.folds_export or "refit") if config.folds and config.fold is None else None,
+    )
 
 
 def finetune(
@@ -149,7 +163,10 @@ def finetune(
     The exported model is the best epoch by validation accuracy (or the last, with
     keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
     checkpoint, a clean one); `resume=True` continues exactly where it stopped.
-    `callbacks`: more `zoo_adapt.Callback` objects for the loop."""
+    `callbacks`: more `zoo_adapt.Callback` objects for the loop.
+
+    With `folds` (and no `fold`): K-fold cross-validation, each fold a run of its own in
+    OUT/fold-k/ (zoo_adapt.job.folds); the result is then the shipped model's."""
     config = with_method_options(config.validate())
     trackers = check_trackers(config.log)  # unknown names and missing packages: before anything is written
     _check_extras(config)
@@ -157,13 +174,26 @@ def finetune(
     device = resolve_device(distributed.device_for(config.device, procs))
     autocast_dtype(config.precision, device)  # fp16 on a CPU: refused before anything is built
     procs = distributed.start(device)
-    try:
-        job = Job(config, procs, device, log if procs.main else None, overwrite, trackers if procs.main else [])
+    speak = log if procs.main else None
+
+    def run(
+        one: FinetuneConfig,
+        more: Sequence[Callback] = (),
+        memo: dict | None = None,
+        again: bool = overwrite,
+        say: Log | None = speak,
+    ) -> FinetuneResult:
+        job = Job(one, procs, device, say if procs.main else None, again, trackers if procs.main else [], features=memo)
         distributed.agree(procs, job.lock)
         try:
-            return job.run(list(callbacks))
+            return job.run([*callbacks, *more])
         finally:
             job.folder.release()
+
+    try:
+        if config.folds and config.fold is None:
+            return cross_validate(config, run, speak, overwrite, procs, device)
+        return run(config)
     finally:
         distributed.stop()
 
@@ -223,11 +253,14 @@ class Job:
         log: Log | None,
         overwrite: bool,
         trackers: Sequence[TrackerInfo] = (),
+        features: dict | None = None,
     ):
         self.config, self.procs, self.device, self.overwrite = config, procs, device, overwrite
         self.trackers = list(trackers)  # rank 0's: the other processes report nothing
         self.log: Log = log or (lambda s: None)
         self.folder = RunFolder(config.out)
+        self.features = features  # --folds: the training images' cached features, shared by the folds' runs
+        self.evaluations: dict[str, Evaluation] = {}  # the final validation ("final"), for the caller
 
     def lock(self) -> None:
         self.folder.precheck(self.config.resume, self.overwrite)
@@ -247,6 +280,7 @@ class Job:
         size = c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size)
         c = resolve(c, size)
         data = load_datasets(c)
+        check_calibration(c, dataset_labels(data.val) if data.val is not None else [], len(data.classes))
         counts = class_counts(dataset_labels(data.train), len(data.classes))
         if stored is not None:
             _check_resumable(stored, c, data.classes, self.folder, self.procs.world)
@@ -275,7 +309,8 @@ class Job:
         """A linear probe trains its head on the frozen body's features, computed once."""
         if not prepared.maker.wants_cache():
             return prepared
-        return dataclasses.replace(prepared, feeds=prepared.maker.cached(prepared.data, prepared.feeds, prepared.model))
+        feeds = prepared.maker.cached(prepared.data, prepared.feeds, prepared.model, self.features)
+        return dataclasses.replace(prepared, feeds=feeds)
 
     def find_lr(self, prepared: Prepared) -> LRCurve:
         """The LR finder's curve on the prepared model and training batches (every
@@ -407,7 +442,9 @@ class Job:
                 raise self.interrupted(e, loop) from None
             built.tracking.publish(self.folder.out, metrics)
         metrics["train_seconds"] = time.perf_counter() - start
-        return FinetuneResult(prepared.model, metrics["history"], metrics, self.folder.out)
+        return FinetuneResult(
+            prepared.model, metrics["history"], metrics, self.folder.out, self.evaluations.get("final")
+        )
 
     def announce(self, prepared: Prepared) -> None:
         """The run's first lines: what trains on what, the recipes, the warnings."""
@@ -456,6 +493,10 @@ class Job:
         loop, recorder, adaptation = built.loop, built.recorder, prepared.adaptation
         metrics = self.metrics(prepared, loop, finished=True)
         kept = recorder.kept_epoch or len(loop.history)
+        last_right = None
+        if feeds.val is not None and kept != len(loop.history):  # the last epoch, for the paired comparison
+            with loop.evaluated_weights():
+                last_right = loop.validate().correct
         if recorder.kept_state is not None:
             model.load_state_dict(recorder.kept_state)
         if adaptation is not None and adaptation.target_bn:  # before every final figure and the export
@@ -467,18 +508,29 @@ class Job:
                 else "--target-bn target: the model has no BatchNorm layer, nothing to recompute"
             )
         metrics["kept_epoch"] = kept
+        fitted, kept_right = None, None
         if feeds.val is not None:
-            final = loop.validate()
+            final = loop.validate(intervals=True, keep_scores=True)
+            self.evaluations["final"] = final
+            kept_right = final.correct
             metrics.update(validation_metrics(final))
+            fitted, why = calibrate(c, final)
+            if fitted is not None:
+                metrics.update(fitted.metrics())
+            else:
+                metrics["calibration_skipped"] = why
             if c.tta:
                 network = loop.eval_network if feeds.network is None else model
-                tta = loop.validate(tta=True, flip=c.hflip, batches=feeds.val_images, network=network)
-                metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
-                if tta.multi_label:
-                    metrics.update({"val_map_tta": tta.map})
-                else:
-                    metrics.update({"val_balanced_accuracy_tta": tta.balanced_accuracy})
-        metrics["selection"] = selection(loop, c, metrics)
+                tta = loop.validate(
+                    tta=True,
+                    flip=c.hflip,
+                    batches=feeds.val_images,
+                    network=network,
+                    intervals=True,
+                    temperature=fitted.temperature if fitted else 1.0,
+                )
+                metrics.update(tta_metrics(final, tta))
+        metrics["selection"] = selection(loop, c, metrics, kept_right, last_right)
         if adaptation is not None:
             finish_adaptation(
                 adaptation,
@@ -493,6 +545,8 @@ class Job:
         if not self.procs.main:
             return metrics
         chosen = {"thresholds": metrics["thresholds"]} if "thresholds" in metrics else {}
+        if fitted is not None:
+            chosen["temperature"] = fitted.temperature
         folder.write_outputs(
             True,
             lambda path: self.write_model(
@@ -508,6 +562,13 @@ class Job:
                 folder.path("confusion_matrix.png"),
                 title=f"{c.backbone}, epoch {kept}: {metrics['num_val']} validation images "
                 f"(counts; colour = share of the true class)",
+            )
+        if fitted is not None:
+            plot_reliability(
+                fitted.before,
+                fitted.after,
+                folder.path(CALIBRATION_PLOT),
+                title=f"{c.backbone}, epoch {kept}: {fitted.images} validation images",
             )
         self.ship(prepared)
         for line in summary_lines(metrics, folder.out):

@@ -29,12 +29,17 @@ from zoo_adapt.zoo.backbone import Normalization
 
 @dataclass
 class Datasets:
-    """Decoded images with labels (transforms come later, once the image size is known)."""
+    """Decoded images with labels (transforms come later, once the image size is known).
+    With --folds, `train` and `val` are one fold's, and the rest says where they come from."""
 
     train: folders.ImageSource
     val: folders.ImageSource | None
     classes: list[str]
     where: str
+    held_out: folders.ImageSource | None = None  # --folds: the val/ or test/ split, scored once at the end
+    pool: folders.Samples | None = None  # --folds: every training image, in order (the folds' union)
+    train_index: list[int] | None = None  # --folds: positions of `train` in `pool`
+    val_index: list[int] | None = None  # --folds: positions of `val` in `pool`
 
 
 def is_demo(config: FinetuneConfig) -> bool:
@@ -66,13 +71,67 @@ def load_datasets(config: FinetuneConfig) -> Datasets:
             where = f"{train_dir} / {val_dir}"
         else:
             train, val = _split(train, config)
-            where = f"{train_dir}, {config.val_split:.0%} held out"
+            where = f"{train_dir}, {config.held_out_fraction:.0%} held out" if val else str(train_dir)
     else:
         train, val = _split(folders.scan_folder(root), config)
-        where = f"{root}, {config.val_split:.0%} held out" if val else str(root)
+        where = f"{root}, {config.held_out_fraction:.0%} held out" if val else str(root)
+    return _datasets(train, val, train.classes, where, config)
+
+
+def _datasets(train: folders.Samples, val: folders.Samples | None, classes, where: str, config) -> Datasets:
     if len(train.items) < 2:
         raise ZooAdaptError("training needs at least two images")
-    return Datasets(folders.ImageDataset(train), folders.ImageDataset(val) if val else None, train.classes, where)
+    if config.folds:
+        return fold_datasets(train, val, classes, where, config)
+    return Datasets(folders.ImageDataset(train), folders.ImageDataset(val) if val else None, classes, where)
+
+
+def fold_assignment(train: folders.Samples, config: FinetuneConfig) -> list[int]:
+    """Each training image's fold (0-based), after checking every class can be in every fold."""
+    assert config.folds is not None
+    labels = train.labels()
+    counts = folders.class_counts(labels, len(train.classes))
+    fewest = min(range(len(counts)), key=lambda c: counts[c])
+    if counts[fewest] < config.folds:
+        raise ZooAdaptError(
+            f"--folds {config.folds} needs at least {config.folds} training images of every class; "
+            f"{train.classes[fewest]!r} has {counts[fewest]}: give fewer folds or more images"
+        )
+    return folders.stratified_folds(labels, config.folds, config.seed, len(train.classes))
+
+
+def fold_datasets(train: folders.Samples, held: folders.Samples | None, classes, where: str, config) -> Datasets:
+    """--folds: fold k's training images (the other folds) and validation images (fold
+    k), or with fold 0 (or none, the run as a whole) every training image and no
+    validation; a val/ or test/ split rides along as `held_out`."""
+    assignment = fold_assignment(train, config)
+    n, k = len(train.items), config.fold or 0
+    held_set = folders.ImageDataset(held) if held and held.items else None
+    where = where if held_set is None else where + " (held out: scored once at the end, never used for a choice)"
+    if k == 0:
+        every = list(range(n))
+        return Datasets(
+            folders.ImageDataset(train),
+            None,
+            classes,
+            f"{where}; all {n} training images, no validation",
+            held_set,
+            train,
+            every,
+            [],
+        )
+    train_index = [i for i, a in enumerate(assignment) if a != k - 1]
+    val_index = [i for i, a in enumerate(assignment) if a == k - 1]
+    return Datasets(
+        folders.ImageDataset(folders.subset(train, train_index)),
+        folders.ImageDataset(folders.subset(train, val_index)),
+        classes,
+        f"{where}; fold {k} of {config.folds}: validates on {len(val_index)} of the {n} training images",
+        held_set,
+        train,
+        train_index,
+        val_index,
+    )
 
 
 def label_columns(config: FinetuneConfig) -> label_files.LabelColumns:
@@ -104,22 +163,26 @@ def _from_label_file(config: FinetuneConfig) -> Datasets:
         where = f"{file}, {'val' if val_rows else 'test'} rows held out"
     else:
         train, val = _split(train, config)
-        where = f"{file}, {config.val_split:.0%} held out" if val else str(file)
-    if len(train.items) < 2:
-        raise ZooAdaptError("training needs at least two images")
-    return Datasets(folders.ImageDataset(train), folders.ImageDataset(val) if val else None, classes, where)
+        where = f"{file}, {config.held_out_fraction:.0%} held out" if val else str(file)
+    return _datasets(train, val, classes, where, config)
 
 
 def _split(samples, config):
-    if config.val_split == 0:
+    fraction = config.held_out_fraction
+    if fraction == 0:
         return samples, None
-    train, val = folders.stratified_split(samples, config.val_split, config.seed)
+    train, val = folders.stratified_split(samples, fraction, config.seed)
     if not val.items:  # every class has a single image: nothing can be held out
         raise ZooAdaptError(
-            f"--val-split {config.val_split} holds out no image: every class has only one; add "
+            f"--val-split {fraction} holds out no image: every class has only one; add "
             "images, a val/ folder, or --val-split 0 to train without validation"
         )
     return train, val
+
+
+def weights_checksum(model: nn.Module) -> float:
+    """A cheap fingerprint of a model's weights (the sum of every floating-point tensor)."""
+    return float(sum(float(t.double().sum()) for t in model.state_dict().values() if t.is_floating_point()))
 
 
 @dataclass(frozen=True)
@@ -259,30 +322,60 @@ class FeedMaker:
         batch_recipe = c.random_erase > 0 or c.mixup > 0 or c.cutmix > 0  # these act on images, not features
         return c.strategy == "linear-probe" and c.feature_cache and not c.target_data and not batch_recipe
 
-    def cached(self, data: Datasets, feeds: Feeds, model: nn.Module) -> Feeds:
+    def cached(self, data: Datasets, feeds: Feeds, model: nn.Module, memo: dict | None = None) -> Feeds:
         """A linear probe's feeds on cached features: each process extracts its shard of
         the training set, then all gather the whole (every process then draws its padded
-        shard of each epoch from it, as it would of images); validation stays sharded."""
+        shard of each epoch from it, as it would of images); validation stays sharded.
+        `memo` (--folds): features of every training image, extracted by the first fold
+        and taken by the others, as long as the body's weights are the same."""
         c, held, autocast = self.config, feeds.held, self.runtime.autocast
+        pooled = memo is not None and data.pool is not None and c.cache_views == 1 and data.train_index is not None
+        if pooled:
+            assert memo is not None and data.pool is not None and data.train_index is not None
+            pool_features, pool_labels = self.pool_features(data.pool, model, held, memo)
+            features, labels = pool_features[:, data.train_index], pool_labels[data.train_index]
+            val_index = (data.val_index or [])[self.procs.rank :: self.procs.world]  # this process's shard
+            return self.cached_feeds(
+                data, feeds, model, features, labels, (pool_features[0, val_index], pool_labels[val_index])
+            )
         plain = self.evaluation(data.train, held) if c.cache_views == 1 else None
         augmented = self.training(data.train, held, shuffle=False) if c.cache_views > 1 else None
         features, labels = cached_views(model, plain, augmented, c.cache_views, autocast)
         n = len(data.train)
         features = gather_shards(features.transpose(0, 1), n, self.procs).transpose(0, 1).contiguous()
         labels = gather_shards(labels, n, self.procs)
+        return self.cached_feeds(data, feeds, model, features, labels, None)
+
+    def pool_features(self, pool: folders.Samples, model: nn.Module, held: bool, memo: dict):
+        """(1 x N x width features, labels) of every training image, from `memo` when the
+        same body made them."""
+        key = (weights_checksum(model), self.norm.image_size, len(pool.items))
+        if memo.get("key") != key:
+            images = folders.ImageDataset(pool)
+            features, labels = cached_views(model, self.evaluation(images, held), None, 1, self.runtime.autocast)
+            n = len(images)
+            features = gather_shards(features.transpose(0, 1), n, self.procs).transpose(0, 1).contiguous()
+            memo.update(key=key, features=features, labels=gather_shards(labels, n, self.procs))
+        return memo["features"], memo["labels"]
+
+    def cached_feeds(self, data: Datasets, feeds: Feeds, model: nn.Module, features, labels, val_cached) -> Feeds:
+        c, held = self.config, feeds.held
+        autocast = self.runtime.autocast
         train = FeatureBatches(
             features,
             labels,
             batch_size=c.batch_size,
-            order=self.order(n, shuffle=True, weights=self.sample_weights(data.train)),
+            order=self.order(len(labels), shuffle=True, weights=self.sample_weights(data.train)),
             seed=c.seed,
         )
         val_features = None
         if feeds.val is not None:
-            vf, vl = extract_features(model, feeds.val, autocast)
+            vf, vl = val_cached if val_cached is not None else extract_features(model, feeds.val, autocast)
             val_features = FeatureBatches(vf, vl, batch_size=c.batch_size * 2, order=EpochOrder(len(vl), shuffle=False))
         views = "its eval view" if c.cache_views == 1 else f"{c.cache_views} augmented views"
         where = "held on the device" if held else f"decoded by {self.workers} loader worker(s)"
+        if val_cached is not None:
+            where += "; extracted once for every fold"
         return Feeds(
             train,
             val_features,

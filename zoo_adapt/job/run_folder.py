@@ -44,7 +44,8 @@ CONFIG_FILE = "config.toml"
 HISTORY_FILE = "history.csv"  # one row per epoch, every logged figure (rewritten after each epoch)
 ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
 LOCK_FILE = ".zoo-adapt.lock"
-PLOTS = ("curves.png", "confusion_matrix.png", "adaptation.png", "lr_find.png")
+CALIBRATION_PLOT = "calibration.png"  # the reliability diagram, before and after temperature scaling
+PLOTS = ("curves.png", "confusion_matrix.png", "adaptation.png", "lr_find.png", CALIBRATION_PLOT)
 RUN_FILES = (MODEL_FILE, CHECKPOINT, METRICS_FILE)
 # written at the end of a run: the model card, timm's config, the ONNX model, the analysis folder
 SHIPPING = ("README.md", "config.json", "model.onnx", "analysis")

@@ -1,6 +1,8 @@
 """What a fine-tuning run tells its user and records about itself: warnings before it
 starts (defaults that do something unexpected, imbalanced classes), the recipes line,
-config.toml's notes, metrics.json's validation block and which epoch was kept and why."""
+config.toml's notes, metrics.json's validation block (each figure with its 95%
+interval), the calibration, and which epoch was kept and why (with a paired test of its
+lead over the last)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from zoo_adapt.data.augment import describe
 from zoo_adapt.engine import processes
+from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.metrics import calibration
+from zoo_adapt.metrics import intervals as ci
+from zoo_adapt.metrics.scores import Evaluation
 
 if TYPE_CHECKING:
     from zoo_adapt.engine.loop import Loop
@@ -51,9 +57,21 @@ def recipes_line(c: FinetuneConfig) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def validation_metrics(final) -> dict[str, Any]:
+# Evaluation.intervals' figures -> metrics.json's names (each beside its figure, `<figure>_interval`)
+INTERVAL_NAMES = {
+    "accuracy": "val_accuracy",
+    "top5": "val_top5",
+    "balanced_accuracy": "val_balanced_accuracy",
+    "macro_f1": "val_macro_f1",
+    "micro_f1": "val_micro_f1",
+    "map": "val_map",
+    "per_class_recall": "per_class_recall",
+}
+
+
+def validation_metrics(final: Evaluation) -> dict[str, Any]:
     """What metrics.json holds of the kept model's validation."""
-    out = {
+    out: dict[str, Any] = {
         "val_accuracy": final.accuracy,
         "val_loss": final.loss,
         "val_macro_f1": final.macro_f1,
@@ -79,7 +97,51 @@ def validation_metrics(final) -> dict[str, Any]:
                 "confusion_matrix": final.confusion,
             }
         )
+    out.update({f"{INTERVAL_NAMES[k]}_interval": v for k, v in final.intervals.items() if k in INTERVAL_NAMES})
     return out
+
+
+def tta_metrics(final: Evaluation, tta: Evaluation) -> dict[str, Any]:
+    """TTA's figures, and TTA against no TTA on the same images (paired)."""
+    out: dict[str, Any] = {"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5}
+    out["val_accuracy_tta_interval"] = tta.intervals.get("accuracy")
+    if tta.multi_label:
+        out["val_map_tta"] = tta.map
+    else:
+        out["val_balanced_accuracy_tta"] = tta.balanced_accuracy
+    comparison = ci.paired(final.correct, tta.correct)
+    if comparison is not None:
+        out["tta_vs_plain"] = comparison.to_dict()
+    return out
+
+
+def calibrate(config: FinetuneConfig, final: Evaluation) -> tuple[calibration.Calibration | None, str]:
+    """The temperature of the export, fitted on the validation images when there are
+    enough (calibration.MIN_IMAGES, MIN_PER_CLASS) and --calibrate is not off; else
+    None and why not."""
+    if config.calibrate == "off":
+        return None, "--calibrate off"
+    if final.multi_label:
+        return None, calibration.MULTI_LABEL_REASON
+    if final.scores is None or not final.num_images:
+        return None, "no validation images"
+    why = calibration.why_not(final.labels, len(final.classes))
+    if why:
+        if config.calibrate == "on":  # checked before the run too (check_calibration); a safety net here
+            raise ZooAdaptError(f"--calibrate on: {why}")
+        return None, why
+    return calibration.calibrate(final.scores, final.labels), ""
+
+
+def check_calibration(config: FinetuneConfig, labels: list, num_classes: int) -> None:
+    """--calibrate on with too few validation images: said before anything is written."""
+    if config.calibrate != "on":
+        return
+    if config.multi_label:
+        raise ZooAdaptError(f"--calibrate on: {calibration.MULTI_LABEL_REASON}; leave it at auto")
+    why = calibration.why_not(labels, num_classes) if labels else "no validation images"
+    if why:
+        raise ZooAdaptError(f"--calibrate on: {why}; leave --calibrate at auto to skip it")
 
 
 IMBALANCE_RATIO = 10
@@ -98,9 +160,17 @@ def imbalance_warnings(c: FinetuneConfig, counts: list[int], classes: list[str])
     ]
 
 
-def selection(loop: Loop, config: FinetuneConfig, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Which epoch was kept and why, and whether its lead is within noise: below one
-    standard error of an accuracy measured on n images, sqrt(p (1 - p) / n)."""
+def selection(
+    loop: Loop,
+    config: FinetuneConfig,
+    metrics: dict[str, Any],
+    kept_right: list | None = None,
+    last_right: list | None = None,
+) -> dict[str, Any]:
+    """Which epoch was kept and why; when it is not the last, its accuracy against the
+    last epoch's on the same images (`kept_right`, `last_right`: each image right or not),
+    paired: the bootstrap interval of the difference and McNemar's mid-p, and whether
+    the lead is within noise."""
     kept, last = metrics["kept_epoch"], len(loop.history)
     if config.keep == "last" or loop.best is None:
         return {
@@ -108,24 +178,24 @@ def selection(loop: Loop, config: FinetuneConfig, metrics: dict[str, Any]) -> di
             "why": "the last epoch" + (", --keep last" if config.keep == "last" else ": no validation score"),
         }
     by = loop.select.replace("_", " ")
-    rule = {
+    rule: dict[str, Any] = {
         "rule": "best",
         "select": loop.select,
         "tie_images": TIE_IMAGES,
         "why": f"the best by {by}; epochs within {TIE_IMAGES} validation images count as tied, the later kept",
     }
-    n = metrics.get("num_val") or 0
-    kept_score, last_score = loop.best[0], loop.history[-1].get(loop.select)
-    if kept != last and n and last_score is not None:
-        lead = kept_score - last_score
-        noise = (kept_score * (1 - kept_score) / n) ** 0.5
-        rule["lead_over_last"] = lead
-        if lead < noise:
-            rule["note"] = (
-                f"the kept epoch {kept} leads the last epoch {last} by {lead:.1%} ({round(lead * n)} of "
-                f"{n} validation images), within the noise of so few images (one standard error: "
-                f"{noise:.1%}); --keep last exports the last epoch"
-            )
+    if kept == last or kept_right is None or last_right is None:
+        return rule
+    comparison = ci.paired(last_right, kept_right)
+    if comparison is None:
+        return rule
+    rule["kept_vs_last"] = comparison.to_dict()
+    what = "" if loop.select == "val_accuracy" else " in accuracy"
+    rule["note"] = (
+        f"the kept epoch {kept} against the last epoch {last}{what}: {comparison.points()} on the same "
+        f"{comparison.n} validation images (paired bootstrap; McNemar mid-p {comparison.p_value:.2f}): "
+        f"{comparison.verdict()}" + ("; --keep last exports the last epoch" if comparison.within_noise else "")
+    )
     return rule
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from zoo_adapt.metrics import intervals as ci
 from zoo_adapt.metrics.scores import Evaluation, class_figures, macro_f1
 
 DEFAULT_THRESHOLD = 0.5
@@ -71,7 +72,7 @@ class MultiLabelTally:
             dist.all_gather_object(shards, self._stacked())
             self.probs, self.labels = [s[0] for s in shards], [s[1] for s in shards]
 
-    def result(self, classes: list[str], thresholds: list[float] | None = None):
+    def result(self, classes: list[str], thresholds: list[float] | None = None, intervals: bool = False):
         probs_t, labels_t = self._stacked()
         probs, labels = probs_t.numpy().astype(np.float64), labels_t.numpy() > 0.5
         count = len(probs)
@@ -91,7 +92,7 @@ class MultiLabelTally:
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
         loss = float(-(labels * np.log(clipped) + (~labels) * np.log(1 - clipped)).mean()) if count else 0.0
         exact = float((said == labels).all(1).mean()) if count else 0.0
-        return Evaluation(
+        result = Evaluation(
             count,
             exact,
             None,
@@ -109,4 +110,19 @@ class MultiLabelTally:
             thresholds=[float(t) for t in thresholds],
             thresholds_chosen_here=chosen,
             multi_label=True,
+            labels=labels.astype(int).tolist(),
+            scores=probs,
         )
+        if intervals:
+            boot = ci.multi_label_bootstrap(probs, labels, said, average_precision)
+            result.intervals = {
+                "accuracy": ci.as_list(ci.wilson(int((said == labels).all(1).sum()), count)),
+                "map": ci.as_list(boot["map"]),
+                "macro_f1": ci.as_list(boot["macro_f1"]),
+                "micro_f1": ci.as_list(boot["micro_f1"]),
+                "per_class_recall": {
+                    c: ci.as_list(ci.wilson(int((said[:, i] & labels[:, i]).sum()), int(labels[:, i].sum())))
+                    for i, c in enumerate(classes)
+                },
+            }
+        return result

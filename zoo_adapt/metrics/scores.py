@@ -50,6 +50,14 @@ class Evaluation:
     thresholds: list[float] | None = None  # multi-label: per class (given, or chosen on these images)
     thresholds_chosen_here: bool = False
     multi_label: bool = False
+    labels: list = field(default_factory=list, repr=False)  # each image's true label, in the set's order
+    scores: Any = field(default=None, repr=False)  # images x classes: log-probabilities (multi-label: probabilities)
+    intervals: dict[str, Any] = field(default_factory=dict)  # figure -> [low, high] (95%), when asked for
+
+    @property
+    def correct(self) -> list[bool]:
+        """Each image right or not (multi-label: every label right), for paired comparisons."""
+        return [p == y for p, y in zip(self.predictions, self.labels)]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,4 +86,6 @@ class Evaluation:
                 }
             )
             del out["top5"], out["balanced_accuracy"], out["confusion_matrix"]
+        for figure, interval in self.intervals.items():
+            out[f"{figure}_interval"] = interval
         return out

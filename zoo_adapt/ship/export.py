@@ -40,6 +40,7 @@ class ModelCard:
     hflip: bool = True  # trained with horizontal flips, so TTA may flip too
     multi_label: bool = False  # a sigmoid per class: every class above its threshold applies
     thresholds: list[float] | None = None  # multi-label: per class, chosen on validation (else 0.5)
+    temperature: float = 1.0  # the logits are divided by it before the softmax (calibration; 1: none)
 
     @property
     def image_size(self) -> int:
@@ -158,6 +159,12 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
         head,
         hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True),
         multi_label=field("multi_label", "true or false", lambda v: isinstance(v, bool), default=False),
+        temperature=field(
+            "temperature",
+            "a positive finite number",
+            lambda v: _numbers([v], 1) and v > 0,
+            default=1.0,
+        ),
     )
     if card.multi_label:
         card.thresholds = field(
@@ -220,6 +227,16 @@ def _input_size(v) -> bool:
     )
 
 
+def rewrite_header(source: str | Path, target: str | Path, extra: dict[str, Any]) -> Path:
+    """`source`'s weights written to `target` with header fields added or replaced
+    (`extra`, values JSON-encoded unless text), checked by read_card afterwards."""
+    _, meta = read_card(source)
+    meta = {**meta, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()}}
+    write_safetensors(read_state_dict(source), target, meta)
+    read_card(target)
+    return Path(target)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild an exported model (no download) and load its weights strictly."""
     card, _ = read_card(path)
@@ -236,10 +253,14 @@ def load_plain(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     normalized tensor out), so predictions match `zoo-adapt predict`:
 
         model, preprocess = load_plain("runs/mine/model.safetensors")
-        probs = model(preprocess(image)[None]).softmax(-1)
+        temperature = read_card("runs/mine/model.safetensors")[0].temperature
+        probs = (model(preprocess(image)[None]) / temperature).softmax(-1)
 
-    A multi-label export (`read_card(path)[0].multi_label`) takes `.sigmoid()` instead
-    of the softmax; its labels are the classes at or above `read_card(path)[0].thresholds`.
+    The module is the plain one, so its logits are the uncalibrated ones: divide them by
+    the card's `temperature` (fitted on validation images; 1.0 when the run did not
+    calibrate) for the probabilities `zoo-adapt predict` gives. A multi-label export
+    (`read_card(path)[0].multi_label`) takes `.sigmoid()` instead of the softmax; its
+    labels are the classes at or above `read_card(path)[0].thresholds`.
     """
     card, _ = read_card(path)
     state = read_state_dict(path)

@@ -27,7 +27,7 @@ from zoo_adapt.engine.device import prepare_device, resolve_device
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.metrics.evaluation import Evaluation, evaluate, predict_proba
 from zoo_adapt.progress import Ticker
-from zoo_adapt.ship.export import load_model, read_card
+from zoo_adapt.ship.ensemble import load_any, read_any_card
 
 
 def labelled_rows(labels: str | Path, data: str | Path | None, columns, classes: list[str], multi_label: bool):
@@ -57,10 +57,13 @@ def evaluate_folder(
     subset of) the model's, or on a label file's rows (`labels`, paths relative to
     `data`; `columns`: a label_file.LabelColumns). A multi-label model gets mAP and F1 at
     its stored thresholds. The model's header and the images are checked before the
-    weights are loaded."""
+    weights are loaded. `model_path`: a model file, or a run folder (its model, or a
+    cross-validated run's ensemble). Every figure comes with its 95% interval
+    (`Evaluation.intervals`); the stored temperature is applied (it changes the loss,
+    not the accuracy)."""
     if batch_size < 1:
         raise ZooAdaptError(f"batch size must be at least 1, not {batch_size}")
-    card, _ = read_card(model_path)
+    card = read_any_card(model_path)
     if labels is not None:
         samples, folder = labelled_rows(labels, data, columns or LabelColumns(), card.classes, card.multi_label)
     elif card.multi_label:
@@ -70,17 +73,34 @@ def evaluate_folder(
             raise ZooAdaptError("give --data (a labelled folder) or --labels (a label file)")
         folder = labelled_folder(data)
         samples = scan_folder(folder, classes=card.classes)
-    dev = resolve_device(device)
+    result = evaluate_images(model_path, ImageDataset(samples), device, tta, batch_size, workers)
+    result.folder = str(folder)
+    return result
+
+
+def evaluate_images(
+    model_path: str | Path,
+    images,
+    device: str | torch.device = "auto",
+    tta: bool = False,
+    batch_size: int = 64,
+    workers: int | None = None,
+    keep_scores: bool = False,
+) -> Evaluation:
+    """An exported model (or ensemble) scored on labelled images (an ImageSource), with
+    intervals, at its stored temperature and thresholds; `keep_scores`: each image's
+    log-probabilities (at that temperature) in `scores`."""
+    dev = resolve_device(str(device))
     prepare_device(dev)
-    model, card = load_model(model_path, dev)
+    model, card = load_any(model_path, dev)
     batches = eval_batches(
-        ImageDataset(samples),
+        images,
         card.normalization,
         dev,
         batch_size=batch_size,
         workers=default_workers(dev) if workers is None else workers,
     )
-    result = evaluate(
+    return evaluate(
         model,
         batches,
         card.classes,
@@ -90,9 +110,11 @@ def evaluate_folder(
         progress="evaluating",
         multi_label=card.multi_label,
         thresholds=card.thresholds,
+        temperature=card.temperature,
+        intervals=True,
+        keep_scores=keep_scores,
+        sharded=False,  # every image on this process (under torchrun, the folds' held-out set is rank 0's)
     )
-    result.folder = str(folder)
-    return result
 
 
 @dataclass
@@ -174,7 +196,7 @@ def iter_predictions(
     if batch_size < 1:
         raise ZooAdaptError(f"batch size must be at least 1, not {batch_size}")
     dev = resolve_device(device)
-    model, card = load_model(model_path, dev)
+    model, card = load_any(model_path, dev)
     transform = EvalTransform(card.normalization)
     entries = expand_paths(paths) if entries is None else entries
     k = len(card.classes) if card.multi_label else min(top_k, len(card.classes))
@@ -205,7 +227,13 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
         if batch:
             x = normalize(torch.stack(batch).to(dev), card.normalization)
             probs = predict_proba(
-                model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip, multi_label=card.multi_label
+                model,
+                x,
+                tta=tta,
+                autocast=dev.type == "cuda",
+                flip=card.hflip,
+                multi_label=card.multi_label,
+                temperature=card.temperature,
             )
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
@@ -235,7 +263,7 @@ def write_predictions(
     if output.is_dir():
         raise ZooAdaptError(f"--output {output} is a folder; give a file name such as predictions.csv")
     entries = expand_paths(paths)
-    card, _ = read_card(model_path)
+    card = read_any_card(model_path)
     k = min(top_k, len(card.classes))
     header = (
         ["path", "prediction", "probability"]

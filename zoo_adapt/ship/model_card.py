@@ -142,6 +142,12 @@ def _pct(value) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
 
 
+def _with_interval(metrics: dict[str, Any], key: str) -> str:
+    """'93.3% [90.0, 95.7]': the figure and its 95% interval when metrics.json has one."""
+    interval = metrics.get(f"{key}_interval")
+    return _pct(metrics.get(key)) + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
 def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
@@ -175,20 +181,53 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
     # results
     lines += ["## Results", ""]
     if isinstance(metrics.get("val_accuracy"), (int, float)):
+        measured = (
+            f"Cross-validated ({metrics['folds']} folds): measured on the {metrics.get('num_val', '?')} out-of-fold "
+            "predictions (each training image predicted by the fold model that did not train on it); the "
+            f"model here was refit on every training image for {metrics.get('refit_epochs', '?')} epochs"
+            if metrics.get("folds")
+            else f"Measured on {metrics.get('num_val', '?')} validation images with the kept model (epoch "
+            f"{metrics.get('kept_epoch', '?')} of {metrics.get('epochs', '?')}, {metrics.get('strategy', '')})"
+        )
         lines += [
-            f"Measured on {metrics.get('num_val', '?')} validation images with the kept model (epoch "
-            f"{metrics.get('kept_epoch', '?')} of {metrics.get('epochs', '?')}, {metrics.get('strategy', '')}):",
+            measured + "; in brackets, the 95% interval (Wilson for proportions, a bootstrap over images for the "
+            "others):",
             "",
             "| metric | value |",
             "| --- | --- |",
-            f"| top-1 accuracy | {_pct(metrics.get('val_accuracy'))} |",
-            f"| top-5 accuracy | {_pct(metrics.get('val_top5'))} |",
+            f"| top-1 accuracy | {_with_interval(metrics, 'val_accuracy')} |",
+            f"| top-5 accuracy | {_with_interval(metrics, 'val_top5')} |",
             f"| loss | {_num(metrics.get('val_loss'))} |",
         ]
+        if metrics.get("val_balanced_accuracy") is not None:
+            lines.append(f"| balanced accuracy | {_with_interval(metrics, 'val_balanced_accuracy')} |")
         if metrics.get("val_accuracy_tta") is not None:
-            lines.append(f"| top-1 accuracy with test-time augmentation | {_pct(metrics.get('val_accuracy_tta'))} |")
+            paired = metrics.get("tta_vs_plain") or {}
+            against = (
+                f" ({100 * paired['difference']:+.1f} points [{100 * paired['interval'][0]:+.1f}, "
+                f"{100 * paired['interval'][1]:+.1f}] against none, "
+                f"{'within noise' if paired.get('within_noise') else 'beyond noise'})"
+                if paired
+                else ""
+            )
+            lines.append(
+                f"| top-1 accuracy with test-time augmentation | {_with_interval(metrics, 'val_accuracy_tta')}"
+                f"{against} |"
+            )
+        if metrics.get("temperature") is not None and metrics.get("val_ece") is not None:
+            lines.append(
+                f"| calibration (temperature {metrics['temperature']:.2f}) | ECE {_pct(metrics.get('val_ece'))} -> "
+                f"{_pct(metrics.get('val_ece_calibrated'))}, NLL {_num(metrics.get('val_nll'))} -> "
+                f"{_num(metrics.get('val_nll_calibrated'))} |"
+            )
+        held = metrics.get("held_out") or {}
+        if held.get("test_accuracy") is not None:
+            lines.append(
+                f"| top-1 accuracy on the {held.get('num_images')} held-out images (scored once) | "
+                f"{_with_interval(held, 'test_accuracy')} |"
+            )
         if metrics.get("val_macro_f1") is not None:  # the analysis's figure too: one definition (scores.macro_f1)
-            lines.append(f"| macro F1 | {_num(metrics.get('val_macro_f1'))} |")
+            lines.append(f"| macro F1 | {_with_interval(metrics, 'val_macro_f1')} |")
         lines.append("")
     else:
         lines += ["No validation set was used: no measured results.", ""]
@@ -247,7 +286,7 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
             "transform = timm.data.create_transform(**config)",
             'x = transform(Image.open("photo.jpg").convert("RGB"))[None]',
             "with torch.no_grad():",
-            "    probabilities = model(x).softmax(-1)",
+            f"    probabilities = (model(x) / {card.temperature!r}).softmax(-1)  # the calibration temperature",
             'print(model.pretrained_cfg["label_names"][probabilities.argmax()])',
             "```",
             "",
@@ -271,6 +310,7 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
             else f"model = ...  # the {constructor} {card.entry.upstream}",
             "model.load_state_dict(load_file(path), strict=True)",
             "model.eval()",
+            'temperature = float(meta.get("temperature", 1.0))  # probabilities: (model(x) / temperature).softmax(-1)',
             "```",
             "",
         ]
@@ -284,12 +324,12 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
         "",
         "```python",
         "from PIL import Image",
-        "from zoo_adapt.export import load_model",
-        "from zoo_adapt.transforms import eval_transform",
+        "from zoo_adapt import eval_transform, load_model",
         "",
         f'model, card = load_model("{out}/model.safetensors")',
         'x = eval_transform(card.normalization)(Image.open("photo.jpg"))[None]',
-        "print(card.classes[model(x).argmax()])",
+        "probabilities = (model(x) / card.temperature).softmax(-1)",
+        "print(card.classes[probabilities.argmax()])",
         "```",
         "",
     ]

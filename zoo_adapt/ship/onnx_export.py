@@ -7,7 +7,11 @@ tolerance).
 The input is normalized float NCHW, (RGB / 255 - mean) / std, as metadata_props say;
 with `fold_normalization` the normalization is inside the graph and the input is RGB
 in [0, 1]. Either way, resize the shorter side to `resize` and centre-crop to the input
-size first (timm's and torchvision's eval recipe; also in the metadata)."""
+size first (timm's and torchvision's eval recipe; also in the metadata).
+
+A calibrated model's temperature is baked into the graph: its `logits` output is the
+network's logits divided by the temperature (metadata_props `temperature` says by how
+much), so its softmax gives the calibrated probabilities `zoo-adapt predict` gives."""
 
 from __future__ import annotations
 
@@ -44,6 +48,17 @@ def require_onnx() -> None:
     for name in PACKAGES:
         if importlib.util.find_spec(name) is None:
             raise ZooAdaptError(f"ONNX export needs the package {name!r}, which is not installed: {INSTALL}")
+
+
+class Calibrated(nn.Module):
+    """The model's logits divided by its temperature."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
 
 
 class Normalized(nn.Module):
@@ -105,6 +120,12 @@ def metadata(card, fold: bool) -> dict[str, str]:
             if fold
             else "outside: input is (RGB / 255 - mean) / std, NCHW float32"
         ),
+        "temperature": repr(float(card.temperature)),
+        "logits": (
+            "divided by the temperature inside the graph (calibrated: softmax gives the calibrated probabilities)"
+            if card.temperature != 1.0
+            else "the network's own (no calibration)"
+        ),
     }
 
 
@@ -128,6 +149,8 @@ def export_onnx(
     model_path = Path(model_path)
     out = Path(out) if out else model_path.with_name("model.onnx")
     model, card = load_model(model_path, "cpu")
+    if card.temperature != 1.0:
+        model = Calibrated(model, card.temperature).eval()
     net = Normalized(model, card.normalization.mean, card.normalization.std).eval() if fold_normalization else model
     batch = _verification_batch(card, images, max_images, fold_normalization)
     size = card.image_size
