@@ -227,7 +227,9 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
                 f"{_with_interval(held, 'test_accuracy')} |"
             )
         if metrics.get("val_macro_f1") is not None:  # the analysis's figure too: one definition (scores.macro_f1)
-            lines.append(f"| macro F1 | {_with_interval(metrics, 'val_macro_f1')} |")
+            interval = metrics.get("val_macro_f1_interval")
+            shown = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+            lines.append(f"| macro F1 | {_num(metrics.get('val_macro_f1'))}{shown} |")
         lines.append("")
     else:
         lines += ["No validation set was used: no measured results.", ""]
