@@ -14,6 +14,10 @@ DEBUG_VAR = "ZOO_ADAPT_DEBUG"
 class ZooAdaptError(Exception):
     """A problem with the user's input or environment (not a bug in zoo-adapt)."""
 
+    # set when every process of a torchrun job raised it together (the rank that saw it
+    # first), so that rank 0 alone reports it
+    seen_by: int | None = None
+
 
 class PluginError(ZooAdaptError):
     """A plugin failed or cannot be used. `plugin` names it; the original exception, if

@@ -203,8 +203,8 @@ def test_whole_image_training_is_evaluated_on_whole_images(tmp_path, digits):
     benchmarks/dann_reference.py does; random resized crops keep the backbone's crop_pct."""
     import sys
 
-    from zoo_adapt.ship.export import read_card
-    from zoo_adapt.ship.inference import evaluate_folder, load_model
+    from zoo_adapt.ship.export import load_model, read_card
+    from zoo_adapt.ship.inference import evaluate_folder
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import dann_reference as reference
@@ -275,7 +275,7 @@ def test_adabn_trains_as_source_only_and_keeps_target_statistics(tmp_path, digit
     from zoo_adapt.adapt.callback import estimate_bn_statistics
     from zoo_adapt.data.folders import ImageDataset, unlabelled_images
     from zoo_adapt.job.inputs import FeedMaker
-    from zoo_adapt.ship.inference import load_model
+    from zoo_adapt.ship.export import load_model
 
     same = dict(
         strategy="finetune",

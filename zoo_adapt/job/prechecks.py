@@ -14,7 +14,17 @@ from zoo_adapt.zoo.registry import resolve
 
 
 def precheck(config: FinetuneConfig) -> None:
-    """Raise the first problem found from names and paths alone (a ZooAdaptError)."""
+    """Raise the first problem found from names and paths alone (a ZooAdaptError). Every
+    process of a torchrun job checks the same names and paths, so the error is marked as
+    seen by all (rank 0 reports it, once)."""
+    try:
+        _check_names_and_paths(config)
+    except ZooAdaptError as e:
+        e.seen_by = 0
+        raise
+
+
+def _check_names_and_paths(config: FinetuneConfig) -> None:
     resolve(config.backbone)
     if config.labels:
         if not Path(str(config.labels)).is_file():
