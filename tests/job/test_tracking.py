@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -45,27 +48,30 @@ def builtin_trackers():
 
 @pytest.fixture(scope="module")
 def tracked(module_tmp, demo, builtin_trackers):
-    """One run followed by all three built-in trackers (W&B offline, MLflow in a local store)."""
+    """One run followed by all three built-in trackers (W&B offline, MLflow in its default
+    store: no MLFLOW_* variable, started in the folder that gets ./mlflow.db)."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     tmp = module_tmp / "tracked"
     tmp.mkdir()
+    lines = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
         mp.delenv("WANDB_DIR", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", (tmp / "mlruns").as_uri())
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "zoo-adapt-tests")
+        for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            mp.delenv(name)
+        mp.chdir(tmp)
         result = finetune(
             config(tmp / "run", demo, log=["tensorboard", "mlflow", "wandb"], strategy="finetune", lr_decay=0.5),
-            log=None,
+            log=lines.append,
         )
-    return result, tmp
+    return result, tmp, lines
 
 
 def test_history_csv_matches_metrics_json(tracked):
-    result, _ = tracked
+    result, *_ = tracked
     metrics = json.loads((result.out / "metrics.json").read_text())
     with open(result.out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -86,7 +92,7 @@ def test_history_csv_matches_metrics_json(tracked):
 def test_tensorboard_events_read_back_with_tensorboards_reader(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result, _ = tracked
+    result, *_ = tracked
     events = EventAccumulator(str(result.out / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
     steps = [e.step for e in events.Scalars("step/loss")]
@@ -100,27 +106,73 @@ def test_tensorboard_events_read_back_with_tensorboards_reader(tracked):
     assert {"curves", "confusion_matrix"} <= set(tags["images"])
 
 
-def test_mlflow_run_read_back_with_mlflows_client(tracked):
-    from mlflow.tracking import MlflowClient
+READ_BACK = """
+import json, mlflow, numpy as np
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+experiment = client.get_experiment_by_name("zoo-adapt")
+(run,) = client.search_runs([experiment.experiment_id])
+(model,) = client.search_logged_models([experiment.experiment_id])
+history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
+loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+print(json.dumps({
+    "uri": mlflow.get_tracking_uri(), "status": run.info.status, "name": run.info.run_name,
+    "params": run.data.params, "metrics": run.data.metrics,
+    "history": [[m.step, m.value] for m in history],
+    "step_lr_head": len(client.get_metric_history(run.info.run_id, "step/lr/head")),
+    "artifacts": [a.path for a in client.list_artifacts(run.info.run_id)],
+    "run_id": run.info.run_id, "model_id": model.model_id,
+    "model_run": model.source_run_id, "model_outputs": [m.model_id for m in run.outputs.model_outputs],
+    "model_files": [a.path for a in client.list_logged_model_artifacts(model.model_id)],
+    "signature": loaded.metadata.signature.to_dict(), "classes": loaded.metadata.metadata["classes"],
+    "logits": np.asarray(loaded.predict(images)).tolist(),
+}))
+"""
 
-    result, tmp = tracked
-    client = MlflowClient(tracking_uri=(tmp / "mlruns").as_uri())
-    experiment = client.get_experiment_by_name("zoo-adapt-tests")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "run"
-    assert run.data.params["backbone"] == "resnet18" and run.data.params["epochs"] == "2"
-    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
-    assert [(m.step, m.value) for m in history] == [
-        (r["epoch"], pytest.approx(r["val_accuracy"])) for r in result.history
-    ]
-    assert len(client.get_metric_history(run.info.run_id, "step/lr/head")) == 8
-    assert run.data.metrics["final/val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.safetensors", "metrics.json", "history.csv", "config.toml", "README.md", "curves.png"} <= artifacts
+
+def test_mlflow_run_read_back_with_mlflows_client_in_a_fresh_process(tracked):
+    """No MLFLOW_* variable anywhere: the run went to MLflow's own default store, which a
+    fresh `MlflowClient()` in that folder reads (no file-store opt-in), and the model
+    is an MLflow model that pyfunc loads and that predicts as load_plain does."""
+    import numpy as np
+    import torch
+
+    from zoo_adapt import load_plain
+
+    result, tmp, lines = tracked
+    assert (tmp / "mlflow.db").is_file() and not (tmp / "mlruns" / "0" / "meta.yaml").exists()
+    said = [line for line in lines if line.startswith("--log mlflow: ")]
+    assert said and f"sqlite:///{tmp.resolve() / 'mlflow.db'}" in said[0] and "mlflow ui" in said[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run(
+        [sys.executable, "-c", READ_BACK], cwd=tmp, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    back = json.loads(out.stdout.strip().splitlines()[-1])
+    assert back["uri"] == f"sqlite:///{tmp.resolve() / 'mlflow.db'}"
+    assert back["status"] == "FINISHED" and back["name"] == "run"
+    assert back["params"]["backbone"] == "resnet18" and back["params"]["epochs"] == "2"
+    assert back["history"] == [[r["epoch"], pytest.approx(r["val_accuracy"])] for r in result.history]
+    assert back["step_lr_head"] == 8
+    assert back["metrics"]["final/val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
+    assert {"model.safetensors", "metrics.json", "history.csv", "config.toml", "README.md", "curves.png"} <= set(
+        back["artifacts"]
+    )
+    assert back["model_run"] == back["run_id"] and back["model_outputs"] == [back["model_id"]]  # the run's model
+    assert back["run_id"] in said[0]
+    assert {"MLmodel", "input_example.json", "requirements.txt"} <= set(back["model_files"])
+    assert json.loads(back["signature"]["inputs"])[0]["tensor-spec"]["shape"] == [-1, 3, 32, 32]
+    assert back["classes"] == list(result.metrics["classes"])
+    plain, _ = load_plain(result.out / "model.safetensors")
+    images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = plain(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(np.asarray(back["logits"]), expected, atol=1e-4)
 
 
 def test_wandb_offline_files_written(tracked):
-    result, _ = tracked
+    result, *_ = tracked
     (offline,) = (result.out / "wandb").glob("offline-run-*")
     (records,) = offline.glob("run-*.wandb")
     written = records.read_bytes()
@@ -283,12 +335,14 @@ def test_built_in_trackers_pass_the_tracker_checks_resume_included(name, tmp_pat
     pytest.importorskip(name)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     tracker = check_tracker(name, tmp_path)
     if name == "mlflow":
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        assert tracker.location().startswith(f"MLflow run {tracker.run_id} (experiment 'zoo-adapt') in {store}")
+        client = MlflowClient(tracking_uri=store)
         run = client.get_run(tracker.run_id)  # the resumed tracker went on in the first one's MLflow run
         assert run.info.status == "FINISHED"
         assert [m.value for m in client.get_metric_history(tracker.run_id, "epoch/val_accuracy")] == [0.5, 1.0]

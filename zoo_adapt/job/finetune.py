@@ -356,6 +356,7 @@ class Job:
             self.folder.out,
             resolved_values(c),
             prepared.data.classes,
+            log=self.log,
         )
         progress = [Progress(self.log)] if procs.main else []
         num_val = len(prepared.data.val) if prepared.data.val is not None else 0
