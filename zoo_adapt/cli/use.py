@@ -109,9 +109,15 @@ def evaluate(
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),
-    metavar="FILE.csv",
-    help="Write one CSV row per image (path, top-k labels and probabilities, error) as they come, with a "
-    "progress bar, instead of printing: for large folders.",
+    metavar="FILE",
+    help="Write one record per image (path, top-k labels and probabilities, error) as they come, with a "
+    "progress bar, instead of printing: for large folders. The suffix chooses the format: .csv, .jsonl "
+    "(JSON Lines), .json (one array, in place when complete), .parquet (needs pyarrow).",
+)
+@click.option(
+    "--all-probabilities",
+    is_flag=True,
+    help="With --output: every class's probability too (CSV/parquet columns p_<class>, JSON `probabilities`).",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
@@ -124,6 +130,7 @@ def predict(
     top_k: int,
     as_json: bool,
     output: str | None,
+    all_probabilities: bool,
     batch_size: int,
     device: str,
 ) -> None:
@@ -133,6 +140,8 @@ def predict(
     still predicted (printed as they come); the exit status is then 1."""
     from zoo_adapt.ship.inference import iter_predictions, write_predictions  # torch
 
+    if all_probabilities and not output:
+        raise ZooAdaptError("--all-probabilities goes with --output FILE (.csv, .jsonl, .json, .parquet)")
     if output:
         if as_json:
             raise ZooAdaptError("give --json or --output, not both")
@@ -146,6 +155,7 @@ def predict(
             device=device,
             progress=True,
             on_error=lambda e: click.echo(f"Error: {_printable(e)}", err=True),
+            all_probabilities=all_probabilities,
         )
         click.echo(f"{rows - failed} images predicted{f', {failed} unreadable' if failed else ''}: {output}")
         if failed:
