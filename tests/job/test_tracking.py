@@ -18,6 +18,7 @@ from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import Tracker
 from zoo_adapt.testing import registered
+from zoo_adapt.zoo.backbone import backbone_of
 
 
 def config(out, demo, **kw) -> FinetuneConfig:
@@ -76,6 +77,9 @@ def test_history_csv_matches_metrics_json(tracked):
     with open(result.out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(metrics["history"]) == 2
+    groups = [g.name for g in backbone_of(result.model).built_groups]
+    assert groups == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [c for c in rows[0] if c.startswith("lr_")] == [f"lr_{g}" for g in groups]  # every layer group
     for row, record in zip(rows, metrics["history"]):
         for key, value in record.items():
             if key == "lrs":
