@@ -23,6 +23,7 @@ its shard of the data and rank 0 writes the folder (`zoo_adapt.engine.distribute
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from zoo_adapt.job.run_folder import (
     ADAPTATION_FILE,
     CHECKPOINT,
     CHECKPOINT_FORMAT,
+    METRICS_FILE,
     MODEL_FILE,
     EpochRecorder,
     RunFolder,
@@ -75,7 +77,7 @@ from zoo_adapt.model.recipes import freeze_plan, stage_schedule
 from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, summary_lines
 from zoo_adapt.seeds import seed_everything
 from zoo_adapt.ship.analysis import analyse, require_cams
-from zoo_adapt.ship.export import export_model
+from zoo_adapt.ship.export import export_model, load_model
 from zoo_adapt.ship.model_card import write_hub_files
 from zoo_adapt.ship.onnx_export import export_onnx, require_onnx
 from zoo_adapt.zoo.backbone import Normalization, backbone_of
@@ -161,6 +163,9 @@ def finetune(
         job = Job(config, procs, device, log if procs.main else None, overwrite, trackers if procs.main else [])
         distributed.agree(procs, job.lock)
         try:
+            done = job.folder.finished_epochs() if config.resume else None
+            if done is not None and config.epochs == done:
+                return job.already_finished(done)
             return job.run(list(callbacks))
         finally:
             job.folder.release()
@@ -250,6 +255,8 @@ class Job:
         counts = class_counts(dataset_labels(data.train), len(data.classes))
         if stored is not None:
             _check_resumable(stored, c, data.classes, self.folder, self.procs.world)
+            # the run's provenance, not "None" from the weightless rebuild: older checkpoints lack it
+            keep_provenance(model, stored.get("pretrained_weights", self.folder.model_provenance()))
         if num_classes_of(model) != len(data.classes):
             seed_everything(c.seed)
             swap_head(model, len(data.classes))
@@ -346,6 +353,7 @@ class Job:
                 "backbone": c.backbone,
                 "classes": prepared.data.classes,
                 "processes": procs.world,
+                "pretrained_weights": str(backbone_of(model).initial_weights),
             },
             lambda path, state, epoch: self.write_model(prepared, path, state, epoch),
             lambda loop, finished: self.metrics(prepared, loop, finished),
@@ -408,6 +416,17 @@ class Job:
             built.tracking.publish(self.folder.out, metrics)
         metrics["train_seconds"] = time.perf_counter() - start
         return FinetuneResult(prepared.model, metrics["history"], metrics, self.folder.out)
+
+    def already_finished(self, epochs: int) -> FinetuneResult:
+        """--resume of a run that is done: said, and nothing rewritten."""
+        out = self.folder.out
+        self.log(
+            f"{out} is finished: all {epochs} epochs trained and its results written, nothing to resume; "
+            f"train it longer with `zoo-adapt finetune --out {out} --resume --epochs N` (N > {epochs})"
+        )
+        model, _ = load_model(self.folder.path(MODEL_FILE), self.device)
+        metrics = json.loads(self.folder.path(METRICS_FILE).read_text())
+        return FinetuneResult(model, metrics["history"], metrics, out)
 
     def announce(self, prepared: Prepared) -> None:
         """The run's first lines: what trains on what, the recipes, the warnings."""
@@ -595,6 +614,13 @@ class Job:
             "accumulate": c.accumulate,
             **({"skipped_steps": loop.skipped_steps} if loop.runtime.scaler is not None else {}),
         }
+
+
+def keep_provenance(model: nn.Module, weights: str | None) -> None:
+    """Record on a rebuilt model the pretrained weights its run started from."""
+    backbone = backbone_of(model)
+    initial = None if weights in (None, "None") else weights
+    setattr(model, "zoo_adapt", dataclasses.replace(backbone, initial_weights=initial))  # noqa: B010
 
 
 def make_task(config: FinetuneConfig, counts: list[int], num_train: int) -> SingleLabel | MultiLabel:
