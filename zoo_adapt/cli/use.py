@@ -3,12 +3,30 @@ is in zoo_adapt.ship.inference, imported when the command runs: it needs torch).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from zoo_adapt.cli.tables import json_text
 from zoo_adapt.data.label_file import LabelColumns
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.report import per_class_lines
+
+MODEL_HELP = "A model.safetensors written by zoo-adapt finetune, or its run folder."
+
+
+def model_file(path: str) -> str:
+    """--model: a model file, or a run folder meaning its model.safetensors (as `push`
+    and timm's local-dir: take it)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    if not (folder / "model.safetensors").is_file():
+        raise ZooAdaptError(
+            f"--model {path}: the folder holds no model.safetensors; give a run folder written by "
+            "zoo-adapt finetune, or a model file"
+        )
+    return str(folder / "model.safetensors")
 
 
 def register(cli: click.Group) -> None:
@@ -21,8 +39,8 @@ def register(cli: click.Group) -> None:
     "--model",
     "model_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A model.safetensors written by zoo-adapt finetune.",
+    type=click.Path(),
+    help=MODEL_HELP,
 )
 @click.option(
     "--data",
@@ -64,6 +82,7 @@ def evaluate(
     on a labelled folder (a dataset root with train/ and val/ or test/ means its
     held-out folder) or a label file; mAP and F1 for a multi-label model. The output
     names the images used."""
+    model_path = model_file(model_path)
     from zoo_adapt.ship.inference import evaluate_folder  # torch
 
     if data is None and labels is None:
@@ -99,8 +118,8 @@ def evaluate(
     "--model",
     "model_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A model.safetensors written by zoo-adapt finetune.",
+    type=click.Path(),
+    help=MODEL_HELP,
 )
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
@@ -138,6 +157,7 @@ def predict(
 
     A file that cannot be read is reported on stderr, one line each, and the others are
     still predicted (printed as they come); the exit status is then 1."""
+    model_path = model_file(model_path)
     from zoo_adapt.ship.inference import iter_predictions, write_predictions  # torch
 
     if all_probabilities and not output:
