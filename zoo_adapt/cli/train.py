@@ -56,8 +56,25 @@ def _config_options(fn):
                 default=default,
                 show_default=show,
                 help=meta["help"],
+                **({"cls": _InstalledMethods} if name == "adapt" else {}),
             )(fn)
     return fn
+
+
+class _InstalledMethods(click.Option):
+    """--adapt, whose help names the adaptation methods installed now (read from the
+    plugins' declarations, no torch), worked out only when the help is shown."""
+
+    def get_help_record(self, ctx):
+        from zoo_adapt.zoo.methods import adaptation_methods
+
+        try:
+            names = sorted(adaptation_methods())
+        except ZooAdaptError:
+            names = []
+        if names:
+            self.help = f"Adaptation method (zoo-adapt methods): {' | '.join(names)}."
+        return super().get_help_record(ctx)
 
 
 class _NumberOrWord(click.ParamType):
