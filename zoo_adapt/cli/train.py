@@ -142,7 +142,7 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
     main_process = processes.launched().main
     from zoo_adapt.job.finetune import finetune as run  # torch: after every option is checked
 
-    with _stop_on_sigterm():
+    with _stop_on_signals():
         run(config, log=click.echo if main_process else None, overwrite=overwrite)  # it prints its summary
 
 
@@ -181,20 +181,31 @@ class Terminated(KeyboardInterrupt):
     signal_name = "SIGTERM"
 
 
-class _stop_on_sigterm:
+class _stop_on_signals:
+    """SIGTERM and SIGINT stop the run as Ctrl-C does. SIGINT gets its handler explicitly:
+    a process started with SIGINT ignored (a script's `cmd &`, some job runners) would
+    otherwise keep ignoring it, and `kill -INT` would do nothing."""
+
     def __enter__(self):
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
 
             def stop(signum, frame):
                 raise Terminated()
 
-            self.previous = signal.signal(signal.SIGTERM, stop)
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt
+
+            self.previous = {
+                signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
+                signal.SIGINT: signal.signal(signal.SIGINT, interrupt),
+            }
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def _key_values(pairs: tuple[str, ...]) -> dict:
