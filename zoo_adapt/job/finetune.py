@@ -477,6 +477,7 @@ class Job:
         kept = recorder.kept_epoch or len(loop.history)
         if recorder.kept_state is not None:
             model.load_state_dict(recorder.kept_state)
+        layers = 0
         if adaptation is not None and adaptation.target_bn:  # before every final figure and the export
             layers = adaptation.use_target_statistics(loop)
             self.log(
@@ -489,6 +490,10 @@ class Job:
         if feeds.val is not None:
             final = loop.validate()
             metrics.update(validation_metrics(final))
+            if layers and loop.history:
+                # the kept epoch as its line said, with training's BatchNorm statistics: beside the
+                # target-statistics figure it shows no collapse, only the statistics changing
+                metrics["val_accuracy_trained_bn"] = loop.history[kept - 1].val_accuracy
             if c.tta:
                 network = loop.eval_network if feeds.network is None else model
                 tta = loop.validate(tta=True, flip=c.hflip, batches=feeds.val_images, network=network)
