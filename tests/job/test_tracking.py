@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,6 +109,42 @@ def test_tensorboard_events_read_back_with_tensorboards_reader(tracked):
     assert val == [(r["epoch"], pytest.approx(r["val_accuracy"])) for r in result.history]
     assert events.Scalars("final/val_accuracy")[0].value == pytest.approx(result.metrics["val_accuracy"])
     assert {"curves", "confusion_matrix"} <= set(tags["images"])
+
+
+def test_tensorboard_options_table_and_hparams_entry(tmp_path, builtin_trackers):
+    """A `|` or a line break in a value stays in its cell; the options are an HParams
+    session whose metrics are the figures the run logs, ended when the run finishes."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from zoo_adapt.zoo.tracker_api import TrackerRun
+    from zoo_adapt.zoo.trackers import build_tracker
+    from zoo_adapt.zoo.trackers import check as check_trackers
+
+    (info,) = check_trackers(["tensorboard"])
+    tracker = build_tracker(info)
+    params = {"backbone": "resnet18", "label_delimiter": "|", "note": "two\nlines", "lr": 0.002, "tta": True}
+    tracker.start(TrackerRun("run", tmp_path, tmp_path / "tensorboard", params, epochs=1))
+    assert (
+        tracker.location()
+        == f"{tmp_path / 'tensorboard'}; see it with: tensorboard --logdir {tmp_path / 'tensorboard'}"
+    )
+    tracker.log_metrics({"final/val_accuracy": 0.75}, 1, "final")
+    tracker.finish("finished")
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    text = events.Tensors("options/text_summary")[0].tensor_proto.string_val[0].decode()
+    rows = text.splitlines()
+    assert "| label_delimiter | \\| |" in rows and "| note | two lines |" in rows
+    assert all(len(re.findall(r"(?<!\\)\|", row)) == 3 for row in rows)  # every row: two cells, nothing more
+    content = events.PluginTagToContent("hparams")
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(blob) for tag, blob in content.items()}
+    start = next(d.session_start_info for d in data.values() if d.HasField("session_start_info"))
+    assert start.hparams["backbone"].string_value == "resnet18" and start.hparams["lr"].number_value == 0.002
+    assert start.hparams["tta"].string_value == "True" and start.hparams["label_delimiter"].string_value == "|"
+    experiment = next(d.experiment for d in data.values() if d.HasField("experiment"))
+    assert "final/val_accuracy" in [m.name.tag for m in experiment.metric_infos]
+    assert any(d.HasField("session_end_info") for d in data.values())
 
 
 READ_BACK = """
