@@ -36,8 +36,9 @@ def register_trackers(register):
     register(
         "mlflow",
         make_mlflow,
-        "MLflow run: options as params, metrics, plots and run files as artifacts; $MLFLOW_TRACKING_URI or ./mlruns",
-        requires=("mlflow",),
+        "MLflow run: options as params, metrics, plots and run files as artifacts, the model as an MLflow "
+        "model; $MLFLOW_TRACKING_URI or sqlite:///mlflow.db",
+        requires=("mlflow", "sqlalchemy", "alembic", "pandas"),  # the SQLite store; MLflow models need pandas
         install='pip install "zoo-adapt[mlflow]"',
     )
     register(

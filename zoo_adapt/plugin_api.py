@@ -15,7 +15,14 @@ from zoo_adapt.zoo.hub import download_failed, hf_hub_cached, reachable, torch_h
 from zoo_adapt.zoo.options import Option, option
 from zoo_adapt.zoo.tracker_api import Tracker, TrackerRun
 
-_TORCH = {"AdaptationMethod", "GradientReversal", "grad_reverse"}  # from zoo_adapt.adapt.method
+# torch-backed names, loaded on first use from their module
+_TORCH = {
+    "AdaptationMethod": "zoo_adapt.adapt.method",
+    "GradientReversal": "zoo_adapt.adapt.method",
+    "grad_reverse": "zoo_adapt.adapt.method",
+    "load_plain": "zoo_adapt.ship.export",  # for trackers that log the model in their own format
+    "read_card": "zoo_adapt.ship.export",
+}
 
 __all__ = [
     "hookimpl",
@@ -43,5 +50,5 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _TORCH:
-        return getattr(import_module("zoo_adapt.adapt.method"), name)
+        return getattr(import_module(_TORCH[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -184,6 +184,13 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
     calibrated = calibration_line(m)
     if calibrated:
         lines.append(calibrated)
+    if m.get("val_accuracy_trained_bn") is not None:
+        lines.append(
+            f"source validation accuracy: {m['val_accuracy_trained_bn']:.1%} with training's BatchNorm statistics "
+            f"(epoch {m['kept_epoch']}, as its line says), {m['val_accuracy']:.1%} with the target images' "
+            "statistics, which the exported model carries (--target-bn target: made for the target domain, "
+            "so the source figure may drop)"
+        )
     lines += per_class_lines(m)  # the headline stays last
     kept = f"kept epoch {m['kept_epoch']} of {m['epochs']} ({selection.get('why', '')}); results in {out}/"
     if m.get("val_map") is not None:
@@ -199,8 +206,9 @@ def summary_lines(m: dict[str, Any], out) -> list[str]:
             if m.get("val_balanced_accuracy") is not None
             else ""
         )
+        stats = " with target BatchNorm statistics" if m.get("val_accuracy_trained_bn") is not None else ""
         lines.append(
-            f"val_accuracy {figure(m, 'val_accuracy')} (top-5 {figure(m, 'val_top5')}{tta}){balanced} on "
+            f"val_accuracy {figure(m, 'val_accuracy')}{stats} (top-5 {figure(m, 'val_top5')}{tta}){balanced} on "
             f"{m['num_val']} {what} images; {kept}"
         )
     return lines

@@ -177,7 +177,8 @@ def check_adaptation_method(name: str, in_features: int = 16, num_classes: int =
 def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
     """Tracker `name` is registered with its packages installed, builds, and takes a
     short run as the Tracking callback drives one (start, step, epoch and final
-    figures, an image, an artifact, finish); its state is plain data, and, with
+    figures, an image, an artifact, finish); its location is one line or None; its
+    state is plain data, and, with
     `resume`, a second tracker started from that state takes the run on. Returns the
     first tracker."""
     out = Path(tmp_path) / "run"
@@ -190,6 +191,8 @@ def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
     artifact.write_text('{"val_accuracy": 0.5}')
     params = {"backbone": "resnet18", "lr": 0.002, "pretrained": True, "log": name}
     tracker.start(TrackerRun("run", out, out / name, params, epochs=2, classes=("a", "b")))
+    where = tracker.location()
+    assert where is None or (isinstance(where, str) and "\n" not in where), f"{name}: location() must be one line"
     for step in (1, 2):
         tracker.log_metrics({"step/loss": 1.0 / step, "step/lr/head": 1e-3, "step/lr/stem": 1e-5}, step, "step")
     tracker.log_metrics({"epoch/train_loss": 0.7, "epoch/val_accuracy": 0.5, "epoch/lr/head": 1e-3}, 1, "epoch")

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +19,7 @@ from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import Tracker
 from zoo_adapt.testing import registered
+from zoo_adapt.zoo.backbone import backbone_of
 
 
 def config(out, demo, **kw) -> FinetuneConfig:
@@ -45,31 +50,37 @@ def builtin_trackers():
 
 @pytest.fixture(scope="module")
 def tracked(module_tmp, demo, builtin_trackers):
-    """One run followed by all three built-in trackers (W&B offline, MLflow in a local store)."""
+    """One run followed by all three built-in trackers (W&B offline, MLflow in its default
+    store: no MLFLOW_* variable, started in the folder that gets ./mlflow.db)."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
     tmp = module_tmp / "tracked"
     tmp.mkdir()
+    lines = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
         mp.delenv("WANDB_DIR", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", (tmp / "mlruns").as_uri())
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", "zoo-adapt-tests")
+        for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            mp.delenv(name)
+        mp.chdir(tmp)
         result = finetune(
             config(tmp / "run", demo, log=["tensorboard", "mlflow", "wandb"], strategy="finetune", lr_decay=0.5),
-            log=None,
+            log=lines.append,
         )
-    return result, tmp
+    return result, tmp, lines
 
 
 def test_history_csv_matches_metrics_json(tracked):
-    result, _ = tracked
+    result, *_ = tracked
     metrics = json.loads((result.out / "metrics.json").read_text())
     with open(result.out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(metrics["history"]) == 2
+    groups = [g.name for g in backbone_of(result.model).built_groups]
+    assert groups == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [c for c in rows[0] if c.startswith("lr_")] == [f"lr_{g}" for g in groups]  # every layer group
     for row, record in zip(rows, metrics["history"]):
         for key, value in record.items():
             if key == "lrs":
@@ -86,7 +97,7 @@ def test_history_csv_matches_metrics_json(tracked):
 def test_tensorboard_events_read_back_with_tensorboards_reader(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result, _ = tracked
+    result, *_ = tracked
     events = EventAccumulator(str(result.out / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
     steps = [e.step for e in events.Scalars("step/loss")]
@@ -100,27 +111,109 @@ def test_tensorboard_events_read_back_with_tensorboards_reader(tracked):
     assert {"curves", "confusion_matrix"} <= set(tags["images"])
 
 
-def test_mlflow_run_read_back_with_mlflows_client(tracked):
-    from mlflow.tracking import MlflowClient
+def test_tensorboard_options_table_and_hparams_entry(tmp_path, builtin_trackers):
+    """A `|` or a line break in a value stays in its cell; the options are an HParams
+    session whose metrics are the figures the run logs, ended when the run finishes."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
-    result, tmp = tracked
-    client = MlflowClient(tracking_uri=(tmp / "mlruns").as_uri())
-    experiment = client.get_experiment_by_name("zoo-adapt-tests")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "run"
-    assert run.data.params["backbone"] == "resnet18" and run.data.params["epochs"] == "2"
-    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
-    assert [(m.step, m.value) for m in history] == [
-        (r["epoch"], pytest.approx(r["val_accuracy"])) for r in result.history
-    ]
-    assert len(client.get_metric_history(run.info.run_id, "step/lr/head")) == 8
-    assert run.data.metrics["final/val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.safetensors", "metrics.json", "history.csv", "config.toml", "README.md", "curves.png"} <= artifacts
+    from zoo_adapt.zoo.tracker_api import TrackerRun
+    from zoo_adapt.zoo.trackers import build_tracker
+    from zoo_adapt.zoo.trackers import check as check_trackers
+
+    (info,) = check_trackers(["tensorboard"])
+    tracker = build_tracker(info)
+    params = {"backbone": "resnet18", "label_delimiter": "|", "note": "two\nlines", "lr": 0.002, "tta": True}
+    tracker.start(TrackerRun("run", tmp_path, tmp_path / "tensorboard", params, epochs=1))
+    assert (
+        tracker.location()
+        == f"{tmp_path / 'tensorboard'}; see it with: tensorboard --logdir {tmp_path / 'tensorboard'}"
+    )
+    tracker.log_metrics({"final/val_accuracy": 0.75}, 1, "final")
+    tracker.finish("finished")
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    text = events.Tensors("options/text_summary")[0].tensor_proto.string_val[0].decode()
+    rows = text.splitlines()
+    assert "| label_delimiter | \\| |" in rows and "| note | two lines |" in rows
+    assert all(len(re.findall(r"(?<!\\)\|", row)) == 3 for row in rows)  # every row: two cells, nothing more
+    content = events.PluginTagToContent("hparams")
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(blob) for tag, blob in content.items()}
+    start = next(d.session_start_info for d in data.values() if d.HasField("session_start_info"))
+    assert start.hparams["backbone"].string_value == "resnet18" and start.hparams["lr"].number_value == 0.002
+    assert start.hparams["tta"].string_value == "True" and start.hparams["label_delimiter"].string_value == "|"
+    experiment = next(d.experiment for d in data.values() if d.HasField("experiment"))
+    assert "final/val_accuracy" in [m.name.tag for m in experiment.metric_infos]
+    assert any(d.HasField("session_end_info") for d in data.values())
+
+
+READ_BACK = """
+import json, mlflow, numpy as np
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+experiment = client.get_experiment_by_name("zoo-adapt")
+(run,) = client.search_runs([experiment.experiment_id])
+(model,) = client.search_logged_models([experiment.experiment_id])
+history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
+loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+print(json.dumps({
+    "uri": mlflow.get_tracking_uri(), "status": run.info.status, "name": run.info.run_name,
+    "params": run.data.params, "metrics": run.data.metrics,
+    "history": [[m.step, m.value] for m in history],
+    "step_lr_head": len(client.get_metric_history(run.info.run_id, "step/lr/head")),
+    "artifacts": [a.path for a in client.list_artifacts(run.info.run_id)],
+    "run_id": run.info.run_id, "model_id": model.model_id,
+    "model_run": model.source_run_id, "model_outputs": [m.model_id for m in run.outputs.model_outputs],
+    "model_files": [a.path for a in client.list_logged_model_artifacts(model.model_id)],
+    "signature": loaded.metadata.signature.to_dict(), "classes": loaded.metadata.metadata["classes"],
+    "logits": np.asarray(loaded.predict(images)).tolist(),
+}))
+"""
+
+
+def test_mlflow_run_read_back_with_mlflows_client_in_a_fresh_process(tracked):
+    """No MLFLOW_* variable anywhere: the run went to MLflow's own default store, which a
+    fresh `MlflowClient()` in that folder reads (no file-store opt-in), and the model
+    is an MLflow model that pyfunc loads and that predicts as load_plain does."""
+    import numpy as np
+    import torch
+
+    from zoo_adapt import load_plain
+
+    result, tmp, lines = tracked
+    assert (tmp / "mlflow.db").is_file() and not (tmp / "mlruns" / "0" / "meta.yaml").exists()
+    said = [line for line in lines if line.startswith("--log mlflow: ")]
+    assert said and f"sqlite:///{tmp.resolve() / 'mlflow.db'}" in said[0] and "mlflow ui" in said[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run(
+        [sys.executable, "-c", READ_BACK], cwd=tmp, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    back = json.loads(out.stdout.strip().splitlines()[-1])
+    assert back["uri"] == f"sqlite:///{tmp.resolve() / 'mlflow.db'}"
+    assert back["status"] == "FINISHED" and back["name"] == "run"
+    assert back["params"]["backbone"] == "resnet18" and back["params"]["epochs"] == "2"
+    assert back["history"] == [[r["epoch"], pytest.approx(r["val_accuracy"])] for r in result.history]
+    assert back["step_lr_head"] == 8
+    assert back["metrics"]["final/val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
+    assert {"model.safetensors", "metrics.json", "history.csv", "config.toml", "README.md", "curves.png"} <= set(
+        back["artifacts"]
+    )
+    assert back["model_run"] == back["run_id"] and back["model_outputs"] == [back["model_id"]]  # the run's model
+    assert back["run_id"] in said[0]
+    assert {"MLmodel", "input_example.json", "requirements.txt"} <= set(back["model_files"])
+    assert json.loads(back["signature"]["inputs"])[0]["tensor-spec"]["shape"] == [-1, 3, 32, 32]
+    assert back["classes"] == list(result.metrics["classes"])
+    plain, _ = load_plain(result.out / "model.safetensors")
+    images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = plain(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(np.asarray(back["logits"]), expected, atol=1e-4)
 
 
 def test_wandb_offline_files_written(tracked):
-    result, _ = tracked
+    result, *_ = tracked
     (offline,) = (result.out / "wandb").glob("offline-run-*")
     (records,) = offline.glob("run-*.wandb")
     written = records.read_bytes()
@@ -283,12 +376,14 @@ def test_built_in_trackers_pass_the_tracker_checks_resume_included(name, tmp_pat
     pytest.importorskip(name)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     tracker = check_tracker(name, tmp_path)
     if name == "mlflow":
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        assert tracker.location().startswith(f"MLflow run {tracker.run_id} (experiment 'zoo-adapt') in {store}")
+        client = MlflowClient(tracking_uri=store)
         run = client.get_run(tracker.run_id)  # the resumed tracker went on in the first one's MLflow run
         assert run.info.status == "FINISHED"
         assert [m.value for m in client.get_metric_history(tracker.run_id, "epoch/val_accuracy")] == [0.5, 1.0]

@@ -47,9 +47,11 @@ def test_the_run_folder_holds_the_analysis(run):
     folder = run.out / "analysis"
     for name in ("per_class.csv", "analysis.json", "top_losses.png"):
         assert (folder / name).is_file(), name
+    analysis = json.loads((folder / "analysis.json").read_text())
     if pytest.importorskip("pytorch_grad_cam"):
         assert (folder / "cams.png").stat().st_size > 10_000
-    analysis = json.loads((folder / "analysis.json").read_text())
+        (coarse,) = [n for n in analysis["notes"] if "too coarse to read" in n]  # 64 px: a 2x2 map at layer4
+        assert coarse.startswith("class activation maps on a 2x2 grid at layer4 (64 px input)")
     assert analysis["num_images"] == 20 and analysis["accuracy"] == pytest.approx(run.metrics["val_accuracy"])
     assert len(analysis["top_losses"]) == 12
     losses = [t["loss"] for t in analysis["top_losses"]]
@@ -152,10 +154,14 @@ def test_cams_for_a_cnn_and_a_vit(tmp_path, demo):
         else:
             assert target.layer == "layer4" and target.prefix_tokens is None  # the last spatial map
         path = tmp_path / f"{name}.png"
-        assert (
-            _cams(model, crops, [0, 1], [1, 1], [0.5, 0.6], list(CLASSES), norm, torch.device("cpu"), path, name)
-            is None
+        written, note = _cams(
+            model, crops, [0, 1], [1, 1], [0.5, 0.6], list(CLASSES), norm, torch.device("cpu"), path, name
         )
+        assert written
+        if name == "vit_t16":
+            assert note is None  # 16 px patches of 64 px: a 4x4 grid
+        else:
+            assert "2x2 grid at layer4" in note and "too coarse to read" in note
         assert path.stat().st_size > 10_000
         assert all(p.grad is None for p in model.parameters())
 
@@ -167,3 +173,13 @@ def test_analysis_of_a_model_loaded_from_its_file_equals_the_runs(run, demo, tmp
     saved = json.loads((run.out / "analysis" / "analysis.json").read_text())
     assert [c.f1 for c in again.per_class] == [c["f1"] for c in saved["per_class"]]
     assert [t["path"] for t in again.top_losses] == [t["path"] for t in saved["top_losses"]]
+
+
+def test_a_coarse_cam_is_said_in_the_log(run, demo, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    model, card = load_model(run.out / "model.safetensors")
+    dataset = ImageDataset(scan_folder(demo / "val", classes=card.classes))
+    lines = []
+    analyse(model, dataset, card.classes, card.normalization, tmp_path, cams="on", num_cams=2, log=lines.append)
+    (line,) = lines
+    assert "class activation maps on a 2x2 grid at layer4" in line and "a larger --image-size gives finer maps" in line

@@ -186,11 +186,11 @@ def test_model_card_front_matter_is_yaml_and_says_how_to_load(timm_run):
     matter = yaml.safe_load(text.split("---\n")[1])
     assert matter["library_name"] == "timm" and matter["pipeline_tag"] == "image-classification"
     assert {"zoo-adapt", "efficientnet_lite0", "image-classification"} <= set(matter["tags"])
-    assert matter["datasets"] == [data_name(timm_run)] and matter["metrics"] == ["accuracy"]
-    (result,) = matter["model-index"][0]["results"]
-    top1 = next(m for m in result["metrics"] if m["name"].startswith("Top-1"))
-    assert top1["value"] == pytest.approx(timm_run.metrics["val_accuracy"], abs=1e-4)
+    assert matter["metrics"] == ["accuracy"]
+    # a local folder is no Hub dataset and a model from scratch has no base model (tests/ship/test_model_card.py)
+    assert not {"datasets", "base_model", "license", "model-index"} & set(matter)
     body = text.split("---\n", 2)[2]
+    assert f"{timm_run.metrics['val_accuracy']:.1%}" in body  # the results are in the body
     for needle in (
         'timm.create_model("local-dir:',
         "zoo-adapt predict --model",
@@ -199,15 +199,6 @@ def test_model_card_front_matter_is_yaml_and_says_how_to_load(timm_run):
         "| strategy | two-stage |",
     ):
         assert needle in body, needle
-
-
-def data_name(run):
-    return os.path.basename(
-        str(json.loads((run.out / "metrics.json").read_text())["data"])
-        .split(" / ")[0]
-        .rstrip("/")
-        .rsplit("/train", 1)[0]
-    )
 
 
 def test_plain_timm_loads_the_run_folder_with_the_same_logits(timm_run, demo):

@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from zoo_adapt.cli.tables import table
+from zoo_adapt.cli.use import MODEL_HELP
+from zoo_adapt.ship.model_files import model_path as resolve_model
 from zoo_adapt.zoo.trackers import trackers as installed
 
 
@@ -58,8 +60,8 @@ def trackers(as_json: bool) -> None:
     "--model",
     "model_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A model.safetensors written by zoo-adapt finetune.",
+    type=click.Path(),
+    help=MODEL_HELP,
 )
 @click.option(
     "--data", required=True, type=click.Path(), help="Labelled ImageFolder (its val/ or test/ split when it has one)."
@@ -85,6 +87,7 @@ def analyse(
 ) -> None:
     """Error analysis: per-class precision, recall, F1 and support, the most confused
     pairs, a gallery of the top losses and class activation maps."""
+    model_path = str(resolve_model(model_path, ensemble=False))
     from zoo_adapt.ship.analysis import analyse_folder  # torch
 
     result = analyse_folder(
@@ -117,8 +120,8 @@ def analyse(
     "--model",
     "model_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A model.safetensors written by zoo-adapt finetune.",
+    type=click.Path(),
+    help=MODEL_HELP,
 )
 @click.option("--format", "fmt", required=True, type=click.Choice(["onnx"]), help="Export format.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output file [default: model.onnx beside the model].")
@@ -139,6 +142,7 @@ def export(
 ) -> None:
     """Export a model to ONNX (dynamic batch), checked with onnxruntime against PyTorch
     on real images."""
+    model_path = str(resolve_model(model_path, ensemble=False))
     from zoo_adapt.ship.onnx_export import export_onnx  # torch
 
     report = export_onnx(

@@ -57,8 +57,25 @@ def _config_options(fn):
                 default=default,
                 show_default=show,
                 help=meta["help"],
+                **({"cls": _InstalledMethods} if name == "adapt" else {}),
             )(fn)
     return fn
+
+
+class _InstalledMethods(click.Option):
+    """--adapt, whose help names the adaptation methods installed now (read from the
+    plugins' declarations, no torch), worked out only when the help is shown."""
+
+    def get_help_record(self, ctx):
+        from zoo_adapt.zoo.methods import adaptation_methods
+
+        try:
+            names = sorted(adaptation_methods())
+        except ZooAdaptError:
+            names = []
+        if names:
+            self.help = f"Adaptation method (zoo-adapt methods): {' | '.join(names)}."
+        return super().get_help_record(ctx)
 
 
 class _NumberOrWord(click.ParamType):
@@ -127,7 +144,7 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
     main_process = processes.launched().main
     from zoo_adapt.job.finetune import finetune as run  # torch: after every option is checked
 
-    with _stop_on_sigterm():
+    with _stop_on_signals():
         run(config, log=click.echo if main_process else None, overwrite=overwrite)  # it prints its summary
 
 
@@ -167,20 +184,31 @@ class Terminated(KeyboardInterrupt):
     signal_name = "SIGTERM"
 
 
-class _stop_on_sigterm:
+class _stop_on_signals:
+    """SIGTERM and SIGINT stop the run as Ctrl-C does. SIGINT gets its handler explicitly:
+    a process started with SIGINT ignored (a script's `cmd &`, some job runners) would
+    otherwise keep ignoring it, and `kill -INT` would do nothing."""
+
     def __enter__(self):
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
 
             def stop(signum, frame):
                 raise Terminated()
 
-            self.previous = signal.signal(signal.SIGTERM, stop)
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt
+
+            self.previous = {
+                signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
+                signal.SIGINT: signal.signal(signal.SIGINT, interrupt),
+            }
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def _key_values(pairs: tuple[str, ...]) -> dict:

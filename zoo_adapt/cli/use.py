@@ -9,8 +9,10 @@ from zoo_adapt.cli.tables import json_text
 from zoo_adapt.data.label_file import LabelColumns
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.report import figure, per_class_lines
+from zoo_adapt.ship.model_files import model_path as resolve_model
 
-MODEL_HELP = (
+MODEL_HELP = "A model.safetensors written by zoo-adapt finetune, or its run folder."
+SCORING_MODEL_HELP = (
     "A model.safetensors written by zoo-adapt finetune, or a run folder: its model.safetensors, or a "
     "cross-validated run's fold models averaged (--folds-export ensemble)."
 )
@@ -27,7 +29,7 @@ def register(cli: click.Group) -> None:
     "model_path",
     required=True,
     type=click.Path(),
-    help=MODEL_HELP,
+    help=SCORING_MODEL_HELP,
 )
 @click.option(
     "--data",
@@ -70,6 +72,7 @@ def evaluate(
     held-out folder) or a label file; mAP and F1 for a multi-label model. Every figure
     comes with its 95% interval (Wilson for proportions, a bootstrap over the images
     for the others). The output names the images used."""
+    model_path = str(resolve_model(model_path))
     from zoo_adapt.ship.inference import evaluate_folder  # torch
 
     if data is None and labels is None:
@@ -108,7 +111,7 @@ def evaluate(
     "model_path",
     required=True,
     type=click.Path(),
-    help=MODEL_HELP,
+    help=SCORING_MODEL_HELP,
 )
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--tta", is_flag=True, help="Average over flipped and zoomed views.")
@@ -117,9 +120,15 @@ def evaluate(
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),
-    metavar="FILE.csv",
-    help="Write one CSV row per image (path, top-k labels and probabilities, error) as they come, with a "
-    "progress bar, instead of printing: for large folders.",
+    metavar="FILE",
+    help="Write one record per image (path, top-k labels and probabilities, error) as they come, with a "
+    "progress bar, instead of printing: for large folders. The suffix chooses the format: .csv, .jsonl "
+    "(JSON Lines), .json (one array, in place when complete), .parquet (needs pyarrow).",
+)
+@click.option(
+    "--all-probabilities",
+    is_flag=True,
+    help="With --output: every class's probability too (CSV/parquet columns p_<class>, JSON `probabilities`).",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
@@ -132,6 +141,7 @@ def predict(
     top_k: int,
     as_json: bool,
     output: str | None,
+    all_probabilities: bool,
     batch_size: int,
     device: str,
 ) -> None:
@@ -139,8 +149,11 @@ def predict(
 
     A file that cannot be read is reported on stderr, one line each, and the others are
     still predicted (printed as they come); the exit status is then 1."""
+    model_path = str(resolve_model(model_path))
     from zoo_adapt.ship.inference import iter_predictions, write_predictions  # torch
 
+    if all_probabilities and not output:
+        raise ZooAdaptError("--all-probabilities goes with --output FILE (.csv, .jsonl, .json, .parquet)")
     if output:
         if as_json:
             raise ZooAdaptError("give --json or --output, not both")
@@ -154,6 +167,7 @@ def predict(
             device=device,
             progress=True,
             on_error=lambda e: click.echo(f"Error: {_printable(e)}", err=True),
+            all_probabilities=all_probabilities,
         )
         click.echo(f"{rows - failed} images predicted{f', {failed} unreadable' if failed else ''}: {output}")
         if failed:

@@ -369,7 +369,7 @@ class FinetuneConfig:
         adapting=True,
     )
     target_val: str | None = opt(None, "Labelled target ImageFolder, only to report an oracle accuracy.", adapting=True)
-    adapt: str = opt("dann", "Adaptation method (zoo-adapt methods): dann | mcc | a plugin's.", adapting=True)
+    adapt: str = opt("dann", "Adaptation method (zoo-adapt methods): dann | mcc | adabn | a plugin's.", adapting=True)
     adapt_weight: float = opt(
         1.0, "Final weight of the adaptation loss (DANN: the lambda it rises to).", low=0, adapting=True
     )

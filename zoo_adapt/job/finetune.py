@@ -23,6 +23,7 @@ its shard of the data and rank 0 writes the folder (`zoo_adapt.engine.distribute
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from zoo_adapt.job.run_folder import (
     CALIBRATION_PLOT,
     CHECKPOINT,
     CHECKPOINT_FORMAT,
+    METRICS_FILE,
     MODEL_FILE,
     EpochRecorder,
     RunFolder,
@@ -81,7 +83,7 @@ from zoo_adapt.model.recipes import freeze_plan, stage_schedule
 from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, plot_reliability, summary_lines
 from zoo_adapt.seeds import seed_everything
 from zoo_adapt.ship.analysis import analyse, require_cams
-from zoo_adapt.ship.export import export_model
+from zoo_adapt.ship.export import export_model, load_model
 from zoo_adapt.ship.model_card import write_hub_files
 from zoo_adapt.ship.onnx_export import export_onnx, require_onnx
 from zoo_adapt.zoo.backbone import Normalization, backbone_of
@@ -186,6 +188,9 @@ def finetune(
         job = Job(one, procs, device, say if procs.main else None, again, trackers if procs.main else [], features=memo)
         distributed.agree(procs, job.lock)
         try:
+            done = job.folder.finished_epochs() if one.resume else None
+            if done is not None and one.epochs == done:
+                return job.already_finished(done)
             return job.run([*callbacks, *more])
         finally:
             job.folder.release()
@@ -284,6 +289,8 @@ class Job:
         counts = class_counts(dataset_labels(data.train), len(data.classes))
         if stored is not None:
             _check_resumable(stored, c, data.classes, self.folder, self.procs.world)
+            # the run's provenance, not "None" from the weightless rebuild: older checkpoints lack it
+            keep_provenance(model, stored.get("pretrained_weights", self.folder.model_provenance()))
         if num_classes_of(model) != len(data.classes):
             seed_everything(c.seed)
             swap_head(model, len(data.classes))
@@ -382,6 +389,7 @@ class Job:
                 "backbone": c.backbone,
                 "classes": prepared.data.classes,
                 "processes": procs.world,
+                "pretrained_weights": str(backbone_of(model).initial_weights),
             },
             lambda path, state, epoch: self.write_model(prepared, path, state, epoch),
             lambda loop, finished: self.metrics(prepared, loop, finished),
@@ -392,6 +400,7 @@ class Job:
             self.folder.out,
             resolved_values(c),
             prepared.data.classes,
+            log=self.log,
         )
         progress = [Progress(self.log)] if procs.main else []
         num_val = len(prepared.data.val) if prepared.data.val is not None else 0
@@ -446,6 +455,17 @@ class Job:
             prepared.model, metrics["history"], metrics, self.folder.out, self.evaluations.get("final")
         )
 
+    def already_finished(self, epochs: int) -> FinetuneResult:
+        """--resume of a run that is done: said, and nothing rewritten."""
+        out = self.folder.out
+        self.log(
+            f"{out} is finished: all {epochs} epochs trained and its results written, nothing to resume; "
+            f"train it longer with `zoo-adapt finetune --out {out} --resume --epochs N` (N > {epochs})"
+        )
+        model, _ = load_model(self.folder.path(MODEL_FILE), self.device)
+        metrics = json.loads(self.folder.path(METRICS_FILE).read_text())
+        return FinetuneResult(model, metrics["history"], metrics, out)
+
     def announce(self, prepared: Prepared) -> None:
         """The run's first lines: what trains on what, the recipes, the warnings."""
         c, data, procs = prepared.config, prepared.data, self.procs
@@ -499,6 +519,7 @@ class Job:
                 last_right = loop.validate().correct
         if recorder.kept_state is not None:
             model.load_state_dict(recorder.kept_state)
+        layers = 0
         if adaptation is not None and adaptation.target_bn:  # before every final figure and the export
             layers = adaptation.use_target_statistics(loop)
             self.log(
@@ -519,6 +540,10 @@ class Job:
                 metrics.update(fitted.metrics())
             else:
                 metrics["calibration_skipped"] = why
+            if layers and loop.history:
+                # the kept epoch as its line said, with training's BatchNorm statistics: beside the
+                # target-statistics figure it shows no collapse, only the statistics changing
+                metrics["val_accuracy_trained_bn"] = loop.history[kept - 1].val_accuracy
             if c.tta:
                 network = loop.eval_network if feeds.network is None else model
                 tta = loop.validate(
@@ -656,6 +681,13 @@ class Job:
             "accumulate": c.accumulate,
             **({"skipped_steps": loop.skipped_steps} if loop.runtime.scaler is not None else {}),
         }
+
+
+def keep_provenance(model: nn.Module, weights: str | None) -> None:
+    """Record on a rebuilt model the pretrained weights its run started from."""
+    backbone = backbone_of(model)
+    initial = None if weights in (None, "None") else weights
+    setattr(model, "zoo_adapt", dataclasses.replace(backbone, initial_weights=initial))  # noqa: B010
 
 
 def make_task(config: FinetuneConfig, counts: list[int], num_train: int) -> SingleLabel | MultiLabel:

@@ -72,10 +72,11 @@ from zoo_adapt.metrics.evaluation import Tally
 from zoo_adapt.metrics.multilabel import MultiLabelTally
 from zoo_adapt.metrics.scores import Evaluation
 from zoo_adapt.report import calibration_line, figure, plot_reliability
-from zoo_adapt.ship.ensemble import ENSEMBLE_FILE, write_ensemble
+from zoo_adapt.ship.ensemble import write_ensemble
 from zoo_adapt.ship.export import rewrite_header
 from zoo_adapt.ship.inference import evaluate_images
 from zoo_adapt.ship.model_card import write_hub_files
+from zoo_adapt.ship.model_files import ENSEMBLE_FILE
 from zoo_adapt.ship.onnx_export import export_onnx
 
 Log = Callable[[str], None]

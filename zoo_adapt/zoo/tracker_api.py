@@ -6,7 +6,8 @@ NAME`), always in this order:
 
 1. `start(run)`, once, before the first figure: `run` says what the run is (its name,
    folder, options, whether it resumes a checkpoint and the tracker's own state saved
-   with it, e.g. its run id).
+   with it, e.g. its run id). Then `location()`: where the records are, said on the
+   run's first lines.
 2. `log_metrics(metrics, step, scope)`, many times: `scope` "step" (every optimizer step,
    `step` = optimizer steps done), "epoch" (`step` = the epoch number) and, once, "final"
    (the kept model's results; `step` = the last epoch). Keys are `step/loss`,
@@ -65,6 +66,11 @@ class Tracker:
     def start(self, run: TrackerRun) -> None:
         """Open (or, with `run.state` from a checkpoint, reopen) the tracker's run and
         record `run.params`."""
+
+    def location(self) -> str | None:
+        """After `start`: where this run's records are and how to see them (a folder, a
+        store URI, a URL), said on the run's first lines; None says nothing."""
+        return None
 
     def log_metrics(self, metrics: dict[str, float], step: int, scope: str) -> None:
         """Numbers at `step` (see the module doc for scopes and keys)."""

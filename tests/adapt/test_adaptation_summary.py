@@ -1,0 +1,53 @@
+"""A run that exports target BatchNorm statistics (--target-bn target) states both source
+accuracies, labelled: the kept epoch's as its line said (training's statistics) and the
+export's (the target's), so a drop between them does not read as a collapse."""
+
+from __future__ import annotations
+
+from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.finetune import finetune
+
+
+def config(tmp_path, digits, **kw) -> FinetuneConfig:
+    base = dict(
+        backbone="resnet18",
+        pretrained=False,
+        data=str(digits / "source"),
+        target_data=str(digits / "target" / "train"),
+        image_size=32,
+        batch_size=8,
+        epochs=1,
+        steps_per_epoch=3,
+        workers=0,
+        tta=False,
+        hflip=False,
+        analysis="off",
+        out=str(tmp_path / "run"),
+    )
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_both_source_accuracies_are_said_and_labelled(tmp_path, digits):
+    lines = []
+    result = finetune(config(tmp_path, digits, adapt="adabn"), log=lines.append)
+    m = result.metrics
+    assert m["adaptation"]["target_bn"] == "target"
+    trained = result.history[m["kept_epoch"] - 1]["val_accuracy"]
+    assert m["val_accuracy_trained_bn"] == trained
+    (said,) = [line for line in lines if line.startswith("source validation accuracy: ")]
+    assert said.startswith(
+        f"source validation accuracy: {trained:.1%} with training's BatchNorm statistics (epoch {m['kept_epoch']}, "
+        f"as its line says), {m['val_accuracy']:.1%} with the target images' statistics, which the exported model "
+        "carries"
+    )
+    assert lines[-1].startswith(f"val_accuracy {m['val_accuracy']:.1%} with target BatchNorm statistics (top-5")
+    epoch_line = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert f"top1 {trained:.1%}" in epoch_line  # the figure named is the one the epoch line showed
+
+
+def test_training_statistics_kept_means_one_figure(tmp_path, digits):
+    lines = []
+    result = finetune(config(tmp_path, digits, adapt="adabn", target_bn="mixed"), log=lines.append)
+    assert "val_accuracy_trained_bn" not in result.metrics
+    assert not [line for line in lines if line.startswith("source validation accuracy: ")]
+    assert "BatchNorm" not in lines[-1]
