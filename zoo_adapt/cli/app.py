@@ -16,7 +16,7 @@ import click
 
 from zoo_adapt import __version__
 from zoo_adapt.cli import catalog, ship, train, use
-from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, debugging
+from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, clip, debugging
 from zoo_adapt.zoo.plugins import disabled
 from zoo_adapt.zoo.registry import add_registry
 
@@ -148,7 +148,7 @@ def _unexpected(e: Exception) -> str:
     if "out of memory" in text.lower():
         return f"the device ran out of memory ({text[:120]}); lower --batch-size or --image-size"
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename or ''}".rstrip(": ")
+        return f"{e.strerror}: {clip(str(e.filename or ''), 80)}".rstrip(": ")
     return (
         f"{type(e).__name__}: {text[:200]} (this is a bug in zoo-adapt or a plugin; rerun with "
         "ZOO_ADAPT_DEBUG=1 for the traceback)"

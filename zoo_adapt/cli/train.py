@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from zoo_adapt.engine import processes
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 from zoo_adapt.job.config import build_config, declarations, value_type
 from zoo_adapt.zoo.registry import tomllib
 
@@ -73,7 +73,7 @@ class _NumberOrWord(click.ParamType):
         try:
             return self.kind(value)
         except ValueError:
-            self.fail(f"{value!r} is not a number or {' or '.join(self.words)}", param, ctx)
+            self.fail(f"{quote(value)} is not a number or {' or '.join(self.words)}", param, ctx)
 
 
 @click.command()
@@ -186,7 +186,7 @@ def _key_values(pairs: tuple[str, ...]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ZooAdaptError(f"--adapt-option takes KEY=VALUE, not {pair!r}")
+            raise ZooAdaptError(f"--adapt-option takes KEY=VALUE, not {quote(pair)}")
         try:
             out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:

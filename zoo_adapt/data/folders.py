@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from zoo_adapt.data.images import check_image, check_images, open_image  # noqa: F401 (decoding lives in images.py)
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 TRAIN_DIRS = ("train", "training")
@@ -368,7 +368,7 @@ def torchvision_dataset(name: str, root: str | Path, train_tf: Callable | None, 
     """(train, val, classes) of a torchvision dataset, downloading into `root` when online."""
     key = name.lower().replace("_", "-")
     if key not in TORCHVISION_DATASETS:
-        raise ZooAdaptError(f"unknown dataset {name!r}; choices: {', '.join(TORCHVISION_DATASETS)}")
+        raise ZooAdaptError(f"unknown dataset {quote(name)}; choices: {', '.join(TORCHVISION_DATASETS)}")
     import torchvision
 
     cls_name, train_kw, val_kw = TORCHVISION_DATASETS[key]

@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 from zoo_adapt.model.recipes import BN_POLICIES, OPTIMIZERS, SCHEDULES, SPREADS, STRATEGIES
 from zoo_adapt.zoo.options import WORDS, check, closest
 
@@ -469,16 +469,16 @@ def check_value(name: str, value: Any, label: str) -> Any:
     kind, optional = value_type(name)
     if kind is list and value is not None:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise ZooAdaptError(f"{label} takes names (a list of texts), not {value!r}")
+            raise ZooAdaptError(f"{label} takes names (a list of texts), not {quote(value)}")
         for item in value:
             if meta["choices"] and item not in meta["choices"]:
-                raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {item!r}")
+                raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {quote(item)}")
         return list(dict.fromkeys(value))
     if isinstance(value, str) and value in meta["words"]:
         return value
     if meta["words"] and kind in (int, float) and isinstance(value, (str, bool)):
         also = "".join(f" or {word}" for word in meta["words"])
-        raise ZooAdaptError(f"{label} must be {WORDS[kind]}{also}, not {value!r}")
+        raise ZooAdaptError(f"{label} must be {WORDS[kind]}{also}, not {quote(value)}")
     return check(
         value,
         kind,
@@ -504,7 +504,7 @@ def read_options(values: dict[str, Any], origin: str) -> dict[str, Any]:
             raise ZooAdaptError(f"{origin}: {key!r} is now an option of the dann method: {MOVED[name]}")
         if name not in known:
             hint = closest(name.replace("_", "-"), [k.replace("_", "-") for k in known])
-            raise ZooAdaptError(f"{origin}: unknown option {key!r}{hint}")
+            raise ZooAdaptError(f"{origin}: unknown option {quote(key)}{hint}")
         if name in out:
             raise ZooAdaptError(f"{origin}: {key!r} is given twice (as {name.replace('_', '-')!r} and {name!r})")
         out[name] = check_value(name, value, label)

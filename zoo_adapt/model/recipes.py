@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 
 # strategy -> what trains; the freeze boundary of each epoch is `freeze_plan`'s
 STRATEGIES = {
@@ -42,7 +42,7 @@ BN_POLICIES = {
 def choose(kind: str, name: str, table: dict) -> str:
     """`name` if `table` knows it, else a one-line error listing the choices."""
     if name not in table:
-        raise ZooAdaptError(f"unknown {kind} {name!r}; choices: {', '.join(table)}")
+        raise ZooAdaptError(f"unknown {kind} {quote(name)}; choices: {', '.join(table)}")
     return name
 
 
