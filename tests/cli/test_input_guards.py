@@ -14,6 +14,8 @@ from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.job.config import build_config, declarations, value_type
 from zoo_adapt.zoo.methods import resolve_options
 
+from helpers import zoo
+
 FLOAT_OPTIONS = [name for name in declarations() if value_type(name)[0] is float]
 
 
@@ -112,3 +114,30 @@ def test_a_notes_column_may_hold_line_breaks(tmp_path):
     (tmp_path / "labels.csv").write_text('path,label,notes\na.png,brick,"two\nlines"\n')
     [row] = read_rows(tmp_path / "labels.csv", None, LabelColumns())
     assert row.labels == ["brick"]
+
+
+def test_unknown_plugin_names_to_disable_are_reported_once_with_the_closest():
+    result = zoo(
+        "--disable-plugin",
+        "vitt",
+        "--disable-plugin",
+        "vitt",
+        "plugins",
+        env={"ZOO_ADAPT_DISABLE_PLUGINS": "resnt,bogus,resnt"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: $ZOO_ADAPT_DISABLE_PLUGINS resnt: no plugin of that name is installed (did you mean 'resnet'?)",
+        "warning: $ZOO_ADAPT_DISABLE_PLUGINS bogus: no plugin of that name is installed",
+        "warning: --disable-plugin vitt: no plugin of that name is installed (did you mean 'vit'?)",
+    ]
+
+
+def test_disabling_an_unknown_name_in_process_suggests_the_closest():
+    from zoo_adapt.errors import ZooAdaptWarning
+    from zoo_adapt.zoo.plugins import disabled, get_plugin_manager
+
+    get_plugin_manager()
+    with pytest.warns(ZooAdaptWarning, match="--disable-plugin efficientnet_lite: .*did you mean 'efficientnet_lite0'"):
+        with disabled(["efficientnet_lite"]):
+            pass
