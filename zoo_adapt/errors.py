@@ -34,6 +34,8 @@ def debugging() -> bool:
 
 def first_line(exc: BaseException) -> str:
     """`Type: first line of the message`, for reports that must stay on one line."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'}"
 

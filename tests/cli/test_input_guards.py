@@ -4,6 +4,7 @@ in one line, before anything is written."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from unittest.mock import patch
 
@@ -141,3 +142,27 @@ def test_disabling_an_unknown_name_in_process_suggests_the_closest():
     with pytest.warns(ZooAdaptWarning, match="--disable-plugin efficientnet_lite: .*did you mean 'efficientnet_lite0'"):
         with disabled(["efficientnet_lite"]):
             pass
+
+
+def test_a_plugin_calling_sys_exit_is_contained_like_other_broken_plugins(tmp_path):
+    """At import and in a registering hook: reported on one line, everything else works."""
+    for name, code in {
+        "quitter": "import sys\nsys.exit(3)\n",
+        "leaver": "import sys\nfrom zoo_adapt.plugin_api import hookimpl\n\n"
+        "@hookimpl\ndef register_backbones(register):\n    sys.exit('bye')\n",
+    }.items():
+        (tmp_path / f"zoo_adapt_{name}.py").write_text(code)
+        info = tmp_path / f"zoo_adapt_{name}-0.1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: zoo-adapt-{name}\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[zoo_adapt]\n{name} = zoo_adapt_{name}\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = zoo("list", env={"PYTHONPATH": path})
+    assert result.returncode == 0, result.stderr
+    assert "resnet18" in result.stdout
+    assert sorted(result.stderr.splitlines()) == [
+        "warning: plugin 'leaver' (zoo-adapt-leaver 0.1.0) is broken and was skipped: "
+        "register_backbones raised it called sys.exit('bye')",
+        "warning: plugin 'quitter' (zoo-adapt-quitter 0.1.0) is broken and was skipped: "
+        "failed to import: it called sys.exit(3)",
+    ]

@@ -137,7 +137,7 @@ def _load(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
         return
     try:
         obj = ep.load()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a plugin must not end every command
         return _broken(info, f"failed to import: {first_line(e)}")
     try:
         _register(pm, obj, info)
