@@ -3,8 +3,10 @@ in one line, before anything is written."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import sys
 from unittest.mock import patch
 
@@ -15,7 +17,7 @@ from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.job.config import build_config, declarations, value_type
 from zoo_adapt.zoo.methods import resolve_options
 
-from helpers import zoo
+from helpers import small, zoo
 
 FLOAT_OPTIONS = [name for name in declarations() if value_type(name)[0] is float]
 
@@ -71,6 +73,7 @@ def main(capsys, *args) -> tuple[int, str]:
         f'{HUGE} = "x"',  # an unknown key
         f'export = ["{HUGE}"]',
     ],
+    ids=["choice", "number", "number-or-word", "list", "unknown-key", "list-item"],
 )
 def test_a_huge_value_in_a_config_file_makes_a_short_error(tmp_path, line):
     file = tmp_path / "c.toml"
@@ -166,3 +169,105 @@ def test_a_plugin_calling_sys_exit_is_contained_like_other_broken_plugins(tmp_pa
         "warning: plugin 'quitter' (zoo-adapt-quitter 0.1.0) is broken and was skipped: "
         "failed to import: it called sys.exit(3)",
     ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(demo, module_tmp):
+    """A one-epoch model of the demo's five classes (resnet18 from scratch at 32 px)."""
+    from zoo_adapt import finetune
+
+    finetune(small(module_tmp, demo, epochs=1, out=str(module_tmp / "tiny")), log=None)
+    return module_tmp / "tiny" / "model.safetensors"
+
+
+def test_predict_reports_a_link_to_itself_in_a_folder_and_goes_on(tiny_model, demo, tmp_path, run_cli):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(demo / "val" / "brick" / sorted(os.listdir(demo / "val" / "brick"))[0], folder / "a.png")
+    os.symlink("loop.jpg", folder / "loop.jpg")
+    os.symlink("self", folder / "self")
+    result = run_cli("predict", "--model", tiny_model, "--json", folder)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    why = "Too many levels of symbolic links (a link that leads back to itself)"
+    assert errors == [
+        f"Error: cannot read {folder / 'loop.jpg'}: {why}",
+        f"Error: cannot read {folder / 'self'}: {why}",
+    ]
+    predicted = json.loads(result.stdout[result.stdout.index("[") :])
+    assert [p["path"] for p in predicted if "prediction" in p] == [str(folder / "a.png")]
+
+
+def test_training_on_a_folder_with_a_link_to_itself_names_it(demo, tmp_path):
+    from zoo_adapt.data.folders import scan_folder
+
+    data = shutil.copytree(demo / "train", tmp_path / "train")
+    os.symlink("loop.png", data / "moon" / "loop.png")
+    with pytest.raises(ZooAdaptError, match="cannot read .*moon/loop.png: .*a link that leads back to itself"):
+        scan_folder(data)
+
+
+def test_analyse_on_a_folder_holding_only_val_takes_it_as_the_split(tiny_model, demo, tmp_path, run_cli):
+    root = tmp_path / "held"
+    shutil.copytree(demo / "val", root / "val")
+    result = run_cli("analyse", "--model", tiny_model, "--data", root, "--cams", "off", "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "a" / "per_class.csv").read_text()
+    assert "brick" in table and "val," not in table
+
+
+def test_a_path_of_the_wrong_kind_says_what_is_expected(demo, tmp_path):
+    image = next((demo / "val" / "brick").iterdir())
+    with pytest.raises(ZooAdaptError, match=f"^--labels takes a CSV or TSV file; {tmp_path} is a folder$"):
+        build_config({"labels": str(tmp_path), "data": str(demo)})
+    with pytest.raises(ZooAdaptError, match=f"^--target-data takes a folder of images; {image} is a file$"):
+        build_config({"target_data": str(image), "data": str(demo)})
+    with pytest.raises(ZooAdaptError, match=f"^--data takes a folder of images; {image} is a file$"):
+        build_config({"data": str(image)})
+    from zoo_adapt.data.label_file import LabelColumns, read_rows
+
+    with pytest.raises(ZooAdaptError, match="--labels takes a CSV or TSV file; .* is a folder"):
+        read_rows(tmp_path, None, LabelColumns())  # evaluate --labels comes here
+
+
+def test_method_options_without_target_data_are_an_error(tmp_path, run_cli):
+    with pytest.raises(ZooAdaptError, match=r"^--adapt-option \(or \[adapt_options\]\) 'gamma' needs --target-data$"):
+        build_config({"adapt_options": {"gamma": 5.0}})
+    config = tmp_path / "c.toml"
+    config.write_text("[adapt_options]\nwidth = 64\n")
+    result = run_cli("finetune", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "'width' needs --target-data" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def multi_label_file(tmp_path, demo, cells):
+    images = sorted((demo / "train").glob("*/*.png"))
+    rows = ["path,label"] + [f"{images[i]},{cell}" for i, cell in enumerate(cells)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "labels.csv"
+
+
+def test_multi_label_cells_written_with_another_delimiter_are_warned_about(demo, tmp_path):
+    from zoo_adapt.job.inputs import load_datasets
+
+    cells = ['"brick;sky"', "moon;grass", "grass", "brick;moon", '"sky;grass"'] * 4
+    file = multi_label_file(tmp_path, demo, cells)
+    data = load_datasets(small(tmp_path, None, labels=str(file), multi_label=True))
+    assert data.warnings == [
+        f"{file}: 16 of 20 label cells hold ';' (e.g. 'brick;sky') but labels are split at '|', so each "
+        "such cell is one class; give --label-delimiter ';' if ';' separates labels"
+    ]
+    assert "brick;sky" in data.classes  # what the user is warned about
+    fine = multi_label_file(tmp_path, demo, [c.replace(";", "|") for c in cells])
+    assert load_datasets(small(tmp_path, None, labels=str(fine), multi_label=True)).warnings == []
+    few = multi_label_file(tmp_path, demo, ["brick;sky"] + ["moon|grass"] * 19)  # a class name may hold ';'
+    assert load_datasets(small(tmp_path, None, labels=str(few), multi_label=True)).warnings == []
+
+
+def test_the_delimiter_warning_is_shown_when_the_run_starts(demo, tmp_path):
+    from zoo_adapt import finetune
+
+    file = multi_label_file(tmp_path, demo, ["brick;sky", "moon;grass", "grass"] * 5)
+    lines: list[str] = []
+    finetune(small(tmp_path, None, labels=str(file), multi_label=True, epochs=1), log=lines.append)
+    assert any(line.startswith(f"warning: {file}: 10 of 15 label cells hold ';'") for line in lines), lines

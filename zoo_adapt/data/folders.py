@@ -4,6 +4,7 @@ ZooAdaptErrors that name the folder or file."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -29,18 +30,33 @@ MAX_SKIPPED_FRACTION = 0.01
 log = logging.getLogger("zoo_adapt")
 
 
-def image_files(folder: str | Path) -> list[Path]:
+def image_files(folder: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Images below `folder`, at any depth, sorted. Links to folders and files are
     followed (a link loop is walked once), a file reached twice through links counts
     once (under its first path in sorted order), and hidden names (.x, such as macOS's
-    ._x.jpg or a writer's temporary files) are skipped."""
-    return [path for path, _ in _image_files(Path(folder))]
+    ._x.jpg or a writer's temporary files) are skipped. An entry that cannot even be
+    looked at (a link to itself) is an error naming it, or, given `unreadable`, is
+    added there as (path, why) and the walk goes on."""
+    return [path for path, _ in _image_files(Path(folder), unreadable)]
 
 
-def _image_files(folder: Path) -> list[tuple[Path, str]]:
+def _image_files(folder: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[tuple[Path, str]]:
     """(path as reached, real path) of each image below `folder`, sorted by path."""
     found: list[tuple[Path, str]] = []
     seen_dirs: set[str] = set()
+
+    def kind(entry: os.DirEntry) -> str | None:
+        """'dir', 'file', or None (anything else, or an entry that cannot be looked at)."""
+        try:
+            return "dir" if entry.is_dir() else "file" if entry.is_file() else None
+        except OSError as e:
+            why = f"cannot read {entry.path}: {e.strerror or e}" + (
+                " (a link that leads back to itself)" if e.errno == errno.ELOOP else ""
+            )
+            if unreadable is None:
+                raise ZooAdaptError(why) from None
+            unreadable.append((Path(entry.path), why))
+            return None
 
     def walk(path: str, real: str) -> None:
         if real in seen_dirs:
@@ -55,9 +71,10 @@ def _image_files(folder: Path) -> list[tuple[Path, str]]:
                 continue
             # a link's target is resolved; otherwise the real path follows from the folder's
             target = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
-            if entry.is_dir():
+            what = kind(entry)
+            if what == "dir":
                 walk(entry.path, target)
-            elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+            elif what == "file" and entry.name.lower().endswith(IMAGE_SUFFIXES):
                 found.append((Path(entry.path), target))
 
     walk(str(folder), os.path.realpath(folder))
@@ -166,6 +183,8 @@ def unlabelled_images(root: str | Path) -> Samples:
     file name (then size), never by folder, so folder names, which may encode labels,
     change nothing."""
     root = Path(root)
+    if root.is_file():
+        raise ZooAdaptError(f"--target-data takes a folder of images; {root} is a file")
     if not root.is_dir():
         raise ZooAdaptError(f"target folder not found: {root}")
     files = image_files(root)
@@ -212,13 +231,17 @@ def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
 
 
 def labelled_folder(path: str | Path) -> Path:
-    """A folder of class subfolders; a dataset root with train/ and val/ or test/ means its
-    held-out split."""
+    """A folder of class subfolders; a dataset root with train/ and val/ or test/, or
+    holding only a held-out split (val/ alone), means its held-out split: `val` is not
+    a class."""
     path = Path(path)
     train, held_out = split_dirs(path)
-    if train is not None and held_out is not None:
+    if held_out is None:
+        return path
+    if train is not None:
         return held_out
-    return path
+    names = {p.name.lower() for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return held_out if names <= set(VAL_DIRS) else path
 
 
 def _random_split(samples, fraction: float, seed: int):

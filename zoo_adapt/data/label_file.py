@@ -49,6 +49,8 @@ def read_rows(file: str | Path, root: str | Path | None, columns: LabelColumns) 
     """Every row of the file, checked one by one: a path and a label (unless
     multi-label), a known split, an image that exists, no image twice."""
     file = Path(file)
+    if file.is_dir():
+        raise ZooAdaptError(f"--labels takes a CSV or TSV file; {file} is a folder")
     if not file.is_file():
         raise ZooAdaptError(f"label file not found: {file}")
     suffix = file.suffix.lower()
@@ -150,6 +152,27 @@ def _row(
     if split not in SPLITS:
         raise ZooAdaptError(f"{at}: split {quote(split)} must be train, val or test (column {columns.split!r})")
     return Row(line, path, labels, SPLITS[split])
+
+
+OTHER_DELIMITERS = (";", ",", "/")
+
+
+def delimiter_warning(rows: Sequence[Row], file: Path, delimiter: str) -> str | None:
+    """Multi-label cells that look written with another delimiter (`brick;sky` where
+    `|` separates labels) would each become one new class: say so when another common
+    delimiter is in most labelled cells."""
+    cells = [r.labels for r in rows if r.labels]
+    for other in OTHER_DELIMITERS:
+        if other == delimiter:
+            continue
+        holding = [labels for labels in cells if any(other in label for label in labels)]
+        if cells and len(holding) > len(cells) / 2:
+            return (
+                f"{file}: {len(holding)} of {len(cells)} label cells hold {other!r} (e.g. "
+                f"{quote(other.join(holding[0]))}) but labels are split at {delimiter!r}, so each such cell is "
+                f"one class; give --label-delimiter {other!r} if {other!r} separates labels"
+            )
+    return None
 
 
 def rows_to_samples(rows: Sequence[Row], classes: Sequence[str], file: Path, multi_label: bool):

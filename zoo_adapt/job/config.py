@@ -391,15 +391,31 @@ class FinetuneConfig:
         if self.data and self.dataset:
             raise ZooAdaptError("give --data or --dataset, not both")
         self.check_labels()
+        self.check_path_kinds()
         if not self.target_data:
             for key in ("target_val", "select_with_target_labels", "steps_per_epoch", "target_bn"):
                 if getattr(self, key):
                     raise ZooAdaptError(f"--{key.replace('_', '-')} needs --target-data")
+            if self.adapt_options:
+                given = ", ".join(map(quote, self.adapt_options))
+                raise ZooAdaptError(f"--adapt-option (or [adapt_options]) {given} needs --target-data")
         if self.lr == "auto" and self.target_data:
             raise ZooAdaptError("--lr auto is for plain fine-tuning; with --target-data give a number (default 3e-3)")
         if self.select_with_target_labels and not self.target_val:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
         return self
+
+    def check_path_kinds(self) -> None:
+        """A path that exists but is the wrong kind (a folder for a file, or the other way
+        round) says what is expected, not "not found"."""
+        for key, folder in (("data", True), ("labels", False), ("target_data", True), ("target_val", True)):
+            path = getattr(self, key)
+            if not path or not Path(path).exists() or Path(path).is_dir() == folder:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if folder:
+                raise ZooAdaptError(f"{flag} takes a folder of images; {path} is a file")
+            raise ZooAdaptError(f"{flag} takes a CSV or TSV file; {path} is a folder")
 
     def check_labels(self) -> None:
         if self.labels and self.dataset:

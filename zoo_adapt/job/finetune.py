@@ -422,7 +422,9 @@ class Job:
         recipes = recipes_line(c)
         if recipes:
             self.log(f"recipes: {recipes}")
-        for warning in start_warnings(c, prepared.stored) + imbalance_warnings(c, prepared.counts, data.classes):
+        for warning in (
+            start_warnings(c, prepared.stored) + imbalance_warnings(c, prepared.counts, data.classes) + data.warnings
+        ):
             self.log(f"warning: {warning}")
 
     # -- phase 3: the folder is written ------------------------------------------------

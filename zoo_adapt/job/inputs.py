@@ -5,7 +5,7 @@ loader workers, images held on the device, or a linear probe's cached features."
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -34,6 +34,7 @@ class Datasets:
     val: folders.ImageSource | None
     classes: list[str]
     where: str
+    warnings: list[str] = field(default_factory=list)  # about the data, shown when the run starts
 
 
 def is_demo(config: FinetuneConfig) -> bool:
@@ -107,7 +108,14 @@ def _from_label_file(config: FinetuneConfig) -> Datasets:
         where = f"{file}, {config.val_split:.0%} held out" if val else str(file)
     if len(train.items) < 2:
         raise ZooAdaptError("training needs at least two images")
-    return Datasets(folders.ImageDataset(train), folders.ImageDataset(val) if val else None, classes, where)
+    warning = label_files.delimiter_warning(rows, file, config.label_delimiter) if config.multi_label else None
+    return Datasets(
+        folders.ImageDataset(train),
+        folders.ImageDataset(val) if val else None,
+        classes,
+        where,
+        [warning] if warning else [],
+    )
 
 
 def _split(samples, config):

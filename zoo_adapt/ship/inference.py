@@ -128,12 +128,16 @@ def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     out: list[tuple[Path, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
+            unreadable: list[tuple[Path, str]] = []  # entries that cannot be looked at (a link to itself)
             try:
-                found = image_files(p)
+                found = image_files(p, unreadable)
             except ZooAdaptError as e:
                 out.append((p, str(e)))
                 continue
-            out += [(f, None) for f in found] or [(p, f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")]
+            if not found and not unreadable:
+                out.append((p, f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"))
+            entries: list[tuple[Path, str | None]] = [(f, None) for f in found] + [(f, why) for f, why in unreadable]
+            out += sorted(entries, key=lambda entry: entry[0])
         elif p.is_file():
             out.append((p, None))
         elif p.exists():
