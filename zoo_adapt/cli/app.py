@@ -16,6 +16,7 @@ import click
 
 from zoo_adapt import __version__
 from zoo_adapt.cli import catalog, ship, train, use
+from zoo_adapt.engine.processes import lost_how
 from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, clip, debugging
 from zoo_adapt.zoo.plugins import disabled
 from zoo_adapt.zoo.registry import add_registry
@@ -147,6 +148,9 @@ def _unexpected(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if "out of memory" in text.lower():
         return f"the device ran out of memory ({text[:120]}); lower --batch-size or --image-size"
+    lost = lost_how(text) if os.environ.get("WORLD_SIZE", "1") != "1" else None
+    if lost:
+        return f"another process of this run stopped ({lost}); its own error says why"
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {clip(str(e.filename or ''), 80)}".rstrip(": ")
     return (

@@ -404,6 +404,10 @@ class Job:
                 metrics = self.finish(prepared, built)
             except KeyboardInterrupt as e:
                 raise self.interrupted(e, loop) from None
+            except Exception as e:
+                if self.procs.active and distributed.peer_lost(e):
+                    raise self.lost_peer(e, loop) from e
+                raise
             built.tracking.publish(self.folder.out, metrics)
         metrics["train_seconds"] = time.perf_counter() - start
         return FinetuneResult(prepared.model, metrics["history"], metrics, self.folder.out)
@@ -563,6 +567,21 @@ class Job:
             f"{how} in epoch {loop.epoch + 1}; {folder.path(CHECKPOINT)} holds epoch {loop.epoch} "
             f"of {len(loop.plan)}: continue with {resume}",
             signal_name,
+        )
+
+    def lost_peer(self, e: Exception, loop: Loop) -> ZooAdaptError:
+        """Another process of a torchrun run stopped (killed, out of memory, its own
+        error): what this one saw is not a bug, and what the checkpoint holds can go on."""
+        folder = self.folder
+        what = f"another process of this run stopped ({distributed.lost_how(str(e))}) in epoch {loop.epoch + 1}"
+        if not folder.has_checkpoint():
+            return ZooAdaptError(
+                f"{what}, before the first checkpoint: nothing can be resumed yet; start the run again"
+            )
+        held = min(loop.epoch, len(loop.plan))
+        return ZooAdaptError(
+            f"{what}; the checkpoint of epoch {held} ({folder.path(CHECKPOINT)}) can be resumed with the same "
+            f"torchrun command and `zoo-adapt finetune --out {folder.out} --resume`"
         )
 
     def metrics(self, prepared: Prepared, loop: Loop, finished: bool) -> dict[str, Any]:
