@@ -92,6 +92,8 @@ def test_a_killed_process_is_reported_by_the_survivor_with_the_checkpoint_to_res
     assert "bug" not in stderr.split("Error: ")[1].splitlines()[0]
     held = int(found.group(3))
     assert 1 <= held < 4
+    if killed == 0:
+        return  # resuming is the same either way: once is enough
     resumed = subprocess.run(
         [*TORCHRUN, "finetune", "--out", str(out), "--resume"], capture_output=True, text=True, env=env, timeout=600
     )
