@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from zoo_adapt.errors import ZooAdaptError, quote
-from zoo_adapt.model.recipes import BN_POLICIES, OPTIMIZERS, SCHEDULES, SPREADS, STRATEGIES
+from zoo_adapt.model.recipes import BN_POLICIES, DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SPREADS, STRATEGIES
 from zoo_adapt.zoo.options import WORDS, check, closest
 
 BN_STATISTICS = ("target", "mixed")
@@ -165,7 +165,7 @@ class FinetuneConfig:
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
     lr: float | None = opt(
         None,
-        "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 3e-3 with --target-data]; "
+        "Head learning rate [default: 2e-3; 2e-2 sgd, sgdp, lars; 2e-4 lion; 3e-3 with --target-data]; "
         "auto: run the LR finder first (zoo-adapt lr-find) and use its suggestion.",
         low=0,
         low_open=True,
@@ -193,12 +193,23 @@ class FinetuneConfig:
     )
     weight_decay: float = opt(0.01, "Weight decay (not applied to biases and norm parameters).", low=0)
     batch_size: int = opt(32, "Batch size (per process under torchrun).", low=1)
-    optimizer: str = opt("adamw", "adamw | sgd.", choices=tuple(OPTIMIZERS))
-    momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
+    optimizer: str = opt(
+        "adamw",
+        "timm's optimizer of this name (timm.optim.create_optimizer_v2 over the layer groups, each "
+        "keeping its rate and weight decay): " + " | ".join(OPTIMIZERS) + ".",
+        choices=tuple(OPTIMIZERS),
+    )
+    momentum: float = opt(
+        0.9,
+        "Momentum of the optimizers that have one (sgd: Nesterov's; sgdp, lars, rmsproptf).",
+        low=0,
+        high=1,
+        high_open=True,
+    )
     schedule: str = opt(
         None,
-        "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
-        "layers unfreeze [default: onecycle; dann with --target-data].",
+        "onecycle | cosine | constant | dann | step | poly | tanh (the last three: timm.scheduler's); "
+        "restarts with warm-up whenever more layers unfreeze [default: onecycle; dann with --target-data].",
         choices=tuple(SCHEDULES),
     )
     warmup: float = opt(
@@ -444,7 +455,7 @@ class FinetuneConfig:
 
     @property
     def head_lr(self) -> float:
-        return self.lr if self.lr is not None else (2e-2 if self.optimizer == "sgd" else 2e-3)
+        return self.lr if self.lr is not None else DEFAULT_LRS.get(self.optimizer, 2e-3)
 
     @property
     def adapting(self) -> bool:

@@ -70,7 +70,7 @@ from zoo_adapt.job.run_notes import (
 )
 from zoo_adapt.job.tracking import Tracking
 from zoo_adapt.model.build import create_model, num_classes_of, swap_head
-from zoo_adapt.model.optim import make_optimizer, param_groups
+from zoo_adapt.model.optim import make_optimizer, param_groups, schedule_shape
 from zoo_adapt.model.recipes import freeze_plan, stage_schedule
 from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, summary_lines
 from zoo_adapt.seeds import seed_everything
@@ -366,7 +366,7 @@ class Job:
             classes=prepared.data.classes,
             plan=plan,
             optimizer=optimizer,
-            schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule, c.warmup),
+            schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule, c.warmup, schedule_shape),
             accumulate=c.accumulate,
             callbacks=[*pieces, recorder, tracking, *progress, *callbacks],
             task=make_task(c, prepared.counts, len(prepared.data.train)),
