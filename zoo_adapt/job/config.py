@@ -253,6 +253,26 @@ class FinetuneConfig:
         low_open=True,
         high_open=True,
     )
+    clip_grad: float | None = opt(
+        None,
+        "Clip the gradient norm (over all trained parameters) to this value before each update "
+        "(unscaled first under fp16), e.g. 1.0.",
+        low=0,
+        low_open=True,
+    )
+    drop_path: float | None = opt(
+        None,
+        "Drop-path (stochastic depth) rate, timm's drop_path_rate, e.g. 0.1: timm models only "
+        "(timm/NAME, vit_*, efficientnet_lite0); torchvision's have no drop-path layers.",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    grad_checkpointing: bool = opt(
+        False,
+        "Gradient checkpointing: recompute activations in the backward pass (timm's "
+        "set_grad_checkpointing), less memory for a slower step; timm models only.",
+    )
     accumulate: int = opt(
         1, "Gradient accumulation: one optimizer step every N batches (an effective batch N times --batch-size).", low=1
     )

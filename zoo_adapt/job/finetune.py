@@ -69,7 +69,7 @@ from zoo_adapt.job.run_notes import (
     validation_metrics,
 )
 from zoo_adapt.job.tracking import Tracking
-from zoo_adapt.model.build import create_model, num_classes_of, swap_head
+from zoo_adapt.model.build import create_model, grad_checkpointing, num_classes_of, swap_head
 from zoo_adapt.model.optim import make_optimizer, param_groups, schedule_shape
 from zoo_adapt.model.recipes import freeze_plan, stage_schedule
 from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, summary_lines
@@ -242,7 +242,11 @@ class Job:
         stored = self.folder.read_checkpoint(device) if c.resume else None
         seed_everything(c.seed)
         weights = c.weights if stored is None else None  # a resumed run's weights are in its checkpoint
-        model = create_model(c.backbone, pretrained=c.pretrained and stored is None, weights=weights)
+        model = create_model(
+            c.backbone, pretrained=c.pretrained and stored is None, weights=weights, drop_path=c.drop_path
+        )
+        if c.grad_checkpointing:
+            grad_checkpointing(model)
         backbone_norm = backbone_of(model).built_normalization
         size = c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size)
         c = resolve(c, size)
@@ -368,6 +372,7 @@ class Job:
             optimizer=optimizer,
             schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule, c.warmup, schedule_shape),
             accumulate=c.accumulate,
+            clip_grad=c.clip_grad,
             callbacks=[*pieces, recorder, tracking, *progress, *callbacks],
             task=make_task(c, prepared.counts, len(prepared.data.train)),
             seed=c.seed,
