@@ -106,7 +106,7 @@ class FinetuneConfig:
     backbone: str = opt(
         "efficientnet_lite0",
         "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny.",
-        flags=("-b",),
+        flags=("-b", "--model"),
     )
     data: str | None = opt(
         None,
@@ -187,6 +187,7 @@ class FinetuneConfig:
     lr_decay: float | None = opt(
         None,
         "Instead of --lr-body: layer-wise decay, each group gets this times the one above.",
+        flags=("--layer-decay",),
         low=0,
         high=1,
         low_open=True,
@@ -218,6 +219,7 @@ class FinetuneConfig:
     label_smoothing: float = opt(
         None,
         "Label smoothing of the cross-entropy [default: 0.1; 0 with --target-data].",
+        flags=("--smoothing",),
         low=0,
         high=1,
         high_open=True,
@@ -274,7 +276,10 @@ class FinetuneConfig:
         "set_grad_checkpointing), less memory for a slower step; timm models only.",
     )
     accumulate: int = opt(
-        1, "Gradient accumulation: one optimizer step every N batches (an effective batch N times --batch-size).", low=1
+        1,
+        "Gradient accumulation: one optimizer step every N batches (an effective batch N times --batch-size).",
+        flags=("--grad-accum-steps",),
+        low=1,
     )
     early_stop: int | None = opt(None, "Stop when the selection score has not improved for this many epochs.", low=1)
     augment: str = opt(
@@ -282,8 +287,11 @@ class FinetuneConfig:
         "Training augmentation: gentle (zoo-adapt's crop and flip) | randaugment | "
         "autoaugment | augmix | a timm auto-augment string such as rand-m9-mstd0.5-inc1 (timm's "
         "recipes, applied to PIL images in the loader after the crop).",
+        flags=("--aa",),
     )
-    random_erase: float = opt(0.0, "Probability of timm's random erasing of a patch per training image.", low=0, high=1)
+    random_erase: float = opt(
+        0.0, "Probability of timm's random erasing of a patch per training image.", flags=("--reprob",), low=0, high=1
+    )
     color_jitter: float = opt(
         0.0, "Colour jitter strength (brightness, contrast, saturation; timm's factor 0.4 is typical); 0: none.", low=0
     )
