@@ -337,7 +337,13 @@ class Loop:
             raise ZooAdaptError(f"the loss became non-finite (nan or inf) in epoch {self.epoch + 1}: lower --lr")
 
     def validate(
-        self, tta: bool = False, flip: bool = True, batches: Batches | None = None, network: nn.Module | None = None
+        self,
+        tta: bool = False,
+        flip: bool = True,
+        batches: Batches | None = None,
+        network: nn.Module | None = None,
+        vflip: bool = False,
+        rot90: bool = False,
     ) -> Evaluation:
         """Evaluate `network` (default: the eval network) on `batches` (default: the
         validation batches)."""
@@ -352,6 +358,8 @@ class Loop:
                 self.classes,
                 tta=tta,
                 flip=flip,
+                vflip=vflip,
+                rot90=rot90,
                 autocast=self.autocast,
                 progress="test-time augmentation" if tta else "validating",
                 multi_label=getattr(self.task, "multi_label", False),

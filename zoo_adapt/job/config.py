@@ -231,6 +231,14 @@ class FinetuneConfig:
         None,
         "Random horizontal flips in training and TTA (off for digits, text) [default: on; off with --target-data].",
     )
+    vflip: bool = opt(
+        False,
+        "Random vertical flips in training and TTA (aerial, microscopy, medical images: no up or down).",
+    )
+    rot90: bool = opt(
+        False,
+        "Random rotations by 0, 90, 180 or 270 degrees in training and TTA (aerial, microscopy, medical images).",
+    )
     crop_scale: float = opt(
         None,
         "Smallest area fraction kept by the random resized crop (1: whole "

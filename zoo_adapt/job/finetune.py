@@ -454,7 +454,7 @@ class Job:
             path,
             prepared.data.classes,
             prepared.norm,
-            extra={"epoch": epoch, "hflip": c.hflip, **extra_meta},
+            extra={"epoch": epoch, "hflip": c.hflip, "vflip": c.vflip, "rot90": c.rot90, **extra_meta},
             state=state,
         )
 
@@ -482,7 +482,9 @@ class Job:
             metrics.update(validation_metrics(final))
             if c.tta:
                 network = loop.eval_network if feeds.network is None else model
-                tta = loop.validate(tta=True, flip=c.hflip, batches=feeds.val_images, network=network)
+                tta = loop.validate(
+                    tta=True, flip=c.hflip, batches=feeds.val_images, network=network, vflip=c.vflip, rot90=c.rot90
+                )
                 metrics.update({"val_accuracy_tta": tta.accuracy, "val_top5_tta": tta.top5})
                 if tta.multi_label:
                     metrics.update({"val_map_tta": tta.map})

@@ -210,11 +210,15 @@ class FeedMaker:
                 order=order,
                 min_scale=c.crop_scale,
                 hflip=c.hflip,
+                vflip=c.vflip,
+                rot90=c.rot90,
                 workers=self.workers,
                 channels_last=channels_last,
                 seed=c.seed + seed_offset,
             )
-        tf = TrainTransform(self.norm, min_scale=c.crop_scale, hflip=c.hflip, recipe=self.recipe)
+        tf = TrainTransform(
+            self.norm, min_scale=c.crop_scale, hflip=c.hflip, recipe=self.recipe, vflip=c.vflip, rot90=c.rot90
+        )
         return LoaderBatches(
             dataset.with_transform(tf),
             batch_size=c.batch_size,

@@ -22,14 +22,22 @@ from zoo_adapt.progress import track
 TTA_ZOOM = 1.15
 
 
-def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True) -> list[torch.Tensor]:
-    """The batch, zoomed in by `zoom` (centre crop), and the horizontal flips of both
-    (unless the model was trained without flips: mirrored digits are other digits)."""
+def tta_views(
+    x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True, vflip: bool = False, rot90: bool = False
+) -> list[torch.Tensor]:
+    """The batch and its zoom by `zoom` (centre crop), each with the symmetries the model
+    was trained with: its horizontal flip (unless trained without: mirrored digits are
+    other digits), vertical flip (`vflip`) and rotations by 90, 180 and 270 degrees
+    (`rot90`, square images)."""
     h, w = x.shape[-2:]
     big = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False, antialias=False)
     top, left = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
     zoomed = big[..., top : top + h, left : left + w]
-    return [x, x.flip(-1), zoomed, zoomed.flip(-1)] if flip else [x, zoomed]
+    views = []
+    for view in (x, zoomed):
+        views += [view] + [view.flip(-1)] * flip + [view.flip(-2)] * vflip
+        views += [torch.rot90(view, k, dims=(-2, -1)) for k in (1, 2, 3)] if rot90 else []
+    return views
 
 
 def predict_proba(
@@ -39,11 +47,13 @@ def predict_proba(
     autocast: bool | Callable = False,
     flip: bool = True,
     multi_label: bool = False,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> torch.Tensor:
     """Class probabilities: softmax of the logits (a sigmoid per class when
     `multi_label`), averaged over the TTA views if asked. `autocast`: a context factory
     (the loop's), or True for bf16 autocast."""
-    views = tta_views(x, flip=flip) if tta else [x]
+    views = tta_views(x, flip=flip, vflip=vflip, rot90=rot90) if tta else [x]
     with torch.no_grad(), _autocast(autocast, x.device):
         probs = [model(v).float().sigmoid() if multi_label else model(v).float().softmax(-1) for v in views]
     return torch.stack(probs).mean(0)
@@ -123,6 +133,8 @@ def evaluate(
     progress: str | None = None,
     multi_label: bool = False,
     thresholds: list[float] | None = None,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> Evaluation:
     """Score `model` over (images, labels) batches already on the model's device;
     `progress`: a name to show progress under (long evaluations). `multi_label`: 0/1
@@ -132,7 +144,9 @@ def evaluate(
     make: type[Tally] | type[MultiLabelTally] = MultiLabelTally if multi_label else Tally
     total = len(batches) if isinstance(batches, Sized) else 0
     for x, y in track(batches, total, progress or "", count=lambda b: len(b[1]), enabled=bool(progress and total)):
-        probs = predict_proba(model, x, tta=tta, autocast=autocast, flip=flip, multi_label=multi_label)
+        probs = predict_proba(
+            model, x, tta=tta, autocast=autocast, flip=flip, multi_label=multi_label, vflip=vflip, rot90=rot90
+        )
         if tally is None:
             tally = make(len(classes), probs.device)
         tally.add(probs, y.to(probs.device))

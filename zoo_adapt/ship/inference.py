@@ -87,6 +87,8 @@ def evaluate_folder(
         tta=tta,
         autocast=dev.type == "cuda",
         flip=card.hflip,
+        vflip=card.vflip,
+        rot90=card.rot90,
         progress="evaluating",
         multi_label=card.multi_label,
         thresholds=card.thresholds,
@@ -209,7 +211,14 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
         if batch:
             x = normalize(torch.stack(batch).to(dev), card.normalization)
             probs = predict_proba(
-                model, x, tta=tta, autocast=dev.type == "cuda", flip=card.hflip, multi_label=card.multi_label
+                model,
+                x,
+                tta=tta,
+                autocast=dev.type == "cuda",
+                flip=card.hflip,
+                multi_label=card.multi_label,
+                vflip=card.vflip,
+                rot90=card.rot90,
             )
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):
