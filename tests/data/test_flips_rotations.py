@@ -93,3 +93,16 @@ def test_a_run_records_them_and_the_export_uses_them_in_tta(tmp_path, demo, monk
     asked.clear()
     evaluate_folder(tmp_path / "run" / "model.safetensors", demo / "val", tta=True, device="cpu", workers=0)
     assert asked and set(asked) == {(True, True)}
+
+
+def test_a_checkpoint_made_before_these_options_existed_still_resumes(tmp_path):
+    from zoo_adapt.job.config import FinetuneConfig, resolved_values
+    from zoo_adapt.job.finetune import _check_resumable
+    from zoo_adapt.job.run_folder import RunFolder
+
+    config = FinetuneConfig(out=str(tmp_path))
+    older = {k: v for k, v in resolved_values(config).items() if k not in ("vflip", "rot90", "grad_checkpointing")}
+    stored = {"processes": 1, "backbone": config.backbone, "classes": ["a", "b"], "config": older, "history": []}
+    _check_resumable(stored, config, ["a", "b"], RunFolder(tmp_path), 1)
+    with pytest.raises(Exception, match="was made with --vflip False, not True"):
+        _check_resumable(stored, FinetuneConfig(out=str(tmp_path), vflip=True), ["a", "b"], RunFolder(tmp_path), 1)

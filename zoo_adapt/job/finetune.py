@@ -657,8 +657,11 @@ def _check_resumable(
             f"{len(stored.get('classes') or [])} classes); resume with the options it was started "
             "with, or start again with --overwrite"
         )
-    made_with, now = stored.get("config", {}), resolved_values(config)
     meta = declarations()
+    now, recorded = resolved_values(config), stored.get("config", {})
+    # an option newer than the checkpoint had its default when the checkpoint was made
+    newer = {n: meta[n].default for n in now if n not in recorded and meta[n].default is not dataclasses.MISSING}
+    made_with = {**newer, **recorded}
     changed = [
         name
         for name in set(made_with) | set(now)
