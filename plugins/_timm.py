@@ -31,11 +31,17 @@ def build(entry: Entry, pretrained: bool, tag: str | None, **kwargs):
         if cfg.hf_hub_id and not hf_hub_cached(cfg.hf_hub_id) and not reachable("huggingface.co"):
             raise download_failed(entry.name, f"timm {name}", "huggingface.co is unreachable")
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **options(entry), **kwargs)
     except (OSError, RuntimeError) as e:
         if pretrained and ("connect" in str(e).lower() or isinstance(e, OSError)):
             raise download_failed(entry.name, f"timm {name}", str(e).splitlines()[0]) from None
         raise
+
+
+def options(entry: Entry) -> dict:
+    """What the run asks of the model beyond its name: a drop-path rate (--drop-path)."""
+    rate = entry.extra.get("drop_path_rate")
+    return {"drop_path_rate": float(rate)} if rate else {}
 
 
 def normalization(model) -> Normalization:

@@ -79,7 +79,8 @@ def build_backbone(entry, pretrained):
     import timm
     import torch
 
-    model = timm.create_model(entry.upstream, pretrained=False)
+    rate = entry.extra.get("drop_path_rate")  # --drop-path
+    model = timm.create_model(entry.upstream, pretrained=False, **({"drop_path_rate": float(rate)} if rate else {}))
     if pretrained:
         if importlib.util.find_spec(PACKAGE) is None:
             raise ZooAdaptError(

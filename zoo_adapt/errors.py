@@ -40,6 +40,8 @@ def debugging() -> bool:
 
 def first_line(exc: BaseException) -> str:
     """`Type: first line of the message`, for reports that must stay on one line."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'}"
 
@@ -103,3 +105,22 @@ def install_line(torch_version: str, force: bool = False) -> str:
     vision = ".".join(["0", str(int(parts[1]) + 15), *parts[2:3]])
     index = f" --index-url https://download.pytorch.org/whl/{local}" if local else ""
     return f"{line}torch=={release} torchvision=={vision}{index}"
+
+
+QUOTE_LIMIT = 40  # characters of a user's value an error message quotes
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters (a 10 MB value
+    pasted into an option must not make a 10 MB error line)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, (str, bytes)) else ""
+    return text[: limit - 3] + "..." + size
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """A library's message about a user's value, cut to `limit` characters (it may quote
+    the whole value)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

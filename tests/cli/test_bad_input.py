@@ -112,7 +112,9 @@ def test_unknown_backbone_and_bad_option(tmp_path, demo):
         "unknown backbone 'resnt50'",
         "resnet50",
     )
-    one_line_error(finetune("--data", demo, "--strategy", "linear", "--out", tmp_path / "o"), "--strategy")
+    one_line_error(  # a choice: click's usage error, with the closest choice
+        finetune("--data", demo, "--strategy", "linear", "--out", tmp_path / "o"), "--strategy", "linear-probe", code=2
+    )
     one_line_error(zoo("evaluate", "--data", demo), "Missing option '--model'", code=2)  # click's usage error
 
 

@@ -16,7 +16,8 @@ import click
 
 from zoo_adapt import __version__
 from zoo_adapt.cli import catalog, ship, train, use
-from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, debugging, environment_problem
+from zoo_adapt.engine.processes import lost_how
+from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, clip, debugging, environment_problem
 from zoo_adapt.zoo.plugins import disabled
 from zoo_adapt.zoo.registry import add_registry
 
@@ -147,8 +148,11 @@ def _unexpected(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if "out of memory" in text.lower():
         return f"the device ran out of memory ({text[:120]}); lower --batch-size or --image-size"
+    lost = lost_how(text) if os.environ.get("WORLD_SIZE", "1") != "1" else None
+    if lost:
+        return f"another process of this run stopped ({lost}); its own error says why"
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename or ''}".rstrip(": ")
+        return f"{e.strerror}: {clip(str(e.filename or ''), 80)}".rstrip(": ")
     return (
         f"{type(e).__name__}: {text[:200]} (this is a bug in zoo-adapt or a plugin; rerun with "
         "ZOO_ADAPT_DEBUG=1 for the traceback)"

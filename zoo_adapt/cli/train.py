@@ -12,9 +12,10 @@ import click
 from click.core import ParameterSource
 
 from zoo_adapt.engine import processes
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 from zoo_adapt.job.config import build_config, declarations, value_type
 from zoo_adapt.job.prechecks import precheck
+from zoo_adapt.zoo.options import closest
 from zoo_adapt.zoo.registry import tomllib
 
 
@@ -34,7 +35,13 @@ def _config_options(fn):
         default, show = field.default, field.default is not None
         if kind is list:
             fn = click.option(
-                flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"] + " [repeatable]"
+                flag,
+                *meta["flags"],
+                name,
+                multiple=True,
+                type=_Choice(meta["choices"]) if meta["choices"] else None,
+                metavar="NAME",
+                help=meta["help"] + " [repeatable]",
             )(fn)
         elif kind is bool:
             single = name in ("resume", "select_with_target_labels")
@@ -53,7 +60,7 @@ def _config_options(fn):
                 flag,
                 *meta["flags"],
                 name,
-                type=_NumberOrWord(kind, meta["words"]) if meta["words"] else kind,
+                type=_type(kind, meta),
                 default=default,
                 show_default=show,
                 help=meta["help"],
@@ -78,6 +85,29 @@ class _InstalledMethods(click.Option):
         return super().get_help_record(ctx)
 
 
+def _type(kind: type, meta) -> click.ParamType | type:
+    """The click type of an option: its choices (so shells complete them), a number or a
+    word (--lr auto), or its plain type."""
+    if meta["choices"]:
+        return _Choice(meta["choices"])
+    if meta["words"]:
+        return _NumberOrWord(kind, meta["words"])
+    return kind
+
+
+class _Choice(click.Choice):
+    """click's Choice, whose error also names the closest choice."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            hint = closest(str(value), [str(c) for c in self.choices])
+            raise click.BadParameter(
+                f"{quote(value)} is not one of {', '.join(map(str, self.choices))}{hint}", ctx, param
+            ) from e
+
+
 class _NumberOrWord(click.ParamType):
     """A number, or one of a few words (--lr auto)."""
 
@@ -91,7 +121,7 @@ class _NumberOrWord(click.ParamType):
         try:
             return self.kind(value)
         except ValueError:
-            self.fail(f"{value!r} is not a number or {' or '.join(self.words)}", param, ctx)
+            self.fail(f"{quote(value)} is not a number or {' or '.join(self.words)}", param, ctx)
 
 
 @click.command()
@@ -217,7 +247,7 @@ def _key_values(pairs: tuple[str, ...]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ZooAdaptError(f"--adapt-option takes KEY=VALUE, not {pair!r}")
+            raise ZooAdaptError(f"--adapt-option takes KEY=VALUE, not {quote(pair)}")
         try:
             out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import ColorJitter
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, clip, quote
 from zoo_adapt.zoo.backbone import Normalization
 
 # zoo-adapt's names for timm's auto-augment strings (timm's train.py documents them)
@@ -47,7 +47,7 @@ def image_recipe(augment: str, color_jitter: float, norm: Normalization):
             _guard_posterize(steps[-1])
         except (AssertionError, KeyError, ValueError) as e:
             raise ZooAdaptError(
-                f"--augment {augment!r} is not a recipe timm knows ({e or 'bad string'}); give "
+                f"--augment {quote(augment)} is not a recipe timm knows ({clip(str(e), 60) or 'bad string'}); give "
                 f"gentle, {', '.join(NAMED)} or a timm string such as rand-m9-mstd0.5"
             ) from None
     if color_jitter > 0:

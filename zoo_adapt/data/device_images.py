@@ -135,19 +135,32 @@ def random_crop_boxes(
     return torch.stack([top, left, ch, cw], 1)
 
 
-def crop_resize(canvas: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
+def crop_resize(
+    canvas: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor, vflip: torch.Tensor | None = None
+) -> torch.Tensor:
     """Crop each box out of the uint8 canvases and resize it to size x size (bilinear),
-    mirrored where `flip`; float32 in 0..255."""
+    mirrored where `flip`, upside down where `vflip`; float32 in 0..255."""
     n, _, side, _ = canvas.shape
     top, left, ch, cw = boxes.unbind(1)
     theta = torch.zeros(n, 2, 3, device=canvas.device)
     sign = 1 - 2 * flip.float()
     theta[:, 0, 0] = cw / side * sign
     theta[:, 0, 2] = (2 * left + cw) / side - 1
-    theta[:, 1, 1] = ch / side
+    theta[:, 1, 1] = ch / side * (1 - 2 * vflip.float() if vflip is not None else 1)
     theta[:, 1, 2] = (2 * top + ch) / side - 1
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
     return F.grid_sample(canvas.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def quarter_turns(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Each image of the square batch `x` turned by its number of quarter turns (0-3,
+    counter-clockwise, as torch.rot90)."""
+    out = x.clone()
+    for k in (1, 2, 3):
+        chosen = turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
+    return out
 
 
 class DeviceImages:
@@ -166,6 +179,8 @@ class DeviceImages:
         workers: int = 0,
         channels_last: bool = False,
         seed: int = 0,
+        vflip: bool = False,
+        rot90: bool = False,
     ):
         self.size, self.norm, self.device, self.batch_size, self.order = (
             norm.image_size,
@@ -175,6 +190,7 @@ class DeviceImages:
             order,
         )
         self.scale, self.hflip, self.channels_last, self.seed = (min_scale, 1.0), hflip, channels_last, seed
+        self.vflip, self.rot90 = vflip, rot90
         transform = _Canvas(norm, norm.resize_size())
         self.canvas, self.sizes, self.labels = _decode_all(dataset, transform, device, workers)
         self.num_samples = len(order)
@@ -192,7 +208,12 @@ class DeviceImages:
             index = device_index(batch, self.device)
             boxes = random_crop_boxes(self.sizes[index], self.scale, self.generator)
             flip = (torch.rand(len(index), generator=self.generator, device=self.device) < 0.5) & self.hflip
-            x = crop_resize(self.canvas[index], boxes, self.size, flip).clamp_(0, 255)
+            vflip = None  # drawn only when asked, so that runs without keep their draws
+            if self.vflip:
+                vflip = torch.rand(len(index), generator=self.generator, device=self.device) < 0.5
+            x = crop_resize(self.canvas[index], boxes, self.size, flip, vflip).clamp_(0, 255)
+            if self.rot90:
+                x = quarter_turns(x, torch.randint(4, (len(index),), generator=self.generator, device=self.device))
             yield normalize(x, self.norm, self.channels_last), self.labels[index]
 
 

@@ -28,7 +28,7 @@ from zoo_adapt.data.paths import (  # noqa: F401 (names found from paths alone l
     list_images,
     split_dirs,
 )
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 
 # the rule for unreadable images in large folders (see `checked`)
 SKIP_UNREADABLE_FROM = 1000
@@ -136,6 +136,8 @@ def unlabelled_images(root: str | Path) -> Samples:
     file name (then size), never by folder, so folder names, which may encode labels,
     change nothing."""
     root = Path(root)
+    if root.is_file():
+        raise ZooAdaptError(f"--target-data takes a folder of images; {root} is a file")
     if not root.is_dir():
         raise ZooAdaptError(f"target folder not found: {root}")
     files = image_files(root, report=True)
@@ -354,7 +356,7 @@ def torchvision_dataset(name: str, root: str | Path, train_tf: Callable | None, 
     """(train, val, classes) of a torchvision dataset, downloading into `root` when online."""
     key = name.lower().replace("_", "-")
     if key not in TORCHVISION_DATASETS:
-        raise ZooAdaptError(f"unknown dataset {name!r}; choices: {', '.join(TORCHVISION_DATASETS)}")
+        raise ZooAdaptError(f"unknown dataset {quote(name)}; choices: {', '.join(TORCHVISION_DATASETS)}")
     import torchvision
 
     cls_name, train_kw, val_kw = TORCHVISION_DATASETS[key]

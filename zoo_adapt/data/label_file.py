@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, clip, quote
 
 SPLITS = {
     "train": "train",
@@ -49,6 +49,8 @@ def read_rows(file: str | Path, root: str | Path | None, columns: LabelColumns) 
     """Every row of the file, checked one by one: a path and a label (unless
     multi-label), a known split, an image that exists, no image twice."""
     file = Path(file)
+    if file.is_dir():
+        raise ZooAdaptError(f"--labels takes a CSV or TSV file; {file} is a folder")
     if not file.is_file():
         raise ZooAdaptError(f"label file not found: {file}")
     suffix = file.suffix.lower()
@@ -73,21 +75,37 @@ def read_rows(file: str | Path, root: str | Path | None, columns: LabelColumns) 
             for name, flag in ((columns.path, "--path-column"), (columns.label, "--label-column")):
                 if name not in where:
                     raise ZooAdaptError(
-                        f"{file} has no column {name!r} (its columns: {', '.join(header)}); name the column with {flag}"
+                        f"{file} has no column {name!r} (its columns: {clip(', '.join(header), 120)}); "
+                        f"name the column with {flag}"
                     )
             rows: list[Row] = []
             seen: dict[str, int] = {}
+            start = reader.line_num + 1  # the line the next row starts on
             for cells in reader:
-                if not any(c.strip() for c in cells):
-                    continue
-                rows.append(_row(file, reader.line_num, cells, where, columns, base, seen))
+                if any(c.strip() for c in cells):
+                    _check_quotes(file, start, reader.line_num, [cells[i] for i in where.values() if i < len(cells)])
+                    rows.append(_row(file, start, cells, where, columns, base, seen))
+                start = reader.line_num + 1
     except UnicodeDecodeError:
         raise ZooAdaptError(f"{file} is not UTF-8 text; save it as UTF-8 CSV") from None
     except csv.Error as e:
-        raise ZooAdaptError(f"{file} is not valid CSV: {e}") from None
+        raise ZooAdaptError(f"{file} line {start}: not valid CSV ({clip(str(e))})") from None
     if not rows:
         raise ZooAdaptError(f"{file} has a header but no rows")
     return rows
+
+
+def _check_quotes(file: Path, start: int, end: int, cells: list[str]) -> None:
+    """A row running over several lines is legal CSV (a quoted cell may hold line
+    breaks, in a notes column, say), but no path, label or split (`cells`) holds one: it
+    is a quote left open, which makes the reader swallow the lines after it. Name the
+    line where it was opened."""
+    if end > start and any("\n" in cell or "\r" in cell for cell in cells):
+        opened = next(cell for cell in cells if "\n" in cell or "\r" in cell)
+        raise ZooAdaptError(
+            f"{file} line {start}: a quote opened here is not closed (the cell {quote(opened)} runs "
+            f"to line {end}); close the quote or remove it"
+        )
 
 
 def _row(
@@ -127,13 +145,34 @@ def _row(
             raise ZooAdaptError(f"{at}: no label in column {columns.label!r}")
         if columns.delimiter in label:
             raise ZooAdaptError(
-                f"{at}: label {label!r} holds several labels; give --multi-label for images with several labels"
+                f"{at}: label {quote(label)} holds several labels; give --multi-label for images with several labels"
             )
         labels = [label]
     split = cell(columns.split).lower()
     if split not in SPLITS:
-        raise ZooAdaptError(f"{at}: split {split!r} must be train, val or test (column {columns.split!r})")
+        raise ZooAdaptError(f"{at}: split {quote(split)} must be train, val or test (column {columns.split!r})")
     return Row(line, path, labels, SPLITS[split])
+
+
+OTHER_DELIMITERS = (";", ",", "/")
+
+
+def delimiter_warning(rows: Sequence[Row], file: Path, delimiter: str) -> str | None:
+    """Multi-label cells that look written with another delimiter (`brick;sky` where
+    `|` separates labels) would each become one new class: say so when another common
+    delimiter is in most labelled cells."""
+    cells = [r.labels for r in rows if r.labels]
+    for other in OTHER_DELIMITERS:
+        if other == delimiter:
+            continue
+        holding = [labels for labels in cells if any(other in label for label in labels)]
+        if cells and len(holding) > len(cells) / 2:
+            return (
+                f"{file}: {len(holding)} of {len(cells)} label cells hold {other!r} (e.g. "
+                f"{quote(other.join(holding[0]))}) but labels are split at {delimiter!r}, so each such cell is "
+                f"one class; give --label-delimiter {other!r} if {other!r} separates labels"
+            )
+    return None
 
 
 def rows_to_samples(rows: Sequence[Row], classes: Sequence[str], file: Path, multi_label: bool):
@@ -147,7 +186,7 @@ def rows_to_samples(rows: Sequence[Row], classes: Sequence[str], file: Path, mul
         unknown = [label for label in row.labels if label not in index]
         if unknown:
             shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-            raise ZooAdaptError(f"{file} line {row.line}: class {unknown[0]!r} is not among the classes ({shown})")
+            raise ZooAdaptError(f"{file} line {row.line}: class {quote(unknown[0])} is not among the classes ({shown})")
         ids = tuple(index[label] for label in row.labels)
         items.append((row.path, ids if multi_label else ids[0]))
     return Samples(items, list(classes), multi_label=multi_label)
@@ -167,7 +206,7 @@ def training_classes(rows: Sequence[Row], file: Path) -> list[str]:
         missing = [label for label in r.labels if label not in known]
         if missing:
             raise ZooAdaptError(
-                f"{file} line {r.line}: class {missing[0]!r} has no training images; every class needs some"
+                f"{file} line {r.line}: class {quote(missing[0])} has no training images; every class needs some"
             )
     return classes
 

@@ -5,6 +5,7 @@ check a --data folder before it loads torch."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import Counter
@@ -67,23 +68,40 @@ def unsupported_line(counts: Counter[str], where: str | Path) -> str | None:
     return f"skipped {what} in {where} ({by_suffix})"
 
 
-def image_files(folder: str | Path, report: bool = False) -> list[Path]:
+def image_files(
+    folder: str | Path, report: bool = False, unreadable: list[tuple[Path, str]] | None = None
+) -> list[Path]:
     """Images below `folder`, at any depth, sorted. Links to folders and files are
     followed (a link loop is walked once), a file reached twice through links counts
     once (under its first path in sorted order), and hidden names (.x, such as macOS's
     ._x.jpg or a writer's temporary files) are skipped. `report`: warn, in one line,
-    about the files left out for their suffix."""
-    listing = list_images(Path(folder))
+    about the files left out for their suffix. An entry that cannot even be looked at
+    (a link to itself) is an error naming it, or, given `unreadable`, is added there as
+    (path, why) and the walk goes on."""
+    listing = list_images(Path(folder), unreadable)
     if report:
         listing.report(folder)
     return [path for path, _ in listing.files]
 
 
-def list_images(folder: Path) -> Listing:
+def list_images(folder: Path, unreadable: list[tuple[Path, str]] | None = None) -> Listing:
     """The Listing of `folder` (see image_files)."""
     listing = Listing()
     found: list[tuple[Path, str]] = []
     seen_dirs: set[str] = set()
+
+    def kind(entry: os.DirEntry) -> str | None:
+        """'dir', 'file', or None (anything else, or an entry that cannot be looked at)."""
+        try:
+            return "dir" if entry.is_dir() else "file" if entry.is_file() else None
+        except OSError as e:
+            why = f"cannot read {entry.path}: {e.strerror or e}" + (
+                " (a link that leads back to itself)" if e.errno == errno.ELOOP else ""
+            )
+            if unreadable is None:
+                raise ZooAdaptError(why) from None
+            unreadable.append((Path(entry.path), why))
+            return None
 
     def walk(path: str, real: str) -> None:
         if real in seen_dirs:
@@ -98,9 +116,10 @@ def list_images(folder: Path) -> Listing:
                 continue
             # a link's target is resolved; otherwise the real path follows from the folder's
             target = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
-            if entry.is_dir():
+            what = kind(entry)
+            if what == "dir":
                 walk(entry.path, target)
-            elif not entry.is_file():
+            elif what != "file":
                 continue
             elif entry.name.lower().endswith(IMAGE_SUFFIXES):
                 found.append((Path(entry.path), target))
@@ -156,10 +175,14 @@ def check_split_classes(train_dir: Path, val_dir: Path) -> None:
 
 
 def labelled_folder(path: str | Path) -> Path:
-    """A folder of class subfolders; a dataset root with train/ and val/ or test/ means its
-    held-out split."""
+    """A folder of class subfolders; a dataset root with train/ and val/ or test/, or
+    holding only a held-out split (val/ alone), means its held-out split: `val` is not
+    a class."""
     path = Path(path)
     train, held_out = split_dirs(path)
-    if train is not None and held_out is not None:
+    if held_out is None:
+        return path
+    if train is not None:
         return held_out
-    return path
+    names = {p.name.lower() for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return held_out if names <= set(VAL_DIRS) else path

@@ -56,18 +56,32 @@ class EvalTransform:
         return TF.pil_to_tensor(TF.center_crop(image, self.size))
 
 
+# counter-clockwise quarter turns, as torch.rot90 turns a tensor
+ROTATIONS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+
 class TrainTransform:
     """Random resized crop (fastai's min_scale 0.35: gentler than ImageNet's 0.08, which
     suits small datasets and few epochs) and, unless the data forbids it, a horizontal
-    flip, then `recipe` (timm's augmentations, `zoo_adapt.augment`) if given; gives a
+    flip; a vertical flip and a quarter turn by 0-3 when asked (`vflip`, `rot90`: aerial,
+    microscopy, medical images); then `recipe` (timm's augmentations, `zoo_adapt.augment`) if given; gives a
     uint8 CHW tensor. The randomness comes from `rng` (one per image and epoch, see
     `pipeline`), so it does not depend on which worker decodes the image. `min_side`:
     a JPEG at least twice as large is decoded at a reduced scale (`images.open_image`),
     a speed choice for training only (benchmarks/draft_decode.py measures it)."""
 
-    def __init__(self, norm: Normalization, min_scale: float = 0.35, hflip: bool = True, recipe=None):
+    def __init__(
+        self,
+        norm: Normalization,
+        min_scale: float = 0.35,
+        hflip: bool = True,
+        recipe=None,
+        vflip: bool = False,
+        rot90: bool = False,
+    ):
         self.size = norm.image_size
         self.scale, self.hflip, self.mode = (min_scale, 1.0), hflip, interpolation(norm)
+        self.vflip, self.rot90 = vflip, rot90
         self.recipe = recipe
         # the smallest crop keeps sqrt(min_scale * 3/4) of the shorter side
         self.min_side = math.ceil(self.size / math.sqrt(min_scale * RATIO[0]))
@@ -78,6 +92,12 @@ class TrainTransform:
         image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], interpolation=self.mode, antialias=True)
         if self.hflip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
+        if self.vflip and rng.random() < 0.5:
+            image = TF.vertical_flip(image)
+        if self.rot90:
+            turns = rng.randrange(4)
+            if turns:
+                image = image.transpose(ROTATIONS[turns])
         if self.recipe is not None:
             image = self.recipe(image, rng)
         return TF.pil_to_tensor(image)

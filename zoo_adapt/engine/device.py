@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, clip, quote
 
 
 def resolve_device(name: str) -> torch.device:
@@ -16,7 +16,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ZooAdaptError(f"unknown device {name!r}: {e}") from None
+        raise ZooAdaptError(f"unknown device {quote(name)}: {clip(str(e), 60)}") from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ZooAdaptError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from zoo_adapt.engine.callbacks import Callback
-from zoo_adapt.engine.processes import Processes, launched
+from zoo_adapt.engine.processes import Processes, launched, lost_how
 from zoo_adapt.errors import ZooAdaptError
 
 TIMEOUT = timedelta(minutes=10)  # a collective waiting this long means a process is gone
@@ -42,6 +42,11 @@ def start(device: torch.device) -> Processes:
     except (RuntimeError, ValueError) as e:
         raise ZooAdaptError(f"cannot join the torchrun process group ({backend}): {str(e).splitlines()[0]}") from None
     return procs
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a collective failing because another process stopped."""
+    return isinstance(e, (RuntimeError, dist.DistError)) and lost_how(str(e)) is not None
 
 
 def stop() -> None:

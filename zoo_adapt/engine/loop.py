@@ -134,6 +134,7 @@ class Loop:
         network: nn.Module | None = None,
         tie_margin: float = 0.0,
         accumulate: int = 1,
+        clip_grad: float | None = None,
     ):
         self.model = model
         self.runtime = runtime or Runtime(next(model.parameters()).device)
@@ -145,6 +146,7 @@ class Loop:
         self.select = select  # the history figure the kept epoch is chosen by (a callback may change it in setup)
         self.steps_per_epoch = steps_per_epoch or len(train)
         self.accumulate = max(1, accumulate)
+        self.clip_grad = clip_grad  # the largest gradient norm an update takes (None: no clipping)
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.accumulate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
@@ -320,6 +322,8 @@ class Loop:
             (scaler.scale(loss) if scaler is not None else loss).backward()
         self._emit("after_backward", step)
         if step.update:
+            if self.clip_grad is not None:
+                self._clip(scaler, self.clip_grad)
             if scaler is None:
                 self.optimizer.step()
             else:
@@ -338,6 +342,15 @@ class Loop:
         total, in_a_row, most = self._skips.unbind()
         in_a_row = (in_a_row + skipped) * skipped
         self._skips.copy_(torch.stack([total + skipped, in_a_row, torch.maximum(most, in_a_row)]))
+
+    def _clip(self, scaler, max_norm: float) -> None:
+        """Scale the gradients down to norm `max_norm` where above it (over every
+        parameter the optimizer updates); under fp16 they are unscaled first, so the
+        bound is on the true gradients."""
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
         flags = torch.stack([nonfinite.to(torch.int64), (self._skips[2] >= MAX_SKIPPED_IN_A_ROW).to(torch.int64)])
@@ -360,6 +373,8 @@ class Loop:
         flip: bool = True,
         batches: Batches | None = None,
         network: nn.Module | None = None,
+        vflip: bool = False,
+        rot90: bool = False,
         **final,
     ) -> Evaluation:
         """Evaluate `network` (default: the eval network) on `batches` (default: the
@@ -376,6 +391,8 @@ class Loop:
                 self.classes,
                 tta=tta,
                 flip=flip,
+                vflip=vflip,
+                rot90=rot90,
                 autocast=self.autocast,
                 progress="test-time augmentation" if tta else "validating",
                 multi_label=getattr(self.task, "multi_label", False),

@@ -28,6 +28,22 @@ class Processes:
 
 
 SINGLE = Processes()
+# what gloo and NCCL say when the process at the other end of a collective is gone
+LOST_PEER = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "Connection refused",
+    "NCCL communicator was aborted",
+    "remote process exited",
+)
+
+
+def lost_how(message: str) -> str | None:
+    """For a collective's error message that says another process is gone, the library's
+    words for it, shortly ('gloo: Connection reset by peer'); else None."""
+    sign = next((sign for sign in LOST_PEER if sign in message), None)
+    return None if sign is None else f"{'NCCL' if 'NCCL' in message else 'gloo'}: {sign}"
 
 
 def launched() -> Processes:

@@ -18,8 +18,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from zoo_adapt.errors import ZooAdaptError
-from zoo_adapt.model.recipes import BN_POLICIES, OPTIMIZERS, SCHEDULES, SPREADS, STRATEGIES
+from zoo_adapt.errors import ZooAdaptError, quote
+from zoo_adapt.model.recipes import BN_POLICIES, DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SPREADS, STRATEGIES
 from zoo_adapt.zoo.options import WORDS, check, closest
 
 BN_STATISTICS = ("target", "mixed")
@@ -106,7 +106,7 @@ class FinetuneConfig:
     backbone: str = opt(
         "efficientnet_lite0",
         "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny.",
-        flags=("-b",),
+        flags=("-b", "--model"),
     )
     data: str | None = opt(
         None,
@@ -186,7 +186,7 @@ class FinetuneConfig:
     unfreeze_every: int = opt(1, "gradual: epochs between unfreezing one more group, top down.", low=1)
     lr: float | None = opt(
         None,
-        "Head learning rate [default: 2e-3 adamw, 2e-2 sgd; 3e-3 with --target-data]; "
+        "Head learning rate [default: 2e-3; 2e-2 sgd, sgdp, lars; 2e-4 lion; 3e-3 with --target-data]; "
         "auto: run the LR finder first (zoo-adapt lr-find) and use its suggestion.",
         low=0,
         low_open=True,
@@ -208,18 +208,30 @@ class FinetuneConfig:
     lr_decay: float | None = opt(
         None,
         "Instead of --lr-body: layer-wise decay, each group gets this times the one above.",
+        flags=("--layer-decay",),
         low=0,
         high=1,
         low_open=True,
     )
     weight_decay: float = opt(0.01, "Weight decay (not applied to biases and norm parameters).", low=0)
     batch_size: int = opt(32, "Batch size (per process under torchrun).", low=1)
-    optimizer: str = opt("adamw", "adamw | sgd.", choices=tuple(OPTIMIZERS))
-    momentum: float = opt(0.9, "sgd: momentum (Nesterov).", low=0, high=1, high_open=True)
+    optimizer: str = opt(
+        "adamw",
+        "timm's optimizer of this name (timm.optim.create_optimizer_v2 over the layer groups, each "
+        "keeping its rate and weight decay): " + " | ".join(OPTIMIZERS) + ".",
+        choices=tuple(OPTIMIZERS),
+    )
+    momentum: float = opt(
+        0.9,
+        "Momentum of the optimizers that have one (sgd: Nesterov's; sgdp, lars, rmsproptf).",
+        low=0,
+        high=1,
+        high_open=True,
+    )
     schedule: str = opt(
         None,
-        "onecycle | cosine | constant | dann; restarts with warm-up whenever more "
-        "layers unfreeze [default: onecycle; dann with --target-data].",
+        "onecycle | cosine | constant | dann | step | poly | tanh (the last three: timm.scheduler's); "
+        "restarts with warm-up whenever more layers unfreeze [default: onecycle; dann with --target-data].",
         choices=tuple(SCHEDULES),
     )
     warmup: float = opt(
@@ -228,6 +240,7 @@ class FinetuneConfig:
     label_smoothing: float = opt(
         None,
         "Label smoothing of the cross-entropy [default: 0.1; 0 with --target-data].",
+        flags=("--smoothing",),
         low=0,
         high=1,
         high_open=True,
@@ -238,6 +251,14 @@ class FinetuneConfig:
     hflip: bool = opt(
         None,
         "Random horizontal flips in training and TTA (off for digits, text) [default: on; off with --target-data].",
+    )
+    vflip: bool = opt(
+        False,
+        "Random vertical flips in training and TTA (aerial, microscopy, medical images: no up or down).",
+    )
+    rot90: bool = opt(
+        False,
+        "Random rotations by 0, 90, 180 or 270 degrees in training and TTA (aerial, microscopy, medical images).",
     )
     crop_scale: float = opt(
         None,
@@ -263,8 +284,31 @@ class FinetuneConfig:
         low_open=True,
         high_open=True,
     )
+    clip_grad: float | None = opt(
+        None,
+        "Clip the gradient norm (over all trained parameters) to this value before each update "
+        "(unscaled first under fp16), e.g. 1.0.",
+        low=0,
+        low_open=True,
+    )
+    drop_path: float | None = opt(
+        None,
+        "Drop-path (stochastic depth) rate, timm's drop_path_rate, e.g. 0.1: timm models only "
+        "(timm/NAME, vit_*, efficientnet_lite0); torchvision's have no drop-path layers.",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    grad_checkpointing: bool = opt(
+        False,
+        "Gradient checkpointing: recompute activations in the backward pass (timm's "
+        "set_grad_checkpointing), less memory for a slower step; timm models only.",
+    )
     accumulate: int = opt(
-        1, "Gradient accumulation: one optimizer step every N batches (an effective batch N times --batch-size).", low=1
+        1,
+        "Gradient accumulation: one optimizer step every N batches (an effective batch N times --batch-size).",
+        flags=("--grad-accum-steps",),
+        low=1,
     )
     early_stop: int | None = opt(None, "Stop when the selection score has not improved for this many epochs.", low=1)
     augment: str = opt(
@@ -272,8 +316,11 @@ class FinetuneConfig:
         "Training augmentation: gentle (zoo-adapt's crop and flip) | randaugment | "
         "autoaugment | augmix | a timm auto-augment string such as rand-m9-mstd0.5-inc1 (timm's "
         "recipes, applied to PIL images in the loader after the crop).",
+        flags=("--aa",),
     )
-    random_erase: float = opt(0.0, "Probability of timm's random erasing of a patch per training image.", low=0, high=1)
+    random_erase: float = opt(
+        0.0, "Probability of timm's random erasing of a patch per training image.", flags=("--reprob",), low=0, high=1
+    )
     color_jitter: float = opt(
         0.0, "Colour jitter strength (brightness, contrast, saturation; timm's factor 0.4 is typical); 0: none.", low=0
     )
@@ -422,15 +469,31 @@ class FinetuneConfig:
             raise ZooAdaptError("give --data or --dataset, not both")
         self.check_labels()
         self.check_folds()
+        self.check_path_kinds()
         if not self.target_data:
             for key in ("target_val", "select_with_target_labels", "steps_per_epoch", "target_bn"):
                 if getattr(self, key):
                     raise ZooAdaptError(f"--{key.replace('_', '-')} needs --target-data")
+            if self.adapt_options:
+                given = ", ".join(map(quote, self.adapt_options))
+                raise ZooAdaptError(f"--adapt-option (or [adapt_options]) {given} needs --target-data")
         if self.lr == "auto" and self.target_data:
             raise ZooAdaptError("--lr auto is for plain fine-tuning; with --target-data give a number (default 3e-3)")
         if self.select_with_target_labels and not self.target_val:
             raise ZooAdaptError("--select-with-target-labels needs --target-val")
         return self
+
+    def check_path_kinds(self) -> None:
+        """A path that exists but is the wrong kind (a folder for a file, or the other way
+        round) says what is expected, not "not found"."""
+        for key, folder in (("data", True), ("labels", False), ("target_data", True), ("target_val", True)):
+            path = getattr(self, key)
+            if not path or not Path(path).exists() or Path(path).is_dir() == folder:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if folder:
+                raise ZooAdaptError(f"{flag} takes a folder of images; {path} is a file")
+            raise ZooAdaptError(f"{flag} takes a CSV or TSV file; {path} is a folder")
 
     def check_labels(self) -> None:
         if self.labels and self.dataset:
@@ -494,7 +557,7 @@ class FinetuneConfig:
 
     @property
     def head_lr(self) -> float:
-        return self.lr if self.lr is not None else (2e-2 if self.optimizer == "sgd" else 2e-3)
+        return self.lr if self.lr is not None else DEFAULT_LRS.get(self.optimizer, 2e-3)
 
     @property
     def adapting(self) -> bool:
@@ -535,16 +598,16 @@ def check_value(name: str, value: Any, label: str) -> Any:
     kind, optional = value_type(name)
     if kind is list and value is not None:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise ZooAdaptError(f"{label} takes names (a list of texts), not {value!r}")
+            raise ZooAdaptError(f"{label} takes names (a list of texts), not {quote(value)}")
         for item in value:
             if meta["choices"] and item not in meta["choices"]:
-                raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {item!r}")
+                raise ZooAdaptError(f"{label} must be one of {', '.join(meta['choices'])}, not {quote(item)}")
         return list(dict.fromkeys(value))
     if isinstance(value, str) and value in meta["words"]:
         return value
     if meta["words"] and kind in (int, float) and isinstance(value, (str, bool)):
         also = "".join(f" or {word}" for word in meta["words"])
-        raise ZooAdaptError(f"{label} must be {WORDS[kind]}{also}, not {value!r}")
+        raise ZooAdaptError(f"{label} must be {WORDS[kind]}{also}, not {quote(value)}")
     return check(
         value,
         kind,
@@ -570,7 +633,7 @@ def read_options(values: dict[str, Any], origin: str) -> dict[str, Any]:
             raise ZooAdaptError(f"{origin}: {key!r} is now an option of the dann method: {MOVED[name]}")
         if name not in known:
             hint = closest(name.replace("_", "-"), [k.replace("_", "-") for k in known])
-            raise ZooAdaptError(f"{origin}: unknown option {key!r}{hint}")
+            raise ZooAdaptError(f"{origin}: unknown option {quote(key)}{hint}")
         if name in out:
             raise ZooAdaptError(f"{origin}: {key!r} is given twice (as {name.replace('_', '-')!r} and {name!r})")
         out[name] = check_value(name, value, label)

@@ -77,8 +77,8 @@ from zoo_adapt.job.run_notes import (
 )
 from zoo_adapt.job.tracking import Tracking
 from zoo_adapt.metrics.scores import Evaluation
-from zoo_adapt.model.build import create_model, num_classes_of, swap_head
-from zoo_adapt.model.optim import make_optimizer, param_groups
+from zoo_adapt.model.build import create_model, grad_checkpointing, num_classes_of, swap_head
+from zoo_adapt.model.optim import make_optimizer, param_groups, schedule_shape
 from zoo_adapt.model.recipes import freeze_plan, stage_schedule
 from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, plot_reliability, summary_lines
 from zoo_adapt.seeds import seed_everything
@@ -280,7 +280,11 @@ class Job:
         stored = self.folder.read_checkpoint(device) if c.resume else None
         seed_everything(c.seed)
         weights = c.weights if stored is None else None  # a resumed run's weights are in its checkpoint
-        model = create_model(c.backbone, pretrained=c.pretrained and stored is None, weights=weights)
+        model = create_model(
+            c.backbone, pretrained=c.pretrained and stored is None, weights=weights, drop_path=c.drop_path
+        )
+        if c.grad_checkpointing:
+            grad_checkpointing(model)
         backbone_norm = backbone_of(model).built_normalization
         size = c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size)
         c = resolve(c, size)
@@ -411,8 +415,9 @@ class Job:
             classes=prepared.data.classes,
             plan=plan,
             optimizer=optimizer,
-            schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule, c.warmup),
+            schedule=stage_schedule(plan, -(-steps // c.accumulate), c.schedule, c.warmup, schedule_shape),
             accumulate=c.accumulate,
+            clip_grad=c.clip_grad,
             callbacks=[*pieces, recorder, tracking, *progress, *callbacks],
             task=make_task(c, prepared.counts, len(prepared.data.train)),
             seed=c.seed,
@@ -449,6 +454,10 @@ class Job:
                 metrics = self.finish(prepared, built)
             except KeyboardInterrupt as e:
                 raise self.interrupted(e, loop) from None
+            except Exception as e:
+                if self.procs.active and distributed.peer_lost(e):
+                    raise self.lost_peer(e, loop) from e
+                raise
             built.tracking.publish(self.folder.out, metrics)
         metrics["train_seconds"] = time.perf_counter() - start
         return FinetuneResult(
@@ -480,7 +489,9 @@ class Job:
         recipes = recipes_line(c)
         if recipes:
             self.log(f"recipes: {recipes}")
-        for warning in start_warnings(c, prepared.stored) + imbalance_warnings(c, prepared.counts, data.classes):
+        for warning in (
+            start_warnings(c, prepared.stored) + imbalance_warnings(c, prepared.counts, data.classes) + data.warnings
+        ):
             self.log(f"warning: {warning}")
 
     # -- phase 3: the folder is written ------------------------------------------------
@@ -501,7 +512,7 @@ class Job:
             path,
             prepared.data.classes,
             prepared.norm,
-            extra={"epoch": epoch, "hflip": c.hflip, **extra_meta},
+            extra={"epoch": epoch, "hflip": c.hflip, "vflip": c.vflip, "rot90": c.rot90, **extra_meta},
             state=state,
         )
 
@@ -549,6 +560,8 @@ class Job:
                 tta = loop.validate(
                     tta=True,
                     flip=c.hflip,
+                    vflip=c.vflip,
+                    rot90=c.rot90,
                     batches=feeds.val_images,
                     network=network,
                     intervals=True,
@@ -650,6 +663,21 @@ class Job:
             signal_name,
         )
 
+    def lost_peer(self, e: Exception, loop: Loop) -> ZooAdaptError:
+        """Another process of a torchrun run stopped (killed, out of memory, its own
+        error): what this one saw is not a bug, and what the checkpoint holds can go on."""
+        folder = self.folder
+        what = f"another process of this run stopped ({distributed.lost_how(str(e))}) in epoch {loop.epoch + 1}"
+        if not folder.has_checkpoint():
+            return ZooAdaptError(
+                f"{what}, before the first checkpoint: nothing can be resumed yet; start the run again"
+            )
+        held = min(loop.epoch, len(loop.plan))
+        return ZooAdaptError(
+            f"{what}; the checkpoint of epoch {held} ({folder.path(CHECKPOINT)}) can be resumed with the same "
+            f"torchrun command and `zoo-adapt finetune --out {folder.out} --resume`"
+        )
+
     def metrics(self, prepared: Prepared, loop: Loop, finished: bool) -> dict[str, Any]:
         c, data = prepared.config, prepared.data
         history = [r.to_dict() for r in loop.history]
@@ -723,8 +751,11 @@ def _check_resumable(
             f"{len(stored.get('classes') or [])} classes); resume with the options it was started "
             "with, or start again with --overwrite"
         )
-    made_with, now = stored.get("config", {}), resolved_values(config)
     meta = declarations()
+    now, recorded = resolved_values(config), stored.get("config", {})
+    # an option newer than the checkpoint had its default when the checkpoint was made
+    newer = {n: meta[n].default for n in now if n not in recorded and meta[n].default is not dataclasses.MISSING}
+    made_with = {**newer, **recorded}
     changed = [
         name
         for name in set(made_with) | set(now)

@@ -5,7 +5,7 @@ loader workers, images held on the device, or a linear probe's cached features."
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -40,6 +40,7 @@ class Datasets:
     pool: folders.Samples | None = None  # --folds: every training image, in order (the folds' union)
     train_index: list[int] | None = None  # --folds: positions of `train` in `pool`
     val_index: list[int] | None = None  # --folds: positions of `val` in `pool`
+    warnings: list[str] = field(default_factory=list)  # about the data, shown when the run starts
 
 
 def is_demo(config: FinetuneConfig) -> bool:
@@ -164,7 +165,11 @@ def _from_label_file(config: FinetuneConfig) -> Datasets:
     else:
         train, val = _split(train, config)
         where = f"{file}, {config.held_out_fraction:.0%} held out" if val else str(file)
-    return _datasets(train, val, classes, where, config)
+    data = _datasets(train, val, classes, where, config)
+    warning = label_files.delimiter_warning(rows, file, config.label_delimiter) if config.multi_label else None
+    if warning:
+        data.warnings.append(warning)
+    return data
 
 
 def _split(samples, config):
@@ -265,11 +270,15 @@ class FeedMaker:
                 order=order,
                 min_scale=c.crop_scale,
                 hflip=c.hflip,
+                vflip=c.vflip,
+                rot90=c.rot90,
                 workers=self.workers,
                 channels_last=channels_last,
                 seed=c.seed + seed_offset,
             )
-        tf = TrainTransform(self.norm, min_scale=c.crop_scale, hflip=c.hflip, recipe=self.recipe)
+        tf = TrainTransform(
+            self.norm, min_scale=c.crop_scale, hflip=c.hflip, recipe=self.recipe, vflip=c.vflip, rot90=c.rot90
+        )
         return LoaderBatches(
             dataset.with_transform(tf),
             batch_size=c.batch_size,

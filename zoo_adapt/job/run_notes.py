@@ -45,6 +45,8 @@ def recipes_line(c: FinetuneConfig) -> str:
     """The training recipes switched on, in one line."""
     parts = [describe(c.augment, c.color_jitter, c.random_erase, c.mixup, c.cutmix)]
     parts += [f"EMA of the weights (decay {c.ema:g})"] if c.ema else []
+    parts += ["random vertical flips"] if c.vflip else []
+    parts += ["random quarter turns"] if c.rot90 else []
     parts += (
         [
             f"gradient accumulation over {c.accumulate} batches (effective batch "

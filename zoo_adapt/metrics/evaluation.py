@@ -24,14 +24,22 @@ from zoo_adapt.progress import track
 TTA_ZOOM = 1.15
 
 
-def tta_views(x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True) -> list[torch.Tensor]:
-    """The batch, zoomed in by `zoom` (centre crop), and the horizontal flips of both
-    (unless the model was trained without flips: mirrored digits are other digits)."""
+def tta_views(
+    x: torch.Tensor, zoom: float = TTA_ZOOM, flip: bool = True, vflip: bool = False, rot90: bool = False
+) -> list[torch.Tensor]:
+    """The batch and its zoom by `zoom` (centre crop), each with the symmetries the model
+    was trained with: its horizontal flip (unless trained without: mirrored digits are
+    other digits), vertical flip (`vflip`) and rotations by 90, 180 and 270 degrees
+    (`rot90`, square images)."""
     h, w = x.shape[-2:]
     big = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False, antialias=False)
     top, left = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
     zoomed = big[..., top : top + h, left : left + w]
-    return [x, x.flip(-1), zoomed, zoomed.flip(-1)] if flip else [x, zoomed]
+    views = []
+    for view in (x, zoomed):
+        views += [view] + [view.flip(-1)] * flip + [view.flip(-2)] * vflip
+        views += [torch.rot90(view, k, dims=(-2, -1)) for k in (1, 2, 3)] if rot90 else []
+    return views
 
 
 def predict_proba(
@@ -42,12 +50,14 @@ def predict_proba(
     flip: bool = True,
     multi_label: bool = False,
     temperature: float = 1.0,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> torch.Tensor:
     """Class probabilities: softmax of the logits divided by `temperature` (the
     calibration stored in an export; a sigmoid per class when `multi_label`), averaged
     over the TTA views if asked. `autocast`: a context factory (the loop's), or True for
     bf16 autocast."""
-    return predict_log_proba(model, x, tta, autocast, flip, multi_label, temperature).exp()
+    return predict_log_proba(model, x, tta, autocast, flip, multi_label, temperature, vflip, rot90).exp()
 
 
 def predict_log_proba(
@@ -58,10 +68,12 @@ def predict_log_proba(
     flip: bool = True,
     multi_label: bool = False,
     temperature: float = 1.0,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> torch.Tensor:
     """The log of `predict_proba`, exact without TTA (log-softmax of the logits, so a
     confident model's small probabilities keep their size for calibration)."""
-    views = tta_views(x, flip=flip) if tta else [x]
+    views = tta_views(x, flip=flip, vflip=vflip, rot90=rot90) if tta else [x]
     with torch.no_grad(), _autocast(autocast, x.device):
         logits = [model(v).float() / temperature for v in views]
     if multi_label:
@@ -196,6 +208,8 @@ def evaluate(
     intervals: bool = False,
     keep_scores: bool = False,
     sharded: bool = True,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> Evaluation:
     """Score `model` over (images, labels) batches already on the model's device;
     `progress`: a name to show progress under (long evaluations). `multi_label`: 0/1
@@ -214,7 +228,7 @@ def evaluate(
 
     total = len(batches) if isinstance(batches, Sized) else 0
     for x, y in track(batches, total, progress or "", count=lambda b: len(b[1]), enabled=bool(progress and total)):
-        log_probs = predict_log_proba(model, x, tta, autocast, flip, multi_label, temperature)
+        log_probs = predict_log_proba(model, x, tta, autocast, flip, multi_label, temperature, vflip, rot90)
         if tally is None:
             device = log_probs.device
             tally = make()

@@ -113,7 +113,11 @@ def _live_head(model: nn.Module, backbone: Backbone) -> Head:
 
 
 def create_model(
-    name: str | Entry, num_classes: int | None = None, pretrained: bool = True, weights: str | Path | None = None
+    name: str | Entry,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    drop_path: float | None = None,
 ) -> nn.Module:
     """The plain upstream nn.Module (a torchvision or timm model), head swapped to
     `num_classes` outputs when given.
@@ -123,8 +127,13 @@ def create_model(
     A file whose head has another number of classes (a zoo-adapt export, say) sets
     the number of classes unless `num_classes` is given, in which case only its body
     is used. The result carries its description as ``model.zoo_adapt``.
+
+    `drop_path`: the rate of stochastic depth (timm's ``drop_path_rate``, handed to the
+    plugin in the entry's options); a model built without drop-path layers is an error.
     """
     entry = resolve(name) if isinstance(name, str) else name
+    if drop_path:
+        entry = dataclasses.replace(entry, extra={**entry.extra, "drop_path_rate": float(drop_path)})
     file = None
     if weights is not None:
         if looks_like_path(str(weights)):
@@ -144,6 +153,11 @@ def create_model(
             f"plugin {plugin!r} built {type(model).__name__} for {entry.name!r}, not a torch.nn.Module",
             plugin,
             "build_backbone",
+        )
+    if drop_path and not any(getattr(m, "drop_prob", 0) > 0 for m in model.modules()):
+        raise ZooAdaptError(
+            f"--drop-path: {entry.name} ({type(model).__name__}, plugin {plugin!r}) has no drop-path layers; "
+            "timm's models take a drop-path rate (timm/NAME, vit_*, efficientnet_lite0), torchvision's do not"
         )
     backbone = describe(entry, model)
     initial = str(file) if file else (entry.weights or "default") if pretrained else None
@@ -166,6 +180,20 @@ def create_model(
     if state is not None and file is not None:
         _load(model, state, file)
     return model
+
+
+def grad_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass instead of keeping them (timm's
+    `set_grad_checkpointing`): less memory for a slower step. An error for a model
+    without it."""
+    switch = getattr(model, "set_grad_checkpointing", None)
+    if not callable(switch):
+        name = backbone_of(model).name
+        raise ZooAdaptError(
+            f"--grad-checkpointing: {name} ({type(model).__name__}) has no set_grad_checkpointing; "
+            "timm's models have it (timm/NAME, vit_*, efficientnet_lite0)"
+        )
+    switch(True)
 
 
 def _fit_state_dict(model: nn.Module, entry: Entry, state: dict, file: Path) -> dict:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from zoo_adapt.model.layers import group_parameters
-from zoo_adapt.model.recipes import OPTIMIZERS, choose, layer_lrs
+from zoo_adapt.model.recipes import (
+    OPTIMIZERS,
+    TIMM_SCHEDULES,
+    choose,
+    layer_lrs,
+    schedule_factor,
+    warmup_steps,
+)
 
 
 def _no_decay(model: nn.Module) -> set[str]:
@@ -56,8 +66,44 @@ def param_groups(
 
 
 def make_optimizer(groups: list[dict], name: str = "adamw", momentum: float = 0.9, fused: bool = False):
-    """AdamW or SGD over `groups`; `fused` (CUDA only) runs each step as one kernel."""
+    """timm's optimizer `name` (timm.optim.create_optimizer_v2) over `groups`, each group
+    keeping its rate, weight decay and names; `fused` (CUDA only) runs AdamW's and SGD's
+    step as one kernel. `sgd` is Nesterov SGD, plain SGD with momentum 0."""
     choose("optimizer", name, OPTIMIZERS)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, fused=fused or None)
-    return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0, fused=fused or None)
+    from timm.optim import create_optimizer_v2  # timm is imported when a run builds its model
+
+    if name == "sgd" and momentum == 0:
+        name = "momentum"  # timm's plain SGD (its "sgd" is Nesterov's, which needs a momentum)
+    extra: dict[str, Any] = {"fused": True} if fused and name in ("adamw", "sgd", "momentum") else {}
+    # the first group's rate as the default: optimizers that choose their own rate without one
+    # (Adafactor) follow the groups' rates instead
+    return create_optimizer_v2(groups, name, lr=groups[0]["lr"] if groups else None, momentum=momentum, **extra)
+
+
+@functools.lru_cache(maxsize=32)
+def _timm_shape(schedule: str, steps: int):
+    """timm's scheduler of `schedule` over a stage of `steps` steps at rate 1, on a
+    stand-in optimizer: its rate at step t is the stage's multiplier."""
+    from timm.scheduler import PolyLRScheduler, StepLRScheduler, TanhLRScheduler
+
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    steps = max(1, steps)
+    if schedule == "step":
+        return StepLRScheduler(stand_in, decay_t=max(1, math.ceil(steps / 3)), decay_rate=0.1, t_in_epochs=False)
+    if schedule == "poly":
+        return PolyLRScheduler(stand_in, t_initial=steps, power=0.5, t_in_epochs=False)
+    return TanhLRScheduler(stand_in, t_initial=steps, t_in_epochs=False)
+
+
+def schedule_shape(schedule: str, step: int, steps: int, warmup: float, progress: float) -> float:
+    """`recipes.schedule_factor`, with timm's schedules (recipes.TIMM_SCHEDULES) after
+    zoo-adapt's own linear warm-up; pass it to `recipes.stage_schedule`, which restarts
+    it with each stage."""
+    if schedule not in TIMM_SCHEDULES:
+        return schedule_factor(schedule, step, steps, warmup, progress)
+    warm = warmup_steps(warmup, steps)
+    if step < warm:
+        return schedule_factor("constant", step, steps, warmup, progress)
+    scheduler = _timm_shape(schedule, steps - warm)
+    scheduler.step_update(step - warm)
+    return float(scheduler.optimizer.param_groups[0]["lr"])

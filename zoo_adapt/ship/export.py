@@ -38,6 +38,8 @@ class ModelCard:
     normalization: Normalization  # input_size is the size the model was fine-tuned at
     head: str
     hflip: bool = True  # trained with horizontal flips, so TTA may flip too
+    vflip: bool = False  # trained with vertical flips (--vflip): TTA flips vertically too
+    rot90: bool = False  # trained with 90-degree rotations (--rot90): TTA rotates too
     multi_label: bool = False  # a sigmoid per class: every class above its threshold applies
     thresholds: list[float] | None = None  # multi-label: per class, chosen on validation (else 0.5)
     temperature: float = 1.0  # the logits are divided by it before the softmax (calibration; 1: none)
@@ -158,6 +160,8 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
         norm,
         head,
         hflip=field("hflip", "true or false", lambda v: isinstance(v, bool), default=True),
+        vflip=field("vflip", "true or false", lambda v: isinstance(v, bool), default=False),
+        rot90=field("rot90", "true or false", lambda v: isinstance(v, bool), default=False),
         multi_label=field("multi_label", "true or false", lambda v: isinstance(v, bool), default=False),
         temperature=field(
             "temperature",

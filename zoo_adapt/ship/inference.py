@@ -107,6 +107,8 @@ def evaluate_images(
         tta=tta,
         autocast=dev.type == "cuda",
         flip=card.hflip,
+        vflip=card.vflip,
+        rot90=card.rot90,
         progress="evaluating",
         multi_label=card.multi_label,
         thresholds=card.thresholds,
@@ -150,12 +152,16 @@ def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     out: list[tuple[Path, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
+            unreadable: list[tuple[Path, str]] = []  # entries that cannot be looked at (a link to itself)
             try:
-                found = image_files(p, report=True)
+                found = image_files(p, report=True, unreadable=unreadable)
             except ZooAdaptError as e:
                 out.append((p, str(e)))
                 continue
-            out += [(f, None) for f in found] or [(p, f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")]
+            if not found and not unreadable:
+                out.append((p, f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"))
+            entries: list[tuple[Path, str | None]] = [(f, None) for f in found] + [(f, why) for f, why in unreadable]
+            out += sorted(entries, key=lambda entry: entry[0])
         elif p.is_file():
             out.append((p, None))
         elif p.exists():
@@ -234,6 +240,8 @@ def _predicted_batches(model, card, entries, batch_size, k, tta, dev, pool, deco
                 flip=card.hflip,
                 multi_label=card.multi_label,
                 temperature=card.temperature,
+                vflip=card.vflip,
+                rot90=card.rot90,
             )
             values, indices = probs.topk(k, -1)
             for pred, v, i in zip(kept, values.tolist(), indices.tolist()):

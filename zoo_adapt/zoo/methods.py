@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 from zoo_adapt.zoo.claims import settle
 from zoo_adapt.zoo.options import Option, closest
 from zoo_adapt.zoo.plugins import report
@@ -75,7 +75,7 @@ def method_info(name: str) -> MethodInfo:
     settled = _settled()
     return settled.get(
         name,
-        f"unknown adaptation method {name!r}; installed: "
+        f"unknown adaptation method {quote(name)}; installed: "
         f"{', '.join(settled.winners) or 'none'} (see `zoo-adapt methods`)",
     )
 
@@ -90,7 +90,7 @@ def resolve_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
         if key not in declared:
             have = f"its options: {', '.join(declared)}" if declared else "it has no options"
             raise ZooAdaptError(
-                f"adaptation method {name!r} has no option {key!r}{closest(key, declared)}; "
+                f"adaptation method {name!r} has no option {quote(key)}{closest(key, declared)}; "
                 f"{have} (zoo-adapt methods {name})"
             )
     return {

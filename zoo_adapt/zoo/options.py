@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import builtins
 import difflib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 
 WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", dict: "a table of KEY = VALUE"}
 KINDS = (bool, int, float, str)
@@ -45,17 +46,19 @@ def check(
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ZooAdaptError(f"{label} must be {WORDS.get(kind, kind.__name__)}, not {value!r}")
+        raise ZooAdaptError(f"{label} must be {WORDS.get(kind, kind.__name__)}, not {quote(value)}")
+    if kind is float and not math.isfinite(value):  # nan passes every comparison, inf every lower bound
+        raise ZooAdaptError(f"{label} must be a finite number, not {value}")
     if kind is str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ZooAdaptError(
-                f"{label}: {value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; "
+                f"{label}: {quote(value.encode('utf-8', 'surrogateescape'))} is not valid UTF-8; "
                 "rename it (zoo-adapt writes every option to config.toml)"
             ) from None
     if choices and value not in choices:
-        raise ZooAdaptError(f"{label} must be one of {', '.join(map(str, choices))}, not {value!r}")
+        raise ZooAdaptError(f"{label} must be one of {', '.join(map(str, choices))}, not {quote(value)}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ZooAdaptError(f"{label} must be {'greater than' if low_open else 'at least'} {low}, not {value}")
     if high is not None and (value > high or (high_open and value == high)):

@@ -29,6 +29,7 @@ import pluggy
 
 from zoo_adapt.errors import PluginError, ZooAdaptWarning, environment_problem, first_line
 from zoo_adapt.zoo import hookspecs
+from zoo_adapt.zoo.options import closest
 
 ENTRY_POINT_GROUP = "zoo_adapt"
 DISABLE_VAR = "ZOO_ADAPT_DISABLE_PLUGINS"
@@ -87,6 +88,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
             _pm = None
             _infos.clear()
             raise
+        _check_names(_disabled_by_environment(), f"${DISABLE_VAR}")
+        _check_names(_blocked_here, "--disable-plugin")
     while _pending:
         _load(_pm, _entry_points[_pending.pop(0)])
     return _pm
@@ -94,6 +97,15 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def _disabled_by_environment() -> list[str]:
     return [n.strip() for n in os.environ.get(DISABLE_VAR, "").split(",") if n.strip()]
+
+
+def _check_names(names: Iterable[str], where: str) -> None:
+    """A name given to disable that no plugin has disables nothing: say so, once, with
+    the closest plugin name."""
+    known = set(_entry_points) | set(_infos)
+    for name in dict.fromkeys(names):
+        if name not in known:
+            report(f"{where} {name}: no plugin of that name is installed{closest(name, sorted(known))}")
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
@@ -155,7 +167,7 @@ def _load(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
     start = time.perf_counter()
     try:
         obj = ep.load()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a plugin must not end every command
         return _broken(info, f"failed to import: {environment_problem(e) or first_line(e)}")
     took = time.perf_counter() - start
     if took > SLOW_IMPORT_S:
@@ -260,9 +272,8 @@ def disabled(names: Iterable[str]) -> Iterator[None]:
     if not names:
         yield
         return
-    unknown = [n for n in names if _pm and n not in _infos]
-    for n in unknown:
-        report(f"--disable-plugin {n}: no plugin of that name is installed")
+    if _pm is not None:
+        _check_names(names, "--disable-plugin")
     for n in names:
         _report_shadowed(n, blocked=True)
     kept: dict[str, tuple[Any, PluginInfo]] = {}

@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 from zoo_adapt.zoo import plugins
 from zoo_adapt.zoo.backbone import Entry
 from zoo_adapt.zoo.claims import Claim, settle
@@ -193,5 +193,5 @@ def resolve(name: str) -> Entry:
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     if sep and plugin not in plugin_names():
-        hint = f" No plugin named {plugin!r} is installed (see `zoo-adapt plugins`).{hint}"
-    raise ZooAdaptError(f"unknown backbone {name!r}.{hint} Run `zoo-adapt list` to see them all.")
+        hint = f" No plugin named {quote(plugin)} is installed (see `zoo-adapt plugins`).{hint}"
+    raise ZooAdaptError(f"unknown backbone {quote(name)}.{hint} Run `zoo-adapt list` to see them all.")

@@ -54,7 +54,7 @@ def ask(entry: Entry, hook: str, **kwargs: Any) -> tuple[str, Any]:
         return plugin, caller(entry=entry, **kwargs)
     except ZooAdaptError:  # a plugin's own message for the user
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         problem = environment_problem(e)  # torch/torchvision that cannot work here: not the plugin's fault
         if problem:
             raise ZooAdaptError(problem) from e
@@ -72,7 +72,7 @@ def each(hook: str, kwargs_for: Callable[[str], dict[str, Any]]) -> list[str]:
         caller = _only(hook, name)
         try:
             caller(**kwargs_for(name))
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             detail = str(e) if isinstance(e, ZooAdaptError) else first_line(e)
             mark_broken(name, f"{hook} raised {detail}")
         else:
@@ -136,7 +136,7 @@ def build(plugin: str, what: str, factory: Callable[..., Any], expected: type, *
         made = factory(**kwargs)
     except ZooAdaptError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         problem = environment_problem(e)
         if problem:
             raise ZooAdaptError(problem) from e

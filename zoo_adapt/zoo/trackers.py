@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.errors import ZooAdaptError, quote
 from zoo_adapt.zoo.claims import settle
 from zoo_adapt.zoo.plugins import report, require
 from zoo_adapt.zoo.routing import build, registrations
@@ -52,7 +52,7 @@ def _tracker(
 ) -> tuple[str, TrackerInfo, bool]:
     """One call of a plugin's `register(...)` in register_trackers."""
     if not isinstance(name, str) or not name.strip():
-        raise ZooAdaptError(f"tracker names are non-empty texts, not {name!r}")
+        raise ZooAdaptError(f"tracker names are non-empty texts, not {quote(name)}")
     if not callable(factory):
         raise ZooAdaptError(f"tracker {name!r}: the factory must be callable, not {type(factory).__name__}")
     requires = (requires,) if isinstance(requires, str) else tuple(requires)
