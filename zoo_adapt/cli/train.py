@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -22,42 +23,61 @@ def register(cli: click.Group) -> None:
         cli.add_command(command)
 
 
-def _config_options(fn):
+def config_options(skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None):
     """One click option per FinetuneConfig field, from its declaration (type, help,
-    default shown); values are checked by the config reader, the same way as a file's."""
-    for name, field in reversed(list(declarations().items())):
-        if name == "adapt_options":
-            continue  # --adapt-option KEY=VALUE, below
-        meta, (kind, _) = field.metadata, value_type(name)
-        flag = "--" + name.replace("_", "-")
-        default, show = field.default, field.default is not None
-        if kind is list:
-            fn = click.option(
-                flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"] + " [repeatable]"
-            )(fn)
-        elif kind is bool:
-            single = name in ("resume", "select_with_target_labels")
-            decl = flag if single else f"{flag}/--no-{flag[2:]}"
-            fn = click.option(
-                decl,
-                *meta["flags"],
-                name,
-                is_flag=single or None,
-                default=default,
-                show_default=show and not single,
-                help=meta["help"],
-            )(fn)
-        else:
-            fn = click.option(
-                flag,
-                *meta["flags"],
-                name,
-                type=_NumberOrWord(kind, meta["words"]) if meta["words"] else kind,
-                default=default,
-                show_default=show,
-                help=meta["help"],
-            )(fn)
-    return fn
+    default shown); values are checked by the config reader, the same way as a file's.
+    `skip`: fields another command does not take; `defaults`: the defaults it shows
+    instead (it applies them itself)."""
+
+    def decorate(fn):
+        for name, field in reversed(list(declarations().items())):
+            if name == "adapt_options" or name in skip:
+                continue  # --adapt-option KEY=VALUE, below
+            meta, (kind, _) = field.metadata, value_type(name)
+            flag = "--" + name.replace("_", "-")
+            default = (defaults or {}).get(name, field.default)
+            show = default is not None
+            if kind is list:
+                fn = click.option(
+                    flag, *meta["flags"], name, multiple=True, metavar="NAME", help=meta["help"] + " [repeatable]"
+                )(fn)
+            elif kind is bool:
+                single = name in ("resume", "select_with_target_labels")
+                decl = flag if single else f"{flag}/--no-{flag[2:]}"
+                fn = click.option(
+                    decl,
+                    *meta["flags"],
+                    name,
+                    is_flag=single or None,
+                    default=default,
+                    show_default=show and not single,
+                    help=meta["help"],
+                )(fn)
+            else:
+                fn = click.option(
+                    flag,
+                    *meta["flags"],
+                    name,
+                    type=_NumberOrWord(kind, meta["words"]) if meta["words"] else kind,
+                    default=default,
+                    show_default=show,
+                    help=meta["help"],
+                )(fn)
+        return fn
+
+    return decorate
+
+
+_config_options = config_options()
+
+
+def given_options(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user typed (or set in the environment), not click's defaults."""
+    return {
+        k: v
+        for k, v in options.items()
+        if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
 
 
 class _NumberOrWord(click.ParamType):
