@@ -52,7 +52,7 @@ from zoo_adapt.errors import ZooAdaptError, debugging, first_line
 from zoo_adapt.files import write_text
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.inputs import Datasets, is_demo, load_datasets
-from zoo_adapt.job.rank_options import Candidate, RankOptions, candidates, nothing_offline
+from zoo_adapt.job.rank_options import Candidate, RankOptions, candidates, offline_hint
 from zoo_adapt.metrics.transferability import knn_accuracy, knn_k, logme, wilson_interval
 from zoo_adapt.model.build import create_model, head_of, swap_head
 from zoo_adapt.model.optim import make_optimizer, param_groups
@@ -284,8 +284,8 @@ def rank_with(config: FinetuneConfig, options: RankOptions, log: Log | None, out
         paths = write_ranking(ranking, out)
         say(f"ranking in {', '.join(str(p) for p in paths)}")
     if recommended is None:
-        reasons = "; ".join(f"{r.label}: {r.error}" for r in rows)
-        raise ZooAdaptError(f"nothing could be ranked ({reasons}); {nothing_offline(options)}")
+        reasons = "; ".join(f"{r.label}: {(r.error or '').split('. ')[0]}" for r in rows)
+        raise ZooAdaptError(f"nothing could be ranked ({reasons}); {offline_hint()}")
     return ranking
 
 

