@@ -15,7 +15,7 @@ from zoo_adapt.job.config import declarations as finetune_declarations
 from zoo_adapt.job.rank_options import RankOptions
 from zoo_adapt.job.rank_options import declarations as rank_declarations
 
-OUT = "runs/rank"
+OUT = "runs/rank"  # as zoo_adapt.job.rank.DEFAULT_OUT (not imported here: it needs torch)
 # finetune's options rank does not take: the backbone is what it chooses; it ranks on
 # labelled images only (no domain adaptation) and has nothing to resume.
 NOT_FOR_RANK = (

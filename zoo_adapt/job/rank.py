@@ -50,7 +50,7 @@ from zoo_adapt.engine.runtime import Runtime
 from zoo_adapt.engine.tasks import SingleLabel
 from zoo_adapt.errors import ZooAdaptError, debugging, first_line
 from zoo_adapt.files import write_text
-from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.config import FinetuneConfig, declarations
 from zoo_adapt.job.inputs import Datasets, is_demo, load_datasets
 from zoo_adapt.job.rank_options import Candidate, RankOptions, candidates, offline_hint
 from zoo_adapt.metrics.transferability import knn_accuracy, knn_k, logme, wilson_interval
@@ -65,7 +65,7 @@ from zoo_adapt.zoo.plugins import report
 from zoo_adapt.zoo.rank_scores import ScoreInfo, transferability_scores
 
 Log = Callable[[str], None]
-RANK_FILES = ("rank.json", "rank.csv", "rank.png")
+DEFAULT_OUT = "runs/rank"
 RULE = (
     "the pretrained backbones whose probe accuracy is within one standard error of the best one's are tied; "
     "of those the highest LogME wins, then the fewer parameters (LogME alone without probe accuracies)"
@@ -223,14 +223,18 @@ def rank(
     max_params: float | None = None,
     include_random: bool = False,
     log: Log | None = print,
+    out: str | Path | None = None,
     write: bool = True,
 ) -> Ranking:
     """Rank `backbones` (default: every registry entry whose weights are here without a
     download) on the images `config` names, at the size its fine-tune would use, on its
     device; the probe trains as its linear-probe would. With `write`, rank.json,
-    rank.csv and rank.png go to `config.out`. Returns the leaderboard."""
+    rank.csv and rank.png go to `out` (default: `config.out`, or runs/rank where that is
+    finetune's default). Returns the leaderboard; raises ZooAdaptError when nothing
+    could be ranked."""
     options = RankOptions(list(backbones or []), max_params, include_random).check()
-    return rank_with(config, options, log, Path(config.out) if write else None)
+    folder = Path(out or (config.out if config.out != declarations()["out"].default else DEFAULT_OUT))
+    return rank_with(config, options, log, folder if write else None)
 
 
 def rank_with(config: FinetuneConfig, options: RankOptions, log: Log | None, out: Path | None) -> Ranking:
@@ -468,7 +472,8 @@ def probe(
         classes=classes,
         plan=plan,
         optimizer=optimizer,
-        schedule=stage_schedule(plan, len(train), c.schedule, c.warmup),
+        schedule=stage_schedule(plan, -(-len(train) // c.accumulate), c.schedule, c.warmup),
+        accumulate=c.accumulate,
         task=SingleLabel(c.label_smoothing, class_weights),
         seed=c.seed,
         bn="frozen",
