@@ -238,6 +238,8 @@ def rank(
 
 
 def rank_with(config: FinetuneConfig, options: RankOptions, log: Log | None, out: Path | None) -> Ranking:
+    """`rank` with its options checked; `out` None writes nothing (--backbone auto: the
+    run folder keeps rank.json)."""
     say: Log = log or (lambda s: None)
     config = _checked(config)
     rows_to_rank, notes = candidates(options)
@@ -245,8 +247,8 @@ def rank_with(config: FinetuneConfig, options: RankOptions, log: Log | None, out
     device = resolve_device(config.device)
     prepare_device(device)
     data = load_datasets(config)
-    counts = _check_counts(data, config)
-    extra = [s for s in transferability_scores().values()]
+    counts = _check_counts(data)
+    extra = list(transferability_scores().values())
     num_val = len(data.val) if data.val is not None else 0
     if config.multi_label:
         notes.append(
@@ -302,7 +304,7 @@ def _checked(config: FinetuneConfig) -> FinetuneConfig:
     return config
 
 
-def _check_counts(data: Datasets, config: FinetuneConfig) -> list[int]:
+def _check_counts(data: Datasets) -> list[int]:
     """Training images per class; LogME (and kNN) need at least two of every class."""
     counts = class_counts(dataset_labels(data.train), len(data.classes))
     few = [(name, n) for name, n in zip(data.classes, counts) if n < 2]
@@ -311,7 +313,7 @@ def _check_counts(data: Datasets, config: FinetuneConfig) -> list[int]:
         more = f" and {len(few) - 1} more" if len(few) > 1 else ""
         raise ZooAdaptError(
             f"ranking needs at least two training images per class (LogME fits each class against the rest); "
-            f"class {name!r}{more} has {n}: add images{', or lower --val-split' if data.val is not None else ''}"
+            f"class {name!r}{more} has {n}: add images{', or lower --val-split' if 'held out' in data.where else ''}"
         )
     return counts
 
@@ -393,7 +395,7 @@ def _score(
         right = round(row.probe_accuracy * len(val_labels))
         row.probe_interval = wilson_interval(right, len(val_labels))
     for score in extra:
-        row.scores[score.name] = _plugin_score(score, row, features, c.multi_label)
+        row.scores[score.name] = _plugin_score(score, row, features)
 
 
 def _features(
@@ -487,7 +489,9 @@ def probe(
     return accuracy
 
 
-def _plugin_score(score: ScoreInfo, row: Row, features: Features, multi_label: bool) -> float | None:
+def _plugin_score(score: ScoreInfo, row: Row, features: Features) -> float | None:
+    """A plugin's score of one backbone's features; a failure is reported once, as one
+    line, and leaves the cell empty."""
     if features.val is None and score.needs_validation:
         return None
     val = features.val.cpu().numpy() if features.val is not None else None
