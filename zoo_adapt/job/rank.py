@@ -394,7 +394,7 @@ def _score(
         row.probe_accuracy = probe(model, c, features, data.classes, counts, device)
         right = round(row.probe_accuracy * len(val_labels))
         row.probe_interval = wilson_interval(right, len(val_labels))
-    for score in extra:
+    for score in extra if not c.multi_label else ():  # plugins' scores take class indices
         row.scores[score.name] = _plugin_score(score, row, features)
 
 

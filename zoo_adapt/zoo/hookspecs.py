@@ -144,7 +144,7 @@ def register_transferability_scores(register):
     backbone's cached features as numpy arrays (float32 N x D; int64 class indices;
     the validation pair None when there are no validation images, in which case a
     score registered with ``needs_validation=True`` is skipped) and returns a number,
-    higher meaning a better fit. It becomes a column of the leaderboard and of
+    higher meaning a better fit (it is not asked on multi-label data). It becomes a column of the leaderboard and of
     rank.json's rows; the recommendation rule does not read it. The name must be an
     identifier and not a built-in column (logme, probe_accuracy, knn_accuracy); a name
     another plugin uses is a collision unless you pass ``override=True``. Must not

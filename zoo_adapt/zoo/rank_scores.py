@@ -6,7 +6,8 @@ override=True; the built-in columns' names are reserved.
 A score is a function of one backbone's cached features, called after the built-in
 scores: ``score(train_features, train_labels, val_features, val_labels) -> float``
 (numpy arrays: float32 N x D features, int64 class indices; the validation arrays are
-None when the data has no validation images). Higher is better. Its value is one more
+None when the data has no validation images). Higher is better. Multi-label data is
+scored by LogME alone, so plugins' scores are not asked there. Its value is one more
 column of the leaderboard and of rank.json's rows (`scores`); the recommendation rule
 does not read it."""
 
