@@ -102,13 +102,6 @@ class Row:
         d["probe_interval"] = list(self.probe_interval) if self.probe_interval else None
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Row:
-        names = {f.name for f in dataclasses.fields(cls)}
-        row = cls(**{k: v for k, v in d.items() if k in names})
-        row.probe_interval = tuple(row.probe_interval) if row.probe_interval else None  # type: ignore[assignment]
-        return row
-
 
 @dataclass
 class Ranking:
