@@ -134,7 +134,9 @@ def tau_text(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["photos", "digits"], choices=["photos", "digits"])
+    parser.add_argument(
+        "--tasks", nargs="*", default=["photos", "digits"], choices=["photos", "digits"], help="none: the speed check"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every candidate")
     parser.add_argument("--photo-size", type=int, default=96)
     parser.add_argument("--digit-size", type=int, default=64)
@@ -142,30 +144,33 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--no-speed-check", action="store_true")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
         results = [run_task(task, root, args) for task in args.tasks]
         speed = None if args.no_speed_check else speed_check(root)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{os.environ.get('OMP_NUM_THREADS', 'default')}, load {os.getloadavg()[0]:.1f} at the end"
+        f"{os.environ.get('OMP_NUM_THREADS', 'default')}, load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end"
     )
-    print(
-        "\n| task | Kendall tau, six (pretrained three): LogME | probe | kNN | recommended | fine-tuned best "
-        "| pick | ranking | fine-tuning all six | ratio |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in results:
-        taus = [f"{tau_text(a)} ({tau_text(b)})" for a, b in r["taus"].values()]
-        pick = "the best" if r["hit"] else ("within noise" if r["within_noise"] else "MISSED")
+    if results:
         print(
-            f"| {r['task']} | {' | '.join(taus)} | {r['recommended']} {r['recommended_accuracy']:.1%} "
-            f"| {r['best']} {r['best_accuracy']:.1%} | {pick} | {r['rank_seconds']:.0f} s "
-            f"| {r['finetune_seconds']:.0f} s | {r['rank_seconds'] / r['finetune_seconds']:.3f} |"
+            "\n| task | Kendall tau, six (pretrained three): LogME | probe | kNN | recommended | fine-tuned best "
+            "| pick | ranking | fine-tuning all six | ratio |"
         )
-    hits = sum(r["hit"] for r in results)
-    within = sum(r["within_noise"] for r in results)
-    print(f"\nrecommendation: the fine-tuned best on {hits} of {len(results)} tasks, within noise on {within}")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in results:
+            taus = [f"{tau_text(a)} ({tau_text(b)})" for a, b in r["taus"].values()]
+            pick = "the best" if r["hit"] else ("within noise" if r["within_noise"] else "MISSED")
+            print(
+                f"| {r['task']} | {' | '.join(taus)} | {r['recommended']} {r['recommended_accuracy']:.1%} "
+                f"| {r['best']} {r['best_accuracy']:.1%} | {pick} | {r['rank_seconds']:.0f} s "
+                f"| {r['finetune_seconds']:.0f} s | {r['rank_seconds'] / r['finetune_seconds']:.3f} |"
+            )
+        hits = sum(r["hit"] for r in results)
+        within = sum(r["within_noise"] for r in results)
+        print(f"\nrecommendation: the fine-tuned best on {hits} of {len(results)} tasks, within noise on {within}")
     if speed:
         ratio = speed["rank_seconds"] / speed["finetune_seconds"]
         print(
