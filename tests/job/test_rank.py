@@ -298,6 +298,9 @@ def test_bad_rank_options_are_one_line(run_cli, tmp_path):
     assert "--finetune-top must be at least 0" in error_line(run_cli("rank", "--finetune-top", "-1"))
     bad = error_line(run_cli("finetune", "--rank-from", tmp_path / "rank.json", "--out", tmp_path / "o"))
     assert "--rank-from chooses the backbone: it needs --backbone auto" in bad
+    assert "lr-find needs a backbone name, not auto" in error_line(run_cli("lr-find", "--backbone", "auto"))
+    pretrained_only = run_cli("finetune", "--backbone", "auto", "--no-pretrained", "--out", tmp_path / "o")
+    assert "--backbone auto ranks the zoo's pretrained backbones" in error_line(pretrained_only)
     missing = run_cli("finetune", "--backbone", "auto", "--rank-from", tmp_path / "none.json", "--out", tmp_path / "o")
     assert "--rank-from" in error_line(missing) and "no such file" in error_line(missing)
     (tmp_path / "bad.json").write_text('{"rows": []}')
