@@ -44,6 +44,9 @@ _LAZY = {
     "finetune": "job.finetune",
     "lr_find": "job.finetune",
     "FinetuneResult": "job.finetune",
+    "rank": "job.rank",
+    "Ranking": "job.rank",
+    "finetune_best": "job.shortlist",
     "Loop": "engine.loop",
     "Callback": "engine.callbacks",
     # using and shipping a model

@@ -322,3 +322,31 @@ def plot_lr_curve(curve, path: Path, title: str = "") -> Path:
     ax.set_title(title or "learning-rate finder")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_ranking(rows: list[dict[str, Any]], recommended: tuple[str, bool] | None, path: Path) -> Path:
+    """Each ranked backbone's score against its cost (seconds to extract and score its
+    features): probe accuracy with its 95% interval where there is one, else LogME;
+    random-init bodies hollow, the recommendation (name, pretrained) starred."""
+    plt = pyplot()
+    ranked = [r for r in rows if r.get("error") is None]
+    probe = all(r.get("probe_accuracy") is not None for r in ranked)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in ranked:
+        y = r["probe_accuracy"] if probe else r["logme"]
+        colour = "tab:blue" if r["pretrained"] else "tab:grey"
+        if probe and r.get("probe_interval"):
+            low, high = r["probe_interval"]
+            ax.errorbar(r["seconds"], y, yerr=[[y - low], [high - y]], color=colour, capsize=3, alpha=0.6)
+        ax.plot(r["seconds"], y, "o", color=colour, markerfacecolor=colour if r["pretrained"] else "white")
+        if (r["backbone"], r["pretrained"]) == recommended:
+            ax.plot(r["seconds"], y, "*", color="tab:red", markersize=18, label="recommended")
+        name = r["backbone"] + ("" if r["pretrained"] else " (random)")
+        ax.annotate(name, (r["seconds"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("seconds (features of every image, and the scores)")
+    ax.set_ylabel("probe accuracy on validation (95% interval)" if probe else "LogME")
+    if recommended is not None:
+        ax.legend(loc="lower right")
+    ax.margins(x=0.25, y=0.1)
+    ax.set_title("Which backbone? score against cost")
+    return save_figure(fig, path)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -32,6 +33,7 @@ from zoo_adapt.ship.export import export_model
 from zoo_adapt.zoo.answers import describe
 from zoo_adapt.zoo.backbone import backbone_of
 from zoo_adapt.zoo.plugins import standing_in as registered
+from zoo_adapt.zoo.rank_scores import transferability_scores
 from zoo_adapt.zoo.routing import ask
 from zoo_adapt.zoo.tracker_api import Tracker, TrackerRun
 from zoo_adapt.zoo.trackers import build_tracker, check
@@ -45,6 +47,7 @@ __all__ = [
     "check_export",
     "check_adaptation_method",
     "check_tracker",
+    "check_transferability_score",
 ]
 
 
@@ -213,3 +216,35 @@ def check_tracker(name: str, tmp_path: str | Path, resume: bool = True):
     tracker.log_artifact(artifact, "metrics.json")
     tracker.finish("finished")
     return tracker
+
+
+def check_transferability_score(name: str) -> tuple[float, float]:
+    """Score `name` (register_transferability_scores) is registered, takes the arrays
+    `zoo-adapt rank` gives it (float32 features, int64 labels; the validation pair None
+    unless it needs them) and returns a finite number, higher for features that separate
+    the classes than for noise. Returns (separating, noise)."""
+    scores = transferability_scores()
+    assert name in scores, f"no transferability score {name!r} is registered (found: {', '.join(scores) or 'none'})"
+    score = scores[name]
+    rng = np.random.default_rng(0)
+    labels, val_labels = np.arange(60) % 3, np.arange(30) % 3
+    means = 3 * rng.normal(size=(3, 16))
+
+    def features(y: np.ndarray, signal: float) -> np.ndarray:
+        return (signal * means[y] + rng.normal(size=(len(y), 16))).astype(np.float32)
+
+    values = []
+    for signal in (1.0, 0.0):
+        train, val = features(labels, signal), features(val_labels, signal)
+        value = score.function(train, labels.astype(np.int64), val, val_labels.astype(np.int64))
+        assert isinstance(value, (int, float, np.floating)) and np.isfinite(value), (
+            f"{name}: the score must be a finite number, not {value!r}"
+        )
+        values.append(float(value))
+        if not score.needs_validation:
+            alone = score.function(train, labels.astype(np.int64), None, None)
+            assert np.isfinite(float(alone)), f"{name}: without validation images it gave {alone!r}"
+    assert values[0] > values[1], (
+        f"{name}: separating features scored {values[0]}, noise {values[1]} (higher is better)"
+    )
+    return values[0], values[1]

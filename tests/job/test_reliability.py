@@ -56,7 +56,7 @@ def consistent(out):
 # boundary (no clean-up at all). Forking before any operation keeps the children safe.
 ZYGOTE = """
 import json, os, sys
-import torch, zoo_adapt.cli, zoo_adapt.job.finetune, zoo_adapt_plugins.efficientnet_lite0
+import torch, zoo_adapt.cli, zoo_adapt.job.finetune, zoo_adapt_plugins.efficientnet_lite
 args, points = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 status = {}
 for n, out in points:

@@ -1,4 +1,4 @@
-"""Weights: the real offline EfficientNet-Lite0 weights, local files, BatchNorm policy."""
+"""Weights: the real offline EfficientNet-Lite0/1/2 weights, local files, BatchNorm policy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from zoo_adapt import ZooAdaptError
 from zoo_adapt.data.transforms import eval_transform
 
 CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+@pytest.fixture(scope="module", params=LITES)
+def lite(request):
+    """Each offline EfficientNet-Lite with its real ImageNet weights, one alive at a time."""
+    return zoo_adapt.create_model(request.param).eval()
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +29,44 @@ def lite0():
 
 
 @pytest.mark.parametrize("photo, expected", [("chelsea", CATS), ("coffee", {"espresso"})])
-def test_lite0_real_weights_recognise_imagenet_classes(lite0, photo, expected):
+def test_lite_real_weights_recognise_imagenet_classes(lite, photo, expected):
     image = Image.fromarray(getattr(data, photo)())
-    x = eval_transform(lite0.zoo_adapt.normalization)(image)[None]
+    x = eval_transform(lite.zoo_adapt.normalization)(image)[None]
     with torch.no_grad():
-        top = lite0(x).softmax(-1)[0].topk(1)
+        top = lite(x).softmax(-1)[0].topk(1)
     info = ImageNetInfo()
     assert info.index_to_description(int(top.indices[0])) in expected
-    assert float(top.values[0]) > 0.3
+    assert float(top.values[0]) > 0.25
 
 
-def test_lite0_checkpoint_mapping_is_explicit_and_complete(lite0):
-    from zoo_adapt_plugins.efficientnet_lite0 import checkpoint_path, rename
+def test_lite_checkpoint_mapping_is_explicit_and_complete(lite):
+    from zoo_adapt_plugins.efficientnet_lite import checkpoint_path, rename
 
-    raw = torch.load(checkpoint_path(), map_location="cpu", weights_only=True)
-    own = lite0.state_dict()
-    mapped = {rename(k): k for k in raw}
+    upstream = lite.zoo_adapt.entry.upstream
+    raw = torch.load(checkpoint_path(upstream), map_location="cpu", weights_only=True)
+    own = lite.state_dict()
+    mapped = {rename(k, upstream): k for k in raw}
     assert set(mapped) == set(own) and len(mapped) == len(raw)
-    assert rename("_blocks.0._depthwise_conv.weight") == "blocks.0.0.conv_dw.weight"
-    assert rename("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"
-    assert rename("_blocks.3._bn0.running_var") == "blocks.2.0.bn1.running_var"
+    assert rename("_blocks.0._depthwise_conv.weight", upstream) == "blocks.0.0.conv_dw.weight"
+    second = len(lite.blocks[0])  # the first block of stage 1, numbered flat
+    assert rename(f"_blocks.{second}._bn0.running_var", upstream) == "blocks.1.0.bn1.running_var"
+    last = len(lite.blocks) - 1
+    flat = sum(len(stage) for stage in lite.blocks) - 1
+    assert rename(f"_blocks.{flat}._project_conv.weight", upstream) == f"blocks.{last}.0.conv_pwl.weight"
     assert all(torch.equal(own[new], raw[old]) for new, old in mapped.items())
+    assert sum(p.numel() for p in lite.parameters()) == lite.zoo_adapt.entry.extra["params"]
+
+
+def test_lite_stage_depths_differ_between_lite0_and_lite2():
+    from zoo_adapt_plugins.efficientnet_lite import rename
+
+    # the 4th flat block: the 1st of stage 2 in Lite0 (depths 1, 2, 2, ...), the 3rd of stage 1 in Lite2 (1, 3, 3, ...)
+    assert rename("_blocks.3._bn0.weight", "efficientnet_lite0") == "blocks.2.0.bn1.weight"
+    assert rename("_blocks.3._bn0.weight", "efficientnet_lite2") == "blocks.1.2.bn1.weight"
 
 
 def test_foreign_checkpoint_file_is_converted_through_the_plugin(lite0, tmp_path):
-    from zoo_adapt_plugins.efficientnet_lite0 import checkpoint_path
+    from zoo_adapt_plugins.efficientnet_lite import checkpoint_path
 
     model = zoo_adapt.create_model("efficientnet_lite0", weights=checkpoint_path(), num_classes=5)
     body = {k: v for k, v in lite0.state_dict().items() if not k.startswith("classifier.")}

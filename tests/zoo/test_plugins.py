@@ -288,7 +288,7 @@ def test_export_names_the_weights_the_model_started_from(tmp_path):
 
 def test_builtins_come_through_the_entry_point_group_using_only_the_public_api():
     by_name = {p.name: p for p in installed_plugins()}
-    for name in ("resnet", "efficientnet", "vit", "timm", "efficientnet_lite0", "adaptation"):
+    for name in ("resnet", "efficientnet", "vit", "timm", "efficientnet_lite", "adaptation"):
         assert by_name[name].distribution == "zoo-adapt" and by_name[name].status == "ok"
         assert by_name[name].module.startswith("zoo_adapt_plugins.")
     for path in PLUGINS.glob("*.py"):

@@ -1,7 +1,7 @@
 """The `zoo-adapt` group: global options (--registry, --disable-plugin, --debug), one
-line for every error, exit codes, and the commands of train.py, use.py, catalog.py and
-ship.py. Nothing here imports torch, so `zoo-adapt list` answers quickly; each command
-imports what it needs when it runs."""
+line for every error, exit codes, and the commands of train.py, rank.py, use.py,
+catalog.py and ship.py. Nothing here imports torch, so `zoo-adapt list` answers
+quickly; each command imports what it needs when it runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import click
 
 from zoo_adapt import __version__
-from zoo_adapt.cli import catalog, ship, train, use
+from zoo_adapt.cli import catalog, rank, ship, train, use
 from zoo_adapt.engine.processes import lost_how
 from zoo_adapt.errors import DEBUG_VAR, ZooAdaptError, ZooAdaptWarning, clip, debugging, environment_problem
 from zoo_adapt.zoo.plugins import disabled
@@ -97,7 +97,7 @@ def cli(ctx: click.Context, registries: tuple[str, ...], disable: tuple[str, ...
         add_registry(path)
 
 
-for _module in (train, use, catalog, ship):
+for _module in (train, rank, use, catalog, ship):
     _module.register(cli)
 
 

@@ -14,6 +14,7 @@ from zoo_adapt.zoo.answers import describe
 from zoo_adapt.zoo.backbone import IMAGENET, INCEPTION, Backbone, Source, backbone_of
 from zoo_adapt.zoo.methods import adaptation_methods, method_info
 from zoo_adapt.zoo.plugins import installed_plugins
+from zoo_adapt.zoo.rank_scores import transferability_scores
 from zoo_adapt.zoo.registry import entries
 from zoo_adapt.zoo.trackers import trackers as installed_trackers
 
@@ -169,6 +170,9 @@ def plugins(as_json: bool) -> None:
     trackers_: dict[str, list[str]] = {}
     for t in installed_trackers().values():
         trackers_.setdefault(t.plugin, []).append(t.name)
+    scores_: dict[str, list[str]] = {}
+    for score in transferability_scores().values():
+        scores_.setdefault(score.plugin, []).append(score.name)
     infos: list[dict[str, Any]] = [
         {
             "name": p.name,
@@ -181,6 +185,7 @@ def plugins(as_json: bool) -> None:
             "backbones": served.get(p.name, []),
             "methods": methods_.get(p.name, []),
             "trackers": trackers_.get(p.name, []),
+            "scores": scores_.get(p.name, []),
             "overrides": [{"backbone": b, "hook": h} for b, h in p.overrides],
         }
         for p in installed_plugins()
@@ -196,6 +201,7 @@ def plugins(as_json: bool) -> None:
                 p["backbones"]
                 + [f"{m} (adaptation)" for m in p["methods"]]
                 + [f"{t} (tracker)" for t in p["trackers"]]
+                + [f"{s} (rank score)" for s in p["scores"]]
                 + [f"{o['hook']} of {o['backbone']} (override)" for o in p["overrides"]]
             )
             or "-",

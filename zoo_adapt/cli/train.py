@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -24,49 +25,68 @@ def register(cli: click.Group) -> None:
         cli.add_command(command)
 
 
-def _config_options(fn):
+def config_options(skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None):
     """One click option per FinetuneConfig field, from its declaration (type, help,
-    default shown); values are checked by the config reader, the same way as a file's."""
-    for name, field in reversed(list(declarations().items())):
-        if name == "adapt_options":
-            continue  # --adapt-option KEY=VALUE, below
-        meta, (kind, _) = field.metadata, value_type(name)
-        flag = "--" + name.replace("_", "-")
-        default, show = field.default, field.default is not None
-        if kind is list:
-            fn = click.option(
-                flag,
-                *meta["flags"],
-                name,
-                multiple=True,
-                type=_Choice(meta["choices"]) if meta["choices"] else None,
-                metavar="NAME",
-                help=meta["help"] + " [repeatable]",
-            )(fn)
-        elif kind is bool:
-            single = name in ("resume", "select_with_target_labels")
-            decl = flag if single else f"{flag}/--no-{flag[2:]}"
-            fn = click.option(
-                decl,
-                *meta["flags"],
-                name,
-                is_flag=single or None,
-                default=default,
-                show_default=show and not single,
-                help=meta["help"],
-            )(fn)
-        else:
-            fn = click.option(
-                flag,
-                *meta["flags"],
-                name,
-                type=_type(kind, meta),
-                default=default,
-                show_default=show,
-                help=meta["help"],
-                **({"cls": _InstalledMethods} if name == "adapt" else {}),
-            )(fn)
-    return fn
+    default shown); values are checked by the config reader, the same way as a file's.
+    `skip`: fields another command does not take; `defaults`: the defaults it shows
+    instead (it applies them itself)."""
+
+    def decorate(fn):
+        for name, field in reversed(list(declarations().items())):
+            if name == "adapt_options" or name in skip:
+                continue  # --adapt-option KEY=VALUE, below
+            meta, (kind, _) = field.metadata, value_type(name)
+            flag = "--" + name.replace("_", "-")
+            default = (defaults or {}).get(name, field.default)
+            show = default is not None
+            if kind is list:
+                fn = click.option(
+                    flag,
+                    *meta["flags"],
+                    name,
+                    multiple=True,
+                    type=_Choice(meta["choices"]) if meta["choices"] else None,
+                    metavar="NAME",
+                    help=meta["help"] + " [repeatable]",
+                )(fn)
+            elif kind is bool:
+                single = name in ("resume", "select_with_target_labels")
+                decl = flag if single else f"{flag}/--no-{flag[2:]}"
+                fn = click.option(
+                    decl,
+                    *meta["flags"],
+                    name,
+                    is_flag=single or None,
+                    default=default,
+                    show_default=show and not single,
+                    help=meta["help"],
+                )(fn)
+            else:
+                fn = click.option(
+                    flag,
+                    *meta["flags"],
+                    name,
+                    type=_type(kind, meta),
+                    default=default,
+                    show_default=show,
+                    help=meta["help"],
+                    **({"cls": _InstalledMethods} if name == "adapt" else {}),
+                )(fn)
+        return fn
+
+    return decorate
+
+
+_config_options = config_options()
+
+
+def given_options(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user typed (or set in the environment), not click's defaults."""
+    return {
+        k: v
+        for k, v in options.items()
+        if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
 
 
 class _InstalledMethods(click.Option):
@@ -162,11 +182,7 @@ def finetune(ctx: click.Context, config_file: str | None, overwrite: bool, nproc
         from zoo_adapt.engine.distributed import launch  # torch
 
         ctx.exit(launch(nproc, processes.without_option(sys.argv[1:], "--nproc-per-node")))
-    given = {
-        k: v
-        for k, v in options.items()
-        if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    }
+    given = given_options(ctx, options)
     if "adapt_options" in given:
         given["adapt_options"] = _key_values(given["adapt_options"])
     config = build_config(given, config_file)
@@ -195,12 +211,7 @@ def lr_find(ctx: click.Context, config_file: str | None, **options) -> None:
     as the run's first stage would (the head alone for two-stage) on batches at rates
     rising from 1e-7 to 10, puts the weights back, prints the suggested rate and writes
     lr_find.png to --out. `finetune --lr auto` does this first."""
-    given = {
-        k: v
-        for k, v in options.items()
-        if k not in ("adapt_options", "resume")
-        and ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    }
+    given = {k: v for k, v in given_options(ctx, options).items() if k not in ("adapt_options", "resume")}
     config = build_config(given, config_file)
     precheck(config)
     from zoo_adapt.job.finetune import lr_find as run  # torch: after every option is checked

@@ -105,8 +105,12 @@ class FinetuneConfig:
     # what to train on
     backbone: str = opt(
         "efficientnet_lite0",
-        "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny.",
+        "Backbone name (zoo-adapt list) or plugin/upstream, e.g. timm/convnext_tiny; auto: rank the "
+        "backbones whose weights are here first (zoo-adapt rank) and fine-tune the recommendation.",
         flags=("-b", "--model"),
+    )
+    rank_from: str | None = opt(
+        None, "With --backbone auto: take the recommendation of this rank.json (zoo-adapt rank) instead of ranking."
     )
     data: str | None = opt(
         None,
@@ -467,6 +471,8 @@ class FinetuneConfig:
             raise ZooAdaptError("give --lr-body or --lr-decay, not both")
         if self.data and self.dataset:
             raise ZooAdaptError("give --data or --dataset, not both")
+        if self.rank_from and self.backbone != "auto":
+            raise ZooAdaptError("--rank-from chooses the backbone: it needs --backbone auto")
         self.check_labels()
         self.check_folds()
         self.check_path_kinds()

@@ -48,10 +48,13 @@ from zoo_adapt.engine.processes import SINGLE, Processes
 from zoo_adapt.engine.runtime import Runtime
 from zoo_adapt.engine.tasks import MultiLabel, SingleLabel
 from zoo_adapt.errors import ZooAdaptError
+from zoo_adapt.files import write_text
 from zoo_adapt.job.adaptation import finish_adaptation, start_adaptation
 from zoo_adapt.job.config import FinetuneConfig, declarations, resolved_values
 from zoo_adapt.job.folds import cross_validate
 from zoo_adapt.job.inputs import Datasets, FeedMaker, Feeds, is_demo, load_datasets
+from zoo_adapt.job.rank import choose_backbone
+from zoo_adapt.job.rank_options import AUTO
 from zoo_adapt.job.run_folder import (
     ADAPTATION_FILE,
     CALIBRATION_PLOT,
@@ -59,6 +62,7 @@ from zoo_adapt.job.run_folder import (
     CHECKPOINT_FORMAT,
     METRICS_FILE,
     MODEL_FILE,
+    RANK_FILE,
     EpochRecorder,
     RunFolder,
     config_text,
@@ -165,7 +169,9 @@ def finetune(
     The exported model is the best epoch by validation accuracy (or the last, with
     keep='last'). Interrupting (Ctrl-C) leaves a resumable folder (or, before the first
     checkpoint, a clean one); `resume=True` continues exactly where it stopped.
-    `callbacks`: more `zoo_adapt.Callback` objects for the loop.
+    `callbacks`: more `zoo_adapt.Callback` objects for the loop. `backbone='auto'`
+    ranks the backbones first (`zoo_adapt.rank`; or reads `rank_from`) and fine-tunes
+    the recommendation, recording the ranking (rank.json) and the choice (config.toml).
 
     With `folds` (and no `fold`): K-fold cross-validation, each fold a run of its own in
     OUT/fold-k/ (zoo_adapt.job.folds); the result is then the shipped model's."""
@@ -173,6 +179,14 @@ def finetune(
     trackers = check_trackers(config.log)  # unknown names and missing packages: before anything is written
     _check_extras(config)
     procs = distributed.launched()
+    ranking = None
+    if config.backbone == AUTO:
+        if procs.active and not config.rank_from:
+            raise ZooAdaptError(
+                "--backbone auto under torchrun needs --rank-from: run `zoo-adapt rank` first, then pass its rank.json"
+            )
+        RunFolder(config.out).precheck(config.resume, overwrite)  # before minutes of ranking
+        config, ranking = choose_backbone(config, log if procs.main else None)
     device = resolve_device(distributed.device_for(config.device, procs))
     autocast_dtype(config.precision, device)  # fp16 on a CPU: refused before anything is built
     procs = distributed.start(device)
@@ -185,7 +199,16 @@ def finetune(
         again: bool = overwrite,
         say: Log | None = speak,
     ) -> FinetuneResult:
-        job = Job(one, procs, device, say if procs.main else None, again, trackers if procs.main else [], features=memo)
+        job = Job(
+            one,
+            procs,
+            device,
+            say if procs.main else None,
+            again,
+            trackers if procs.main else [],
+            features=memo,
+            ranking=ranking,
+        )
         distributed.agree(procs, job.lock)
         try:
             done = job.folder.finished_epochs() if one.resume else None
@@ -223,6 +246,8 @@ def lr_find(config: FinetuneConfig, log: Log | None = print) -> LRCurve:
     """The LR finder on the model and data `config` describes (one process): returns
     the curve and writes lr_find.png to `config.out`."""
     config.validate()
+    if config.backbone == AUTO:
+        raise ZooAdaptError("lr-find needs a backbone name, not auto (zoo-adapt rank recommends one)")
     if config.lr == "auto":
         config = dataclasses.replace(config, lr=None)
     device = resolve_device(config.device)
@@ -259,8 +284,10 @@ class Job:
         overwrite: bool,
         trackers: Sequence[TrackerInfo] = (),
         features: dict | None = None,
+        ranking: dict[str, Any] | None = None,
     ):
         self.config, self.procs, self.device, self.overwrite = config, procs, device, overwrite
+        self.ranking = ranking  # --backbone auto: the ranking that chose the backbone (rank.json)
         self.trackers = list(trackers)  # rank 0's: the other processes report nothing
         self.log: Log = log or (lambda s: None)
         self.folder = RunFolder(config.out)
@@ -500,6 +527,8 @@ class Job:
         if not self.procs.main:
             return
         self.folder.begin(config_text(resolved_values(c), machine_notes(c)), fresh=prepared.stored is None)
+        if self.ranking is not None:
+            write_text(self.folder.path(RANK_FILE), json.dumps(self.ranking, indent=2) + "\n")
         if curve is not None:
             plot_lr_curve(curve, self.folder.path("lr_find.png"), title=f"{c.backbone}: learning-rate finder")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from zoo_adapt.data.paths import check_data_folder
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.job.config import FinetuneConfig
+from zoo_adapt.job.rank_options import AUTO
 from zoo_adapt.zoo.registry import resolve
 
 
@@ -25,7 +26,8 @@ def precheck(config: FinetuneConfig) -> None:
 
 
 def _check_names_and_paths(config: FinetuneConfig) -> None:
-    resolve(config.backbone)
+    if config.backbone != AUTO:  # auto: the ranking chooses among the registry's names
+        resolve(config.backbone)
     if config.labels:
         if not Path(str(config.labels)).is_file():
             raise ZooAdaptError(f"label file not found: {config.labels}")

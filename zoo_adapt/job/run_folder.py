@@ -43,13 +43,14 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.toml"
 HISTORY_FILE = "history.csv"  # one row per epoch, every logged figure (rewritten after each epoch)
 ADAPTATION_FILE = "adaptation.safetensors"  # the method's own modules (a domain classifier), beside the model
+RANK_FILE = "rank.json"  # --backbone auto: the ranking that chose the backbone
 LOCK_FILE = ".zoo-adapt.lock"
 CALIBRATION_PLOT = "calibration.png"  # the reliability diagram, before and after temperature scaling
 PLOTS = ("curves.png", "confusion_matrix.png", "adaptation.png", "lr_find.png", CALIBRATION_PLOT)
 RUN_FILES = (MODEL_FILE, CHECKPOINT, METRICS_FILE)
 # written at the end of a run: the model card, timm's config, the ONNX model, the analysis folder
 SHIPPING = ("README.md", "config.json", "model.onnx", "analysis")
-OUTPUTS = (*RUN_FILES, CONFIG_FILE, HISTORY_FILE, ADAPTATION_FILE, *PLOTS, *SHIPPING)
+OUTPUTS = (*RUN_FILES, CONFIG_FILE, HISTORY_FILE, ADAPTATION_FILE, RANK_FILE, *PLOTS, *SHIPPING)
 CHECKPOINT_FORMAT = "zoo-adapt-checkpoint/1"
 
 

@@ -36,7 +36,9 @@ def z_value(level: float = LEVEL) -> float:
 
 
 def wilson(successes: int, n: int, level: float = LEVEL) -> Interval | None:
-    """The Wilson score interval of successes / n; None without images."""
+    """The Wilson score interval of successes / n; None without images. Unlike the
+    normal approximation it stays inside [0, 1] and is sound at 0 or n successes (whose
+    ends are exactly 0 and 1)."""
     if n <= 0:
         return None
     z = z_value(level)
@@ -44,7 +46,8 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> Interval | None:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes == 0 else low), (1.0 if successes >= n else high)
 
 
 # Student's t, 97.5th percentile, 1 to 30 degrees of freedom (the 95% two-sided interval)

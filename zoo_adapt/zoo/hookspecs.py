@@ -9,7 +9,8 @@ the backbones it names. Plugins whose implementations of a hook are all wrappers
 Required for a plugin that serves backbones: build_backbone, backbone_head,
 backbone_groups, backbone_normalization. Optional: register_backbones, backbone_source,
 convert_state_dict, backbone_cam_target; register_adaptation_methods for methods;
-register_trackers for experiment trackers.
+register_trackers for experiment trackers; register_transferability_scores for scores
+`zoo-adapt rank` computes.
 
 Hooks taking `model` are asked twice: with `model=None` when zoo-adapt must answer
 without building anything (`zoo-adapt list`, which never imports torch), and with the
@@ -132,6 +133,22 @@ def register_trackers(register):
     ``install`` says how to get them (default: ``pip install`` the required names). A
     name another plugin uses is a collision unless you pass ``override=True``. Must not
     import the tracker's package at import time: import it inside the tracker."""
+
+
+@hookspec
+def register_transferability_scores(register):
+    """Add a transferability score to ``zoo-adapt rank`` (optional).
+
+    Call ``register(name, function, description="", needs_validation=False)``.
+    ``function(train_features, train_labels, val_features, val_labels)`` gets one
+    backbone's cached features as numpy arrays (float32 N x D; int64 class indices;
+    the validation pair None when there are no validation images, in which case a
+    score registered with ``needs_validation=True`` is skipped) and returns a number,
+    higher meaning a better fit (it is not asked on multi-label data). It becomes a column of the leaderboard and of
+    rank.json's rows; the recommendation rule does not read it. The name must be an
+    identifier and not a built-in column (logme, probe_accuracy, knn_accuracy); a name
+    another plugin uses is a collision unless you pass ``override=True``. Must not
+    import torch at import time."""
 
 
 BACKBONE_HOOKS = (
