@@ -40,7 +40,8 @@ def test_both_source_accuracies_are_said_and_labelled(tmp_path, digits):
         f"as its line says), {m['val_accuracy']:.1%} with the target images' statistics, which the exported model "
         "carries"
     )
-    assert lines[-1].startswith(f"val_accuracy {m['val_accuracy']:.1%} with target BatchNorm statistics (top-5")
+    assert lines[-1].startswith(f"val_accuracy {m['val_accuracy']:.1%} [")
+    assert "] with target BatchNorm statistics (top-5" in lines[-1]
     epoch_line = next(line for line in lines if line.startswith("epoch 1/1"))
     assert f"top1 {trained:.1%}" in epoch_line  # the figure named is the one the epoch line showed
 

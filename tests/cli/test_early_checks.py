@@ -39,22 +39,22 @@ def split_folder(root, train=("cat", "dog"), val=("cat", "dog", "fox", "owl")):
 
 
 @pytest.mark.parametrize(
-    ("args", "needles"),
+    ("args", "needles", "code"),
     [
-        (["--data", "{tmp}/nowhere"], ["data folder not found", "nowhere"]),
-        (["--data", "{tmp}/data/train/cat/x.png"], ["not a file", "x.png"]),
-        (["--strategy", "twostage"], ["--strategy must be one of", "two-stage"]),
-        (["--backbone", "resnet51"], ["unknown backbone 'resnet51'", "Did you mean resnet50"]),
-        (["--data", "{tmp}/data"], ["val/ has classes that train/ lacks: fox, owl", "(train/ classes: cat, dog)"]),
-        (["--labels", "{tmp}/labels.csv"], ["label file not found"]),
-        (["--data", "{tmp}/good", "--target-data", "{tmp}/elsewhere"], ["target folder not found"]),
+        (["--data", "{tmp}/nowhere"], ["data folder not found", "nowhere"], 1),
+        (["--data", "{tmp}/data/train/cat/x.png"], ["--data takes a folder of images", "x.png is a file"], 1),
+        (["--strategy", "twostage"], ["'twostage' is not one of", "did you mean 'two-stage'"], 2),
+        (["--backbone", "resnet51"], ["unknown backbone 'resnet51'", "Did you mean resnet50"], 1),
+        (["--data", "{tmp}/data"], ["val/ has classes that train/ lacks: fox, owl", "(train/ classes: cat, dog)"], 1),
+        (["--labels", "{tmp}/labels.csv"], ["label file not found"], 1),
+        (["--data", "{tmp}/good", "--target-data", "{tmp}/elsewhere"], ["target folder not found"], 1),
     ],
 )
-def test_checks_that_need_no_torch_answer_without_it(tmp_path, no_torch, args, needles):
+def test_checks_that_need_no_torch_answer_without_it(tmp_path, no_torch, args, needles, code):
     split_folder(tmp_path / "data")
     split_folder(tmp_path / "good", val=("cat", "dog"))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    one_line_error(zoo("finetune", *args, "--out", tmp_path / "run", env=no_torch), *needles)
+    one_line_error(zoo("finetune", *args, "--out", tmp_path / "run", env=no_torch), *needles, code=code)
     assert not (tmp_path / "run").exists()
 
 

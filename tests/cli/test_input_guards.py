@@ -142,8 +142,8 @@ def test_disabling_an_unknown_name_in_process_suggests_the_closest():
     from zoo_adapt.zoo.plugins import disabled, get_plugin_manager
 
     get_plugin_manager()
-    with pytest.warns(ZooAdaptWarning, match="--disable-plugin efficientnet_lite: .*did you mean 'efficientnet_lite0'"):
-        with disabled(["efficientnet_lite"]):
+    with pytest.warns(ZooAdaptWarning, match="--disable-plugin efficientnet_lit: .*did you mean 'efficientnet_lite'"):
+        with disabled(["efficientnet_lit"]):
             pass
 
 

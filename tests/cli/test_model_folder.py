@@ -38,6 +38,18 @@ def test_a_folder_without_a_model_is_one_line(tmp_path, demo, run_cli):
         result = run_cli(command[0], "--model", tmp_path, *command[1:])
         assert result.exit_code == 1
         assert result.output.strip().splitlines() == [
-            f"Error: --model {tmp_path}: the folder holds no model.safetensors; give a run folder written by "
-            "zoo-adapt finetune, or a model file"
+            f"Error: --model {tmp_path}: the folder holds no model.safetensors or ensemble.json; give a run folder "
+            "written by zoo-adapt finetune, or a model file"
         ]
+
+
+@pytest.mark.parametrize("command", ["analyse", "export"])
+def test_commands_of_one_network_refuse_an_ensemble_folder(tmp_path, demo, run_cli, command):
+    (tmp_path / "ensemble.json").write_text("{}")
+    given = ("--data", demo / "val") if command == "analyse" else ("--format", "onnx")
+    result = run_cli(command, "--model", tmp_path, *given)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: --model {tmp_path}: a cross-validated run's ensemble takes several networks; give one of its "
+        "fold models (its folds' model.safetensors)"
+    ]
