@@ -23,12 +23,13 @@ from zoo_adapt.seeds import process_seed
 
 @torch.no_grad()
 def extract_features(model: nn.Module, batches: Batches, autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) of every batch, in order, through the body in eval mode."""
+    """(features, labels) of every batch, in order, through the body in eval mode, with
+    no autograd graph (the features are constants for whatever trains on them)."""
     was_training = model.training
     model.eval()
     features, labels = [], []
     try:
-        with HeadFeatures(model) as hook, autocast():
+        with HeadFeatures(model) as hook, autocast(), torch.no_grad():
             for x, y in batches:
                 model(x)
                 assert hook.value is not None  # the head ran

@@ -358,7 +358,9 @@ def _score(
     row.image_size = size
     seed_everything(c.seed)
     swap_head(model, len(data.classes))
-    model.to(device)
+    # NHWC for the extraction, on the CPU too: Lite0/Lite2 forwards ran 1.4-1.8x faster so
+    # on 2 cores at 160 px (the model is the ranking's own; only its head trains after)
+    model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runtime = Runtime(device, autocast_dtype=autocast_dtype(c.precision, device))
@@ -402,7 +404,9 @@ def _features(
     what: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image's eval view through the frozen body, in file order, with progress."""
-    batches = eval_batches(dataset, norm, runtime.device, batch_size=config.batch_size * 2, workers=workers, order=None)
+    batches = eval_batches(
+        dataset, norm, runtime.device, batch_size=config.batch_size * 2, workers=workers, channels_last=True
+    )
     tracked = _Tracked(batches, what)
     return extract_features(model, tracked, runtime.autocast)  # type: ignore[arg-type]
 
