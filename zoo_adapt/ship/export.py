@@ -145,12 +145,16 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
         extra=entry_d,
         origin=str(path),
     )
-    input_size = tuple(field("input_size", f"[C, N, N] with C 1 or 3, N from 1 to {MAX_INPUT_SIDE}", _input_size))
-    chans = input_size[0]
-    count = "three numbers" if chans == 3 else "one number (one input channel)"
+    input_size = tuple(field("input_size", f"[3, N, N] or [1, N, N] with N from 1 to {MAX_INPUT_SIDE}", _input_size))
+    chans = input_size[0]  # 1: a grayscale model (--in-chans 1)
+    numbers, positive = (
+        ("three numbers", "three positive numbers")
+        if chans == 3
+        else ("one number (input_size: one channel)", "one positive number (input_size: one channel)")
+    )
     norm = Normalization(
-        mean=tuple(field("mean", f"a JSON list of {count}", lambda v: _numbers(v, chans))),
-        std=tuple(field("std", f"a JSON list of {count}, positive", lambda v: _numbers(v, chans) and min(v) > 0)),
+        mean=tuple(field("mean", f"a JSON list of {numbers}", lambda v: _numbers(v, chans))),
+        std=tuple(field("std", f"a JSON list of {positive}", lambda v: _numbers(v, chans) and min(v) > 0)),
         input_size=input_size,
         interpolation=field("interpolation", " or ".join(INTERPOLATIONS), lambda v: v in INTERPOLATIONS, parse=str),
         crop_pct=field("crop_pct", "a number in (0, 1]", lambda v: _numbers([v], 1) and 0 < v <= 1, parse=float),
