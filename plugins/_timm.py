@@ -39,9 +39,10 @@ def build(entry: Entry, pretrained: bool, tag: str | None, **kwargs):
 
 
 def options(entry: Entry) -> dict:
-    """What the run asks of the model beyond its name: a drop-path rate (--drop-path)."""
-    rate = entry.extra.get("drop_path_rate")
-    return {"drop_path_rate": float(rate)} if rate else {}
+    """What the run asks of the model beyond its name: a drop-path rate (--drop-path),
+    one input channel (--in-chans 1: timm sums the pretrained RGB kernels of the stem)."""
+    rate, chans = entry.extra.get("drop_path_rate"), entry.extra.get("in_chans")
+    return {**({"drop_path_rate": float(rate)} if rate else {}), **({"in_chans": int(chans)} if chans else {})}
 
 
 def normalization(model) -> Normalization:

@@ -102,6 +102,10 @@ def convert_state_dict(entry, state_dict, model):
             new = rename(key, entry.upstream)
         except (KeyError, StopIteration):
             raise ZooAdaptError(f"{entry.upstream}: unexpected tensor {key!r} in checkpoint") from None
+        if new == "conv_stem.weight" and tensor.shape[1] == 3 and own[new].shape[1] != 3:  # --in-chans 1
+            from timm.models import adapt_input_conv  # as timm's pretrained loading: the RGB kernels summed
+
+            tensor = adapt_input_conv(own[new].shape[1], tensor)
         if new in own and own[new].shape != tensor.shape and not new.startswith("classifier."):
             raise ZooAdaptError(
                 f"{entry.upstream}: {key} -> {new} has shape {tuple(tensor.shape)}, the model {tuple(own[new].shape)}"
@@ -116,8 +120,9 @@ def build_backbone(entry, pretrained):
     import timm
     import torch
 
-    rate = entry.extra.get("drop_path_rate")  # --drop-path
-    model = timm.create_model(entry.upstream, pretrained=False, **({"drop_path_rate": float(rate)} if rate else {}))
+    rate, chans = entry.extra.get("drop_path_rate"), int(entry.extra.get("in_chans", 3))  # --drop-path, --in-chans
+    options = {**({"drop_path_rate": float(rate)} if rate else {}), **({"in_chans": chans} if chans != 3 else {})}
+    model = timm.create_model(entry.upstream, pretrained=False, **options)
     if pretrained:
         if importlib.util.find_spec(found.package) is None:
             raise ZooAdaptError(

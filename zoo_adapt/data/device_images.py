@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from zoo_adapt.data.folders import worker_error
 from zoo_adapt.data.pipeline import EpochBatches, EpochOrder, batch_sizes, device_index
-from zoo_adapt.data.transforms import RATIO, EvalTransform, interpolation, normalize
+from zoo_adapt.data.transforms import RATIO, EvalTransform, as_mode, image_mode, interpolation, normalize
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.seeds import process_seed
 from zoo_adapt.zoo.backbone import Normalization
@@ -39,7 +39,7 @@ def canvas_side(resize: int) -> int:
 
 def bytes_needed(num_train: int, num_eval: int, norm: Normalization) -> int:
     side, size = canvas_side(norm.resize_size()), norm.image_size
-    return num_train * 3 * side * side + num_eval * 3 * size * size
+    return norm.channels * (num_train * side * side + num_eval * size * size)
 
 
 def free_bytes(device: torch.device) -> int:
@@ -63,15 +63,17 @@ class _Canvas:
 
     def __init__(self, norm: Normalization, resize: int):
         self.resize, self.side, self.mode = resize, canvas_side(resize), interpolation(norm)
-        self.min_side = resize
+        self.min_side, self.image_mode = resize, image_mode(norm)
 
     def __call__(self, image: Image.Image, rng=None):
+        image = as_mode(image, self.image_mode)
         image = TF.resize(image, self.resize, interpolation=self.mode, antialias=True)
         w, h = image.size
         cw, ch = min(w, self.side), min(h, self.side)
         image = TF.center_crop(image, [ch, cw])
-        canvas = torch.zeros(3, self.side, self.side, dtype=torch.uint8)
-        canvas[:, :ch, :cw] = TF.pil_to_tensor(image)
+        pixels = TF.pil_to_tensor(image)
+        canvas = torch.zeros(pixels.shape[0], self.side, self.side, dtype=torch.uint8)
+        canvas[:, :ch, :cw] = pixels
         return canvas, torch.tensor([ch, cw])
 
 
@@ -83,7 +85,8 @@ class _Decoded(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        image, label = self.base.raw(i, getattr(self.transform, "min_side", None))
+        transform = self.transform
+        image, label = self.base.raw(i, getattr(transform, "min_side", None), getattr(transform, "image_mode", "RGB"))
         return self.transform(image), label
 
 
@@ -140,7 +143,7 @@ def crop_resize(
 ) -> torch.Tensor:
     """Crop each box out of the uint8 canvases and resize it to size x size (bilinear),
     mirrored where `flip`, upside down where `vflip`; float32 in 0..255."""
-    n, _, side, _ = canvas.shape
+    n, channels, side, _ = canvas.shape
     top, left, ch, cw = boxes.unbind(1)
     theta = torch.zeros(n, 2, 3, device=canvas.device)
     sign = 1 - 2 * flip.float()
@@ -148,7 +151,7 @@ def crop_resize(
     theta[:, 0, 2] = (2 * left + cw) / side - 1
     theta[:, 1, 1] = ch / side * (1 - 2 * vflip.float() if vflip is not None else 1)
     theta[:, 1, 2] = (2 * top + ch) / side - 1
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    grid = F.affine_grid(theta, [n, channels, size, size], align_corners=False)
     return F.grid_sample(canvas.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

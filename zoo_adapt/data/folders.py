@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zoo_adapt.data.images import check_image, check_images, open_image  # noqa: F401 (decoding lives in images.py)
+from zoo_adapt.data.images import check_image, check_images, open_image, to_mode  # noqa: F401 (decoding: images.py)
 from zoo_adapt.data.paths import (  # noqa: F401 (names found from paths alone live in paths.py)
     IMAGE_SUFFIXES,
     TRAIN_DIRS,
@@ -249,7 +249,7 @@ class ImageSource(Protocol):
 
     def with_transform(self, transform: Callable) -> ImageSource: ...
 
-    def raw(self, i: int, min_side: int | None = None) -> tuple[Image.Image, Any]: ...
+    def raw(self, i: int, min_side: int | None = None, mode: str = "RGB") -> tuple[Image.Image, Any]: ...
 
 
 class ImageDataset(Dataset):
@@ -264,20 +264,23 @@ class ImageDataset(Dataset):
     def with_transform(self, transform: Callable | None) -> ImageDataset:
         return ImageDataset(self.samples, transform)
 
-    def raw(self, i: int, min_side: int | None = None) -> tuple[Image.Image, Any]:
+    def raw(self, i: int, min_side: int | None = None, mode: str = "RGB") -> tuple[Image.Image, Any]:
         """(the decoded PIL image, label), before the transform; `min_side`: the shorter
-        side needed (large JPEGs decode faster below their full size). A multi-label
+        side needed (large JPEGs decode faster below their full size); `mode`: RGB, or L
+        for a one-channel model (the transform's `image_mode`). A multi-label
         image's label is a 0/1 float vector over the classes."""
         path, label = self.samples.items[i]
         if self.samples.multi_label:
             label = multi_hot(label, len(self.classes))
-        return open_image(path, min_side), label
+        return open_image(path, min_side, mode), label
 
     def __getitem__(self, key):
         """`key`: an index, or (index, seed) for a transform whose randomness must be the
         image's own (see `pipeline.EpochOrder`)."""
         i, rng = _key(key)
-        image, label = self.raw(i, getattr(self.transform, "min_side", None))
+        image, label = self.raw(
+            i, getattr(self.transform, "min_side", None), getattr(self.transform, "image_mode", "RGB")
+        )
         return (self.transform(image, rng) if self.transform else image), label
 
 
@@ -293,9 +296,9 @@ class Transformed(Dataset):
     def with_transform(self, transform: Callable) -> Transformed:
         return Transformed(self.base, transform, self.classes)
 
-    def raw(self, i: int, min_side: int | None = None) -> tuple[Image.Image, Any]:
+    def raw(self, i: int, min_side: int | None = None, mode: str = "RGB") -> tuple[Image.Image, Any]:
         image, label = self.base[i]
-        return image.convert("RGB"), int(label)
+        return to_mode(image, mode), int(label)
 
     def __getitem__(self, key):
         i, rng = _key(key)

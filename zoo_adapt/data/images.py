@@ -3,7 +3,8 @@ workers, images held on the device, evaluate, predict and its TTA), so training,
 evaluation and prediction see the same pixels; `check_image` finds bad files at
 start-up, before a trained epoch can be lost to them.
 
-`open_image` always gives 8-bit RGB, made from the file as follows:
+`open_image` gives 8-bit RGB, or with `mode="L"` (--in-chans 1: X-rays, microscopy,
+scanned documents) 8-bit grayscale, made from the file as follows:
 
 - EXIF orientation is applied: phones store photos sideways with a tag saying so, a
   viewer shows them upright, so the model sees them upright too. A damaged EXIF block
@@ -19,7 +20,9 @@ start-up, before a trained epoch can be lost to them.
 - Transparency (an alpha channel, a palette entry or a colour key) is composited on
   WHITE: transparent backgrounds (product photos, icons, scans) are drawn to be seen
   on a page, and the colour stored under a transparent pixel is arbitrary.
-- Other modes (1, L, P, CMYK, YCbCr, ...) are converted by PIL.
+- Other modes (1, L, P, CMYK, YCbCr, ...) are converted by PIL; a colour image read
+  as grayscale gets PIL's luma (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B), and a grey
+  image read as RGB and then as grayscale keeps its exact grey levels.
 - Images above PIL's `Image.MAX_IMAGE_PIXELS` (89.5 million pixels unless changed)
   are refused as possible decompression bombs. PIL only warns between one and two
   times that limit; zoo-adapt refuses both, so there is one limit to know.
@@ -51,8 +54,11 @@ DECODE_PIXELS = 1024 * 1024
 _OPEN_LOCK = threading.Lock()
 
 
-def open_image(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """The image as 8-bit RGB (see the module doc), fully decoded, or a ZooAdaptError
+MODES = ("RGB", "L")  # what open_image gives: three channels, or one (--in-chans 1)
+
+
+def open_image(path: str | Path, min_side: int | None = None, mode: str = "RGB") -> Image.Image:
+    """The image as 8-bit RGB or, `mode="L"`, grayscale (see the module doc), fully decoded, or a ZooAdaptError
     naming the file. `min_side`, for training crops only: the shorter side the caller
     needs at least; a JPEG at least twice that is decoded at a power-of-two reduction
     (the decoder skips detail the resize would throw away; benchmarks/draft_decode.py),
@@ -64,7 +70,7 @@ def open_image(path: str | Path, min_side: int | None = None) -> Image.Image:
                 scale = min(im.size) / min_side
                 im.draft("RGB", (math.ceil(im.size[0] / scale), math.ceil(im.size[1] / scale)))
             im.load()
-            return to_rgb(upright(im))
+            return to_mode(upright(im), mode)
     except ZooAdaptError:
         raise
     except Exception as e:  # PIL's decoders raise many types on malformed files
@@ -155,6 +161,21 @@ def upright(im: Image.Image) -> Image.Image:
     except Exception:  # a damaged EXIF block: the pixels are still good
         return im
     return ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
+
+
+def to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """A new 8-bit image in `mode` ("RGB" or "L") from any mode (see the module doc)."""
+    return to_gray(im) if mode == "L" else to_rgb(im)
+
+
+def to_gray(im: Image.Image) -> Image.Image:
+    """A new 8-bit grayscale (L) image from any mode, read as `to_rgb` reads it: 16- and
+    32-bit images scaled from their range, transparency composited on white."""
+    if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(im), im.mode), "L")
+    if im.mode in ("1", "L", "P", "RGB") and "transparency" not in im.info:
+        return im.convert("L")
+    return to_rgb(im).convert("L")  # alpha, CMYK, YCbCr, ...: through the RGB reading
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from zoo_adapt.data.images import to_rgb, upright
+from zoo_adapt.data.images import to_mode, upright
 from zoo_adapt.zoo.backbone import Normalization
 
 _MODES = {
@@ -35,6 +35,19 @@ def run_normalization(norm: Normalization, image_size: int, crop_scale: float) -
     return norm.at(image_size, crop_pct=1.0 if crop_scale >= 1 else norm.crop_pct)
 
 
+def image_mode(norm: Normalization) -> str:
+    """The PIL mode images are read in for `norm`: "L" for a one-channel model
+    (--in-chans 1), else "RGB". Transforms carry it as `image_mode`, so the datasets
+    decode each file straight into it (`images.open_image`)."""
+    return "L" if norm.channels == 1 else "RGB"
+
+
+def as_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode`: images read by `images.open_image` in that mode pass as they
+    are; others (a torchvision dataset's RGB images) are converted as files are read."""
+    return image if image.mode == mode else to_mode(image, mode)
+
+
 def interpolation(norm: Normalization) -> InterpolationMode:
     return _MODES.get(norm.interpolation, InterpolationMode.BILINEAR)
 
@@ -49,9 +62,10 @@ class EvalTransform:
     def __init__(self, norm: Normalization):
         self.size = norm.image_size
         self.resize = norm.resize_size(self.size)
-        self.mode = interpolation(norm)
+        self.mode, self.image_mode = interpolation(norm), image_mode(norm)
 
     def __call__(self, image: Image.Image, rng=None) -> torch.Tensor:
+        image = as_mode(image, self.image_mode)
         image = TF.resize(image, self.resize, interpolation=self.mode, antialias=True)
         return TF.pil_to_tensor(TF.center_crop(image, self.size))
 
@@ -81,6 +95,7 @@ class TrainTransform:
     ):
         self.size = norm.image_size
         self.scale, self.hflip, self.mode = (min_scale, 1.0), hflip, interpolation(norm)
+        self.image_mode = image_mode(norm)
         self.vflip, self.rot90 = vflip, rot90
         self.recipe = recipe
         # the smallest crop keeps sqrt(min_scale * 3/4) of the shorter side
@@ -88,6 +103,7 @@ class TrainTransform:
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         rng = rng or random.Random()
+        image = as_mode(image, self.image_mode)
         top, left, h, w = crop_params(image.size[1], image.size[0], self.scale, rng)
         image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], interpolation=self.mode, antialias=True)
         if self.hflip and rng.random() < 0.5:
@@ -126,13 +142,14 @@ def crop_params(height: int, width: int, scale: tuple[float, float], rng: random
 
 class Normalized:
     """A uint8 transform followed by the normalization: PIL image in (any mode, EXIF
-    orientation applied as zoo-adapt reads files), float CHW out."""
+    orientation applied and read in the model's mode, RGB or grayscale, as zoo-adapt
+    reads files), float CHW out."""
 
     def __init__(self, transform, norm: Normalization):
-        self.transform, self.norm = transform, norm
+        self.transform, self.norm, self.image_mode = transform, norm, image_mode(norm)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return normalize(self.transform(to_rgb(upright(image)))[None], self.norm)[0]
+        return normalize(self.transform(to_mode(upright(image), self.image_mode))[None], self.norm)[0]
 
 
 def eval_transform(norm: Normalization) -> Normalized:

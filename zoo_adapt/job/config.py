@@ -71,7 +71,7 @@ def opt(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[str | int, ...] | None = None,
     resume: str = "fixed",
     adapting: bool = False,
     words: tuple[str, ...] = (),
@@ -263,6 +263,12 @@ class FinetuneConfig:
     rot90: bool = opt(
         False,
         "Random rotations by 0, 90, 180 or 270 degrees in training and TTA (aerial, microscopy, medical images).",
+    )
+    in_chans: int = opt(
+        3,
+        "Input channels: 1 reads every image as grayscale (X-rays, microscopy, scanned documents) and "
+        "adapts the pretrained first convolution as timm does (the RGB kernels summed); 3: RGB.",
+        choices=(1, 3),
     )
     crop_scale: float = opt(
         None,

@@ -308,7 +308,11 @@ class Job:
         seed_everything(c.seed)
         weights = c.weights if stored is None else None  # a resumed run's weights are in its checkpoint
         model = create_model(
-            c.backbone, pretrained=c.pretrained and stored is None, weights=weights, drop_path=c.drop_path
+            c.backbone,
+            pretrained=c.pretrained and stored is None,
+            weights=weights,
+            drop_path=c.drop_path,
+            in_chans=c.in_chans,
         )
         if c.grad_checkpointing:
             grad_checkpointing(model)

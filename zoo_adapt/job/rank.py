@@ -350,7 +350,7 @@ def _score(
 ) -> None:
     c = config
     seed_everything(c.seed)  # a random-init body is the same body every time
-    model = create_model(row.backbone, pretrained=row.pretrained)
+    model = create_model(row.backbone, pretrained=row.pretrained, in_chans=c.in_chans)
     row.params = sum(p.numel() for p in model.parameters())
     backbone_norm = backbone_of(model).built_normalization
     size = c.image_size or (DEMO_IMAGE_SIZE if is_demo(c) else backbone_norm.image_size)

@@ -118,6 +118,7 @@ def create_model(
     pretrained: bool = True,
     weights: str | Path | None = None,
     drop_path: float | None = None,
+    in_chans: int | None = None,
 ) -> nn.Module:
     """The plain upstream nn.Module (a torchvision or timm model), head swapped to
     `num_classes` outputs when given.
@@ -130,10 +131,21 @@ def create_model(
 
     `drop_path`: the rate of stochastic depth (timm's ``drop_path_rate``, handed to the
     plugin in the entry's options); a model built without drop-path layers is an error.
+
+    `in_chans`: input channels, 1 (grayscale) or 3 (RGB, the default; None: the entry's,
+    as an export records it). For 1 the plugin finds ``in_chans`` in the entry's options
+    (timm builds the model so itself); a model that still takes 3 channels has its first
+    convolution adapted (`adapt_input_channels`), and its normalization becomes one
+    channel's.
     """
     entry = resolve(name) if isinstance(name, str) else name
     if drop_path:
         entry = dataclasses.replace(entry, extra={**entry.extra, "drop_path_rate": float(drop_path)})
+    in_chans = int(entry.extra.get("in_chans", 3)) if in_chans is None else int(in_chans)
+    if in_chans not in (1, 3):
+        raise ZooAdaptError(f"in_chans must be 1 (grayscale) or 3 (RGB), not {in_chans}")
+    extra = {k: v for k, v in entry.extra.items() if k != "in_chans"}
+    entry = dataclasses.replace(entry, extra={**extra, **({"in_chans": 1} if in_chans == 1 else {})})
     file = None
     if weights is not None:
         if looks_like_path(str(weights)):
@@ -159,10 +171,14 @@ def create_model(
             f"--drop-path: {entry.name} ({type(model).__name__}, plugin {plugin!r}) has no drop-path layers; "
             "timm's models take a drop-path rate (timm/NAME, vit_*, efficientnet_lite0), torchvision's do not"
         )
+    if in_chans != 3:
+        adapt_input_channels(model, in_chans, f"{entry.name} ({type(model).__name__}, plugin {plugin!r})")
     backbone = describe(entry, model)
     initial = str(file) if file else (entry.weights or "default") if pretrained else None
+    norm = backbone.normalization
     backbone = dataclasses.replace(
         backbone,
+        normalization=norm.with_channels(in_chans) if norm is not None else None,
         head=_live_head(model, backbone),
         initial_weights=initial,
         answered_by={"build_backbone": plugin, **backbone.answered_by},
@@ -182,6 +198,49 @@ def create_model(
     return model
 
 
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """(name, module) of the convolution that takes the image: the first nn.Conv2d the
+    model registers (stems come first in torchvision's and timm's models), or None."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def adapt_input_channels(model: nn.Module, in_chans: int, what: str = "the model") -> None:
+    """Make `model` take `in_chans` input channels as timm does for pretrained weights:
+    its first convolution, if it takes 3 channels, is replaced by one taking `in_chans`,
+    whose kernels are timm's `adapt_input_conv` of the RGB ones (for one channel, their
+    sum: a grey image then gives the stem the response its RGB copy gave). A model
+    whose first convolution already takes `in_chans` is left as it is; anything else
+    is an error naming `what`."""
+    from timm.models import adapt_input_conv
+
+    found = first_conv(model)
+    if found is not None and found[1].in_channels == in_chans:
+        return
+    if found is None or found[1].in_channels != 3 or found[1].groups != 1:
+        seen = "no nn.Conv2d" if found is None else f"its first nn.Conv2d ({found[0]}) takes {found[1].in_channels}"
+        raise ZooAdaptError(
+            f"--in-chans {in_chans}: cannot adapt {what} to {in_chans}-channel input: {seen}, "
+            "not a 3-channel convolution to sum the RGB kernels of"
+        )
+    name, old = found
+    new = nn.Conv2d(
+        in_chans,
+        old.out_channels,
+        old.kernel_size,  # type: ignore[arg-type]
+        stride=old.stride,  # type: ignore[arg-type]
+        padding=old.padding,  # type: ignore[arg-type]
+        dilation=old.dilation,  # type: ignore[arg-type]
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+    ).to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(adapt_input_conv(in_chans, old.weight.detach()))
+        if old.bias is not None and new.bias is not None:
+            new.bias.copy_(old.bias)
+    new.train(old.training)
+    set_submodule(model, name, new)
+
+
 def grad_checkpointing(model: nn.Module) -> None:
     """Recompute activations in the backward pass instead of keeping them (timm's
     `set_grad_checkpointing`): less memory for a slower step. An error for a model
@@ -199,14 +258,29 @@ def grad_checkpointing(model: nn.Module) -> None:
 def _fit_state_dict(model: nn.Module, entry: Entry, state: dict, file: Path) -> dict:
     own = model.state_dict()
     head = backbone_of(model).built_head.attr
+    state = _adapted_input(model, state)
     if fit_report(own, state, skip=(head,)) is not None:
         _, converted = ask(entry, "convert_state_dict", state_dict=state, model=model)
         if converted is not None:
             state = converted
+        state = _adapted_input(model, state)
     problem = fit_report(own, state, skip=(head,))
     if problem:
         raise ZooAdaptError(f"weights file {file} does not fit backbone {entry.name!r}: {problem}")
     return state
+
+
+def _adapted_input(model: nn.Module, state: dict) -> dict:
+    """RGB weights (`--weights FILE`) for a one-channel model: the file's first
+    convolution kernels summed over their 3 input channels, as the model's were."""
+    found = first_conv(model)
+    key = f"{found[0]}.weight" if found else ""
+    tensor = state.get(key)
+    if found is None or tensor is None or tensor.ndim != 4 or tensor.shape[1] != 3 or found[1].in_channels == 3:
+        return state
+    from timm.models import adapt_input_conv
+
+    return {**state, key: adapt_input_conv(found[1].in_channels, tensor)}
 
 
 def _load(model: nn.Module, state: dict, file: Path) -> None:

@@ -169,7 +169,7 @@ def analyse(
     )
     write_text(out / "per_class.csv", _per_class_csv(figures))
     result.files.append("per_class.csv")
-    crops = {int(i): transform(dataset.raw(int(i))[0]) for i in order}
+    crops = {int(i): transform(dataset.raw(int(i), mode=transform.image_mode)[0]) for i in order}
     save_figure(_plot_top_losses(result.top_losses, crops, title), out / "top_losses.png", tight=False)
     result.files.append("top_losses.png")
     if cams == "off":
@@ -179,7 +179,7 @@ def analyse(
     else:
         chosen = _cam_images(labels, predicted, p_pred, losses, num_cams)
         for i in chosen:
-            crops.setdefault(i, transform(dataset.raw(i)[0]))
+            crops.setdefault(i, transform(dataset.raw(i, mode=transform.image_mode)[0]))
         written, note = _cams(
             model,
             [crops[i] for i in chosen],
@@ -244,7 +244,8 @@ def _short(name: str, width: int = 20) -> str:
 
 
 def _rgb(crop: torch.Tensor) -> np.ndarray:
-    return crop.permute(1, 2, 0).numpy()
+    """HWC for drawing; a grayscale crop (--in-chans 1) shown as grey RGB."""
+    return crop.expand(3, -1, -1).permute(1, 2, 0).numpy()
 
 
 def _plot_top_losses(items: list[dict[str, Any]], crops: dict[int, torch.Tensor], title: str):

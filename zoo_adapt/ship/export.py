@@ -20,7 +20,7 @@ from zoo_adapt import __version__
 from zoo_adapt.data.transforms import eval_transform
 from zoo_adapt.errors import ZooAdaptError
 from zoo_adapt.files import write_bytes
-from zoo_adapt.model.build import create_model, load_state_dict_into, num_classes_of
+from zoo_adapt.model.build import adapt_input_channels, create_model, load_state_dict_into, num_classes_of
 from zoo_adapt.model.weights import read_state_dict, safetensors_header
 from zoo_adapt.zoo.backbone import Entry, Normalization, backbone_of
 
@@ -145,10 +145,17 @@ def read_card(path: str | Path) -> tuple[ModelCard, dict[str, str]]:
         extra=entry_d,
         origin=str(path),
     )
+    input_size = tuple(field("input_size", f"[3, N, N] or [1, N, N] with N from 1 to {MAX_INPUT_SIDE}", _input_size))
+    chans = input_size[0]  # 1: a grayscale model (--in-chans 1)
+    numbers, positive = (
+        ("three numbers", "three positive numbers")
+        if chans == 3
+        else ("one number (input_size: one channel)", "one positive number (input_size: one channel)")
+    )
     norm = Normalization(
-        mean=tuple(field("mean", "a JSON list of three numbers", lambda v: _numbers(v, 3))),
-        std=tuple(field("std", "a JSON list of three positive numbers", lambda v: _numbers(v, 3) and min(v) > 0)),
-        input_size=tuple(field("input_size", f"[3, N, N] with N from 1 to {MAX_INPUT_SIDE}", _input_size)),
+        mean=tuple(field("mean", f"a JSON list of {numbers}", lambda v: _numbers(v, chans))),
+        std=tuple(field("std", f"a JSON list of {positive}", lambda v: _numbers(v, chans) and min(v) > 0)),
+        input_size=input_size,
         interpolation=field("interpolation", " or ".join(INTERPOLATIONS), lambda v: v in INTERPOLATIONS, parse=str),
         crop_pct=field("crop_pct", "a number in (0, 1]", lambda v: _numbers([v], 1) and 0 < v <= 1, parse=float),
     )
@@ -225,7 +232,7 @@ def _input_size(v) -> bool:
         isinstance(v, list)
         and len(v) == 3
         and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-        and v[0] == 3
+        and v[0] in (1, 3)
         and v[1] == v[2]
         and 1 <= v[1] <= MAX_INPUT_SIDE
     )
@@ -252,7 +259,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 def load_plain(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """`(model, preprocess)` for using an export without zoo-adapt's training machinery:
     the plain upstream module built by its own library (timm or torchvision; a third
-    party's backbone through its plugin), in eval mode, and the exact evaluation
+    party's backbone through its plugin; a one-channel export, --in-chans 1, built with
+    timm's ``in_chans=1`` or, torchvision's, with its first convolution taking one
+    channel), in eval mode, and the exact evaluation
     preprocessing stored in the file (resize, centre crop, mean and std: PIL image in,
     normalized tensor out), so predictions match `zoo-adapt predict`:
 
@@ -268,18 +277,20 @@ def load_plain(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """
     card, _ = read_card(path)
     state = read_state_dict(path)
-    n = len(card.classes)
+    n, chans = len(card.classes), card.normalization.channels
     if card.library == "timm":
         import timm
 
         try:  # ViTs fine-tuned at another size need their position embeddings interpolated
-            model = timm.create_model(card.entry.upstream, num_classes=n, dynamic_img_size=True)
+            model = timm.create_model(card.entry.upstream, num_classes=n, in_chans=chans, dynamic_img_size=True)
         except TypeError:
-            model = timm.create_model(card.entry.upstream, num_classes=n)
+            model = timm.create_model(card.entry.upstream, num_classes=n, in_chans=chans)
     elif card.library == "torchvision":
         import torchvision
 
         model = torchvision.models.get_model(card.entry.upstream, num_classes=n)
+        if chans != 3:  # torchvision has no in_chans: its stem made one-channel, as training made it
+            adapt_input_channels(model, chans, card.entry.upstream)
     else:
         model, _ = load_model(path)
         return model.to(device), eval_transform(card.normalization)

@@ -212,7 +212,7 @@ def iter_predictions(
         if error is not None:
             return None, error
         try:
-            return transform(open_image(path)), None
+            return transform(open_image(path, mode=transform.image_mode)), None
         except ZooAdaptError as e:
             return None, str(e)
 

@@ -94,12 +94,27 @@ def timm_config(model, card) -> dict[str, Any] | None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / TIMM_CONFIG
-        save_config_for_hf(model, str(path), model_config={"label_names": list(card.classes)}, data_config=data_config)
+        save_config_for_hf(
+            model,
+            str(path),
+            model_config={"label_names": list(card.classes)},
+            # a one-channel model (--in-chans 1): timm builds it so from the folder
+            model_args={"in_chans": norm.channels} if norm.channels != 3 else None,
+            data_config=data_config,
+        )
         config = json.loads(path.read_text())
     for key in ("tag", "license", "hf_hub_id", "url", "paper_ids", "paper_name", "origin_url"):
         config["pretrained_cfg"].pop(key, None)  # they describe timm's own weights, not these
     return config
 
+
+# a one-channel export (--in-chans 1) of a torchvision model: its first convolution takes one channel
+ONE_CHANNEL_STEM = [
+    "# one input channel (--in-chans 1): the first convolution takes one channel",
+    "name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))",
+    "model.set_submodule(name, torch.nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, "
+    "conv.padding, conv.dilation, bias=conv.bias is not None))",
+]
 
 # --dataset names (torchvision's datasets) -> their Hub dataset ids and pretty names; the
 # validation split zoo-adapt uses is the test split for each of these
@@ -411,7 +426,8 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
     lines += [
         "## How to use",
         "",
-        f"Input: RGB, shorter side resized to {resize} px ({norm.interpolation}), centre crop {size} x {size}, "
+        f"Input: {'RGB' if norm.channels == 3 else 'grayscale (one channel, 8-bit)'}, shorter side resized to "
+        f"{resize} px ({norm.interpolation}), centre crop {size} x {size}, "
         f"then `(x / 255 - mean) / std` with mean {list(norm.mean)} and std {list(norm.std)}. Classes, in "
         "output order: "
         + ", ".join(f"`{c}`" for c in classes[:50])
@@ -430,7 +446,7 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
             f'model = timm.create_model("local-dir:{out}", pretrained=True).eval()',
             "config = timm.data.resolve_model_data_config(model)",
             "transform = timm.data.create_transform(**config)",
-            'x = transform(Image.open("photo.jpg").convert("RGB"))[None]',
+            f'x = transform(Image.open("photo.jpg").convert("{"RGB" if norm.channels == 3 else "L"}"))[None]',
             "with torch.no_grad():",
             f"    probabilities = (model(x) / {card.temperature!r}).softmax(-1)  # the calibration temperature",
             'print(model.pretrained_cfg["label_names"][probabilities.argmax()])',
@@ -454,6 +470,7 @@ def model_card(out: Path, card, meta: dict[str, str], has_timm_config: bool) -> 
             f'model = torchvision.models.get_model("{card.entry.upstream}", num_classes=len(classes))'
             if card.library == "torchvision"
             else f"model = ...  # the {constructor} {card.entry.upstream}",
+            *(ONE_CHANNEL_STEM if norm.channels == 1 and card.library == "torchvision" else []),
             "model.load_state_dict(load_file(path), strict=True)",
             "model.eval()",
             'temperature = float(meta.get("temperature", 1.0))  # probabilities: (model(x) / temperature).softmax(-1)',

@@ -4,8 +4,9 @@ the ONNX file's metadata_props, and a check on export: onnxruntime's logits agai
 PyTorch's on real images, the largest difference reported (an error above the
 tolerance).
 
-The input is normalized float NCHW, (RGB / 255 - mean) / std, as metadata_props say;
-with `fold_normalization` the normalization is inside the graph and the input is RGB
+The input is normalized float NCHW, (RGB / 255 - mean) / std, as metadata_props say (one
+grayscale channel for an --in-chans 1 export); with `fold_normalization` the
+normalization is inside the graph and the input is RGB
 in [0, 1]. Either way, resize the shorter side to `resize` and centre-crop to the input
 size first (timm's and torchvision's eval recipe; also in the metadata).
 
@@ -62,13 +63,13 @@ class Calibrated(nn.Module):
 
 
 class Normalized(nn.Module):
-    """The model with the normalization folded in: RGB in [0, 1] in, logits out."""
+    """The model with the normalization folded in: RGB (or grayscale) in [0, 1] in, logits out."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self.get_buffer("mean"), self.get_buffer("std")
@@ -103,6 +104,7 @@ class OnnxReport:
 
 def metadata(card, fold: bool) -> dict[str, str]:
     norm = card.normalization
+    pixels = "RGB" if norm.channels == 3 else "grayscale (one channel, read as zoo-adapt reads it)"
     return {
         "zoo_adapt_version": __version__,
         "backbone": card.backbone,
@@ -116,9 +118,9 @@ def metadata(card, fold: bool) -> dict[str, str]:
         "crop_pct": str(norm.crop_pct),
         "resize": str(norm.resize_size()),
         "normalization": (
-            "folded: input is RGB / 255 in [0, 1], NCHW float32"
+            f"folded: input is {pixels} / 255 in [0, 1], NCHW float32"
             if fold
-            else "outside: input is (RGB / 255 - mean) / std, NCHW float32"
+            else f"outside: input is ({pixels} / 255 - mean) / std, NCHW float32"
         ),
         "temperature": repr(float(card.temperature)),
         "logits": (
@@ -154,7 +156,7 @@ def export_onnx(
     net = Normalized(model, card.normalization.mean, card.normalization.std).eval() if fold_normalization else model
     batch = _verification_batch(card, images, max_images, fold_normalization)
     size = card.image_size
-    dummy = torch.rand(2, 3, size, size)
+    dummy = torch.rand(2, card.normalization.channels, size, size)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -224,13 +226,16 @@ def _verification_batch(card, images, max_images: int, fold: bool) -> tuple[torc
         crops = [transform(image) for image in _sample_photographs(max_images)]
     elif hasattr(images, "raw"):
         step = max(1, len(images) // max_images)
-        crops = [transform(images.raw(i)[0]) for i in range(0, len(images), step)][:max_images]
+        crops = [transform(images.raw(i, mode=transform.image_mode)[0]) for i in range(0, len(images), step)][
+            :max_images
+        ]
     else:
         paths = image_files(images) if isinstance(images, (str, Path)) and Path(images).is_dir() else list(images)
-        crops = [transform(open_image(p)) for p in paths[:max_images]]
+        crops = [transform(open_image(p, mode=transform.image_mode)) for p in paths[:max_images]]
     if not crops:
         size = card.image_size
-        return torch.rand(3, 3, size, size) if fold else torch.randn(3, 3, size, size), False
+        chans = card.normalization.channels
+        return torch.rand(3, chans, size, size) if fold else torch.randn(3, chans, size, size), False
     x = torch.stack(crops)
     return (x.float() / 255 if fold else normalize(x, card.normalization)), True
 

@@ -86,15 +86,34 @@ class CamTarget:
 class Normalization:
     """How images must be prepared for the backbone (timm's pretrained_cfg fields)."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...]  # one value per input channel (three for RGB, one for --in-chans 1)
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int] = (3, 224, 224)  # (channels, height, width), as timm's
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
 
     @property
     def image_size(self) -> int:
         return self.input_size[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.input_size[0]
+
+    def with_channels(self, channels: int) -> Normalization:
+        """The preprocessing for `channels` input channels: one channel (grayscale, as
+        --in-chans 1 reads images) takes the mean of the three channels' mean and std,
+        which is what a grey pixel's RGB copy would be normalized with on average."""
+        if channels == self.channels:
+            return self
+        if channels != 1 or len(self.mean) != 3:
+            raise ValueError(f"no {channels}-channel normalization from {self.channels} channels")
+        return dataclasses.replace(
+            self,
+            mean=(sum(self.mean) / 3,),
+            std=(sum(self.std) / 3,),
+            input_size=(1, *self.input_size[1:]),
+        )
 
     def at(self, image_size: int, crop_pct: float | None = None) -> Normalization:
         """The same preprocessing at another input size (and evaluation crop)."""

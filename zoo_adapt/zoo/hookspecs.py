@@ -62,7 +62,10 @@ def build_backbone(entry, pretrained):
     torchvision's ``IMAGENET1K_V2`` or a timm pretrained tag; None for the zoo's
     default). When False, return a randomly initialised model; zoo-adapt loads any
     local weights file itself. Raise :class:`zoo_adapt.ZooAdaptError` when the weights
-    cannot be had (no network, say), naming the offline options."""
+    cannot be had (no network, say), naming the offline options. ``entry.extra`` may
+    ask for ``drop_path_rate`` (--drop-path) and ``in_chans`` 1 (--in-chans 1): build
+    a one-channel model if you can (timm's ``in_chans=1``); else the engine sums the
+    RGB kernels of the model's first 3-channel ``nn.Conv2d``."""
 
 
 @hookspec(firstresult=True)
