@@ -360,7 +360,7 @@ def _score(
     swap_head(model, len(data.classes))
     # NHWC for the extraction, on the CPU too: Lite0/Lite2 forwards ran 1.4-1.8x faster so
     # on 2 cores at 160 px (the model is the ranking's own; only its head trains after)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runtime = Runtime(device, autocast_dtype=autocast_dtype(c.precision, device))
