@@ -36,7 +36,6 @@ from torch import nn
 from zoo_adapt.adapt.callback import Adaptation
 from zoo_adapt.data.demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from zoo_adapt.data.folders import class_counts, dataset_labels
-from zoo_adapt.data.pipeline import default_workers
 from zoo_adapt.data.transforms import run_normalization
 from zoo_adapt.engine import distributed
 from zoo_adapt.engine.batch_recipes import BatchRecipe
@@ -74,11 +73,14 @@ from zoo_adapt.job.run_notes import (
     imbalance_warnings,
     machine_notes,
     recipes_line,
+    run_metrics,
     selection,
     start_warnings,
     tta_metrics,
     validation_metrics,
 )
+from zoo_adapt.job.shipping import ship
+from zoo_adapt.job.stopping import interrupted, lost_peer
 from zoo_adapt.job.tracking import Tracking
 from zoo_adapt.metrics.scores import Evaluation
 from zoo_adapt.model.build import create_model, grad_checkpointing, num_classes_of, swap_head
@@ -86,10 +88,9 @@ from zoo_adapt.model.optim import make_optimizer, param_groups, schedule_shape
 from zoo_adapt.model.recipes import freeze_plan, stage_schedule
 from zoo_adapt.report import plot_confusion, plot_curves, plot_lr_curve, plot_reliability, summary_lines
 from zoo_adapt.seeds import seed_everything
-from zoo_adapt.ship.analysis import analyse, require_cams
+from zoo_adapt.ship.analysis import require_cams
 from zoo_adapt.ship.export import export_model, load_model
-from zoo_adapt.ship.model_card import write_hub_files
-from zoo_adapt.ship.onnx_export import export_onnx, require_onnx
+from zoo_adapt.ship.onnx_export import require_onnx
 from zoo_adapt.zoo.backbone import Normalization, backbone_of
 from zoo_adapt.zoo.methods import resolve_options
 from zoo_adapt.zoo.trackers import TrackerInfo, build_tracker
@@ -109,14 +110,6 @@ class FinetuneResult:
     @property
     def kept_epoch(self) -> int:
         return self.metrics["kept_epoch"]
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a run, after the folder was left resumable (or clean)."""
-
-    def __init__(self, message: str, signal_name: str = "SIGINT"):
-        super().__init__(message)
-        self.message, self.signal_name = message, signal_name
 
 
 @dataclass(frozen=True)
@@ -427,7 +420,7 @@ class Job:
                 "pretrained_weights": str(backbone_of(model).initial_weights),
             },
             lambda path, state, epoch: self.write_model(prepared, path, state, epoch),
-            lambda loop, finished: self.metrics(prepared, loop, finished),
+            lambda loop, finished: run_metrics(c, prepared.data, prepared.counts, loop, self.procs.world, finished),
             write=procs.main,
         )
         tracking = Tracking(
@@ -484,10 +477,10 @@ class Job:
                 loop.fit()
                 metrics = self.finish(prepared, built)
             except KeyboardInterrupt as e:
-                raise self.interrupted(e, loop) from None
+                raise interrupted(self.folder, self.procs.main, e, loop) from None
             except Exception as e:
                 if self.procs.active and distributed.peer_lost(e):
-                    raise self.lost_peer(e, loop) from e
+                    raise lost_peer(self.folder, e, loop) from e
                 raise
             built.tracking.publish(self.folder.out, metrics)
         metrics["train_seconds"] = time.perf_counter() - start
@@ -555,7 +548,7 @@ class Job:
         evaluates its shard), then, on rank 0, the export, the metrics and the plots."""
         c, model, feeds, folder = prepared.config, prepared.model, prepared.feeds, self.folder
         loop, recorder, adaptation = built.loop, built.recorder, prepared.adaptation
-        metrics = self.metrics(prepared, loop, finished=True)
+        metrics = run_metrics(c, prepared.data, prepared.counts, loop, self.procs.world, finished=True)
         kept = recorder.kept_epoch or len(loop.history)
         last_right = None
         if feeds.val is not None and kept != len(loop.history):  # the last epoch, for the paired comparison
@@ -641,107 +634,10 @@ class Job:
                 folder.path(CALIBRATION_PLOT),
                 title=f"{c.backbone}, epoch {kept}: {fitted.images} validation images",
             )
-        self.ship(prepared)
+        ship(c, model, prepared.data.val, prepared.data.classes, prepared.norm, folder, self.device, self.log)
         for line in summary_lines(metrics, folder.out):
             self.log(line)
         return metrics
-
-    def ship(self, prepared: Prepared) -> None:
-        """What the run folder carries beyond the model: the error analysis, other export
-        formats, the model card and timm's config."""
-        c, model, data, folder, device = prepared.config, prepared.model, prepared.data, self.folder, self.device
-        workers = c.workers if c.workers is not None else default_workers(device)
-        if c.analysis != "off" and data.val is not None and c.multi_label:
-            self.log("error analysis skipped: it covers single-label models (per-class figures are in metrics.json)")
-        elif c.analysis != "off" and data.val is not None:
-            analyse(
-                model,
-                data.val,
-                data.classes,
-                prepared.norm,
-                folder.path("analysis"),
-                device,
-                cams=c.analysis,
-                workers=workers,
-                title=f"{c.backbone} ({c.strategy})",
-                log=self.log,
-            )
-        if "onnx" in c.export:
-            export_onnx(folder.path(MODEL_FILE), folder.path("model.onnx"), images=data.val, log=self.log)
-        write_hub_files(folder.out, model=model, log=self.log)
-
-    def interrupted(self, e: KeyboardInterrupt, loop: Loop) -> Interrupted:
-        """What an interrupt leaves, said truthfully (rank 0 speaks for the folder)."""
-        folder = self.folder
-        signal_name = getattr(e, "signal_name", "SIGINT")
-        how = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
-        resume = f"`zoo-adapt finetune --out {folder.out} --resume`"
-        if not folder.has_checkpoint():
-            if self.procs.main:
-                folder.discard()
-            return Interrupted(
-                f"{how} in epoch 1, before the first checkpoint: nothing can be resumed yet, and "
-                f"{folder.out} was cleaned up; start the run again",
-                signal_name,
-            )
-        if loop.epoch >= len(loop.plan):
-            return Interrupted(
-                f"{how} while writing the results; {folder.path(CHECKPOINT)} holds all "
-                f"{len(loop.plan)} epochs: {resume} writes them",
-                signal_name,
-            )
-        return Interrupted(
-            f"{how} in epoch {loop.epoch + 1}; {folder.path(CHECKPOINT)} holds epoch {loop.epoch} "
-            f"of {len(loop.plan)}: continue with {resume}",
-            signal_name,
-        )
-
-    def lost_peer(self, e: Exception, loop: Loop) -> ZooAdaptError:
-        """Another process of a torchrun run stopped (killed, out of memory, its own
-        error): what this one saw is not a bug, and what the checkpoint holds can go on."""
-        folder = self.folder
-        what = f"another process of this run stopped ({distributed.lost_how(str(e))}) in epoch {loop.epoch + 1}"
-        if not folder.has_checkpoint():
-            return ZooAdaptError(
-                f"{what}, before the first checkpoint: nothing can be resumed yet; start the run again"
-            )
-        held = min(loop.epoch, len(loop.plan))
-        return ZooAdaptError(
-            f"{what}; the checkpoint of epoch {held} ({folder.path(CHECKPOINT)}) can be resumed with the same "
-            f"torchrun command and `zoo-adapt finetune --out {folder.out} --resume`"
-        )
-
-    def metrics(self, prepared: Prepared, loop: Loop, finished: bool) -> dict[str, Any]:
-        c, data = prepared.config, prepared.data
-        history = [r.to_dict() for r in loop.history]
-        return {
-            "backbone": c.backbone,
-            "strategy": c.strategy,
-            "data": data.where,
-            "classes": data.classes,
-            "num_train": len(data.train),
-            "num_val": len(data.val) if data.val is not None else 0,
-            "device": str(loop.device),
-            "processes": self.procs.world,
-            "batch_size": c.batch_size,
-            "global_batch_size": c.batch_size * self.procs.world,
-            "precision": loop.runtime.precision,
-            "epochs_done": len(history),
-            "epochs": len(loop.plan),
-            "checkpoint_epoch": loop.epoch,
-            "best_epoch": loop.best[1] if loop.best else None,
-            "select_metric": loop.select,
-            "best_score": loop.best[0] if loop.best else None,
-            "best_val_accuracy": loop.history[loop.best[1] - 1].val_accuracy if loop.best else None,
-            "class_counts_train": dict(zip(data.classes, prepared.counts)),
-            "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
-            "history": history,
-            "finished": finished,
-            "stopped_early": loop.stopped,
-            "ema_decay": c.ema,
-            "accumulate": c.accumulate,
-            **({"skipped_steps": loop.skipped_steps} if loop.runtime.scaler is not None else {}),
-        }
 
 
 def keep_provenance(model: nn.Module, weights: str | None) -> None:

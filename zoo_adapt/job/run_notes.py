@@ -19,6 +19,7 @@ from zoo_adapt.metrics.scores import Evaluation
 
 if TYPE_CHECKING:
     from zoo_adapt.engine.loop import Loop
+    from zoo_adapt.job.inputs import Datasets
 
 TIE_IMAGES = 2  # epochs this many validation images (or fewer) apart count as tied: the later is kept
 
@@ -212,3 +213,38 @@ def machine_notes(config: FinetuneConfig) -> list[str]:
     if config.weights is None:
         notes.append("weights: not set, the backbone's default pretrained weights")
     return notes
+
+
+def run_metrics(
+    c: FinetuneConfig, data: Datasets, counts: list[int], loop: Loop, world: int, finished: bool
+) -> dict[str, Any]:
+    """metrics.json's record of the run so far (each checkpoint writes it, the end too)."""
+    history = [r.to_dict() for r in loop.history]
+    return {
+        "backbone": c.backbone,
+        "strategy": c.strategy,
+        "data": data.where,
+        "classes": data.classes,
+        "num_train": len(data.train),
+        "num_val": len(data.val) if data.val is not None else 0,
+        "device": str(loop.device),
+        "processes": world,
+        "batch_size": c.batch_size,
+        "global_batch_size": c.batch_size * world,
+        "precision": loop.runtime.precision,
+        "epochs_done": len(history),
+        "epochs": len(loop.plan),
+        "checkpoint_epoch": loop.epoch,
+        "best_epoch": loop.best[1] if loop.best else None,
+        "select_metric": loop.select,
+        "best_score": loop.best[0] if loop.best else None,
+        "best_val_accuracy": loop.history[loop.best[1] - 1].val_accuracy if loop.best else None,
+        "class_counts_train": dict(zip(data.classes, counts)),
+        "images_per_second": (sum(r["images_per_second"] for r in history) / len(history)) if history else None,
+        "history": history,
+        "finished": finished,
+        "stopped_early": loop.stopped,
+        "ema_decay": c.ema,
+        "accumulate": c.accumulate,
+        **({"skipped_steps": loop.skipped_steps} if loop.runtime.scaler is not None else {}),
+    }
