@@ -1,12 +1,11 @@
 """Which backbone? Do the cheap scores of `zoo-adapt rank` pick the backbone that
 fine-tunes best, and what does asking cost? Measured side by side in one run.
 
-    python benchmarks/ranking.py [--tasks photos digits] [--epochs 3] [--photo-size 96] [--out DIR]
+    python benchmarks/ranking.py [--tasks photos digits] [--epochs 3] [--out DIR]
 
 Two offline tasks of different character:
 - photos: the embedded demo (15 photographs, 20 training and 20 validation patches
-  each; 96 px by default, to keep twelve fine-tunes within an hour on two shared cores):
-  natural images, close to ImageNet;
+  each, at the demo's 160 px): natural images, close to ImageNet;
 - digits: handwritten digits (scikit-learn's) drawn on photo textures (the target
   domain of build_digit_shift, its train/ and test/ splits), 64 px, no flips: a far
   domain for ImageNet features.
@@ -138,8 +137,6 @@ def main() -> None:
         "--tasks", nargs="*", default=["photos", "digits"], choices=["photos", "digits"], help="none: the speed check"
     )
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every candidate")
-    parser.add_argument("--photo-size", type=int, default=96)
-    parser.add_argument("--digit-size", type=int, default=64)
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--no-speed-check", action="store_true")
