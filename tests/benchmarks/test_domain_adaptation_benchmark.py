@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import tomllib
 
 from helpers import ROOT
@@ -16,6 +17,7 @@ from helpers import ROOT
 SCRIPT = str(ROOT / "benchmarks" / "domain_adaptation.py")
 
 
+@pytest.mark.slow  # a whole benchmark script at smoke size: the slow tier, run by CI after the suite
 def test_tiny_run_writes_results_and_report_repeats_the_tables(tmp_path):
     work = tmp_path / "work"
     tiny = [

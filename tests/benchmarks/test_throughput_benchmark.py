@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import ROOT
 
 
+@pytest.mark.slow  # a whole benchmark script at smoke size: the slow tier, run by CI after the suite
 def test_tiny_run_prints_table_and_writes_json(tmp_path):
     out = tmp_path / "throughput.json"
     proc = subprocess.run(
