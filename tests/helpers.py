@@ -74,6 +74,42 @@ def small(tmp_path, data, **options):
     return FinetuneConfig(**{**base, **options})
 
 
+def adapting(tmp_path, digits, **options):
+    """small() adapting the digit-shift set's labelled source to its unlabelled target
+    domain: 2 epochs of 3 steps, no flips (digits have a handedness); `options` override."""
+    base = dict(target_data=str(digits / "target" / "train"), epochs=2, steps_per_epoch=3, hflip=False)
+    return small(tmp_path, digits / "source", **{**base, **options})
+
+
+def forbid_device_reads_in_steps(monkeypatch) -> None:
+    """Make every training step (`Loop._step`) fail if it reads a tensor back on the host
+    (.item(), .tolist(), a truth test), which makes the host wait for the GPU; the
+    optimizer reading its own step counter (a CPU tensor even on CUDA) is no wait."""
+    import torch
+
+    from zoo_adapt import Loop
+
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _original=original, **k):
+            frame = sys._getframe(1)
+            if "torch/optim/" not in frame.f_code.co_filename:
+                reads.append(f"{_name} in {frame.f_code.co_filename}:{frame.f_lineno}")
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    original_step = Loop._step
+
+    def watched(self, step):
+        before = len(reads)
+        original_step(self, step)
+        assert len(reads) == before, f"a step read the device: {reads[before:]}"
+
+    monkeypatch.setattr(Loop, "_step", watched)
+
+
 class FixedBatches:
     """A batch source for engine.Loop that yields the same given (images, labels)
     batches every epoch, in order."""

@@ -21,26 +21,11 @@ from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.zoo.methods import adaptation_methods
 
-from helpers import ROOT
+from helpers import ROOT, adapting
 
 
 def config(tmp_path, digits, **kw) -> FinetuneConfig:
-    base = dict(
-        backbone="resnet18",
-        pretrained=False,
-        data=str(digits / "source"),
-        target_data=str(digits / "target" / "train"),
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        steps_per_epoch=3,
-        workers=0,
-        tta=False,
-        hflip=False,
-        analysis="off",
-        out=str(tmp_path / "run"),
-    )
-    return FinetuneConfig(**{**base, **kw})
+    return adapting(tmp_path, digits, **kw)
 
 
 def test_gradient_reversal_returns_minus_lambda_times_the_gradient():

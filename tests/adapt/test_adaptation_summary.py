@@ -7,24 +7,11 @@ from __future__ import annotations
 from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 
+from helpers import adapting
+
 
 def config(tmp_path, digits, **kw) -> FinetuneConfig:
-    base = dict(
-        backbone="resnet18",
-        pretrained=False,
-        data=str(digits / "source"),
-        target_data=str(digits / "target" / "train"),
-        image_size=32,
-        batch_size=8,
-        epochs=1,
-        steps_per_epoch=3,
-        workers=0,
-        tta=False,
-        hflip=False,
-        analysis="off",
-        out=str(tmp_path / "run"),
-    )
-    return FinetuneConfig(**{**base, **kw})
+    return adapting(tmp_path, digits, **{"epochs": 1, **kw})
 
 
 def test_both_source_accuracies_are_said_and_labelled(tmp_path, digits):

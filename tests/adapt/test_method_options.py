@@ -20,24 +20,11 @@ from zoo_adapt.plugin_api import AdaptationMethod, option
 from zoo_adapt.zoo.methods import adaptation_methods, resolve_options
 from zoo_adapt.zoo.registry import tomllib
 
+from helpers import adapting
+
 
 def tiny(digits, out, **kw) -> FinetuneConfig:
-    base = dict(
-        backbone="resnet18",
-        pretrained=False,
-        data=str(digits / "source"),
-        target_data=str(digits / "target" / "train"),
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        steps_per_epoch=2,
-        workers=0,
-        tta=False,
-        hflip=False,
-        analysis="off",
-        out=str(out),
-    )
-    return FinetuneConfig(**{**base, **kw})
+    return adapting(out.parent, digits, **{"out": str(out), "steps_per_epoch": 2, **kw})
 
 
 def test_dann_and_mcc_declare_their_options_and_figures(run_cli):

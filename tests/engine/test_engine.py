@@ -24,23 +24,11 @@ from zoo_adapt.model.optim import make_optimizer, param_groups
 from zoo_adapt.model.recipes import stage_schedule
 from zoo_adapt.ship.export import read_card
 
-from helpers import CLASSES
+from helpers import CLASSES, forbid_device_reads_in_steps, small
 
 
 def config(tmp_path, demo, **kw) -> FinetuneConfig:
-    base = dict(
-        backbone="resnet18",
-        data=str(demo),
-        out=str(tmp_path / "run"),
-        pretrained=False,
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        workers=0,
-        tta=False,
-        analysis="off",
-    )
-    return FinetuneConfig(**{**base, **kw})
+    return small(tmp_path, demo, **{"epochs": 2, **kw})
 
 
 @pytest.mark.parametrize("n, world", [(10, 1), (10, 3), (7, 2), (1, 1)])
@@ -250,27 +238,7 @@ class BodyRuns(Callback):
 def test_loop_steps_never_wait_for_the_device(tmp_path, demo, monkeypatch):
     """No .item(), .tolist() or truth test of a tensor inside a training step (the
     optimizer reading its own step counter, a CPU tensor even on CUDA, is no wait)."""
-    import sys
-
-    reads = []
-    for name in ("item", "tolist", "__bool__"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _name=name, _original=original, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if "torch/optim/" not in caller:
-                reads.append(f"{_name} in {caller}:{sys._getframe(1).f_lineno}")
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    original_step = Loop._step
-
-    def watched(self, step):
-        before = len(reads)
-        original_step(self, step)
-        assert len(reads) == before, f"a step read the device: {reads[before:]}"
-
-    monkeypatch.setattr(Loop, "_step", watched)
+    forbid_device_reads_in_steps(monkeypatch)
     finetune(config(tmp_path, demo, strategy="finetune", epochs=1), log=None)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import sys
 from collections import OrderedDict
 
 import pytest
@@ -33,7 +32,7 @@ from zoo_adapt.job.finetune import finetune
 from zoo_adapt.model.optim import make_optimizer, param_groups
 from zoo_adapt.model.recipes import stage_schedule
 
-from helpers import TINY, FixedBatches, one_line_error, small, zoo
+from helpers import TINY, FixedBatches, forbid_device_reads_in_steps, one_line_error, small, zoo
 
 CPU = torch.device("cpu")
 # a skipped first step leaves the schedule stepping before the optimizer did: torch warns
@@ -180,25 +179,7 @@ def test_a_diverging_fp16_run_stops_with_one_message(in_a_row):
 def test_fp16_steps_never_wait_for_the_device(monkeypatch):
     """Through the scaler with a fused optimizer, a step reads nothing back from the
     device (`get_scale()` would, every step)."""
-    reads = []
-    for name in ("item", "tolist", "__bool__"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _name=name, _original=original, **k):
-            frame = sys._getframe(1)
-            if "torch/optim/" not in frame.f_code.co_filename:
-                reads.append(f"{_name} in {frame.f_code.co_filename}:{frame.f_lineno}")
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    original_step = Loop._step
-
-    def watched(self, step):
-        before = len(reads)
-        original_step(self, step)
-        assert len(reads) == before, f"a step read the device: {reads[before:]}"
-
-    monkeypatch.setattr(Loop, "_step", watched)
+    forbid_device_reads_in_steps(monkeypatch)
     run = loop(model(), batches(3), callbacks=[MixedPrecision(torch.float16), Poison({1})], fused=True)
     run.fit()
     assert run.runtime.scaler is not None and run.skipped_steps >= 1

@@ -21,22 +21,12 @@ from zoo_adapt.plugin_api import Tracker
 from zoo_adapt.testing import registered
 from zoo_adapt.zoo.backbone import backbone_of
 
+from helpers import small
+
 
 def config(out, demo, **kw) -> FinetuneConfig:
     """resnet18 from scratch at 32 px, 2 epochs of 4 steps: seconds."""
-    base = dict(
-        backbone="resnet18",
-        data=str(demo),
-        out=str(out),
-        pretrained=False,
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        workers=0,
-        tta=False,
-        analysis="off",
-    )
-    return FinetuneConfig(**{**base, **kw})
+    return small(out, demo, **{"out": str(out), "epochs": 2, **kw})
 
 
 @pytest.fixture(scope="module")

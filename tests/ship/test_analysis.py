@@ -12,35 +12,20 @@ import torch
 
 import zoo_adapt
 from zoo_adapt.data.folders import ImageDataset, scan_folder
-from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.ship.analysis import _cams, analyse, find_cam_target, per_class_figures
 from zoo_adapt.ship.export import load_model
 from zoo_adapt.ship.inference import iter_predictions
 
-from helpers import CLASSES
+from helpers import CLASSES, small
 
 
 @pytest.fixture(scope="module")
 def run(module_tmp, demo):
     """A run whose analysis ran at its end (resnet18 from scratch, 64 px: a 2x2 final map)."""
     out = module_tmp / "run"
-    return finetune(
-        FinetuneConfig(
-            backbone="resnet18",
-            data=str(demo),
-            out=str(out),
-            pretrained=False,
-            image_size=64,
-            batch_size=8,
-            epochs=1,
-            workers=0,
-            tta=False,
-            strategy="finetune",
-        ),
-        log=None,
-        overwrite=True,
-    )
+    config = small(module_tmp, demo, out=str(out), image_size=64, epochs=1, strategy="finetune", analysis="auto")
+    return finetune(config, log=None, overwrite=True)
 
 
 def test_the_run_folder_holds_the_analysis(run):

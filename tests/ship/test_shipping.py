@@ -19,12 +19,11 @@ from zoo_adapt import ZooAdaptError, hookimpl
 from zoo_adapt.data.demo import build_demo
 from zoo_adapt.data.folders import open_image, scan_folder
 from zoo_adapt.data.transforms import eval_transform
-from zoo_adapt.job.config import FinetuneConfig
 from zoo_adapt.job.finetune import finetune
 from zoo_adapt.plugin_api import IMAGENET, Head, LayerGroup, Normalization
 from zoo_adapt.ship.export import export_model, load_model
 
-from helpers import CLASSES, ZOO
+from helpers import CLASSES, ZOO, small
 
 ONNX_TOLERANCE = 1e-4  # largest |logit difference| between onnxruntime and PyTorch on real images
 
@@ -34,20 +33,7 @@ def timm_run(module_tmp, demo):
     """A timm backbone (EfficientNet-Lite0, random start, 32 px, 1 epoch)."""
     out = module_tmp / "timm_run"
     return finetune(
-        FinetuneConfig(
-            backbone="efficientnet_lite0",
-            data=str(demo),
-            out=str(out),
-            pretrained=False,
-            image_size=32,
-            batch_size=8,
-            epochs=1,
-            workers=0,
-            tta=False,
-            analysis="off",
-        ),
-        log=None,
-        overwrite=True,
+        small(module_tmp, demo, backbone="efficientnet_lite0", out=str(out), epochs=1), log=None, overwrite=True
     )
 
 
@@ -57,23 +43,7 @@ def onnx_run(module_tmp, demo):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     out = module_tmp / "onnx_run"
-    return finetune(
-        FinetuneConfig(
-            backbone="resnet18",
-            data=str(demo),
-            out=str(out),
-            pretrained=False,
-            image_size=32,
-            batch_size=8,
-            epochs=1,
-            workers=0,
-            tta=False,
-            analysis="off",
-            export=["onnx"],
-        ),
-        log=None,
-        overwrite=True,
-    )
+    return finetune(small(module_tmp, demo, out=str(out), epochs=1, export=["onnx"]), log=None, overwrite=True)
 
 
 def real_images(demo, norm, size, n=8):
